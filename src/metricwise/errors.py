@@ -1,0 +1,44 @@
+"""Exceptions raised for bad input and failures; the CLI maps them to exit codes.
+
+Messages follow one template: what was wrong, which parameter, what was expected, what was got
+("The 'n' parameter of sample must be an int >= 1. Got 0 instead.").
+"""
+
+from __future__ import annotations
+
+
+class MetricwiseError(Exception):
+    """Base class of every error metricwise raises on purpose."""
+
+    exit_code = 1
+
+
+class InvalidParameterError(MetricwiseError, ValueError):
+    """A parameter or an input record is malformed (CLI exit code 2)."""
+
+    exit_code = 2
+
+
+class UnknownNameError(InvalidParameterError, KeyError):
+    """A name (metric, rule, model, task) is not registered (CLI exit code 2)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingDependencyError(MetricwiseError, ImportError):
+    """An optional extra is needed but not installed (CLI exit code 1)."""
+
+
+class BackendError(MetricwiseError, RuntimeError):
+    """A model backend or server failed (CLI exit code 3)."""
+
+    exit_code = 3
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """Return ' Did you mean 'x'?' for the closest choice, or '' when nothing is close."""
+    import difflib
+
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""

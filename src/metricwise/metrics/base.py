@@ -1,0 +1,234 @@
+"""The metric contract and the registry.
+
+A :class:`Metric` scores one prediction against one reference (``score``) and, the contract that
+decisions use, fills a whole matrix at once (``pairwise``). Subclasses that can vectorise override
+``pairwise``; the base class falls back to a per-pair loop so that any callable is a metric.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
+
+MetricKind = Literal["text", "numeric"]
+
+
+class Metric:
+    """A utility (``higher_is_better=True``) or a loss (``False``) between two answers.
+
+    Class attributes
+    ----------------
+    name:
+        Registry name.
+    higher_is_better:
+        Direction; decision rules read it and never guess a sign.
+    kind:
+        ``"text"``: inputs are strings. ``"numeric"``: inputs are floats, and string samples are
+        parsed with :func:`metricwise.extract.parse_number` before deciding.
+    symmetric:
+        Whether ``score(a, b) == score(b, a)`` for all inputs (checked by the property tests).
+    bayes_rule:
+        Name of the closed-form decision rule that is Bayes-optimal for this metric
+        (``"mode"``, ``"mean"``, ``"median"``, ``"quantile"``), or ``None`` for MBR.
+    """
+
+    name: ClassVar[str] = "metric"
+    higher_is_better: bool = True
+    kind: MetricKind = "text"
+    symmetric: bool = True
+    bayes_rule: str | None = None
+
+    # -- the per-pair definition -------------------------------------------------------------
+    def _score_one(self, pred: Any, ref: Any) -> float:
+        raise NotImplementedError
+
+    def score(self, pred: Any, ref: Any) -> float:
+        """Score ``pred`` against ``ref``; a list of references gives the best of them.
+
+        "Best" is the maximum for utilities and the minimum for losses, as in the SQuAD
+        evaluation (max over gold answers).
+        """
+        if isinstance(ref, (list, tuple)):
+            if not ref:
+                raise InvalidParameterError(f"The 'ref' parameter of {self.name}.score must not be an empty list.")
+            values = [self._score_one(pred, r) for r in ref]
+            return max(values) if self.higher_is_better else min(values)
+        return self._score_one(pred, ref)
+
+    # -- the matrix contract -----------------------------------------------------------------
+    def pairwise(self, cands: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
+        """Return the (C, R) float64 matrix ``M[i, j] = score(cands[i], refs[j])``.
+
+        This fallback makes C x R calls of ``_score_one``; metrics that can do better override it.
+        """
+        out = np.empty((len(cands), len(refs)), dtype=np.float64)
+        for i, c in enumerate(cands):
+            for j, r in enumerate(refs):
+                out[i, j] = self._score_one(c, r)
+        return out
+
+    def _pairwise_deduplicated(
+        self, cands: Sequence[Any], refs: Sequence[Any], unique_fn: Callable[[list[Any], list[Any]], np.ndarray]
+    ) -> np.ndarray:
+        """Compute ``unique_fn`` on the distinct inputs only, then expand to the full (C, R) matrix.
+
+        Sampled answers repeat a lot (that is what a confident model does), so scoring distinct
+        strings first divides the work by the square of the duplication factor.
+        """
+        from metricwise.metrics.overlap import dedupe
+
+        ucands, ci = dedupe(list(cands))
+        urefs, ri = dedupe(list(refs))
+        unique = unique_fn(ucands, urefs)
+        return unique[np.ix_(ci, ri)]
+
+    def normalize(self, value: Any) -> Any:
+        """Key under which two answers count as the same (used by the ``mode`` rule)."""
+        return value
+
+    def signature(self) -> str:
+        """A short string naming the metric and its settings, for reproducible reports."""
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<Metric {self.signature()} ({'higher' if self.higher_is_better else 'lower'} is better)>"
+
+
+class CallableMetric(Metric):
+    """Wrap a user's function ``u(candidate, reference) -> float`` as a :class:`Metric`.
+
+    Parameters
+    ----------
+    fn:
+        The function. It is called once per pair (C x R calls for MBR).
+    higher_is_better:
+        Required: the direction of ``fn``.
+    name:
+        Name used in reports; defaults to the function's ``__name__``.
+    numeric:
+        Parse samples as numbers before calling ``fn``.
+    symmetric:
+        Declare ``fn(a, b) == fn(b, a)``. Only halves nothing today; recorded for the tests.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Any, Any], float],
+        *,
+        higher_is_better: bool,
+        name: str | None = None,
+        numeric: bool = False,
+        symmetric: bool = False,
+    ) -> None:
+        if not callable(fn):
+            raise InvalidParameterError(f"The 'fn' parameter of CallableMetric must be callable. Got {fn!r} instead.")
+        if not isinstance(higher_is_better, bool):
+            raise InvalidParameterError(
+                "The 'higher_is_better' parameter must be given as True or False when the metric is a "
+                f"plain callable. Got {higher_is_better!r} instead."
+            )
+        self._fn = fn
+        self.higher_is_better = higher_is_better
+        self.kind = "numeric" if numeric else "text"
+        self.symmetric = symmetric
+        self._name = name or getattr(fn, "__name__", "callable")
+
+    @property  # type: ignore[override]
+    def name(self) -> str:  # noqa: D401 - a property standing in for the class attribute
+        return self._name
+
+    def _score_one(self, pred: Any, ref: Any) -> float:
+        return float(self._fn(pred, ref))
+
+    def signature(self) -> str:
+        return f"callable:{self._name}"
+
+
+MetricFactory = Callable[..., Metric]
+_REGISTRY: dict[str, MetricFactory] = {}
+
+
+def register(name: str) -> Callable[[MetricFactory], MetricFactory]:
+    """Class decorator that registers a metric factory under ``name``; refuses duplicates.
+
+    The factory is called with the metric's keyword arguments (for example ``tau`` for
+    ``pinball``) by :func:`get`.
+    """
+
+    def decorator(factory: MetricFactory) -> MetricFactory:
+        if name in _REGISTRY:
+            raise InvalidParameterError(f"A metric named {name!r} is already registered.")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorator
+
+
+def names() -> list[str]:
+    """Sorted names of all registered metrics."""
+    _load_builtin_metrics()
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **kwargs: Any) -> Metric:
+    """Instantiate the registered metric ``name`` with its keyword arguments."""
+    _load_builtin_metrics()
+    if name not in _REGISTRY:
+        raise UnknownNameError(f"Unknown metric {name!r}.{did_you_mean(name, list(_REGISTRY))} Known metrics: {', '.join(sorted(_REGISTRY))}.")
+    try:
+        return _REGISTRY[name](**kwargs)
+    except TypeError as exc:
+        raise InvalidParameterError(f"Bad arguments for metric {name!r}: {exc}.") from None
+
+
+def resolve(
+    metric: str | Metric | Callable[[Any, Any], float],
+    *,
+    higher_is_better: bool | None = None,
+    **kwargs: Any,
+) -> Metric:
+    """Turn a metric name, a :class:`Metric` or a plain callable into a :class:`Metric`."""
+    if isinstance(metric, Metric):
+        if kwargs:
+            raise InvalidParameterError(
+                f"Metric arguments {sorted(kwargs)} were given with an already built metric {metric!r}; "
+                "pass them to its constructor instead."
+            )
+        return metric
+    if isinstance(metric, str):
+        return get(metric, **kwargs)
+    if callable(metric):
+        if higher_is_better is None:
+            raise InvalidParameterError(
+                "The 'higher_is_better' parameter is required when the metric is a plain callable "
+                "(True for a utility such as F1, False for a loss). Got None instead."
+            )
+        return CallableMetric(metric, higher_is_better=higher_is_better, **kwargs)
+    raise InvalidParameterError(
+        f"The 'metric' parameter must be a registered name, a Metric or a callable. Got {metric!r} instead."
+    )
+
+
+_BUILTINS_LOADED = False
+
+
+def _load_builtin_metrics() -> None:
+    """Import the built-in metric modules (they register themselves) on first use."""
+    global _BUILTINS_LOADED
+    if _BUILTINS_LOADED:
+        return
+    _BUILTINS_LOADED = True
+    import importlib
+
+    for module in ("numeric", "squad", "bleu", "chrf", "rouge", "embedding"):
+        try:
+            importlib.import_module(f"metricwise.metrics.{module}")
+        except ModuleNotFoundError as exc:
+            # Only a missing built-in module is tolerated (while it is being written);
+            # a missing third-party import inside one is a real error.
+            if exc.name != f"metricwise.metrics.{module}":
+                raise

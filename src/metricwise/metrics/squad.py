@@ -1,0 +1,91 @@
+"""Exact match and token F1 with the SQuAD v1.1 evaluation script's definitions.
+
+Normalisation (``normalize_answer``): lower-case, drop ASCII punctuation, drop the articles
+"a", "an", "the", collapse whitespace. Token F1 is the harmonic mean of precision and recall of
+the normalised tokens' multiset overlap; with several references the best one counts. As in
+v1.1 (unlike the v2.0 script), an empty prediction or reference has F1 0, even against another
+empty string.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from metricwise.metrics.base import Metric, register
+from metricwise.metrics.overlap import bag_sizes, clipped_overlap
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1 answer normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = str(text).lower()
+    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+@register("exact_match")
+class ExactMatch(Metric):
+    """1.0 when the normalised answers are equal, else 0.0. Bayes decision: the weighted mode."""
+
+    name = "exact_match"
+    bayes_rule = "mode"
+
+    def normalize(self, value: Any) -> Any:
+        return normalize_answer(value)
+
+    def _score_one(self, pred: Any, ref: Any) -> float:
+        return float(normalize_answer(pred) == normalize_answer(ref))
+
+    def pairwise(self, cands: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
+        """(C, R) equality matrix of normalised answers, by integer codes; O(C x R) array work."""
+        codes: dict[str, int] = {}
+        c = np.fromiter((codes.setdefault(normalize_answer(x), len(codes)) for x in cands), dtype=np.int64, count=len(cands))
+        r = np.fromiter((codes.setdefault(normalize_answer(x), len(codes)) for x in refs), dtype=np.int64, count=len(refs))
+        return (c[:, None] == r[None, :]).astype(np.float64)
+
+
+def _token_bag(text: Any) -> Counter:
+    return Counter(normalize_answer(text).split())
+
+
+def _f1_from_counts(overlap: np.ndarray, pred_len: np.ndarray, ref_len: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = overlap / pred_len
+        recall = overlap / ref_len
+        f1 = 2 * precision * recall / (precision + recall)
+    return np.where(overlap > 0, f1, 0.0)
+
+
+@register("token_f1")
+class TokenF1(Metric):
+    """SQuAD token F1 between normalised answers (0..1). Decided by MBR.
+
+    ``pairwise`` scores distinct strings only and computes every pair's token overlap with
+    :func:`metricwise.metrics.overlap.clipped_overlap` (matrix products), instead of C x R
+    ``Counter`` intersections.
+    """
+
+    name = "token_f1"
+
+    def _score_one(self, pred: Any, ref: Any) -> float:
+        p, r = _token_bag(pred), _token_bag(ref)
+        overlap = np.array([[sum((p & r).values())]], dtype=np.float64)
+        return float(_f1_from_counts(overlap, bag_sizes([p])[:, None], bag_sizes([r])[None, :])[0, 0])
+
+    def pairwise(self, cands: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
+        return self._pairwise_deduplicated(cands, refs, self._pairwise_unique)
+
+    def _pairwise_unique(self, cands: list[Any], refs: list[Any]) -> np.ndarray:
+        c_bags = [_token_bag(x) for x in cands]
+        r_bags = c_bags if cands == refs else [_token_bag(x) for x in refs]
+        overlap = clipped_overlap(c_bags, r_bags)
+        return _f1_from_counts(overlap, bag_sizes(c_bags)[:, None], bag_sizes(r_bags)[None, :])

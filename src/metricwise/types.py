@@ -1,0 +1,252 @@
+"""Plain data types shared by every layer: candidates, sample sets, decisions, sampling configs.
+
+All are frozen dataclasses so that they can be hashed, cached and passed between threads
+without defensive copies.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from metricwise.errors import InvalidParameterError
+
+FinishReason = Literal["stop", "eos", "length", "guard", "error"]
+FINISH_REASONS: tuple[str, ...] = ("stop", "eos", "length", "guard", "error")
+#: Finish reasons whose text is complete; the others are left out of decisions by default.
+COMPLETE_FINISH_REASONS: frozenset[str] = frozenset({"stop", "eos"})
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One sampled answer.
+
+    Attributes
+    ----------
+    text:
+        The generated text (without the prompt).
+    logp:
+        Sequence log-probability in nats under the raw model (temperature 1, no truncation).
+    logq:
+        Sequence log-probability in nats under the distribution the sample was actually drawn
+        from (after temperature, top-k, top-p, min-p). Equals ``logp`` for ancestral sampling.
+    n_tokens:
+        Number of generated tokens.
+    finish_reason:
+        ``"stop"`` (a stop string), ``"eos"``, ``"length"`` (max_tokens reached), ``"guard"``
+        (a runaway guard fired) or ``"error"``; ``None`` when unknown.
+    """
+
+    text: str
+    logp: float | None = None
+    logq: float | None = None
+    n_tokens: int | None = None
+    finish_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "logp": self.logp,
+            "logq": self.logq,
+            "n_tokens": self.n_tokens,
+            "finish_reason": self.finish_reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Candidate:
+        if "text" not in data:
+            raise InvalidParameterError("A candidate must have a 'text' field. Got keys " f"{sorted(data)} instead.")
+        return cls(
+            text=str(data["text"]),
+            logp=_optional_float(data.get("logp"), "logp"),
+            logq=_optional_float(data.get("logq"), "logq"),
+            n_tokens=None if data.get("n_tokens") is None else int(data["n_tokens"]),
+            finish_reason=data.get("finish_reason"),
+        )
+
+
+def _optional_float(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(f"The '{name}' field must be a number or null. Got {value!r} instead.") from None
+    if math.isnan(result):
+        raise InvalidParameterError(f"The '{name}' field must not be NaN.")
+    return result
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """The N candidates sampled for one prompt, in sampling order."""
+
+    candidates: tuple[Candidate, ...]
+    prompt: str | None = None
+    id: Any = None
+
+    @classmethod
+    def from_texts(
+        cls,
+        texts: Iterable[str],
+        logp: Sequence[float] | None = None,
+        logq: Sequence[float] | None = None,
+        prompt: str | None = None,
+    ) -> SampleSet:
+        texts = list(texts)
+        for name, column in (("logp", logp), ("logq", logq)):
+            if column is not None and len(column) != len(texts):
+                raise InvalidParameterError(
+                    f"The '{name}' parameter of SampleSet.from_texts must have one value per text "
+                    f"({len(texts)}). Got {len(column)} instead."
+                )
+        return cls(
+            candidates=tuple(
+                Candidate(
+                    text=t,
+                    logp=None if logp is None else float(logp[i]),
+                    logq=None if logq is None else float(logq[i]),
+                )
+                for i, t in enumerate(texts)
+            ),
+            prompt=prompt,
+        )
+
+    @property
+    def texts(self) -> list[str]:
+        return [c.text for c in self.candidates]
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+
+@dataclass(frozen=True)
+class SupportItem:
+    """One distinct candidate value with its normalised weight (probability) in the decision."""
+
+    value: Any
+    weight: float
+    count: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The Bayes-optimal answer for one set of samples.
+
+    Exactly one of ``expected_utility`` (metrics where higher is better) and ``expected_loss``
+    (errors and losses) is set, so that the direction can never be misread.
+
+    Attributes
+    ----------
+    output:
+        The decision: a string, a float, or ``None`` when no sample was usable (see ``failure``).
+    rule:
+        The rule that produced it: ``"mode"``, ``"mean"``, ``"median"``, ``"quantile"``,
+        ``"grid"`` or ``"mbr"``.
+    metric:
+        Name of the metric the decision optimises.
+    expected_utility, expected_loss:
+        The metric's expectation for ``output`` under the weighted sample distribution.
+    n_valid, n_total:
+        Samples that entered the decision, and samples given; ``n_valid / n_total`` is the
+        parse rate.
+    support:
+        Distinct candidate values with their normalised weights, heaviest first.
+    weighting:
+        ``"uniform"``, ``"model"``, ``"importance"`` or ``"explicit"``.
+    effective_sample_size:
+        Kish's effective sample size of the weights, ``(sum w)^2 / sum w^2``.
+    excluded:
+        Why samples were left out, as ``{reason: count}`` (``"unparsable"``, ``"length"``, ...).
+    failure:
+        Set (and ``output`` is ``None``) when no sample could be used; says why.
+    """
+
+    output: Any
+    rule: str
+    metric: str
+    expected_utility: float | None
+    expected_loss: float | None
+    n_valid: int
+    n_total: int
+    support: tuple[SupportItem, ...]
+    weighting: str = "uniform"
+    effective_sample_size: float | None = None
+    excluded: dict[str, int] = field(default_factory=dict)
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    @property
+    def parse_rate(self) -> float:
+        return self.n_valid / self.n_total if self.n_total else 0.0
+
+    def to_dict(self, max_support: int | None = None) -> dict[str, Any]:
+        support = self.support if max_support is None else self.support[:max_support]
+        out: dict[str, Any] = {
+            "output": self.output,
+            "rule": self.rule,
+            "metric": self.metric,
+        }
+        if self.expected_utility is not None or self.expected_loss is None:
+            out["expected_utility"] = self.expected_utility
+        if self.expected_loss is not None:
+            out["expected_loss"] = self.expected_loss
+        out.update(
+            {
+                "n_valid": self.n_valid,
+                "n_total": self.n_total,
+                "weighting": self.weighting,
+                "effective_sample_size": self.effective_sample_size,
+                "support": [[s.value, s.weight, s.count] for s in support],
+            }
+        )
+        if self.excluded:
+            out["excluded"] = dict(self.excluded)
+        if self.failure is not None:
+            out["failure"] = self.failure
+        return out
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to draw candidates from a model. Immutable so that it can key the sample store.
+
+    ``max_tokens`` is required to be finite: a runaway generation is multiplied by ``n``.
+    ``temperature=0`` means greedy decoding.
+    """
+
+    n: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    max_tokens: int = 64
+    stop: tuple[str, ...] = ()
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.n, int) or self.n < 1:
+            raise InvalidParameterError(f"The 'n' parameter of SamplingConfig must be an int >= 1. Got {self.n!r} instead.")
+        if not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
+            raise InvalidParameterError(
+                f"The 'max_tokens' parameter of SamplingConfig must be an int > 0. Got {self.max_tokens!r} instead."
+            )
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise InvalidParameterError(
+                f"The 'temperature' parameter of SamplingConfig must be a finite float >= 0. Got {self.temperature!r} instead."
+            )
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise InvalidParameterError(f"The 'top_k' parameter of SamplingConfig must be an int >= 0 (0 = off). Got {self.top_k!r} instead.")
+        if not 0 < self.top_p <= 1:
+            raise InvalidParameterError(f"The 'top_p' parameter of SamplingConfig must be in (0, 1]. Got {self.top_p!r} instead.")
+        if not 0 <= self.min_p < 1:
+            raise InvalidParameterError(f"The 'min_p' parameter of SamplingConfig must be in [0, 1). Got {self.min_p!r} instead.")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop))
