@@ -1,0 +1,47 @@
+# Two commands on a fresh machine:
+#   make demo   installs metricwise in .venv and runs the main job
+#   make test   installs the test tools in .venv and runs lint, types and the fast tests
+# Each creates .venv on first use; re-running re-installs only when pyproject.toml changed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned and installed first: an unpinned torch pulls several GB of CUDA packages.
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-slow lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.core-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev,embed]'
+	touch $@ $(VENV)/.core-installed
+
+demo: $(VENV)/.core-installed
+	$(BIN)/metricwise decide --metric squared_error --valid-range 0,5 examples/stsb_samples.jsonl
+	$(BIN)/metricwise decide --metric exact_match examples/qa_samples.jsonl
+	$(BIN)/metricwise decide --metric token_f1 examples/qa_samples.jsonl
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.dev-installed
+	$(BIN)/pytest -m slow $(PYTEST_ARGS)
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python bench/mbr_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,544 @@
+"""Bayes-optimal decisions from samples.
+
+Given samples ``y_1..y_N`` with weights ``w_i`` (an estimate of the model's answer distribution)
+and a metric, return the answer ``a`` that optimises the expected metric
+``sum_i w_i * metric(a, y_i)`` (MALI: Lukasik et al., "Regression-aware inference with LLMs",
+EMNLP Findings 2024). Closed forms come first:
+
+========================  =========================================================
+metric                    rule
+========================  =========================================================
+exact_match               ``mode``: weighted majority of the normalised answers
+squared_error             ``mean``: weighted mean (often a value no sample produced)
+absolute_error            ``median``: weighted median
+pinball(tau)              ``quantile``: weighted tau-quantile
+bounded scale             ``grid``: samples snapped to a grid (e.g. 1..5), then the
+                          metric's optimum over the grid's distribution
+anything else             ``mbr``: argmax over distinct candidates of expected utility
+========================  =========================================================
+
+Ties are broken deterministically and independently of sample order: first by the larger total
+weight of the candidate, then by the smaller value (the smallest number, or the lexicographically
+smallest string). Expected scores that differ by less than 1e-9 (relative) count as tied.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
+from metricwise.metrics.base import Metric, resolve
+from metricwise.types import COMPLETE_FINISH_REASONS, Decision, SampleSet, SupportItem
+
+RULES: tuple[str, ...] = ("mode", "mean", "median", "quantile", "grid", "mbr")
+NUMERIC_RULES: frozenset[str] = frozenset({"mean", "median", "quantile", "grid"})
+WEIGHTINGS: tuple[str, ...] = ("uniform", "model", "importance")
+_TIE_RTOL = 1e-9
+
+
+def decide(
+    samples: SampleSet | Sequence[Any],
+    metric: str | Metric | Callable[[Any, Any], float],
+    *,
+    rule: str | None = None,
+    weights: str | Sequence[float] | np.ndarray | None = None,
+    logprobs: Sequence[float] | None = None,
+    proposal_logprobs: Sequence[float] | None = None,
+    higher_is_better: bool | None = None,
+    weight_temperature: float = 1.0,
+    valid_range: tuple[float, float] | None = None,
+    grid: Sequence[float] | None = None,
+    extractor: Callable[[str], Any] | str | None = None,
+    include_incomplete: bool = False,
+    **metric_args: Any,
+) -> Decision:
+    """Return the answer that is Bayes-optimal for ``metric`` under the samples' distribution.
+
+    Parameters
+    ----------
+    samples:
+        N sampled answers: strings, numbers, or a :class:`~metricwise.types.SampleSet` (whose
+        candidates carry ``logp``, ``logq`` and finish reasons).
+    metric:
+        A registered metric name (see ``metricwise.metrics.names()``), a
+        :class:`~metricwise.metrics.Metric`, or a plain callable ``u(candidate, reference)``
+        together with ``higher_is_better``.
+    rule:
+        ``None`` picks the metric's closed form (``metric.bayes_rule``) or MBR; one of
+        ``"mode"``, ``"mean"``, ``"median"``, ``"quantile"``, ``"grid"``, ``"mbr"`` overrides.
+    weights:
+        ``None``/``"uniform"``: the empirical distribution. ``"model"``: softmax of
+        ``logprobs / weight_temperature`` over distinct candidate texts (a duplicate is one
+        sequence of the model, counted once). ``"importance"``: ``exp(logp - logq)`` per sample,
+        undoing the sampler's distortion (temperature, top-k/p); the effective sample size is
+        reported. Or an explicit non-negative array of shape (N,).
+    logprobs, proposal_logprobs:
+        Shape (N,) sequence log-probabilities in nats under the raw model (``log p``) and under
+        the sampler (``log q``). Taken from a ``SampleSet`` when not given.
+    higher_is_better:
+        Required when ``metric`` is a plain callable.
+    weight_temperature:
+        Temperature > 0 of the ``"model"`` weighting.
+    valid_range:
+        ``(lo, hi)``: parsed numbers are clipped into it (and ``"x/hi"`` reads as "x out of hi").
+    grid:
+        Allowed values for the ``"grid"`` rule; defaults to the integers of ``valid_range``.
+    extractor:
+        A callable ``str -> value or None``, or an extractor spec such as ``"number:last"``
+        (see :class:`metricwise.extract.Extractor`), applied to every text sample first.
+    include_incomplete:
+        Keep candidates whose finish reason is ``"length"``, ``"guard"`` or ``"error"``
+        (truncated or runaway text); they are left out by default.
+    **metric_args:
+        Passed to the registered metric (for example ``tau=0.9`` for ``pinball``).
+
+    Returns
+    -------
+    Decision
+        ``output`` is ``None`` and ``failure`` says why when no sample was usable.
+
+    Examples
+    --------
+    >>> from metricwise import decide
+    >>> decide(["3", "4", "4", "5"], "squared_error").output
+    4.0
+    >>> decide(["Paris", "paris.", "Lyon"], "exact_match").output
+    'Paris'
+    """
+    check_weighting(weights)
+    metric_obj = resolve(metric, higher_is_better=higher_is_better, **metric_args)
+    rule_name = _choose_rule(rule, metric_obj)
+    numeric = metric_obj.kind == "numeric" or rule_name in NUMERIC_RULES
+
+    raw, logp, logq, finish = _unpack_samples(samples, logprobs, proposal_logprobs)
+    n_total = len(raw)
+    extract_fn = _resolve_extractor(extractor)
+    if valid_range is not None:
+        valid_range = _check_range(valid_range)
+
+    values: list[Any] = []
+    keep: list[int] = []
+    excluded: dict[str, int] = {}
+    for i, item in enumerate(raw):
+        reason = finish[i]
+        if not include_incomplete and reason is not None and reason not in COMPLETE_FINISH_REASONS:
+            excluded[reason] = excluded.get(reason, 0) + 1
+            continue
+        value = _to_value(item, numeric=numeric, extract_fn=extract_fn, valid_range=valid_range)
+        if value is None:
+            excluded["unparsable"] = excluded.get("unparsable", 0) + 1
+            continue
+        values.append(value)
+        keep.append(i)
+
+    weighting, sample_weights = _sample_weights(
+        weights, n_total, keep, raw, logp, logq, weight_temperature
+    )
+    if not values or sample_weights.sum() <= 0:
+        why = _failure_message(n_total, excluded, numeric, bool(values))
+        return Decision(
+            output=None,
+            rule=rule_name,
+            metric=metric_obj.signature(),
+            expected_utility=math.nan if metric_obj.higher_is_better else None,
+            expected_loss=None if metric_obj.higher_is_better else math.nan,
+            n_valid=0,
+            n_total=n_total,
+            support=(),
+            weighting=weighting,
+            effective_sample_size=0.0,
+            excluded=excluded,
+            failure=why,
+        )
+    sample_weights = sample_weights / sample_weights.sum()
+    ess = float(1.0 / np.sum(sample_weights**2))
+
+    support_values, support_weights, support_counts = _aggregate(values, sample_weights)
+    output = _RULE_FUNCTIONS[rule_name](
+        support_values, support_weights, support_counts, metric_obj, valid_range, grid
+    )
+    expected = float(metric_obj.pairwise([output], support_values)[0] @ support_weights)
+
+    order = _support_order(support_values, support_weights)
+    support = tuple(
+        SupportItem(value=support_values[k], weight=float(support_weights[k]), count=int(support_counts[k]))
+        for k in order
+    )
+    return Decision(
+        output=output,
+        rule=rule_name,
+        metric=metric_obj.signature(),
+        expected_utility=expected if metric_obj.higher_is_better else None,
+        expected_loss=None if metric_obj.higher_is_better else expected,
+        n_valid=len(values),
+        n_total=n_total,
+        support=support,
+        weighting=weighting,
+        effective_sample_size=ess,
+        excluded=excluded,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Input handling
+
+
+def check_weighting(weights: object) -> None:
+    """Raise for a weighting name that is not one of :data:`WEIGHTINGS`."""
+    if isinstance(weights, str) and weights not in WEIGHTINGS:
+        raise UnknownNameError(
+            f"The 'weights' parameter of decide must be one of {', '.join(WEIGHTINGS)} or an array. "
+            f"Got {weights!r} instead.{did_you_mean(weights, list(WEIGHTINGS))}"
+        )
+
+
+def _choose_rule(rule: str | None, metric: Metric) -> str:
+    if rule is None:
+        return metric.bayes_rule or "mbr"
+    if rule not in RULES:
+        raise UnknownNameError(
+            f"The 'rule' parameter of decide must be one of {', '.join(RULES)}. Got {rule!r} instead."
+            f"{did_you_mean(str(rule), list(RULES))}"
+        )
+    return rule
+
+
+def _unpack_samples(
+    samples: SampleSet | Sequence[Any],
+    logprobs: Sequence[float] | None,
+    proposal_logprobs: Sequence[float] | None,
+) -> tuple[list[Any], np.ndarray | None, np.ndarray | None, list[str | None]]:
+    if isinstance(samples, SampleSet):
+        raw: list[Any] = [c.text for c in samples.candidates]
+        finish = [c.finish_reason for c in samples.candidates]
+        if logprobs is None and all(c.logp is not None for c in samples.candidates):
+            logprobs = [float(c.logp) for c in samples.candidates]  # type: ignore[arg-type]
+        if proposal_logprobs is None and all(c.logq is not None for c in samples.candidates):
+            proposal_logprobs = [float(c.logq) for c in samples.candidates]  # type: ignore[arg-type]
+    elif isinstance(samples, (str, bytes)):
+        raise InvalidParameterError(
+            "The 'samples' parameter of decide must be a sequence of answers, not a single string. "
+            f"Got {samples!r} instead; wrap it in a list."
+        )
+    else:
+        try:
+            raw = list(samples)
+        except TypeError:
+            raise InvalidParameterError(
+                f"The 'samples' parameter of decide must be a sequence or a SampleSet. Got {type(samples).__name__} instead."
+            ) from None
+        finish = [None] * len(raw)
+    logp = _check_logprobs(logprobs, len(raw), "logprobs")
+    logq = _check_logprobs(proposal_logprobs, len(raw), "proposal_logprobs")
+    return raw, logp, logq, finish
+
+
+def _check_logprobs(values: Sequence[float] | None, n: int, name: str) -> np.ndarray | None:
+    if values is None:
+        return None
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.shape != (n,):
+        raise InvalidParameterError(
+            f"The '{name}' parameter of decide must have shape ({n},), one value per sample. Got shape {arr.shape} instead."
+        )
+    if np.isnan(arr).any() or (arr > 1e-6).any():
+        raise InvalidParameterError(
+            f"The '{name}' parameter of decide must hold log-probabilities (<= 0, not NaN). Got {arr[np.isnan(arr) | (arr > 1e-6)][:3].tolist()} instead."
+        )
+    return arr
+
+
+def _check_range(valid_range: tuple[float, float]) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in valid_range)
+    except (TypeError, ValueError):
+        raise InvalidParameterError(
+            f"The 'valid_range' parameter of decide must be a pair (lo, hi) of numbers. Got {valid_range!r} instead."
+        ) from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise InvalidParameterError(
+            f"The 'valid_range' parameter of decide must be finite with lo < hi. Got {valid_range!r} instead."
+        )
+    return lo, hi
+
+
+def _resolve_extractor(extractor: Callable[[str], Any] | str | None) -> Callable[[str], Any] | None:
+    if extractor is None or callable(extractor):
+        return extractor
+    if isinstance(extractor, str):
+        from metricwise.extract import Extractor
+
+        return Extractor.from_spec(extractor)
+    raise InvalidParameterError(
+        f"The 'extractor' parameter of decide must be a callable or a spec string. Got {extractor!r} instead."
+    )
+
+
+def _to_value(
+    item: Any,
+    *,
+    numeric: bool,
+    extract_fn: Callable[[str], Any] | None,
+    valid_range: tuple[float, float] | None,
+) -> Any:
+    """The sample as the decision sees it: a finite float, a string, or None when unusable."""
+    if isinstance(item, str) and extract_fn is not None:
+        item = extract_fn(item)
+        if item is None:
+            return None
+    if not numeric:
+        return item if isinstance(item, str) else str(item)
+    if isinstance(item, bool):
+        return None
+    if isinstance(item, (int, float, np.integer, np.floating)):
+        value = float(item)
+        if not math.isfinite(value):
+            return None
+        if valid_range is not None:
+            value = min(max(value, valid_range[0]), valid_range[1])
+        return value
+    from metricwise.extract import extract_number
+
+    return extract_number(str(item), valid_range=valid_range)
+
+
+def _sample_weights(
+    weights: str | Sequence[float] | np.ndarray | None,
+    n_total: int,
+    keep: list[int],
+    raw: list[Any],
+    logp: np.ndarray | None,
+    logq: np.ndarray | None,
+    temperature: float,
+) -> tuple[str, np.ndarray]:
+    """Unnormalised weights of the kept samples, shape (len(keep),), and the weighting's name."""
+    idx = np.asarray(keep, dtype=np.int64)
+    if weights is None or (isinstance(weights, str) and weights == "uniform"):
+        return "uniform", np.ones(len(keep))
+    if isinstance(weights, str):
+        if weights == "model":
+            if logp is None:
+                raise InvalidParameterError(
+                    "The 'weights' parameter of decide is 'model', which needs 'logprobs' (or a SampleSet "
+                    "whose candidates have logp). Got no log-probabilities."
+                )
+            if not (temperature > 0 and math.isfinite(temperature)):
+                raise InvalidParameterError(
+                    f"The 'weight_temperature' parameter of decide must be a finite float > 0. Got {temperature!r} instead."
+                )
+            return "model", _model_weights(raw, logp, idx, temperature)
+        if weights == "importance":
+            if logp is None or logq is None:
+                raise InvalidParameterError(
+                    "The 'weights' parameter of decide is 'importance', which needs both 'logprobs' (log p) "
+                    "and 'proposal_logprobs' (log q), or a SampleSet whose candidates have both."
+                )
+            log_ratio = logp[idx] - logq[idx]
+            if len(log_ratio) == 0:
+                return "importance", log_ratio
+            return "importance", np.exp(log_ratio - log_ratio.max())
+        check_weighting(weights)
+    arr = np.asarray(weights, dtype=np.float64)
+    if arr.shape != (n_total,):
+        raise InvalidParameterError(
+            f"The 'weights' parameter of decide must have shape ({n_total},), one weight per sample. Got shape {arr.shape} instead."
+        )
+    if not np.isfinite(arr).all() or (arr < 0).any():
+        raise InvalidParameterError("The 'weights' parameter of decide must be finite and non-negative.")
+    return "explicit", arr[idx]
+
+
+def _model_weights(raw: list[Any], logp: np.ndarray, idx: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logp / T) over distinct texts; each text's mass is shared by its copies."""
+    groups: dict[str, list[int]] = {}
+    for position, i in enumerate(idx):
+        groups.setdefault(str(raw[i]), []).append(position)
+    keys = list(groups)
+    # A text has one sequence probability; averaging guards against tiny numeric drift between copies.
+    scaled = np.array([np.mean(logp[idx[groups[k]]]) for k in keys]) / temperature
+    if len(scaled) == 0:
+        return np.zeros(0)
+    mass = np.exp(scaled - scaled.max())
+    out = np.empty(len(idx))
+    for k, m in zip(keys, mass):
+        members = groups[k]
+        out[members] = m / len(members)
+    return out
+
+
+def _failure_message(n_total: int, excluded: dict[str, int], numeric: bool, had_values: bool) -> str:
+    if n_total == 0:
+        return "no samples were given"
+    if had_values:
+        return "every usable sample has weight 0"
+    parts = ", ".join(f"{count} {reason}" for reason, count in sorted(excluded.items()))
+    what = "a number" if numeric else "an answer"
+    return f"none of the {n_total} samples could be used as {what} ({parts})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation and tie-breaking
+
+
+def _aggregate(values: list[Any], weights: np.ndarray) -> tuple[list[Any], np.ndarray, np.ndarray]:
+    """Distinct values with summed weights and counts, in a canonical (sorted) order."""
+    totals: dict[Any, float] = {}
+    counts: dict[Any, int] = {}
+    for v, w in zip(values, weights):
+        totals[v] = totals.get(v, 0.0) + float(w)
+        counts[v] = counts.get(v, 0) + 1
+    distinct = sorted(totals, key=_value_key)
+    return (
+        distinct,
+        np.array([totals[v] for v in distinct]),
+        np.array([counts[v] for v in distinct], dtype=np.int64),
+    )
+
+
+def _value_key(value: Any) -> tuple[int, Any]:
+    if isinstance(value, (int, float)):
+        return (0, float(value))
+    return (1, str(value))
+
+
+def _support_order(values: list[Any], weights: np.ndarray) -> list[int]:
+    return sorted(range(len(values)), key=lambda k: (-weights[k], _value_key(values[k])))
+
+
+def _best_index(scores: np.ndarray, weights: np.ndarray, values: list[Any], higher_is_better: bool) -> int:
+    """Index of the optimal score; ties go to the heavier candidate, then the smaller value."""
+    signed = scores if higher_is_better else -scores
+    best = float(np.max(signed))
+    tol = _TIE_RTOL * max(1.0, abs(best))
+    tied = [k for k in range(len(values)) if signed[k] >= best - tol]
+    return min(tied, key=lambda k: (-weights[k], _value_key(values[k])))
+
+
+def weighted_quantile(values: Sequence[float] | np.ndarray, weights: Sequence[float] | np.ndarray, tau: float) -> float:
+    """The tau-quantile minimising expected pinball loss under a weighted sample.
+
+    Parameters
+    ----------
+    values, weights:
+        Shape (K,) each; weights non-negative with a positive sum.
+    tau:
+        Level in (0, 1); 0.5 gives the median.
+
+    Returns
+    -------
+    float
+        The smallest ``x_k`` whose cumulative weight exceeds ``tau``; when the cumulative weight
+        equals ``tau`` exactly at ``x_k`` every point of ``[x_k, x_{k+1}]`` is optimal and the
+        midpoint is returned (so uniform weights reproduce ``numpy.median``).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    order = np.argsort(v, kind="stable")
+    v, w = v[order], w[order]
+    cumulative = np.cumsum(w) / w.sum()
+    k = int(np.searchsorted(cumulative, tau - 1e-12, side="left"))
+    k = min(k, len(v) - 1)
+    if abs(cumulative[k] - tau) <= 1e-12 and k + 1 < len(v):
+        return float((v[k] + v[k + 1]) / 2)
+    return float(v[k])
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules. Each gets the distinct values (canonical order), their weights (sum 1) and counts.
+
+RuleFunction = Callable[
+    [list[Any], np.ndarray, np.ndarray, Metric, "tuple[float, float] | None", "Sequence[float] | None"], Any
+]
+
+
+def _rule_mode(values: list[Any], weights: np.ndarray, counts: np.ndarray, metric: Metric, *_: Any) -> Any:
+    """Weighted majority over the metric's equivalence classes (``metric.normalize``)."""
+    class_weight: dict[Any, float] = {}
+    members: dict[Any, list[int]] = {}
+    for k, v in enumerate(values):
+        key = metric.normalize(v)
+        class_weight[key] = class_weight.get(key, 0.0) + float(weights[k])
+        members.setdefault(key, []).append(k)
+    keys = list(class_weight)
+    key_weights = np.array([class_weight[key] for key in keys])
+    winner = keys[_best_index(key_weights, key_weights, keys, higher_is_better=True)]
+    # The class is reported by its heaviest surface form.
+    group = members[winner]
+    k = _best_index(weights[group], weights[group], [values[g] for g in group], higher_is_better=True)
+    return values[group[k]]
+
+
+def _rule_mean(values: list[Any], weights: np.ndarray, *_: Any) -> float:
+    return float(np.dot(np.asarray(values, dtype=np.float64), weights))
+
+
+def _rule_median(values: list[Any], weights: np.ndarray, *_: Any) -> float:
+    return weighted_quantile(values, weights, 0.5)
+
+
+def _rule_quantile(values: list[Any], weights: np.ndarray, counts: np.ndarray, metric: Metric, *_: Any) -> float:
+    return weighted_quantile(values, weights, float(getattr(metric, "tau", 0.5)))
+
+
+def _rule_mbr(values: list[Any], weights: np.ndarray, counts: np.ndarray, metric: Metric, *_: Any) -> Any:
+    """argmax over distinct candidates c of sum_j w_j u(c, y_j): one (C, C) pairwise matrix."""
+    expected = metric.pairwise(values, values) @ weights
+    return values[_best_index(expected, weights, values, metric.higher_is_better)]
+
+
+def _rule_grid(
+    values: list[Any],
+    weights: np.ndarray,
+    counts: np.ndarray,
+    metric: Metric,
+    valid_range: tuple[float, float] | None,
+    grid: Sequence[float] | None,
+) -> Any:
+    """Snap samples to the nearest grid value, then apply the metric's own rule on the grid.
+
+    For squared error this is the expectation over the grid, ``sum_g p(g) * g``, with ``p(g)`` the
+    weight of samples nearest to ``g``; for other metrics the optimum over the grid's
+    distribution (median, quantile, mode, or MBR with the grid values as candidates).
+    """
+    grid_values = _grid_values(grid, valid_range)
+    v = np.asarray(values, dtype=np.float64)
+    nearest = np.abs(v[:, None] - grid_values[None, :]).argmin(axis=1)  # ties: the lower grid value
+    grid_weights = np.bincount(nearest, weights=weights, minlength=len(grid_values))
+    inner = metric.bayes_rule if metric.bayes_rule in ("mean", "median", "quantile", "mode") else "mbr"
+    present = grid_weights > 0
+    g_values = [float(g) for g in grid_values[present]]
+    g_weights = grid_weights[present]
+    if inner == "mbr":
+        # Any grid value may be the answer, also one no sample is nearest to.
+        expected = metric.pairwise([float(g) for g in grid_values], g_values) @ g_weights
+        all_values = [float(g) for g in grid_values]
+        return all_values[_best_index(expected, grid_weights, all_values, metric.higher_is_better)]
+    return _RULE_FUNCTIONS[inner](g_values, g_weights, counts, metric, valid_range, None)
+
+
+def _grid_values(grid: Sequence[float] | None, valid_range: tuple[float, float] | None) -> np.ndarray:
+    if grid is not None:
+        arr = np.unique(np.asarray(list(grid), dtype=np.float64))
+        if arr.size == 0 or not np.isfinite(arr).all():
+            raise InvalidParameterError(f"The 'grid' parameter of decide must be non-empty finite numbers. Got {grid!r} instead.")
+        return arr
+    if valid_range is not None and all(float(x).is_integer() for x in valid_range):
+        return np.arange(valid_range[0], valid_range[1] + 1, dtype=np.float64)
+    raise InvalidParameterError(
+        "The 'grid' rule needs the 'grid' parameter (the allowed values, e.g. [1, 2, 3, 4, 5]) or an "
+        f"integer 'valid_range' such as (1, 5). Got grid={grid!r}, valid_range={valid_range!r} instead."
+    )
+
+
+_RULE_FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "mode": _rule_mode,
+    "mean": _rule_mean,
+    "median": _rule_median,
+    "quantile": _rule_quantile,
+    "grid": _rule_grid,
+    "mbr": _rule_mbr,
+}

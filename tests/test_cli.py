@@ -1,0 +1,110 @@
+"""The command line: decide on JSONL, errors that name the line, documented exit codes."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from metricwise.cli import main
+
+
+def run(argv, stdin: str | None = None, monkeypatch=None, capsys=None):
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_decide_writes_one_decision_per_line(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "samples.jsonl"
+    path.write_text(
+        json.dumps({"id": "a", "samples": ["3", "4", "4", "5"]}) + "\n\n"
+        + json.dumps({"id": "b", "samples": ["1", "x"], "logprobs": [-1.0, -2.0]}) + "\n"
+    )
+    code, out, _ = run(["decide", "--metric", "squared_error", str(path)], capsys=capsys)
+    assert code == 0
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [d["id"] for d in lines] == ["a", "b"]
+    assert lines[0]["output"] == 4.0
+    assert lines[0]["expected_loss"] == 0.5
+    assert (lines[1]["n_valid"], lines[1]["n_total"]) == (1, 2)
+
+
+def test_decide_reads_sample_output_with_candidates(monkeypatch, capsys):
+    record = {
+        "id": 7,
+        "prompt": "Q",
+        "candidates": [
+            {"text": "Paris", "logp": -0.5, "logq": -0.5, "n_tokens": 1, "finish_reason": "eos"},
+            {"text": "Lyon", "logp": -2.0, "logq": -2.0, "n_tokens": 1, "finish_reason": "eos"},
+            {"text": "Lyon", "logp": -2.0, "logq": -2.0, "n_tokens": 1, "finish_reason": "eos"},
+        ],
+    }
+    code, out, _ = run(["decide", "--metric", "exact_match", "--weights", "model", "-"], json.dumps(record), monkeypatch, capsys)
+    assert code == 0
+    assert json.loads(out)["output"] == "Paris"
+
+
+def test_metric_args_and_failures_are_json(monkeypatch, capsys):
+    stdin = json.dumps({"id": 1, "samples": [1, 2, 3, 10]}) + "\n" + json.dumps({"id": 2, "samples": ["none"]}) + "\n"
+    code, out, _ = run(["decide", "--metric", "pinball", "--metric-args", "tau=0.9", "-"], stdin, monkeypatch, capsys)
+    assert code == 0
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert first["output"] == 10.0
+    assert first["metric"] == "pinball(tau=0.9)"
+    assert second["output"] is None
+    assert second["expected_loss"] is None  # NaN is written as null
+    assert "none of the 1 samples" in second["failure"]
+
+
+@pytest.mark.parametrize(
+    ("stdin", "message"),
+    [
+        ('{"id": 1, "samples": [1]}\n{"id": 2, "samples": [1,\n', "line 2: not valid JSON"),
+        ('{"id": 1, "samples": [1]}\n[1, 2]\n', "line 2: expected a JSON object"),
+        ('{"id": 1, "samples": [1]}\n\n{"id": 3, "sample": [1]}\n', "line 3: expected a 'samples' or 'candidates' field"),
+        ('{"id": 1, "samples": [[1]]}\n', "line 1: 'samples' must be a list"),
+        ('{"id": 1, "samples": [1, 2], "logprobs": [-1]}\n', "line 1: The 'logprobs' parameter"),
+    ],
+)
+def test_malformed_lines_are_named_and_exit_2(stdin, message, monkeypatch, capsys):
+    code, _, err = run(["decide", "--metric", "squared_error", "-"], stdin, monkeypatch, capsys)
+    assert code == 2
+    assert message in err
+
+
+def test_skip_invalid_goes_on(monkeypatch, capsys):
+    stdin = '{"id": 1, "samples": [1]}\nnot json\n{"id": 3, "samples": [3]}\n'
+    code, out, err = run(["decide", "--metric", "squared_error", "--skip-invalid", "-"], stdin, monkeypatch, capsys)
+    assert code == 0
+    assert len(out.splitlines()) == 2
+    assert "1 malformed lines skipped" in err
+
+
+def test_bad_options_exit_2_before_reading(tmp_path, capsys):
+    code, _, err = run(["decide", "--metric", "chfr", str(tmp_path / "missing.jsonl")], capsys=capsys)
+    assert code == 2
+    assert "Did you mean 'chrf'" in err
+    code, _, err = run(["decide", "--metric", "chrf", str(tmp_path / "missing.jsonl")], capsys=capsys)
+    assert code == 2
+    assert "does not exist" in err
+    code, _, err = run(["decide", "--metric", "squared_error", "--valid-range", "0", "-"], capsys=capsys)
+    assert code == 2
+    assert "--valid-range" in err
+
+
+def test_help_shows_an_example():
+    result = subprocess.run([sys.executable, "-m", "metricwise.cli", "decide", "--help"], capture_output=True, text=True, check=True)
+    assert "metricwise decide --metric squared_error samples.jsonl" in result.stdout
+    assert '"samples"' in result.stdout
+
+
+def test_metrics_lists_direction_and_rule(capsys):
+    code, out, _ = run(["metrics"], capsys=capsys)
+    assert code == 0
+    assert "squared_error" in out and "mean" in out and "lower" in out

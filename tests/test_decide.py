@@ -1,0 +1,259 @@
+"""Decision rules checked against brute force, and the API's contracts."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from metricwise import Candidate, SampleSet, decide, metrics, weighted_quantile
+from metricwise.errors import InvalidParameterError, UnknownNameError
+from metricwise.metrics.squad import normalize_answer
+
+finite = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False, allow_infinity=False)
+numbers = st.lists(finite, min_size=1, max_size=25)
+positive_weights = st.floats(min_value=0.01, max_value=10.0)
+
+
+def expected_loss_at(metric_name: str, point: float, values, weights, **kw) -> float:
+    metric = metrics.get(metric_name, **kw)
+    w = np.asarray(weights, dtype=float)
+    w = w / w.sum()
+    return float(sum(wi * metric.score(point, v) for v, wi in zip(values, w)))
+
+
+def grid_minimum(metric_name: str, values, weights, **kw) -> float:
+    """Brute force: the smallest expected loss over a fine grid plus the samples themselves."""
+    lo, hi = min(values), max(values)
+    grid = np.concatenate([np.linspace(lo, hi, 2001), np.asarray(values, dtype=float)])
+    metric = metrics.get(metric_name, **kw)
+    w = np.asarray(weights, dtype=float)
+    losses = metric.pairwise(grid.tolist(), list(values)) @ (w / w.sum())
+    return float(losses.min())
+
+
+@pytest.mark.parametrize(
+    ("metric_name", "kw"),
+    [("squared_error", {}), ("absolute_error", {}), ("pinball", {"tau": 0.1}), ("pinball", {"tau": 0.5}), ("pinball", {"tau": 0.83})],
+)
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_numeric_rules_reach_the_brute_force_minimum(metric_name, kw, data):
+    values = data.draw(numbers)
+    weights = data.draw(st.lists(positive_weights, min_size=len(values), max_size=len(values)))
+    decision = decide(values, metric_name, weights=weights, **kw)
+    reported = decision.expected_loss
+    recomputed = expected_loss_at(metric_name, decision.output, values, weights, **kw)
+    assert reported == pytest.approx(recomputed, rel=1e-9, abs=1e-9)
+    # The closed form is at least as good as every point of the fine grid.
+    assert reported <= grid_minimum(metric_name, values, weights, **kw) + 1e-9 * max(1.0, abs(reported))
+
+
+@settings(max_examples=80, deadline=None)
+@given(values=numbers)
+def test_uniform_weights_give_the_plain_mean_and_numpy_median(values):
+    assert decide(values, "squared_error").output == pytest.approx(float(np.mean(values)), rel=1e-12, abs=1e-12)
+    assert decide(values, "absolute_error").output == pytest.approx(float(np.median(values)), rel=1e-12, abs=1e-12)
+
+
+def test_mean_is_often_a_value_no_sample_produced():
+    decision = decide(["1", "2", "2", "5"], "squared_error")
+    assert decision.output == 2.5
+    assert decision.rule == "mean"
+    assert decision.expected_loss == pytest.approx(np.var([1, 2, 2, 5]))
+
+
+text_answers = st.lists(st.sampled_from(["Paris", "paris.", "the Paris", "Lyon", "lyon", "Nice", "A Nice", "x"]), min_size=1, max_size=30)
+
+
+@settings(max_examples=100, deadline=None)
+@given(answers=text_answers)
+def test_mbr_with_exact_match_equals_the_majority_vote(answers):
+    majority = Counter(normalize_answer(a) for a in answers)
+    best = max(majority.values())
+    winners = {k for k, v in majority.items() if v == best}
+    mbr = decide(answers, "exact_match", rule="mbr")
+    mode = decide(answers, "exact_match")
+    assert mode.rule == "mode"
+    assert normalize_answer(mbr.output) in winners
+    assert normalize_answer(mode.output) in winners
+    assert mbr.expected_utility == pytest.approx(best / len(answers))
+    assert mode.expected_utility == pytest.approx(best / len(answers))
+
+
+def brute_force_mbr(metric, samples, weights=None):
+    """Every distinct candidate against every sample with the per-pair score()."""
+    w = np.ones(len(samples)) if weights is None else np.asarray(weights, dtype=float)
+    w = w / w.sum()
+    best = None
+    for cand in set(samples):
+        eu = sum(wi * metric.score(cand, y) for y, wi in zip(samples, w))
+        if best is None or (eu > best if metric.higher_is_better else eu < best):
+            best = eu
+    return best
+
+
+SENTENCES = [
+    "the cat sat on the mat",
+    "a cat sat on a mat",
+    "the cat is on the mat",
+    "dogs run in the park",
+    "the cat sat on the mat",
+    "cat on mat",
+    "there is a cat on the mat",
+]
+
+
+@pytest.mark.parametrize("name", ["token_f1", "exact_match"])
+def test_mbr_expected_utility_is_the_maximum_over_all_candidates(name):
+    metric = metrics.get(name)
+    rng = random.Random(0)
+    for _ in range(20):
+        samples = [rng.choice(SENTENCES) for _ in range(rng.randint(1, 12))]
+        weights = [rng.uniform(0.1, 2) for _ in samples]
+        decision = decide(samples, name, rule="mbr", weights=weights)
+        assert decision.expected_utility == pytest.approx(brute_force_mbr(metric, samples, weights), abs=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_decisions_do_not_depend_on_sample_order(data):
+    samples = data.draw(st.lists(st.sampled_from(SENTENCES + ["3", "4.5", "4.5", "7"]), min_size=1, max_size=15))
+    shuffled = data.draw(st.permutations(samples))
+    for name in ("token_f1", "exact_match", "squared_error", "absolute_error"):
+        a, b = decide(samples, name), decide(shuffled, name)
+        assert a.output == b.output
+        assert a.support == b.support
+
+
+def test_ties_break_by_weight_then_smallest_value():
+    # Two answers with equal counts: the lexicographically smaller wins, in either order.
+    assert decide(["b", "a"], "exact_match").output == "a"
+    assert decide(["a", "b"], "exact_match").output == "a"
+    # Equal expected utility under MBR: the heavier candidate wins.
+    weights = [0.2, 0.2, 0.6]
+    assert decide(["x", "y", "z"], "token_f1", weights=weights).output == "z"
+    # Within one normalisation class the heaviest surface form is reported.
+    assert decide(["Paris", "paris", "paris"], "exact_match").output == "paris"
+
+
+def test_weighted_quantile_midpoint_on_exact_ties_and_levels():
+    assert weighted_quantile([1, 2, 3, 4], [1, 1, 1, 1], 0.5) == 2.5
+    assert weighted_quantile([1, 2, 3], [1, 1, 1], 0.5) == 2.0
+    assert weighted_quantile([1, 2, 3, 10], [1, 1, 1, 1], 0.9) == 10.0
+    assert weighted_quantile([1, 2, 3, 10], [1, 1, 1, 1], 0.1) == 1.0
+    assert weighted_quantile([5, 1], [3, 1], 0.5) == 5.0
+
+
+def test_model_weights_count_a_repeated_text_once():
+    # "a" was sampled twice but is one sequence with probability e^-3; "b" has e^-1.
+    decision = decide(["a", "a", "b"], "exact_match", weights="model", logprobs=[-3, -3, -1])
+    assert decision.output == "b"
+    p_b = math.exp(-1) / (math.exp(-1) + math.exp(-3))
+    assert decision.expected_utility == pytest.approx(p_b)
+    assert decision.weighting == "model"
+    # A temperature flattens the distribution.
+    flat = decide(["a", "a", "b"], "exact_match", weights="model", logprobs=[-3, -3, -1], weight_temperature=1e6)
+    assert flat.support[0].weight == pytest.approx(0.5, abs=1e-5)
+
+
+def test_importance_weights_undo_the_proposal_and_report_ess():
+    values = [1.0, 2.0, 3.0]
+    logp = np.log([0.2, 0.3, 0.5])
+    logq = np.log([0.5, 0.3, 0.2])
+    decision = decide(values, "squared_error", weights="importance", logprobs=logp, proposal_logprobs=logq)
+    w = np.exp(logp - logq)
+    w = w / w.sum()
+    assert decision.output == pytest.approx(float(np.dot(w, values)))
+    assert decision.effective_sample_size == pytest.approx(1 / np.sum(w**2))
+    # p == q: importance weighting is uniform.
+    same = decide(values, "squared_error", weights="importance", logprobs=logp, proposal_logprobs=logp)
+    assert same.output == pytest.approx(2.0)
+    assert same.effective_sample_size == pytest.approx(3.0)
+
+
+def test_sample_set_carries_logprobs_and_excludes_truncated_candidates():
+    sample_set = SampleSet(
+        candidates=(
+            Candidate("4", logp=-1.0, logq=-1.0, finish_reason="eos"),
+            Candidate("4", logp=-1.0, logq=-1.0, finish_reason="stop"),
+            Candidate("100 100 100 100", logp=-9.0, logq=-2.0, finish_reason="length"),
+            Candidate("2", logp=-2.0, logq=-2.0, finish_reason="guard"),
+        )
+    )
+    decision = decide(sample_set, "squared_error", weights="importance")
+    assert decision.output == 4.0
+    assert decision.n_valid == 2
+    assert decision.n_total == 4
+    assert decision.excluded == {"length": 1, "guard": 1}
+    kept = decide(sample_set, "squared_error", include_incomplete=True)
+    assert kept.n_valid == 4
+
+
+def test_unparsable_samples_are_counted_and_all_unparsable_fails_explicitly():
+    decision = decide(["4", "four", "5", ""], "squared_error")
+    assert decision.output == 4.5
+    assert (decision.n_valid, decision.n_total) == (2, 4)
+    assert decision.excluded == {"unparsable": 2}
+    none = decide(["four", "five"], "squared_error")
+    assert none.output is None
+    assert not none.ok
+    assert "none of the 2 samples" in none.failure
+    assert math.isnan(none.expected_loss)
+    assert decide([], "exact_match").failure == "no samples were given"
+
+
+def test_valid_range_clips_and_grid_rule_expects_over_the_scale():
+    assert decide(["7", "3"], "squared_error", valid_range=(0, 5)).output == 4.0
+    # Rating scale 1..5: 4.4 snaps to 4; the expectation over the grid is (1 + 2 + 4 + 5) / 4.
+    decision = decide(["1", "2", "4.4", "5"], "squared_error", rule="grid", valid_range=(1, 5))
+    assert decision.output == 3.0
+    # Absolute error on the grid: the median of the snapped distribution.
+    assert decide([1, 2, 2, 5], "absolute_error", rule="grid", grid=[1, 2, 3, 4, 5]).output == 2.0
+    with pytest.raises(InvalidParameterError, match="'grid' rule needs"):
+        decide([1.0, 2.0], "squared_error", rule="grid")
+
+
+def test_plain_callable_metric_needs_a_direction():
+    def overlap(a, b):
+        return len(set(a) & set(b))
+
+    decision = decide(["abc", "abd", "xyz"], overlap, higher_is_better=True)
+    assert decision.output in {"abc", "abd"}
+    assert decision.rule == "mbr"
+    with pytest.raises(InvalidParameterError, match="higher_is_better"):
+        decide(["a"], overlap)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"rule": "median-ish"}, "'rule' parameter"),
+        ({"weights": "modle"}, "Did you mean 'model'"),
+        ({"weights": "model"}, "needs 'logprobs'"),
+        ({"weights": "importance", "logprobs": [-1.0, -1.0]}, "proposal_logprobs"),
+        ({"weights": [1.0, -1.0]}, "non-negative"),
+        ({"weights": [1.0]}, "shape \\(2,\\)"),
+        ({"logprobs": [-1.0]}, "shape \\(2,\\)"),
+        ({"logprobs": [0.5, -1.0], "weights": "model"}, "log-probabilities"),
+        ({"valid_range": (5, 1)}, "lo < hi"),
+    ],
+)
+def test_bad_arguments_name_what_was_wrong(kwargs, message):
+    with pytest.raises(InvalidParameterError, match=message):
+        decide(["1", "2"], "squared_error", **kwargs)
+
+
+def test_unknown_metric_suggests_the_closest_name():
+    with pytest.raises(UnknownNameError, match="Did you mean 'token_f1'"):
+        decide(["a"], "token_f2")
+
+
+def test_a_single_string_is_refused():
+    with pytest.raises(InvalidParameterError, match="wrap it in a list"):
+        decide("Paris", "exact_match")
