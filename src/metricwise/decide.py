@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
+from metricwise.extract import Extractor, check_range, clip, extract_number
 from metricwise.metrics.base import Metric, resolve
 from metricwise.types import COMPLETE_FINISH_REASONS, Decision, SampleSet, SupportItem
 
@@ -118,7 +119,7 @@ def decide(
     n_total = len(raw)
     extract_fn = _resolve_extractor(extractor)
     if valid_range is not None:
-        valid_range = _check_range(valid_range)
+        valid_range = check_range(valid_range, "decide")
 
     values: list[Any] = []
     keep: list[int] = []
@@ -252,26 +253,10 @@ def _check_logprobs(values: Sequence[float] | None, n: int, name: str) -> np.nda
     return arr
 
 
-def _check_range(valid_range: tuple[float, float]) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in valid_range)
-    except (TypeError, ValueError):
-        raise InvalidParameterError(
-            f"The 'valid_range' parameter of decide must be a pair (lo, hi) of numbers. Got {valid_range!r} instead."
-        ) from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise InvalidParameterError(
-            f"The 'valid_range' parameter of decide must be finite with lo < hi. Got {valid_range!r} instead."
-        )
-    return lo, hi
-
-
 def _resolve_extractor(extractor: Callable[[str], Any] | str | None) -> Callable[[str], Any] | None:
     if extractor is None or callable(extractor):
         return extractor
     if isinstance(extractor, str):
-        from metricwise.extract import Extractor
-
         return Extractor.from_spec(extractor)
     raise InvalidParameterError(
         f"The 'extractor' parameter of decide must be a callable or a spec string. Got {extractor!r} instead."
@@ -298,11 +283,7 @@ def _to_value(
         value = float(item)
         if not math.isfinite(value):
             return None
-        if valid_range is not None:
-            value = min(max(value, valid_range[0]), valid_range[1])
-        return value
-    from metricwise.extract import extract_number
-
+        return value if valid_range is None else clip(value, valid_range)
     return extract_number(str(item), valid_range=valid_range)
 
 
