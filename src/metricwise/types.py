@@ -37,6 +37,8 @@ class Candidate:
     finish_reason:
         ``"stop"`` (a stop string), ``"eos"``, ``"length"`` (max_tokens reached), ``"guard"``
         (a runaway guard fired) or ``"error"``; ``None`` when unknown.
+    token_ids:
+        The generated token ids when the backend exposes them (for rescoring); not exported.
     """
 
     text: str
@@ -44,6 +46,7 @@ class Candidate:
     logq: float | None = None
     n_tokens: int | None = None
     finish_reason: str | None = None
+    token_ids: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,61 @@
+"""The backend protocol: N candidates per prompt, each with its log-probabilities.
+
+A backend draws ``config.n`` candidates for every prompt and records, while sampling (never by a
+second scoring pass), each candidate's ``logp`` (sequence log-probability under the raw model)
+and ``logq`` (under the distribution it was drawn from, after temperature and truncation).
+
+Sample ``i`` of a prompt is drawn with seed ``config.seed + i`` wherever the backend allows it,
+so a stored set can be extended from n to 2n without changing its first n samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from metricwise.errors import UnknownNameError, did_you_mean
+from metricwise.types import Candidate, SampleSet, SamplingConfig
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What every sampling backend provides."""
+
+    #: Identifies the model and backend for the sample store and result signatures.
+    signature: str
+
+    def sample(self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0) -> list[SampleSet]:
+        """Draw samples ``start .. config.n - 1`` for every prompt (seeds ``config.seed + i``).
+
+        Returns one :class:`SampleSet` per prompt holding ``config.n - start`` candidates.
+        """
+        ...
+
+    def greedy(self, prompts: Sequence[str], config: SamplingConfig) -> list[Candidate]:
+        """One greedy (argmax) continuation per prompt; ``logq`` is 0 (a point mass)."""
+        ...
+
+    def close(self) -> None:
+        """Release the model or connections."""
+        ...
+
+
+#: Backend name -> "module:factory"; modules import their heavy dependencies lazily.
+BACKENDS: dict[str, str] = {
+    "hf": "metricwise.backends.hf:HFBackend",
+}
+
+
+def load_backend(name: str, model: str, **options: Any) -> Backend:
+    """Instantiate backend ``name`` for ``model`` (a named model, a path, a hub id or a URL)."""
+    if name not in BACKENDS:
+        raise UnknownNameError(
+            f"The 'backend' parameter must be one of {', '.join(sorted(BACKENDS))}. Got {name!r} instead."
+            f"{did_you_mean(name, list(BACKENDS))}"
+        )
+    import importlib
+
+    module_name, _, factory_name = BACKENDS[name].partition(":")
+    factory = getattr(importlib.import_module(module_name), factory_name)
+    backend: Backend = factory(model, **options)
+    return backend

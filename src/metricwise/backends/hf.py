@@ -1,0 +1,316 @@
+"""Hugging Face transformers backend: N samples per prompt from one prefill.
+
+For a batch of P prompts and n samples each, the prompts are left-padded and prefilled once
+(P rows, not P x n), the KV cache is repeated to the P x n sequences, and all of them are decoded
+as one batch. Finished sequences are dropped from the batch (and the cache) as they end.
+
+Per step, for every active sequence:
+
+- ``logp += log_softmax(raw logits)[token]``: the raw model (temperature 1, no truncation);
+- ``logq += log_softmax(processed logits)[token]``: the distribution actually sampled, after
+  temperature, then top-k, then top-p, then min-p (the order transformers applies them);
+- the token is drawn by inverse-CDF sampling with one uniform number from the sequence's own
+  random stream (see :func:`sample_seed`), so a sample does not depend on which other prompts or
+  samples share its batch, and sample ``i`` of a set can be drawn later (n=16 extended to 32).
+
+EOS and the token that completes a stop string are included in ``logp``/``logq`` and
+``n_tokens``; the returned text excludes EOS and everything from the stop string on.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from metricwise.errors import BackendError, InvalidParameterError, MissingDependencyError
+from metricwise.guards import Guards, is_repeating, truncate_at_stop
+from metricwise.types import Candidate, SampleSet, SamplingConfig
+
+#: Candidates of the top-p nucleus searched with a partial sort before falling back to a full one.
+_TOP_P_PARTIAL = 1024
+
+
+def sample_seed(seed: int, index: int, prompt: str) -> tuple[int, int, int]:
+    """Entropy of sample ``index``'s random stream: the run's seed, the index, and the prompt.
+
+    The prompt enters through a stable hash so that different prompts do not share random
+    numbers (sample i of every item would otherwise be correlated across items).
+    """
+    import zlib
+
+    return (int(seed), int(index), zlib.crc32(prompt.encode("utf-8")))
+
+
+def _torch() -> Any:
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError(
+            "The hf backend needs torch and transformers: pip install torch==2.13.0 'metricwise[hf]'."
+        ) from None
+    return torch
+
+
+def process_logits(logits: Any, config: SamplingConfig) -> Any:
+    """Apply temperature, top-k, top-p and min-p to raw logits, shape (B, V), float32.
+
+    Removed tokens get ``-inf``. ``log_softmax`` of the result is the sampling distribution q.
+    Matches transformers' ``TemperatureLogitsWarper``, ``TopKLogitsWarper``,
+    ``TopPLogitsWarper`` and ``MinPLogitsWarper`` applied in that order.
+    """
+    torch = _torch()
+    scores = logits / config.temperature if config.temperature != 1.0 else logits.clone()
+    vocab = scores.shape[-1]
+    if 0 < config.top_k < vocab:
+        kth = torch.topk(scores, config.top_k, dim=-1).values[:, -1:]
+        scores = scores.masked_fill(scores < kth, -math.inf)
+    if config.top_p < 1.0:
+        scores = _top_p(scores, config.top_p)
+    if config.min_p > 0.0:
+        probs = torch.softmax(scores, dim=-1)
+        threshold = config.min_p * probs.max(dim=-1, keepdim=True).values
+        scores = scores.masked_fill(probs < threshold, -math.inf)
+    return scores
+
+
+def _top_p(scores: Any, top_p: float) -> Any:
+    """Keep the smallest set of most probable tokens whose mass reaches ``top_p``.
+
+    A token is kept when the mass of the tokens ranked before it is below ``top_p`` (at least
+    one token is always kept). Rows whose nucleus lies within the top ``_TOP_P_PARTIAL`` tokens
+    (nearly all of them) need only a partial sort.
+    """
+    torch = _torch()
+    probs = torch.softmax(scores, dim=-1)
+    k = min(_TOP_P_PARTIAL, scores.shape[-1])
+    top_probs, top_idx = torch.topk(probs, k, dim=-1)
+    before = top_probs.cumsum(dim=-1) - top_probs
+    keep_top = before < top_p
+    keep_top[:, 0] = True
+    inside = (top_probs.sum(dim=-1) >= top_p) | (k == scores.shape[-1])
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    keep.scatter_(1, top_idx, keep_top)
+    if not bool(inside.all()):
+        rows = (~inside).nonzero(as_tuple=True)[0]
+        sorted_probs, sorted_idx = torch.sort(probs[rows], dim=-1, descending=True)
+        sorted_keep = (sorted_probs.cumsum(dim=-1) - sorted_probs) < top_p
+        sorted_keep[:, 0] = True
+        full = torch.zeros_like(sorted_keep)
+        full.scatter_(1, sorted_idx, sorted_keep)
+        keep[rows] = full
+    return scores.masked_fill(~keep, -math.inf)
+
+
+class HFBackend:
+    """Sample from a transformers causal LM (a named model, a local directory, a GGUF file or a hub id).
+
+    Parameters
+    ----------
+    model:
+        A name for :func:`metricwise.models.load_hf_causal_lm`, or an already loaded
+        ``PreTrainedModel`` (then ``tokenizer`` is required).
+    tokenizer:
+        The tokenizer, when ``model`` is an object.
+    device, dtype:
+        Where and in which precision to load the model (``dtype`` as for transformers).
+    guards:
+        Runaway-generation policy; see :class:`metricwise.guards.Guards`.
+    signature:
+        Identifies the model in the sample store; derived from the model name by default.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        tokenizer: Any = None,
+        device: str = "cpu",
+        dtype: Any = None,
+        guards: Guards | None = None,
+        signature: str | None = None,
+    ) -> None:
+        torch = _torch()
+        if isinstance(model, str):
+            from metricwise.models import load_hf_causal_lm, resolve_model
+
+            resolved = resolve_model(model)
+            self.model, self.tokenizer = load_hf_causal_lm(model, device=device, dtype=dtype)
+            default_signature = f"hf:{getattr(resolved, 'signature', model)}"
+        else:
+            if tokenizer is None:
+                raise InvalidParameterError("The 'tokenizer' parameter of HFBackend is required when 'model' is a model object.")
+            self.model, self.tokenizer = model, tokenizer
+            default_signature = f"hf:{getattr(model.config, '_name_or_path', '') or type(model).__name__}"
+        self.model.eval()
+        self.device = torch.device(device)
+        self.guards = guards or Guards()
+        self.signature = signature or default_signature
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        #: Prefill forward passes run so far (tests check one per prompt batch).
+        self.prefill_calls = 0
+
+    # -- protocol --------------------------------------------------------------------------
+    def sample(self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0) -> list[SampleSet]:
+        m = config.n - start
+        if m < 1:
+            return [SampleSet(candidates=(), prompt=p) for p in prompts]
+        if config.temperature == 0:
+            # Temperature 0 is greedy decoding: every sample is the same sequence.
+            greedy = self.greedy(prompts, config)
+            return [SampleSet(candidates=(c,) * m, prompt=p) for p, c in zip(prompts, greedy)]
+        seeds = [sample_seed(config.seed, start + j, p) for p in prompts for j in range(m)]
+        cands = self._decode(list(prompts), m, config, seeds)
+        return [SampleSet(candidates=tuple(cands[i * m : (i + 1) * m]), prompt=p) for i, p in enumerate(prompts)]
+
+    def greedy(self, prompts: Sequence[str], config: SamplingConfig) -> list[Candidate]:
+        return self._decode(list(prompts), 1, config, None)
+
+    def close(self) -> None:
+        self.model = None
+
+    # -- decoding ------------------------------------------------------------------------------
+    def _decode(
+        self, prompts: list[str], m: int, config: SamplingConfig, seeds: list[tuple[int, ...]] | None
+    ) -> list[Candidate]:
+        """Decode ``m`` continuations of every prompt; ``seeds=None`` is greedy."""
+        torch = _torch()
+        from transformers import DynamicCache
+
+        if not prompts:
+            return []
+        deadline = self.guards.deadline()
+        self.tokenizer.padding_side = "left"
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        input_ids = enc["input_ids"].to(self.device)
+        attention = enc["attention_mask"].to(self.device)
+        if input_ids.shape[1] == 0:
+            raise InvalidParameterError("The prompts must not all be empty: the tokenizer produced no tokens.")
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        try:
+            with torch.inference_mode():
+                out = self.model(
+                    input_ids=input_ids,
+                    attention_mask=attention,
+                    position_ids=positions,
+                    past_key_values=cache,
+                    use_cache=True,
+                    logits_to_keep=1,
+                )
+        except RuntimeError as exc:
+            raise BackendError(f"The model failed on the prompt batch: {exc}") from exc
+        self.prefill_calls += 1
+        logits = out.logits[:, -1, :].float()
+        if m > 1:
+            cache.batch_repeat_interleave(m)
+            logits = logits.repeat_interleave(m, dim=0)
+            attention = attention.repeat_interleave(m, dim=0)
+            positions = positions.repeat_interleave(m, dim=0)
+        next_position = positions[:, -1:] + 1
+
+        total = len(prompts) * m
+        rngs = None if seeds is None else [np.random.default_rng(list(s)) for s in seeds]
+        tokens: list[list[int]] = [[] for _ in range(total)]
+        logp = np.zeros(total)
+        logq = np.zeros(total)
+        finish: list[str | None] = [None] * total
+        texts: list[str] = [""] * total
+        active = np.arange(total)
+
+        with torch.inference_mode():
+            for step in range(config.max_tokens):
+                raw_logprobs = torch.log_softmax(logits, dim=-1)
+                if rngs is None:
+                    chosen = logits.argmax(dim=-1)
+                    q_chosen = torch.zeros(len(active), dtype=torch.float64)
+                else:
+                    q_logprobs = torch.log_softmax(process_logits(logits, config), dim=-1)
+                    uniforms = torch.tensor([1.0 - rngs[i].random() for i in active], dtype=torch.float32)
+                    cdf = q_logprobs.exp().cumsum(dim=-1)
+                    target = (uniforms.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)
+                    chosen = torch.searchsorted(cdf, target).squeeze(-1).clamp(max=cdf.shape[-1] - 1)
+                    q_chosen = q_logprobs.gather(1, chosen[:, None]).squeeze(-1).double().cpu()
+                p_chosen = raw_logprobs.gather(1, chosen[:, None]).squeeze(-1).double().cpu()
+                chosen_list = chosen.tolist()
+                timed_out = time.monotonic() > deadline
+                still: list[int] = []
+                for row, seq in enumerate(active):
+                    token = chosen_list[row]
+                    tokens[seq].append(token)
+                    logp[seq] += float(p_chosen[row])
+                    logq[seq] += float(q_chosen[row])
+                    reason = self._finish_reason(tokens[seq], token, config, texts, seq)
+                    if reason is None and step == config.max_tokens - 1:
+                        reason = "length"
+                    if reason is None and timed_out:
+                        reason = "guard"
+                    if reason is None:
+                        still.append(row)
+                    else:
+                        finish[seq] = reason
+                if not still:
+                    break
+                if len(still) < len(active):
+                    keep = torch.tensor(still, dtype=torch.long, device=self.device)
+                    cache.batch_select_indices(keep)
+                    attention = attention[keep]
+                    next_position = next_position[keep]
+                    chosen = chosen[keep]
+                    active = active[still]
+                attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
+                out = self.model(
+                    input_ids=chosen[:, None],
+                    attention_mask=attention,
+                    position_ids=next_position,
+                    past_key_values=cache,
+                    use_cache=True,
+                )
+                logits = out.logits[:, -1, :].float()
+                next_position = next_position + 1
+
+        results = []
+        for seq in range(total):
+            text = texts[seq] if finish[seq] == "stop" else self._text(tokens[seq], finish[seq])
+            results.append(
+                Candidate(
+                    text=text,
+                    logp=float(logp[seq]),
+                    logq=0.0 if rngs is None else float(logq[seq]),
+                    n_tokens=len(tokens[seq]),
+                    finish_reason=finish[seq],
+                    token_ids=tuple(tokens[seq]),
+                )
+            )
+        return results
+
+    def _text(self, tokens: list[int], finish: str | None) -> str:
+        body = tokens[:-1] if finish == "eos" else tokens
+        return str(self.tokenizer.decode(body, skip_special_tokens=True))
+
+    def _finish_reason(self, tokens: list[int], token: int, config: SamplingConfig, texts: list[str], seq: int) -> str | None:
+        if token in self.eos_ids:
+            return "eos"
+        if config.stop:
+            text, found = truncate_at_stop(self._text(tokens, None), config.stop)
+            if found:
+                texts[seq] = text
+                return "stop"
+        if is_repeating(tokens, self.guards):
+            return "guard"
+        return None
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), model.config, tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if value is None:
+            continue
+        ids.update(value if isinstance(value, (list, tuple, set)) else [value])
+    return frozenset(int(i) for i in ids)

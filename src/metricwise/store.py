@@ -1,0 +1,231 @@
+"""A resumable SQLite sample store: sample once, decide many times.
+
+Samples are keyed by (model signature, prompt, sampling settings, seed) and the sample index
+``i`` (drawn with seed ``seed + i``), so:
+
+- a run killed at any moment (kill -9 included) loses at most the batch in flight: every batch
+  is committed in one transaction, and SQLite's write-ahead log makes the commit atomic;
+- re-running skips what is stored and never duplicates (``INSERT OR IGNORE`` on the key);
+- asking for more samples (n=16, then n=32) draws only indices 16..31.
+
+``n`` is not part of the key; everything else in :class:`~metricwise.types.SamplingConfig` is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from metricwise.errors import InvalidParameterError
+from metricwise.types import Candidate, SampleSet, SamplingConfig
+
+if TYPE_CHECKING:
+    from metricwise.backends.base import Backend
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sample_sets (
+    set_key TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    config TEXT NOT NULL,
+    created REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS samples (
+    set_key TEXT NOT NULL REFERENCES sample_sets(set_key),
+    idx INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    logp REAL,
+    logq REAL,
+    n_tokens INTEGER,
+    finish_reason TEXT,
+    PRIMARY KEY (set_key, idx)
+);
+"""
+
+#: Called after each committed batch with (prompts done, prompts total).
+ProgressCallback = Callable[[int, int], None]
+
+
+def config_key_fields(config: SamplingConfig) -> dict[str, Any]:
+    """The settings that identify a sample set: everything but ``n``."""
+    fields = asdict(config)
+    fields.pop("n")
+    fields["stop"] = list(config.stop)
+    return fields
+
+
+def set_key(model: str, prompt: str, config: SamplingConfig) -> str:
+    payload = json.dumps({"model": model, "prompt": prompt, "config": config_key_fields(config)}, sort_keys=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class SampleStore:
+    """SQLite (WAL) store of candidates. Safe against kill -9; one writer process at a time.
+
+    Parameters
+    ----------
+    path:
+        Database file; created with its parent directory when missing. ``":memory:"`` for tests.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            parent = Path(self.path).parent
+            parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(self.path, timeout=60.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise InvalidParameterError(f"The sample store {self.path!r} cannot be opened as SQLite: {exc}.") from None
+
+    # -- reading -------------------------------------------------------------------------------
+    def lookup(self, model: str, prompt: str, config: SamplingConfig) -> dict[int, Candidate]:
+        """Stored candidates with index < ``config.n``, by index."""
+        rows = self._db.execute(
+            "SELECT idx, text, logp, logq, n_tokens, finish_reason FROM samples WHERE set_key = ? AND idx < ?",
+            (set_key(model, prompt, config), config.n),
+        ).fetchall()
+        return {
+            row[0]: Candidate(text=row[1], logp=row[2], logq=row[3], n_tokens=row[4], finish_reason=row[5])
+            for row in rows
+        }
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
+
+    # -- writing -------------------------------------------------------------------------------
+    def add(self, model: str, prompt: str, config: SamplingConfig, candidates: Sequence[tuple[int, Candidate]]) -> None:
+        """Store ``(index, candidate)`` pairs in one transaction; existing indices are kept."""
+        key = set_key(model, prompt, config)
+        with self._db:
+            self._db.execute(
+                "INSERT OR IGNORE INTO sample_sets (set_key, model, prompt, config, created) VALUES (?, ?, ?, ?, ?)",
+                (key, model, prompt, json.dumps(config_key_fields(config), sort_keys=True), time.time()),
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO samples (set_key, idx, text, logp, logq, n_tokens, finish_reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(key, i, c.text, c.logp, c.logq, c.n_tokens, c.finish_reason) for i, c in candidates],
+            )
+
+    # -- sampling through the store ----------------------------------------------------------
+    def sample(
+        self,
+        backend: Backend,
+        prompts: Sequence[str],
+        config: SamplingConfig,
+        *,
+        batch_size: int = 8,
+        progress: ProgressCallback | None = None,
+    ) -> list[SampleSet]:
+        """``config.n`` candidates per prompt, drawing only what is not stored yet.
+
+        Prompts are sampled ``batch_size`` at a time and every batch is committed before the
+        next starts. Identical prompts are sampled once.
+        """
+        if batch_size < 1:
+            raise InvalidParameterError(f"The 'batch_size' parameter of SampleStore.sample must be >= 1. Got {batch_size} instead.")
+        model = backend.signature
+        distinct = list(dict.fromkeys(prompts))
+        stored = {p: self.lookup(model, p, config) for p in distinct}
+        # Whole prompts are committed at once, so what is missing is always a suffix start..n-1.
+        todo: dict[int, list[str]] = {}
+        for p in distinct:
+            start = _first_missing(stored[p], config.n)
+            if start < config.n:
+                todo.setdefault(start, []).append(p)
+        done = len(distinct) - sum(len(v) for v in todo.values())
+        if progress:
+            progress(done, len(distinct))
+        for start, group in sorted(todo.items()):
+            for batch in _chunks(group, batch_size):
+                sets = backend.sample(batch, config, start=start)
+                for prompt, sample_set in zip(batch, sets):
+                    pairs = list(enumerate(sample_set.candidates, start=start))
+                    self.add(model, prompt, config, pairs)
+                    stored[prompt].update(pairs)
+                done += len(batch)
+                if progress:
+                    progress(done, len(distinct))
+        return [
+            SampleSet(candidates=tuple(stored[p][i] for i in range(config.n)), prompt=p)
+            for p in prompts
+        ]
+
+    def greedy(
+        self,
+        backend: Backend,
+        prompts: Sequence[str],
+        config: SamplingConfig,
+        *,
+        batch_size: int = 8,
+        progress: ProgressCallback | None = None,
+    ) -> list[Candidate]:
+        """One greedy continuation per prompt, stored under a temperature-0 config."""
+        greedy_config = SamplingConfig(
+            n=1, temperature=0.0, max_tokens=config.max_tokens, stop=config.stop, seed=0
+        )
+
+        class _GreedyAsSampler:
+            signature = backend.signature
+
+            def sample(self, batch: Sequence[str], cfg: SamplingConfig, *, start: int = 0) -> list[SampleSet]:
+                return [SampleSet(candidates=(c,), prompt=p) for p, c in zip(batch, backend.greedy(batch, cfg))]
+
+        sets = self.sample(_GreedyAsSampler(), prompts, greedy_config, batch_size=batch_size, progress=progress)  # type: ignore[arg-type]
+        return [s.candidates[0] for s in sets]
+
+    # -- export --------------------------------------------------------------------------------
+    def iter_sets(self) -> Iterator[dict[str, Any]]:
+        """Every stored set as ``{"model", "prompt", "config", "candidates": [...]}``, by creation time."""
+        sets = self._db.execute("SELECT set_key, model, prompt, config FROM sample_sets ORDER BY created, set_key").fetchall()
+        for key, model, prompt, config in sets:
+            rows = self._db.execute(
+                "SELECT text, logp, logq, n_tokens, finish_reason FROM samples WHERE set_key = ? ORDER BY idx", (key,)
+            ).fetchall()
+            yield {
+                "model": model,
+                "prompt": prompt,
+                "config": json.loads(config),
+                "candidates": [
+                    Candidate(text=r[0], logp=r[1], logq=r[2], n_tokens=r[3], finish_reason=r[4]).to_dict() for r in rows
+                ],
+            }
+
+    def export_jsonl(self, sink: IO[str]) -> int:
+        """Write every stored set as one JSON line; returns the number of lines."""
+        n = 0
+        for record in self.iter_sets():
+            sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+            n += 1
+        return n
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> SampleStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _first_missing(stored: dict[int, Candidate], n: int) -> int:
+    for i in range(n):
+        if i not in stored:
+            return i
+    return n
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,157 @@
+"""The sample store: nothing re-sampled, nothing duplicated, nothing lost to kill -9."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from metricwise import Candidate, SampleSet, SamplingConfig
+from metricwise.store import SampleStore, set_key
+
+
+class CountingBackend:
+    """A deterministic stand-in that records what it is asked for (the store's mechanics only)."""
+
+    signature = "counting"
+
+    def __init__(self):
+        self.calls = []
+
+    def sample(self, prompts, config, *, start=0):
+        self.calls.append((tuple(prompts), start, config.n))
+        return [
+            SampleSet(candidates=tuple(Candidate(f"{p}#{i}", logp=-1.0 * i, logq=-1.0, n_tokens=1, finish_reason="eos") for i in range(start, config.n)), prompt=p)
+            for p in prompts
+        ]
+
+    def greedy(self, prompts, config):
+        self.calls.append((tuple(prompts), "greedy"))
+        return [Candidate(f"{p}#greedy", logp=-0.5, logq=0.0, n_tokens=1, finish_reason="eos") for p in prompts]
+
+
+def test_stored_sets_are_never_sampled_again_and_can_grow(tmp_path):
+    backend = CountingBackend()
+    prompts = ["a", "b", "c", "a"]
+    with SampleStore(tmp_path / "s.db") as store:
+        first = store.sample(backend, prompts, SamplingConfig(n=2), batch_size=2)
+        assert [c.text for c in first[3].candidates] == ["a#0", "a#1"]
+        assert backend.calls == [(("a", "b"), 0, 2), (("c",), 0, 2)]  # the repeated prompt once
+        again = store.sample(backend, prompts, SamplingConfig(n=2))
+        assert again == first
+        assert len(backend.calls) == 2
+        grown = store.sample(backend, prompts, SamplingConfig(n=4), batch_size=8)
+        assert backend.calls[-1] == (("a", "b", "c"), 2, 4)  # only indices 2..3
+        assert [c.text for c in grown[0].candidates] == ["a#0", "a#1", "a#2", "a#3"]
+        assert store.count() == 12
+
+
+def test_other_settings_are_other_sets(tmp_path):
+    backend = CountingBackend()
+    with SampleStore(tmp_path / "s.db") as store:
+        store.sample(backend, ["a"], SamplingConfig(n=2, temperature=1.0))
+        store.sample(backend, ["a"], SamplingConfig(n=2, temperature=0.7))
+        store.sample(backend, ["a"], SamplingConfig(n=2, seed=1))
+        assert len(backend.calls) == 3
+    assert set_key("m", "a", SamplingConfig(n=2)) == set_key("m", "a", SamplingConfig(n=64))
+    assert set_key("m", "a", SamplingConfig()) != set_key("m2", "a", SamplingConfig())
+
+
+def test_greedy_is_stored_too(tmp_path):
+    backend = CountingBackend()
+    with SampleStore(tmp_path / "s.db") as store:
+        out = store.greedy(backend, ["x", "y"], SamplingConfig(n=8))
+        assert [c.text for c in out] == ["x#greedy", "y#greedy"]
+        store.greedy(backend, ["x", "y"], SamplingConfig(n=16))
+        assert len(backend.calls) == 1
+
+
+def test_export_jsonl(tmp_path):
+    with SampleStore(tmp_path / "s.db") as store:
+        store.sample(CountingBackend(), ["a", "b"], SamplingConfig(n=2))
+        sink = io.StringIO()
+        assert store.export_jsonl(sink) == 2
+    records = [json.loads(line) for line in sink.getvalue().splitlines()]
+    assert records[0]["prompt"] == "a"
+    assert [c["text"] for c in records[0]["candidates"]] == ["a#0", "a#1"]
+    assert "n" not in records[0]["config"]
+
+
+def test_a_file_that_is_not_sqlite_is_a_clear_error(tmp_path):
+    bad = tmp_path / "not.db"
+    bad.write_text("hello, I am text " * 100)
+    with pytest.raises(Exception, match="cannot be opened as SQLite"):
+        SampleStore(bad)
+
+
+WORKER = textwrap.dedent(
+    """
+    import sys, time
+    sys.path.insert(0, {tests!r})
+    from tiny_lm import tiny_model_and_tokenizer
+    from metricwise import SamplingConfig
+    from metricwise.backends.hf import HFBackend
+    from metricwise.store import SampleStore
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    backend = HFBackend(model, tokenizer=tokenizer, signature="hf:tiny-test")
+    prompts = [f"the cat number {{i}} sat on" for i in range(12)]
+    store = SampleStore(sys.argv[1])
+
+    def progress(done, total):
+        print(f"done {{done}}", flush=True)
+        time.sleep(float(sys.argv[2]))
+
+    store.sample(backend, prompts, SamplingConfig(n=4, max_tokens=6, seed=7), batch_size=1, progress=progress)
+    print("finished", flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="needs SIGKILL")
+def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path):
+    pytest.importorskip("torch")
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(tests=str(Path(__file__).parent)))
+    db = tmp_path / "killed.db"
+    proc = subprocess.Popen([sys.executable, str(script), str(db), "0.3"], stdout=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("done") and int(line.split()[1]) >= 3:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with SampleStore(db) as store:
+        partial = store.count()
+    assert 12 <= partial < 48 and partial % 4 == 0  # whole prompts only
+
+    resumed = subprocess.run([sys.executable, str(script), str(db), "0"], capture_output=True, text=True, timeout=300)
+    assert "finished" in resumed.stdout, resumed.stderr
+    first_report = int(resumed.stdout.split()[1])
+    assert first_report == partial // 4  # it started from what was stored
+
+    from tiny_lm import tiny_model_and_tokenizer
+
+    from metricwise.backends.hf import HFBackend
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    with SampleStore(tmp_path / "clean.db") as clean_store:
+        clean_store.sample(
+            HFBackend(model, tokenizer=tokenizer, signature="hf:tiny-test"),
+            [f"the cat number {i} sat on" for i in range(12)],
+            SamplingConfig(n=4, max_tokens=6, seed=7),
+            batch_size=1,
+        )
+    with SampleStore(db) as resumed_store, SampleStore(tmp_path / "clean.db") as clean_store:
+        assert resumed_store.count() == clean_store.count() == 48
+        # Per-sample seeds: the interrupted-and-resumed run equals the uninterrupted one.
+        assert list(resumed_store.iter_sets()) == list(clean_store.iter_sets())
