@@ -8,11 +8,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from tiny_lm import tiny_model_and_tokenizer  # noqa: E402
-
 from metricwise import SamplingConfig  # noqa: E402
 from metricwise.backends.hf import HFBackend, process_logits  # noqa: E402
 from metricwise.guards import Guards  # noqa: E402
+from tiny_lm import tiny_model_and_tokenizer  # noqa: E402
 
 PROMPTS = ["the cat sat on", "what is two plus three ? the answer is"]
 #: Batched, left-padded decoding against unpadded teacher forcing in float32.
@@ -72,7 +71,7 @@ def teacher_forced(backend, prompt, token_ids, config):
     ids=["ancestral", "temp-topk", "temp-topp", "minp-topp"],
 )
 def test_logp_and_logq_equal_teacher_forced_rescoring(backend, config):
-    for prompt, sample_set in zip(PROMPTS, backend.sample(PROMPTS, config)):
+    for prompt, sample_set in zip(PROMPTS, backend.sample(PROMPTS, config), strict=True):
         assert len(sample_set) == config.n
         for cand in sample_set.candidates:
             assert cand.n_tokens == len(cand.token_ids) > 0
@@ -131,7 +130,7 @@ def test_n_samples_of_a_prompt_batch_come_from_one_prefill(backend):
 
 def test_greedy_is_the_argmax_path(backend):
     config = SamplingConfig(max_tokens=6)
-    for prompt, cand in zip(PROMPTS, backend.greedy(PROMPTS, config)):
+    for prompt, cand in zip(PROMPTS, backend.greedy(PROMPTS, config), strict=True):
         enc = backend.tokenizer(prompt, return_tensors="pt")["input_ids"]
         ids = enc
         for _ in range(cand.n_tokens):

@@ -24,7 +24,7 @@ def expected_loss_at(metric_name: str, point: float, values, weights, **kw) -> f
     metric = metrics.get(metric_name, **kw)
     w = np.asarray(weights, dtype=float)
     w = w / w.sum()
-    return float(sum(wi * metric.score(point, v) for v, wi in zip(values, w)))
+    return float(sum(wi * metric.score(point, v) for v, wi in zip(values, w, strict=True)))
 
 
 def grid_minimum(metric_name: str, values, weights, **kw) -> float:
@@ -92,7 +92,7 @@ def brute_force_mbr(metric, samples, weights=None):
     w = w / w.sum()
     best = None
     for cand in set(samples):
-        eu = sum(wi * metric.score(cand, y) for y, wi in zip(samples, w))
+        eu = sum(wi * metric.score(cand, y) for y, wi in zip(samples, w, strict=True))
         if best is None or (eu > best if metric.higher_is_better else eu < best):
             best = eu
     return best
@@ -123,7 +123,7 @@ def test_mbr_expected_utility_is_the_maximum_over_all_candidates(name):
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_decisions_do_not_depend_on_sample_order(data):
-    samples = data.draw(st.lists(st.sampled_from(SENTENCES + ["3", "4.5", "4.5", "7"]), min_size=1, max_size=15))
+    samples = data.draw(st.lists(st.sampled_from([*SENTENCES, "3", "4.5", "4.5", "7"]), min_size=1, max_size=15))
     shuffled = data.draw(st.permutations(samples))
     for name in ("token_f1", "exact_match", "squared_error", "absolute_error"):
         a, b = decide(samples, name), decide(shuffled, name)

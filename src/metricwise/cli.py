@@ -215,7 +215,7 @@ def _name(path: str) -> str:
 
 def _open_input(path: str) -> IO[str]:
     try:
-        return open(path, encoding="utf-8")  # noqa: SIM115
+        return open(path, encoding="utf-8")
     except FileNotFoundError:
         raise InvalidParameterError(f"The input file {path!r} does not exist.") from None
     except IsADirectoryError:

@@ -345,7 +345,7 @@ def _model_weights(raw: list[Any], logp: np.ndarray, idx: np.ndarray, temperatur
         return np.zeros(0)
     mass = np.exp(scaled - scaled.max())
     out = np.empty(len(idx))
-    for k, m in zip(keys, mass):
+    for k, m in zip(keys, mass, strict=True):
         members = groups[k]
         out[members] = m / len(members)
     return out
@@ -369,7 +369,7 @@ def _aggregate(values: list[Any], weights: np.ndarray) -> tuple[list[Any], np.nd
     """Distinct values with summed weights and counts, in a canonical (sorted) order."""
     totals: dict[Any, float] = {}
     counts: dict[Any, int] = {}
-    for v, w in zip(values, weights):
+    for v, w in zip(values, weights, strict=True):
         totals[v] = totals.get(v, 0.0) + float(w)
         counts[v] = counts.get(v, 0) + 1
     distinct = sorted(totals, key=_value_key)

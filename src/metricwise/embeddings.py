@@ -87,7 +87,7 @@ class SentenceEncoder:
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             vectors = pooled.float().cpu().numpy()
             with self._lock:
-                for text, vector in zip(batch, vectors):
+                for text, vector in zip(batch, vectors, strict=True):
                     self._cache[text] = vector
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)

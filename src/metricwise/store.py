@@ -149,7 +149,7 @@ class SampleStore:
         for start, group in sorted(todo.items()):
             for batch in _chunks(group, batch_size):
                 sets = backend.sample(batch, config, start=start)
-                for prompt, sample_set in zip(batch, sets):
+                for prompt, sample_set in zip(batch, sets, strict=True):
                     pairs = list(enumerate(sample_set.candidates, start=start))
                     self.add(model, prompt, config, pairs)
                     stored[prompt].update(pairs)
@@ -179,7 +179,7 @@ class SampleStore:
             signature = backend.signature
 
             def sample(self, batch: Sequence[str], cfg: SamplingConfig, *, start: int = 0) -> list[SampleSet]:
-                return [SampleSet(candidates=(c,), prompt=p) for p, c in zip(batch, backend.greedy(batch, cfg))]
+                return [SampleSet(candidates=(c,), prompt=p) for p, c in zip(batch, backend.greedy(batch, cfg), strict=True)]
 
         sets = self.sample(_GreedyAsSampler(), prompts, greedy_config, batch_size=batch_size, progress=progress)  # type: ignore[arg-type]
         return [s.candidates[0] for s in sets]

@@ -163,7 +163,7 @@ class HFBackend:
         if config.temperature == 0:
             # Temperature 0 is greedy decoding: every sample is the same sequence.
             greedy = self.greedy(prompts, config)
-            return [SampleSet(candidates=(c,) * m, prompt=p) for p, c in zip(prompts, greedy)]
+            return [SampleSet(candidates=(c,) * m, prompt=p) for p, c in zip(prompts, greedy, strict=True)]
         seeds = [sample_seed(config.seed, start + j, p) for p in prompts for j in range(m)]
         cands = self._decode(list(prompts), m, config, seeds)
         return [SampleSet(candidates=tuple(cands[i * m : (i + 1) * m]), prompt=p) for i, p in enumerate(prompts)]
@@ -176,7 +176,7 @@ class HFBackend:
 
     # -- decoding ------------------------------------------------------------------------------
     def _decode(
-        self, prompts: list[str], m: int, config: SamplingConfig, seeds: list[tuple[int, ...]] | None
+        self, prompts: list[str], m: int, config: SamplingConfig, seeds: Sequence[tuple[int, ...]] | None
     ) -> list[Candidate]:
         """Decode ``m`` continuations of every prompt; ``seeds=None`` is greedy."""
         torch = _torch()
@@ -240,7 +240,7 @@ class HFBackend:
                 chosen_list = chosen.tolist()
                 timed_out = time.monotonic() > deadline
                 still: list[int] = []
-                for row, seq in enumerate(active):
+                for row, seq in enumerate(active.tolist()):
                     token = chosen_list[row]
                     tokens[seq].append(token)
                     logp[seq] += float(p_chosen[row])

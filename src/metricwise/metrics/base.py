@@ -8,7 +8,7 @@ decisions use, fills a whole matrix at once (``pairwise``). Subclasses that can 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -36,7 +36,7 @@ class Metric:
         (``"mode"``, ``"mean"``, ``"median"``, ``"quantile"``), or ``None`` for MBR.
     """
 
-    name: ClassVar[str] = "metric"
+    name: str = "metric"
     higher_is_better: bool = True
     kind: MetricKind = "text"
     symmetric: bool = True
@@ -135,17 +135,13 @@ class CallableMetric(Metric):
         self.higher_is_better = higher_is_better
         self.kind = "numeric" if numeric else "text"
         self.symmetric = symmetric
-        self._name = name or getattr(fn, "__name__", "callable")
-
-    @property  # type: ignore[override]
-    def name(self) -> str:  # noqa: D401 - a property standing in for the class attribute
-        return self._name
+        self.name = str(name or getattr(fn, "__name__", "callable"))
 
     def _score_one(self, pred: Any, ref: Any) -> float:
         return float(self._fn(pred, ref))
 
     def signature(self) -> str:
-        return f"callable:{self._name}"
+        return f"callable:{self.name}"
 
 
 MetricFactory = Callable[..., Metric]
