@@ -108,3 +108,64 @@ def test_metrics_lists_direction_and_rule(capsys):
     code, out, _ = run(["metrics"], capsys=capsys)
     assert code == 0
     assert "squared_error" in out and "mean" in out and "lower" in out
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    pytest.importorskip("torch")
+    from tiny_lm import tiny_model_and_tokenizer
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    path = tmp_path_factory.mktemp("tiny-model")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def test_sample_then_decide_and_resume_from_the_store(tiny_model_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "the cat sat on"}\n{"id": "b", "prompt": "what is two plus three ?"}\n')
+    common = ["--model", str(tiny_model_dir), "-n", "3", "--max_tokens", "5", "--store", str(tmp_path / "s.sqlite"), "--quiet", "--input", str(prompts)]
+    out_path = tmp_path / "samples.jsonl"
+    code, _, _ = run(["sample", *common, "--output", str(out_path)], capsys=capsys)
+    assert code == 0
+    records = [json.loads(line) for line in out_path.read_text().splitlines()]
+    assert [r["id"] for r in records] == ["a", "b"]
+    assert all(len(r["candidates"]) == 3 for r in records)
+    assert set(records[0]["candidates"][0]) == {"text", "logp", "logq", "n_tokens", "finish_reason"}
+    # The same run again comes from the store: identical output.
+    code, out, _ = run(["sample", *common], capsys=capsys)
+    assert [json.loads(line) for line in out.splitlines()] == records
+    # The samples file feeds `decide` directly.
+    code, out, _ = run(["decide", "--metric", "chrf", str(out_path)], capsys=capsys)
+    assert code == 0 and len(out.splitlines()) == 2
+    code, out, _ = run(["predict", *common, "--metric", "token_f1"], capsys=capsys)
+    assert code == 0
+    assert [json.loads(line)["id"] for line in out.splitlines()] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-n", "0"], "'n' parameter of SamplingConfig must be an int >= 1"),
+        (["--max_tokens", "0"], "'max_tokens' parameter of SamplingConfig must be an int > 0"),
+        (["--backend", "hff"], "Did you mean 'hf'"),
+        (["--top_p", "0"], "'top_p'"),
+    ],
+)
+def test_sample_rejects_bad_settings_with_exit_2(argv, message, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": 1, "prompt": "x"}\n')
+    code, _, err = run(["sample", "--model", "gemma-3-270m", "--input", str(prompts), *argv], capsys=capsys)
+    assert code == 2
+    assert message in err
+
+
+def test_sample_names_the_bad_prompt_line_and_unknown_models(tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": 1, "prompt": "x"}\n{"id": 2, "text": "y"}\n')
+    code, _, err = run(["sample", "--model", "gemma-3-270m", "--input", str(prompts)], capsys=capsys)
+    assert code == 2 and "line 2: expected an object with a string 'prompt' field" in err
+    prompts.write_text('{"id": 1, "prompt": "x"}\n')
+    code, _, err = run(["sample", "--model", "gemma-3-27m", "--input", str(prompts)], capsys=capsys)
+    assert code == 2 and "Did you mean 'gemma-3-270m'" in err

@@ -10,6 +10,7 @@ import json
 import math
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from metricwise.errors import InvalidParameterError, MetricwiseError
@@ -29,6 +30,28 @@ examples:
 
 output: one JSON decision per input line, with its id, output, rule, expected_loss or
 expected_utility, n_valid / n_total (the parse rate) and the support (value, weight, count).
+"""
+
+_SAMPLE_EXAMPLE = """\
+input: one JSON object per line, {"id": "q1", "prompt": "Q: 2 + 3 =\\nA:"}
+output: {"id", "prompt", "candidates": [{"text", "logp", "logq", "n_tokens", "finish_reason"}, ...]}
+
+Samples go through a resumable store (--store): an interrupted run picks up where it stopped,
+and a finished prompt is never sampled again with the same model and settings.
+
+examples:
+  metricwise sample --model gemma-3-270m -n 16 --input prompts.jsonl --output samples.jsonl
+  metricwise sample --model smollm2-135m-instruct -n 8 --temperature 0.7 --stop '\\n' --input prompts.jsonl
+  metricwise sample --backend openai --model_args base_url=http://127.0.0.1:8080 --model served -n 16 --input p.jsonl
+"""
+
+_PREDICT_EXAMPLE = """\
+input: one JSON object per line, {"id": "q1", "prompt": "..."}
+output: one JSON decision per line: {"id", "prompt", "output", "rule", "expected_loss", ...}
+
+examples:
+  metricwise predict --model gemma-3-270m --metric squared_error --valid-range 0,5 -n 16 --input prompts.jsonl
+  metricwise predict --model gemma-3-270m --metric exact_match --stop '\\n' -n 8 --input questions.jsonl
 """
 
 
@@ -55,25 +78,85 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     d.add_argument("input", metavar="FILE|-", help="JSONL file of samples, or - for standard input")
-    d.add_argument("--metric", required=True, help="metric name (see `metricwise metrics`)")
-    d.add_argument("--rule", default=None, help="override the rule: mode, mean, median, quantile, grid, mbr (default: the metric's closed form, else mbr)")
-    d.add_argument("--weights", default="uniform", help="uniform, model (softmax of logprobs), or importance (exp(logp - logq))")
-    d.add_argument("--weight-temperature", "--weight_temperature", dest="weight_temperature", type=float, default=1.0, help="temperature of the 'model' weighting")
-    d.add_argument("--metric-args", "--metric_args", dest="metric_args", action="append", default=[], metavar="K=V[,K=V]", help="metric arguments, e.g. tau=0.9 for pinball (repeatable)")
-    d.add_argument("--valid-range", "--valid_range", dest="valid_range", default=None, metavar="LO,HI", help="clip parsed numbers into [LO, HI], e.g. 0,5")
-    d.add_argument("--grid", default=None, metavar="V1,V2,...", help="allowed values for the grid rule (default: the integers of --valid-range)")
-    d.add_argument("--extractor", default=None, help="extract the answer from each text first: number, number:last, answer, first_line, regex:PATTERN")
-    d.add_argument("--include-incomplete", "--include_incomplete", dest="include_incomplete", action="store_true", help="keep candidates cut off by max_tokens or a guard")
+    _add_decision_arguments(d)
     d.add_argument("--max-support", "--max_support", dest="max_support", type=int, default=20, help="support entries written per decision (0 for none, -1 for all)")
     d.add_argument("--skip-invalid", "--skip_invalid", dest="skip_invalid", action="store_true", help="report malformed lines on stderr and go on, instead of stopping with exit code 2")
     d.add_argument("--output", "-o", default="-", help="where to write decisions (- for standard output)")
     d.set_defaults(handler=_run_decide)
 
+    s = sub.add_parser(
+        "sample",
+        help="draw N candidates per prompt with their log-probabilities",
+        description="Sample N candidates per prompt from a model, with logp, logq and finish reasons.",
+        epilog=_SAMPLE_EXAMPLE,
+        formatter_class=_HelpFormatter,
+    )
+    _add_sampling_arguments(s)
+    s.add_argument("--output", "-o", default="-", help="where to write the samples (- for standard output)")
+    s.set_defaults(handler=_run_sample)
+
+    p = sub.add_parser(
+        "predict",
+        help="sample N candidates per prompt and return the Bayes-optimal answer for a metric",
+        description="Sample N candidates per prompt, then decide: the Bayes-optimal answer for the metric.",
+        epilog=_PREDICT_EXAMPLE,
+        formatter_class=_HelpFormatter,
+    )
+    _add_sampling_arguments(p)
+    _add_decision_arguments(p)
+    p.add_argument("--max-support", "--max_support", dest="max_support", type=int, default=5, help="support entries written per decision (-1 for all)")
+    p.add_argument("--output", "-o", default="-", help="where to write decisions (- for standard output)")
+    p.set_defaults(handler=_run_predict)
+
     m = sub.add_parser("metrics", help="list the registered metrics", formatter_class=_HelpFormatter)
     m.set_defaults(handler=_run_metrics)
 
+    models = sub.add_parser("models", help="list the named models that work offline", formatter_class=_HelpFormatter)
+    models.set_defaults(handler=_run_models)
+
     _add_optional_subcommands(sub)
     return parser
+
+
+def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("decision")
+    g.add_argument("--metric", required=True, help="metric name (see `metricwise metrics`)")
+    g.add_argument("--rule", default=None, help="override the rule: mode, mean, median, quantile, grid, mbr (default: the metric's closed form, else mbr)")
+    g.add_argument("--weights", default="uniform", help="uniform, model (softmax of logprobs), or importance (exp(logp - logq))")
+    g.add_argument("--weight-temperature", "--weight_temperature", dest="weight_temperature", type=float, default=1.0, help="temperature of the 'model' weighting")
+    g.add_argument("--metric-args", "--metric_args", dest="metric_args", action="append", default=[], metavar="K=V[,K=V]", help="metric arguments, e.g. tau=0.9 for pinball (repeatable)")
+    g.add_argument("--valid-range", "--valid_range", dest="valid_range", default=None, metavar="LO,HI", help="clip parsed numbers into [LO, HI], e.g. 0,5")
+    g.add_argument("--grid", default=None, metavar="V1,V2,...", help="allowed values for the grid rule (default: the integers of --valid-range)")
+    g.add_argument("--extractor", default=None, help="extract the answer from each text first: number, number:last, answer, first_line, regex:PATTERN")
+    g.add_argument("--include-incomplete", "--include_incomplete", dest="include_incomplete", action="store_true", help="keep candidates cut off by max_tokens or a guard")
+
+
+def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    from metricwise.types import SamplingConfig
+
+    defaults = SamplingConfig()
+    g = parser.add_argument_group("model and sampling")
+    g.add_argument("--model", default="gemma-3-270m", help="a named model (see `metricwise models`), a local directory or .gguf file, or a hub id")
+    g.add_argument("--backend", default="hf", help="hf (transformers), llamacpp, or openai (an OpenAI-compatible server)")
+    g.add_argument("--model_args", "--model-args", dest="model_args", action="append", default=[], metavar="K=V[,K=V]", help="backend options, e.g. device=cuda,dtype=bfloat16 or base_url=http://127.0.0.1:8080")
+    g.add_argument("--input", "-i", required=True, help="JSONL file of prompts ({'id', 'prompt'} per line), or - for standard input")
+    g.add_argument("-n", "--n", dest="n", type=int, default=defaults.n, help="samples per prompt")
+    g.add_argument("--max_tokens", "--max-tokens", dest="max_tokens", type=int, default=defaults.max_tokens, help="new tokens per sample (a hard limit)")
+    g.add_argument("--temperature", type=float, default=defaults.temperature, help="sampling temperature (0 = greedy)")
+    g.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=defaults.top_p, help="nucleus sampling mass (1 = off)")
+    g.add_argument("--top_k", "--top-k", dest="top_k", type=int, default=defaults.top_k, help="keep the k most likely tokens (0 = off)")
+    g.add_argument("--min_p", "--min-p", dest="min_p", type=float, default=defaults.min_p, help="drop tokens below min_p x the top probability (0 = off)")
+    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable); '\\n' is a newline")
+    g.add_argument("--seed", type=int, default=defaults.seed, help="sample i of a prompt uses its own stream from (seed, i, prompt)")
+    g.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=8, help="prompts per batch")
+    g.add_argument("--store", default=None, help="sample store (SQLite) for resuming; default: the cache directory's samples.sqlite")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def _version() -> str:
+    from metricwise import __version__
+
+    return __version__
 
 
 def _add_optional_subcommands(sub: Any) -> None:
@@ -87,22 +170,17 @@ def _add_optional_subcommands(sub: Any) -> None:
         add_mnn_parser(sub)
 
 
-def _version() -> str:
-    from metricwise import __version__
-
-    return __version__
-
-
 # ---------------------------------------------------------------------------------------------
-# decide
+# Option parsing shared by the subcommands
 
 
-def _parse_metric_args(items: Sequence[str]) -> dict[str, Any]:
+def _parse_key_values(items: Sequence[str], option: str) -> dict[str, Any]:
+    """``["a=1,b=x", "c=true"]`` -> ``{"a": 1, "b": "x", "c": True}`` (values parsed as JSON when they are)."""
     out: dict[str, Any] = {}
     for item in (part.strip() for group in items for part in group.split(",") if part.strip()):
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise InvalidParameterError(f"The '--metric-args' option takes K=V pairs. Got {item!r} instead.")
+            raise InvalidParameterError(f"The '{option}' option takes K=V pairs. Got {item!r} instead.")
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -122,10 +200,92 @@ def _parse_floats(text: str | None, option: str, count: int | None = None) -> li
     return values
 
 
+def _decision_options(args: argparse.Namespace) -> dict[str, Any]:
+    """decide() keyword arguments from the decision options, checked before any input is read."""
+    valid_range = _parse_floats(args.valid_range, "--valid-range", count=2)
+    options: dict[str, Any] = {
+        "metric": args.metric,
+        "rule": args.rule,
+        "weights": args.weights,
+        "weight_temperature": args.weight_temperature,
+        "valid_range": tuple(valid_range) if valid_range else None,
+        "grid": _parse_floats(args.grid, "--grid"),
+        "extractor": args.extractor,
+        "include_incomplete": args.include_incomplete,
+        **_parse_key_values(args.metric_args, "--metric-args"),
+    }
+    # A decision on no samples checks the metric, its arguments, the rule and the extractor
+    # (weights need log-probabilities, so they are checked per record).
+    from metricwise.decide import check_weighting, decide
+
+    check_weighting(args.weights)
+    decide([], **{**options, "weights": None})
+    return options
+
+
+def _sampling_config(args: argparse.Namespace) -> Any:
+    from metricwise.types import SamplingConfig
+
+    stops = tuple(s.encode("utf-8").decode("unicode_escape") for s in args.stop)
+    if args.batch_size < 1:
+        raise InvalidParameterError(f"The '--batch_size' option must be >= 1. Got {args.batch_size} instead.")
+    return SamplingConfig(
+        n=args.n,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        max_tokens=args.max_tokens,
+        stop=stops,
+        seed=args.seed,
+    )
+
+
 def _read_jsonl(stream: IO[str]) -> Iterator[tuple[int, str]]:
     for number, line in enumerate(stream, start=1):
         if line.strip():
             yield number, line
+
+
+def _name(path: str) -> str:
+    return "<stdin>" if path == "-" else path
+
+
+def _open_input(path: str) -> IO[str]:
+    if path == "-":
+        return sys.stdin
+    try:
+        return open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidParameterError(f"The input file {path!r} does not exist.") from None
+    except IsADirectoryError:
+        raise InvalidParameterError(f"The input {path!r} is a directory; expected a JSONL file.") from None
+
+
+def _open_output(path: str) -> IO[str]:
+    if path == "-":
+        return sys.stdout
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "w", encoding="utf-8")
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace NaN/inf (not valid JSON) by null, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _write_json_line(sink: IO[str], record: dict[str, Any]) -> None:
+    sink.write(json.dumps(_json_safe(record), ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# decide
 
 
 def _decide_record(record: Any, options: dict[str, Any], max_support: int | None) -> dict[str, Any]:
@@ -159,40 +319,21 @@ def _decide_record(record: Any, options: dict[str, Any], max_support: int | None
 
 
 def _run_decide(args: argparse.Namespace) -> int:
-    valid_range = _parse_floats(args.valid_range, "--valid-range", count=2)
-    options: dict[str, Any] = {
-        "metric": args.metric,
-        "rule": args.rule,
-        "weights": args.weights,
-        "weight_temperature": args.weight_temperature,
-        "valid_range": tuple(valid_range) if valid_range else None,
-        "grid": _parse_floats(args.grid, "--grid"),
-        "extractor": args.extractor,
-        "include_incomplete": args.include_incomplete,
-        **_parse_metric_args(args.metric_args),
-    }
+    options = _decision_options(args)
     max_support = None if args.max_support < 0 else args.max_support
-    # A decision on no samples checks the metric, its arguments, the rule and the extractor
-    # before any input is read (weights need log-probabilities, so they are checked per line).
-    from metricwise.decide import check_weighting, decide
-
-    check_weighting(args.weights)
-    decide([], **{**options, "weights": None})
-
-    source = sys.stdin if args.input == "-" else _open_input(args.input)
-    sink = sys.stdout if args.output == "-" else open(args.output, "w", encoding="utf-8")  # noqa: SIM115
+    source = _open_input(args.input)
+    sink = _open_output(args.output)
     n_ok = n_bad = 0
     try:
         for number, line in _read_jsonl(source):
             try:
-                record = json.loads(line)
-                result = _decide_record(record, options, max_support)
+                result = _decide_record(json.loads(line), options, max_support)
             except json.JSONDecodeError as exc:
                 message = f"{_name(args.input)}: line {number}: not valid JSON ({exc.msg} at column {exc.colno})"
             except InvalidParameterError as exc:
                 message = f"{_name(args.input)}: line {number}: {exc}"
             else:
-                sink.write(json.dumps(_json_safe(result), ensure_ascii=False) + "\n")
+                _write_json_line(sink, result)
                 n_ok += 1
                 continue
             n_bad += 1
@@ -209,32 +350,83 @@ def _run_decide(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _name(path: str) -> str:
-    return "<stdin>" if path == "-" else path
+# ---------------------------------------------------------------------------------------------
+# sample and predict
 
 
-def _open_input(path: str) -> IO[str]:
+def _read_prompts(path: str) -> list[tuple[Any, str]]:
+    """(id, prompt) pairs from a JSONL file; every line is checked before any model is loaded."""
+    source = _open_input(path)
+    records: list[tuple[Any, str]] = []
     try:
-        return open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidParameterError(f"The input file {path!r} does not exist.") from None
-    except IsADirectoryError:
-        raise InvalidParameterError(f"The input {path!r} is a directory; expected a JSONL file.") from None
+        for number, line in _read_jsonl(source):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise InvalidParameterError(f"{_name(path)}: line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
+                raise InvalidParameterError(f"{_name(path)}: line {number}: expected an object with a string 'prompt' field")
+            records.append((record.get("id", number), record["prompt"]))
+    finally:
+        if source is not sys.stdin:
+            source.close()
+    if not records:
+        raise InvalidParameterError(f"{_name(path)}: no prompts found (expected one JSON object per line).")
+    return records
 
 
-def _json_safe(value: Any) -> Any:
-    """Replace NaN/inf (not valid JSON) by null, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
+def _sample_all(args: argparse.Namespace, prompts: list[str]) -> list[Any]:
+    """Sample through the store with a progress bar; returns one SampleSet per prompt."""
+    from metricwise.backends import load_backend
+    from metricwise.models import cache_dir
+    from metricwise.progress import Progress
+    from metricwise.store import SampleStore
+
+    config = _sampling_config(args)
+    backend = load_backend(args.backend, args.model, **_parse_key_values(args.model_args, "--model_args"))
+    store_path = args.store or str(cache_dir() / "samples.sqlite")
+    if not args.quiet:
+        print(f"metricwise {args.command}: {len(prompts)} prompts x n={config.n} from {backend.signature}; store {store_path}", file=sys.stderr)
+    try:
+        with SampleStore(store_path) as store, Progress(len(set(prompts)), "sampling", unit="prompt", enabled=not args.quiet) as bar:
+            return store.sample(backend, prompts, config, batch_size=args.batch_size, progress=lambda done, total: bar.update(done))
+    finally:
+        backend.close()
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    records = _read_prompts(args.input)
+    sets = _sample_all(args, [prompt for _, prompt in records])
+    sink = _open_output(args.output)
+    try:
+        for (record_id, prompt), sample_set in zip(records, sets, strict=True):
+            _write_json_line(sink, {"id": record_id, "prompt": prompt, "candidates": [c.to_dict() for c in sample_set.candidates]})
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    return EXIT_OK
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from metricwise.decide import decide
+
+    options = _decision_options(args)
+    records = _read_prompts(args.input)
+    sets = _sample_all(args, [prompt for _, prompt in records])
+    max_support = None if args.max_support < 0 else args.max_support
+    sink = _open_output(args.output)
+    try:
+        for (record_id, prompt), sample_set in zip(records, sets, strict=True):
+            decision = decide(sample_set, **options)
+            _write_json_line(sink, {"id": record_id, "prompt": prompt, **decision.to_dict(max_support=max_support)})
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------------------------------
-# metrics
+# listings
 
 
 def _run_metrics(args: argparse.Namespace) -> int:
@@ -262,6 +454,14 @@ def _run_metrics(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _run_models(args: argparse.Namespace) -> int:
+    from metricwise.models import describe_models
+
+    print(describe_models())
+    print("\nAny local transformers directory, .gguf file, or (with network access) hub id works as --model too.")
+    return EXIT_OK
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -274,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"metricwise {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"metricwise {args.command}: interrupted", file=sys.stderr)
+        print(f"metricwise {args.command}: interrupted; what was sampled is kept in the store, run again to resume", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return EXIT_OK
