@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from metricwise.errors import InvalidParameterError, MetricwiseError
+from metricwise.io import write_json_line
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
 
@@ -52,6 +52,19 @@ output: one JSON decision per line: {"id", "prompt", "output", "rule", "expected
 examples:
   metricwise predict --model gemma-3-270m --metric squared_error --valid-range 0,5 -n 16 --input prompts.jsonl
   metricwise predict --model gemma-3-270m --metric exact_match --stop '\\n' -n 8 --input questions.jsonl
+"""
+
+
+_EVAL_EXAMPLE = """\
+examples:
+  metricwise eval --model gemma-3-270m --tasks arith --limit 50 -n 8 --output_path out/arith
+  metricwise eval --model gemma-3-270m --tasks stsb,triviaqa --limit 200 -n 16 --num_fewshot 5 \\
+      --data_dir ../shared/data --output_path out/real --log_samples
+  metricwise eval --tasks stsb --temperatures 0.5,0.8,1.0 --limit 100 --data_dir data --output_path out/sweep
+  metricwise eval --tasks examples/my_task.yaml --limit 20 -n 8
+
+Sampling goes through a resumable store: an interrupted run continues where it stopped, and a
+second run (other decoders, more bootstrap resamples) samples nothing new.
 """
 
 
@@ -113,6 +126,45 @@ def build_parser() -> argparse.ArgumentParser:
 
     models = sub.add_parser("models", help="list the named models that work offline", formatter_class=_HelpFormatter)
     models.set_defaults(handler=_run_models)
+
+    e = sub.add_parser(
+        "eval",
+        help="compare greedy decoding with every metric-aware decoder on benchmark tasks",
+        description="Sample N answers per item once, then score greedy, first-sample, max-logprob, mode, mean, "
+        "median, MBR (uniform and model weights) and the oracle on the same samples, with bootstrap "
+        "intervals, paired comparisons against greedy, decoder@k curves, a table and plots.",
+        epilog=_EVAL_EXAMPLE,
+        formatter_class=_HelpFormatter,
+    )
+    e.add_argument("--model", default="gemma-3-270m", help="a named model (see `metricwise models`), a local directory or .gguf file, or a hub id")
+    e.add_argument("--backend", default="hf", help="hf, llamacpp or openai")
+    e.add_argument("--model_args", "--model-args", dest="model_args", action="append", default=[], metavar="K=V[,K=V]", help="backend options, e.g. device=cuda or base_url=http://127.0.0.1:8080")
+    e.add_argument("--tasks", required=True, help="comma-separated task names (see `metricwise tasks`) or YAML task files")
+    e.add_argument("--limit", type=int, default=None, help="evaluate the first N items of each task")
+    e.add_argument("-n", "--n", dest="n", type=int, default=16, help="samples per item")
+    e.add_argument("--num_fewshot", "--num-fewshot", dest="num_fewshot", type=int, default=5, help="examples in each prompt")
+    e.add_argument("--fewshot_strategy", "--fewshot-strategy", dest="fewshot_strategy", default="random", help="random, similar or diverse (by all-MiniLM-L6-v2 embeddings)")
+    e.add_argument("--gen_kwargs", "--gen-kwargs", dest="gen_kwargs", action="append", default=[], metavar="K=V[,K=V]", help="sampling settings: temperature, top_p, top_k, min_p, max_tokens")
+    e.add_argument("--temperatures", default=None, metavar="T1,T2,...", help="run a temperature sweep (overrides temperature in --gen_kwargs)")
+    e.add_argument("--seed", type=int, default=0, help="seed of sampling, few-shot selection and the bootstrap")
+    e.add_argument("--data_dir", "--data-dir", dest="data_dir", default=None, help="benchmark data directory (default: $METRICWISE_DATA_DIR)")
+    e.add_argument("--output_path", "--output-path", dest="output_path", default=None, help="directory for results.json, results.md, plots and sample logs")
+    e.add_argument("--log_samples", "--log-samples", dest="log_samples", action="store_true", help="write samples_<task>.jsonl with every candidate, prediction and score")
+    e.add_argument("--store", default=None, help="sample store (SQLite); default: the cache directory's samples.sqlite")
+    e.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=8, help="prompts per batch")
+    e.add_argument("--bootstrap_iters", "--bootstrap-iters", dest="bootstrap_iters", type=int, default=1000, help="bootstrap resamples for intervals and paired tests")
+    e.add_argument("--curve_subsets", "--curve-subsets", dest="curve_subsets", type=int, default=8, help="random size-k subsets per item for decoder@k curves (0: no curves)")
+    e.add_argument("--no_plots", "--no-plots", dest="no_plots", action="store_true", help="skip the PNG plots")
+    e.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    e.set_defaults(handler=_run_eval)
+
+    r = sub.add_parser("report", help="re-render the table and plots of a results directory", formatter_class=_HelpFormatter)
+    r.add_argument("directory", help="an --output_path of `metricwise eval`")
+    r.add_argument("--no_plots", "--no-plots", dest="no_plots", action="store_true", help="print the table only")
+    r.set_defaults(handler=_run_report)
+
+    t = sub.add_parser("tasks", help="list the built-in tasks", formatter_class=_HelpFormatter)
+    t.set_defaults(handler=_run_tasks)
 
     _add_optional_subcommands(sub)
     return parser
@@ -269,21 +321,6 @@ def _open_output(path: str) -> IO[str]:
     return open(path, "w", encoding="utf-8")
 
 
-def _json_safe(value: Any) -> Any:
-    """Replace NaN/inf (not valid JSON) by null, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _write_json_line(sink: IO[str], record: dict[str, Any]) -> None:
-    sink.write(json.dumps(_json_safe(record), ensure_ascii=False) + "\n")
-
-
 # ---------------------------------------------------------------------------------------------
 # decide
 
@@ -333,7 +370,7 @@ def _run_decide(args: argparse.Namespace) -> int:
             except InvalidParameterError as exc:
                 message = f"{_name(args.input)}: line {number}: {exc}"
             else:
-                _write_json_line(sink, result)
+                write_json_line(sink, result)
                 n_ok += 1
                 continue
             n_bad += 1
@@ -400,7 +437,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     sink = _open_output(args.output)
     try:
         for (record_id, prompt), sample_set in zip(records, sets, strict=True):
-            _write_json_line(sink, {"id": record_id, "prompt": prompt, "candidates": [c.to_dict() for c in sample_set.candidates]})
+            write_json_line(sink, {"id": record_id, "prompt": prompt, "candidates": [c.to_dict() for c in sample_set.candidates]})
     finally:
         if sink is not sys.stdout:
             sink.close()
@@ -418,7 +455,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     try:
         for (record_id, prompt), sample_set in zip(records, sets, strict=True):
             decision = decide(sample_set, **options)
-            _write_json_line(sink, {"id": record_id, "prompt": prompt, **decision.to_dict(max_support=max_support)})
+            write_json_line(sink, {"id": record_id, "prompt": prompt, **decision.to_dict(max_support=max_support)})
     finally:
         if sink is not sys.stdout:
             sink.close()
@@ -426,7 +463,88 @@ def _run_predict(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# eval and report
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from metricwise.evaluate.report import render_markdown
+    from metricwise.evaluate.runner import EvalConfig, run_eval
+
+    gen = _parse_key_values(args.gen_kwargs, "--gen_kwargs")
+    unknown = sorted(set(gen) - {"temperature", "top_p", "top_k", "min_p", "max_tokens"})
+    if unknown:
+        raise InvalidParameterError(
+            f"The '--gen_kwargs' option takes temperature, top_p, top_k, min_p and max_tokens. Got {', '.join(unknown)} instead."
+        )
+    temperatures = _parse_floats(args.temperatures, "--temperatures") or [float(gen.get("temperature", 1.0))]
+    config = EvalConfig(
+        model=args.model,
+        backend=args.backend,
+        model_args=_parse_key_values(args.model_args, "--model_args"),
+        tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
+        limit=args.limit,
+        n=args.n,
+        num_fewshot=args.num_fewshot,
+        fewshot_strategy=args.fewshot_strategy,
+        temperatures=temperatures,
+        top_p=float(gen.get("top_p", 1.0)),
+        top_k=int(gen.get("top_k", 0)),
+        min_p=float(gen.get("min_p", 0.0)),
+        max_tokens=int(gen["max_tokens"]) if "max_tokens" in gen else None,
+        seed=args.seed,
+        data_dir=args.data_dir,
+        output_path=args.output_path,
+        log_samples=args.log_samples,
+        store=args.store,
+        batch_size=args.batch_size,
+        n_resamples=args.bootstrap_iters,
+        curve_subsets=args.curve_subsets,
+        plots=not args.no_plots,
+        quiet=args.quiet,
+    )
+    # Settings are checked (SamplingConfig raises) before any model is loaded.
+    from metricwise.types import SamplingConfig
+
+    for t in temperatures:
+        SamplingConfig(n=config.n, temperature=t, top_p=config.top_p, top_k=config.top_k, min_p=config.min_p, max_tokens=config.max_tokens or 1)
+    results = run_eval(config)
+    print(render_markdown(results))
+    if args.output_path:
+        print(f"\nresults, table and plots written to {args.output_path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from metricwise.evaluate.report import load_results, render_markdown, write_plots
+
+    directory = Path(args.directory)
+    results = load_results(directory)
+    table = render_markdown(results)
+    print(table)
+    if directory.is_dir():
+        (directory / "results.md").write_text(table + "\n", encoding="utf-8")
+        if not args.no_plots:
+            for path in write_plots(results, directory):
+                print(f"wrote {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------------------------
 # listings
+
+
+def _run_tasks(args: argparse.Namespace) -> int:
+    from metricwise.tasks import get_task, task_names
+
+    print("| task | answer | metrics | range | description |")
+    print("|---|---|---|---|---|")
+    for name in task_names():
+        task = get_task(name)
+        rng = "" if task.valid_range is None else f"{task.valid_range[0]:g}-{task.valid_range[1]:g}"
+        print(f"| {name} | {task.answer_type} | {', '.join(task.metrics)} | {rng} | {task.description} |")
+    print("\nYour own task: a YAML file (see examples/my_task.yaml) passed to --tasks.")
+    return EXIT_OK
+
 
 
 def _run_metrics(args: argparse.Namespace) -> int:

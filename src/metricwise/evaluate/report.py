@@ -1,0 +1,141 @@
+"""Tables and plots from a results dictionary (what ``results.json`` holds).
+
+``metricwise report DIR`` re-renders both from a results directory, without a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from metricwise.errors import InvalidParameterError, MissingDependencyError
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "nan"
+    return f"{value:.{digits}f}"
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The results table: Task | Version | Decoder | N | T | Metric | direction | Value | +- | vs greedy.
+
+    ``+-`` is the bootstrap standard error; ``vs greedy`` is the paired mean difference with its
+    95% interval, marked ``*`` when the interval excludes 0. ``parsed`` is the share of items
+    where the decoder produced an answer at all.
+    """
+    lines = [
+        "| Task | Version | Decoder | N | T | Metric | direction | Value | +- | 95% CI | vs greedy | parsed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in results.get("runs", []):
+        n = run.get("n", "")
+        temperature = run.get("temperature", "")
+        for row in run["scores"]:
+            vs = row.get("vs_greedy")
+            if vs:
+                low, high = vs["ci"]
+                excludes_zero = low is not None and high is not None and (low > 0 or high < 0)
+                vs_text = f"{vs['difference']:+.4f} [{_fmt(low)}, {_fmt(high)}]{' *' if excludes_zero else ''}"
+            else:
+                vs_text = ""
+            n_text = "1" if row["decoder"] == "greedy" else str(n)
+            lines.append(
+                f"| {run['task']} | {run['version']} | {row['decoder']} | {n_text} | {temperature} | {row['metric']} | "
+                f"{'↑' if row['direction'] == 'higher' else '↓'} | {_fmt(row['value'])} | {_fmt(row['stderr'])} | "
+                f"[{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] | {vs_text} | {row['parse_rate']:.0%} |"
+            )
+    corpus = [(run, row) for run in results.get("runs", []) for row in run.get("corpus", [])]
+    if corpus:
+        lines += ["", "| Task | Decoder | T | Statistic | Value | 95% CI |", "|---|---|---|---|---|---|"]
+        for run, row in corpus:
+            lines.append(
+                f"| {run['task']} | {row['decoder']} | {run.get('temperature', '')} | {row['metric']} | {_fmt(row['value'])} | "
+                f"[{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] |"
+            )
+    return "\n".join(lines)
+
+
+def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
+    """PNG plots: the primary metric against k for every decoder (per task and temperature),
+    and against temperature when several temperatures were run."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise MissingDependencyError("Plots need matplotlib: pip install 'metricwise[plot]' (or pass --no_plots).") from None
+
+    written: list[Path] = []
+    runs = results.get("runs", [])
+    temperatures_by_task: dict[str, set[float]] = {}
+    for run in runs:
+        temperatures_by_task.setdefault(run["task"], set()).add(run["temperature"])
+    for run in runs:
+        curves = run.get("curves")
+        if not curves:
+            continue
+        several = len(temperatures_by_task[run["task"]]) > 1
+        fig, ax = plt.subplots(figsize=(7.5, 4.8))
+        for label, values in curves["values"].items():
+            style = "--" if label.endswith("+model") else ("-." if label == "oracle" else "-")
+            ax.plot(curves["k"], values, style, marker="o", markersize=3, label=label)
+        greedy = next((r["value"] for r in run["scores"] if r["decoder"] == "greedy" and r["metric"] == curves["metric"]), None)
+        if greedy is not None:
+            ax.axhline(greedy, color="black", linewidth=1, linestyle=":", label="greedy")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(curves["k"], [str(k) for k in curves["k"]])
+        direction = next((r["direction"] for r in run["scores"] if r["metric"] == curves["metric"]), "")
+        ax.set_xlabel("k (samples used out of N)")
+        ax.set_ylabel(f"{curves['metric']} ({'higher' if direction == 'higher' else 'lower'} is better)")
+        ax.set_title(f"{run['task']}: decoder@k, T={run['temperature']:g}, {run['n_items']} items")
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        name = f"plot_{run['task']}_k{'_t' + format(run['temperature'], 'g') if several else ''}.png"
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        written.append(out / name)
+
+    for task, temps in temperatures_by_task.items():
+        if len(temps) < 2:
+            continue
+        task_runs = sorted((r for r in runs if r["task"] == task), key=lambda r: r["temperature"])
+        metric = task_runs[0]["curves"]["metric"] if task_runs[0].get("curves") else task_runs[0]["scores"][0]["metric"]
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        labels = [r["decoder"] for r in task_runs[0]["scores"] if r["metric"] == metric]
+        for label in labels:
+            xs, ys = [], []
+            for r in task_runs:
+                row = next((s for s in r["scores"] if s["decoder"] == label and s["metric"] == metric), None)
+                if row is not None:
+                    xs.append(r["temperature"])
+                    ys.append(row["value"])
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.set_xlabel("sampling temperature")
+        ax.set_ylabel(metric)
+        ax.set_title(f"{task}: temperature sweep")
+        ax.legend(fontsize=7, ncol=2)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out / f"plot_{task}_temperature.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def load_results(directory: Path) -> dict[str, Any]:
+    path = directory / "results.json" if directory.is_dir() else directory
+    if not path.exists():
+        raise InvalidParameterError(f"No results.json in {directory}: run `metricwise eval --output_path {directory}` first.")
+    try:
+        results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InvalidParameterError(f"{path} is not valid JSON: {exc}.") from None
+    if "runs" not in results:
+        raise InvalidParameterError(f"{path} is not a metricwise results file (no 'runs').")
+    return results

@@ -1,0 +1,199 @@
+"""The evaluation run: prompts -> greedy and N samples through the store -> every decoder scored.
+
+Sampling is the only step that needs the model; it goes through the sample store, so an
+interrupted run resumes and a second run with other decoders or metrics samples nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metricwise.errors import InvalidParameterError
+from metricwise.evaluate.decoders import Decoder, default_decoders
+from metricwise.evaluate.scoring import ItemRecord, score_task
+from metricwise.io import json_safe, write_json_line
+from metricwise.progress import Progress
+from metricwise.types import SamplingConfig
+
+
+@dataclass
+class EvalConfig:
+    """Everything that defines an evaluation run (and its results' signatures).
+
+    ``temperatures`` runs the whole pool once per temperature (a sweep); ``max_tokens=None``
+    uses each task's own budget.
+    """
+
+    model: str
+    tasks: list[str]
+    backend: str = "hf"
+    model_args: dict[str, Any] = field(default_factory=dict)
+    limit: int | None = None
+    n: int = 16
+    num_fewshot: int = 5
+    fewshot_strategy: str = "random"
+    temperatures: list[float] = field(default_factory=lambda: [1.0])
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    max_tokens: int | None = None
+    seed: int = 0
+    data_dir: str | None = None
+    output_path: str | None = None
+    log_samples: bool = False
+    store: str | None = None
+    batch_size: int = 8
+    n_resamples: int = 1000
+    curve_subsets: int = 8
+    plots: bool = True
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise InvalidParameterError(f"The 'limit' parameter of eval must be an int >= 1. Got {self.limit} instead.")
+        if self.num_fewshot < 0:
+            raise InvalidParameterError(f"The 'num_fewshot' parameter of eval must be an int >= 0. Got {self.num_fewshot} instead.")
+        if not self.temperatures or any(t <= 0 for t in self.temperatures):
+            raise InvalidParameterError(
+                f"The 'temperatures' parameter of eval must be one or more floats > 0 (greedy is always run). Got {self.temperatures} instead."
+            )
+        if not self.tasks:
+            raise InvalidParameterError("The 'tasks' parameter of eval must name at least one task.")
+
+
+def signature_string(config: EvalConfig, model_signature: str, task: Any, temperature: float, decoder: Decoder, metric: str) -> str:
+    """A sacrebleu-style signature that lets a reader reproduce one number."""
+    from metricwise import __version__
+
+    return "|".join(
+        [
+            f"model:{model_signature}",
+            f"backend:{config.backend}",
+            f"task:{task.name}@{task.version}",
+            f"shots:{config.num_fewshot}/{config.fewshot_strategy}",
+            f"n:{config.n}",
+            f"t:{temperature:g}",
+            f"p:{config.top_p:g}",
+            f"k:{config.top_k}",
+            f"minp:{config.min_p:g}",
+            f"seed:{config.seed}",
+            f"decoder:{decoder.label}",
+            f"metric:{metric}",
+            f"version:{__version__}",
+        ]
+    )
+
+
+def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
+    """Run ``config``; returns the results (also written under ``config.output_path``).
+
+    ``backend`` replaces loading ``config.model`` (tests pass a tiny model's backend).
+    """
+    from metricwise.backends import load_backend
+    from metricwise.models import cache_dir
+    from metricwise.store import SampleStore
+    from metricwise.tasks import get_task
+    from metricwise.tasks.base import resolve_data_dir
+    from metricwise.tasks.fewshot import select_shots
+
+    tasks = [get_task(name) for name in config.tasks]  # unknown names fail before the model loads
+    data_dir = resolve_data_dir(config.data_dir)
+    prepared = []
+    for task in tasks:
+        items = task.load(data_dir, split="eval")
+        if config.limit is not None:
+            items = items[: config.limit]
+        shots: list[list[Any]] = [[] for _ in items]
+        if config.num_fewshot > 0:
+            pool = task.load(data_dir, split="fewshot")
+            shots = select_shots(pool, items, config.num_fewshot, strategy=config.fewshot_strategy, seed=config.seed)
+        prompts = [task.format_prompt(item, s) for item, s in zip(items, shots, strict=True)]
+        prepared.append((task, items, prompts))
+
+    owned = backend is None
+    if backend is None:
+        backend = load_backend(config.backend, config.model, **config.model_args)
+    store_path = config.store or str(cache_dir() / "samples.sqlite")
+    say = (lambda *a: None) if config.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
+    say(f"metricwise eval: {backend.signature}; store {store_path}")
+    results: dict[str, Any] = {
+        "metricwise_version": _version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "config": {**asdict(config), "model_signature": backend.signature},
+        "runs": [],
+    }
+    all_records: dict[str, list[ItemRecord]] = {}
+    try:
+        with SampleStore(store_path) as store:
+            for task, items, prompts in prepared:
+                base = SamplingConfig(
+                    n=config.n,
+                    top_p=config.top_p,
+                    top_k=config.top_k,
+                    min_p=config.min_p,
+                    max_tokens=config.max_tokens or task.max_tokens,
+                    stop=task.stop,
+                    seed=config.seed,
+                )
+                with Progress(len(set(prompts)), f"{task.name}: greedy", unit="prompt", enabled=not config.quiet) as bar:
+                    greedy = store.greedy(backend, prompts, base, batch_size=config.batch_size, progress=lambda d, t: bar.update(d))
+                for temperature in config.temperatures:
+                    sampling = SamplingConfig(**{**asdict(base), "temperature": temperature, "stop": base.stop})
+                    with Progress(len(set(prompts)), f"{task.name}: n={config.n} samples (t={temperature:g})", unit="prompt", enabled=not config.quiet) as bar:
+                        pools = store.sample(backend, prompts, sampling, batch_size=config.batch_size, progress=lambda d, t: bar.update(d))
+                    n_decoders = len(default_decoders(task))
+                    with Progress(n_decoders, f"{task.name}: scoring decoders", unit="decoder", enabled=not config.quiet) as bar:
+                        run, records = score_task(
+                            task,
+                            items,
+                            prompts,
+                            greedy,
+                            pools,
+                            n_resamples=config.n_resamples,
+                            seed=config.seed,
+                            curve_subsets=config.curve_subsets,
+                            signature=lambda d, m, t=temperature, tk=task: signature_string(config, backend.signature, tk, t, d, m),
+                            progress=lambda d, t: bar.update(d),
+                        )
+                    run.update({"temperature": temperature, "n": config.n, "num_fewshot": config.num_fewshot})
+                    results["runs"].append(run)
+                    all_records[f"{task.name}_t{temperature:g}" if len(config.temperatures) > 1 else task.name] = records
+    finally:
+        if owned:
+            backend.close()
+
+    if config.output_path:
+        write_outputs(results, all_records if config.log_samples else {}, Path(config.output_path), plots=config.plots)
+    return results
+
+
+def write_outputs(results: dict[str, Any], records: dict[str, Sequence[ItemRecord]], out: Path, *, plots: bool = True) -> list[Path]:
+    """results.json, samples_<task>.jsonl, results.md and PNG plots under ``out``."""
+    from metricwise.evaluate.report import render_markdown, write_plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "results.json"]
+    (out / "results.json").write_text(json.dumps(json_safe(results), indent=2) + "\n", encoding="utf-8")
+    for name, task_records in records.items():
+        path = out / f"samples_{name}.jsonl"
+        with path.open("w", encoding="utf-8") as fh:
+            for record in task_records:
+                write_json_line(fh, asdict(record))
+        written.append(path)
+    (out / "results.md").write_text(render_markdown(results) + "\n", encoding="utf-8")
+    written.append(out / "results.md")
+    if plots:
+        written += write_plots(results, out)
+    return written
+
+
+def _version() -> str:
+    from metricwise import __version__
+
+    return __version__

@@ -1,0 +1,214 @@
+"""Score every decoder on one pool of samples per item: no model needed, seconds to re-run.
+
+:func:`score_task` takes the greedy candidate and the sampled pool of every item and returns, for
+each decoder and metric, the mean score with a bootstrap interval, a paired bootstrap against
+greedy, the parse rate, corpus statistics (Pearson, Spearman, accuracy) and decoder@k curves
+(the score when only k of the N samples are drawn, averaged over random size-k subsets).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from metricwise.evaluate.decoders import Decoder, default_decoders, fallback_prediction, predict
+from metricwise.evaluate.stats import (
+    DEFAULT_RESAMPLES,
+    bootstrap,
+    paired_bootstrap,
+    pearson_rows,
+    resample_indices,
+    spearman_rows,
+)
+from metricwise.metrics import get as get_metric
+from metricwise.tasks.base import Item, Task
+from metricwise.types import Candidate, SampleSet
+
+#: Numbers within this relative tolerance count as the same answer for "accuracy".
+ACCURACY_RTOL = 1e-6
+
+
+@dataclass
+class ItemRecord:
+    """One item's predictions and scores, for ``samples_<task>.jsonl``."""
+
+    id: str
+    prompt: str
+    references: list[Any]
+    greedy: str
+    candidates: list[dict[str, Any]]
+    predictions: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def powers_of_two_up_to(n: int) -> list[int]:
+    """1, 2, 4, ... up to n, with n itself last."""
+    ks = [1]
+    while ks[-1] * 2 < n:
+        ks.append(ks[-1] * 2)
+    if ks[-1] != n:
+        ks.append(n)
+    return ks
+
+
+def numeric_accuracy(prediction: float, reference: float) -> float:
+    return float(abs(prediction - reference) <= ACCURACY_RTOL * max(1.0, abs(reference)))
+
+
+def score_task(
+    task: Task,
+    items: Sequence[Item],
+    prompts: Sequence[str],
+    greedy: Sequence[Candidate],
+    pools: Sequence[SampleSet],
+    *,
+    decoders: Sequence[Decoder] | None = None,
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = 0,
+    curve_subsets: int = 8,
+    signature: Callable[[Decoder, str], str] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, Any], list[ItemRecord]]:
+    """Scores of every decoder x metric on ``task``; returns (results, per-item records).
+
+    Parameters
+    ----------
+    items, prompts, greedy, pools:
+        Aligned per item: the item, its prompt, its greedy candidate and its N samples.
+    decoders:
+        Default: :func:`~metricwise.evaluate.decoders.default_decoders`.
+    n_resamples:
+        Bootstrap resamples (shared by every score, so comparisons are paired).
+    curve_subsets:
+        Random size-k subsets averaged per item for the decoder@k curves (0 disables them).
+    signature:
+        ``signature(decoder, metric) -> str`` recorded beside every score.
+    """
+    if not (len(items) == len(prompts) == len(greedy) == len(pools)):
+        raise ValueError("items, prompts, greedy and pools must be aligned")
+    if not items:
+        raise ValueError(f"task {task.name!r} has no items to score")
+    decoders = list(decoders or default_decoders(task))
+    metric_objs = {m: get_metric(m) for m in task.metrics}
+    n_items = len(items)
+    indices = resample_indices(n_items, n_resamples, seed=seed)
+
+    records = [
+        ItemRecord(
+            id=item.id,
+            prompt=prompt,
+            references=list(item.references),
+            greedy=g.text,
+            candidates=[c.to_dict() for c in pool.candidates],
+        )
+        for item, prompt, g, pool in zip(items, prompts, greedy, pools, strict=True)
+    ]
+    # scores[decoder label][metric] -> (n_items,) ; parsed[decoder label] -> (n_items,) bool
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    parsed: dict[str, np.ndarray] = {}
+    predictions: dict[str, list[Any]] = {}
+    for d_index, decoder in enumerate(decoders):
+        scores[decoder.label] = {m: np.empty(n_items) for m in task.metrics}
+        parsed[decoder.label] = np.zeros(n_items, dtype=bool)
+        predictions[decoder.label] = []
+        for i, (item, g, pool) in enumerate(zip(items, greedy, pools, strict=True)):
+            refs = list(item.references)
+            shared = None if decoder.kind == "oracle" else predict(decoder, task, g, pool)
+            for metric_name, metric in metric_objs.items():
+                # The oracle is the best candidate for each metric; every other decoder predicts once.
+                pred = predict(decoder, task, g, pool, references=refs, oracle_metric=metric) if shared is None and decoder.kind == "oracle" else shared
+                if metric_name == task.metrics[0]:
+                    parsed[decoder.label][i] = pred is not None
+                    predictions[decoder.label].append(pred)
+                    records[i].predictions[decoder.label] = pred
+                score = metric.score(pred if pred is not None else fallback_prediction(task), refs)
+                scores[decoder.label][metric_name][i] = score
+                records[i].scores.setdefault(decoder.label, {})[metric_name] = score
+        if progress:
+            progress(d_index + 1, len(decoders))
+
+    results: dict[str, Any] = {"task": task.name, "version": task.version, "n_items": n_items, "scores": [], "corpus": []}
+    greedy_label = Decoder("greedy").label
+    for decoder in decoders:
+        for metric_name, metric in metric_objs.items():
+            values = scores[decoder.label][metric_name]
+            estimate = bootstrap(values, indices=indices)
+            row: dict[str, Any] = {
+                "decoder": decoder.label,
+                "metric": metric_name,
+                "direction": "higher" if metric.higher_is_better else "lower",
+                "value": estimate.value,
+                "ci": [estimate.low, estimate.high],
+                "stderr": estimate.stderr,
+                "parse_rate": float(parsed[decoder.label].mean()),
+            }
+            if decoder.label != greedy_label and greedy_label in scores:
+                cmp = paired_bootstrap(values, scores[greedy_label][metric_name], indices=indices)
+                row["vs_greedy"] = {"difference": cmp.difference, "ci": [cmp.low, cmp.high], "p_value": cmp.p_value}
+            if signature is not None:
+                row["signature"] = signature(decoder, metric_name)
+            results["scores"].append(row)
+        results["corpus"].extend(_corpus_rows(task, decoder, predictions[decoder.label], items, indices))
+
+    if curve_subsets > 0 and len(pools[0]) > 1:
+        results["curves"] = _curves(task, decoders, items, greedy, pools, curve_subsets, seed)
+    return results, records
+
+
+def _corpus_rows(task: Task, decoder: Decoder, preds: list[Any], items: Sequence[Item], indices: np.ndarray) -> list[dict[str, Any]]:
+    if task.answer_type != "number" or decoder.kind == "oracle":
+        return []
+    fallback = fallback_prediction(task)
+    pairs = np.array(
+        [[p if p is not None else fallback, float(item.references[0])] for p, item in zip(preds, items, strict=True)],
+        dtype=np.float64,
+    )
+    rows = []
+    for name in task.corpus_metrics:
+        if name == "accuracy":
+            estimate = bootstrap(np.array([numeric_accuracy(p, r) for p, r in pairs]), indices=indices)
+        elif name in ("pearson", "spearman"):
+            statistic = pearson_rows if name == "pearson" else spearman_rows
+            estimate = bootstrap(pairs, statistic=statistic, indices=indices)
+        else:
+            raise ValueError(f"unknown corpus metric {name!r} in task {task.name!r}")
+        rows.append({"decoder": decoder.label, "metric": name, "direction": "higher", "value": estimate.value, "ci": [estimate.low, estimate.high]})
+    return rows
+
+
+def _curves(
+    task: Task,
+    decoders: Sequence[Decoder],
+    items: Sequence[Item],
+    greedy: Sequence[Candidate],
+    pools: Sequence[SampleSet],
+    subsets: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Primary-metric score of each sampling decoder with k of the N samples, k = 1, 2, 4, ..., N."""
+    metric_name = task.metrics[0]
+    metric = get_metric(metric_name)
+    n = min(len(p) for p in pools)
+    ks = powers_of_two_up_to(n)
+    rng = np.random.default_rng(seed)
+    fallback = fallback_prediction(task)
+    curves: dict[str, Any] = {"metric": metric_name, "k": ks, "values": {}}
+    sampling = [d for d in decoders if d.uses_samples]
+    totals = {d.label: np.zeros(len(ks)) for d in sampling}
+    for item, g, pool in zip(items, greedy, pools, strict=True):
+        for k_index, k in enumerate(ks):
+            draws = 1 if k == n else min(subsets, math.comb(n, k))
+            for _ in range(draws):
+                chosen = np.sort(rng.choice(n, size=k, replace=False)) if k < n else np.arange(n)
+                subset = SampleSet(candidates=tuple(pool.candidates[j] for j in chosen), prompt=pool.prompt)
+                for decoder in sampling:
+                    pred = predict(decoder, task, g, subset, references=item.references, oracle_metric=metric)
+                    value = pred if pred is not None else fallback
+                    totals[decoder.label][k_index] += metric.score(value, list(item.references)) / draws
+    for label, total in totals.items():
+        curves["values"][label] = (total / len(items)).tolist()
+    return curves

@@ -1,0 +1,163 @@
+"""Confidence intervals and paired comparisons by the bootstrap over items.
+
+Resampling is vectorised: one (B, n) matrix of item indices serves every statistic of a run, so
+a paired comparison resamples both decoders with the same items (Koehn 2004, "Statistical
+significance tests for machine translation evaluation").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from metricwise.errors import InvalidParameterError
+
+DEFAULT_RESAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A statistic with its percentile bootstrap interval and standard error."""
+
+    value: float
+    low: float
+    high: float
+    stderr: float
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """``statistic(a) - statistic(b)`` on the same items, with its interval and a two-sided p-value.
+
+    ``p_value`` is twice the smaller share of resamples on either side of 0 (floored at
+    ``1 / n_resamples``): how often the sign of the difference would flip.
+    """
+
+    difference: float
+    low: float
+    high: float
+    p_value: float
+
+
+def resample_indices(n_items: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
+    """(n_resamples, n_items) item indices drawn with replacement."""
+    if n_items < 1:
+        raise InvalidParameterError(f"The bootstrap needs at least one item. Got {n_items} instead.")
+    if n_resamples < 1:
+        raise InvalidParameterError(f"The 'n_resamples' parameter must be >= 1. Got {n_resamples} instead.")
+    return np.random.default_rng(seed).integers(0, n_items, size=(n_resamples, n_items))
+
+
+def _mean_rows(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64)[idx].mean(axis=1)
+
+
+def bootstrap(
+    values: np.ndarray,
+    *,
+    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray] = _mean_rows,
+    indices: np.ndarray | None = None,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> Estimate:
+    """Percentile bootstrap of ``statistic`` over items.
+
+    Parameters
+    ----------
+    values:
+        Per-item values, shape (n,) (or (n, m) for a statistic of several columns, such as
+        Pearson's r of predictions and references).
+    statistic:
+        ``statistic(values, idx) -> (B,)``: the statistic for each row of ``idx``. The point
+        estimate uses all items once. Default: the mean.
+    indices:
+        Shared (B, n) resampling indices (see :func:`resample_indices`); drawn when ``None``.
+    confidence:
+        Interval coverage, in (0, 1).
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n = values.shape[0]
+    idx = resample_indices(n, seed=seed) if indices is None else indices
+    point = float(statistic(values, np.arange(n)[None, :])[0])
+    replicates = statistic(values, idx)
+    lo, hi = _percentiles(replicates, confidence)
+    return Estimate(value=point, low=lo, high=hi, stderr=float(np.nanstd(replicates, ddof=1)) if len(replicates) > 1 else 0.0)
+
+
+def paired_bootstrap(
+    a: np.ndarray,
+    b: np.ndarray,
+    *,
+    indices: np.ndarray | None = None,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PairedComparison:
+    """Mean of ``a - b`` over the same items, shape (n,) each, with interval and p-value."""
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise InvalidParameterError(f"A paired comparison needs scores of the same items. Got shapes {a.shape} and {b.shape} instead.")
+    diff = a - b
+    idx = resample_indices(len(diff), seed=seed) if indices is None else indices
+    replicates = diff[idx].mean(axis=1)
+    lo, hi = _percentiles(replicates, confidence)
+    n_res = len(replicates)
+    tail = min(np.mean(replicates <= 0), np.mean(replicates >= 0))
+    p_value = float(min(1.0, max(2 * tail, 1.0 / n_res)))
+    if np.all(diff == 0):
+        p_value = 1.0
+    return PairedComparison(difference=float(diff.mean()), low=lo, high=hi, p_value=p_value)
+
+
+def _percentiles(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
+    if not 0 < confidence < 1:
+        raise InvalidParameterError(f"The 'confidence' parameter must be in (0, 1). Got {confidence!r} instead.")
+    alpha = (1 - confidence) / 2
+    finite = replicates[np.isfinite(replicates)]
+    if finite.size == 0:
+        return float("nan"), float("nan")
+    return float(np.quantile(finite, alpha)), float(np.quantile(finite, 1 - alpha))
+
+
+# -- corpus-level statistics: each maps (values (n, 2) = [prediction, reference], idx (B, n)) -> (B,)
+
+
+def pearson_rows(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Pearson's r of columns 0 (predictions) and 1 (references) for each resample."""
+    x = values[idx, 0]
+    y = values[idx, 1]
+    x = x - x.mean(axis=1, keepdims=True)
+    y = y - y.mean(axis=1, keepdims=True)
+    denom = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, (x * y).sum(axis=1) / denom, np.nan)
+
+
+def _average_ranks(matrix: np.ndarray) -> np.ndarray:
+    """Row-wise ranks with ties averaged (as scipy.stats.rankdata), shape preserved."""
+    order = np.argsort(matrix, axis=1, kind="stable")
+    ranks = np.empty_like(matrix, dtype=np.float64)
+    rows = np.arange(matrix.shape[0])[:, None]
+    ranks[rows, order] = np.arange(matrix.shape[1], dtype=np.float64)[None, :]
+    sorted_vals = np.take_along_axis(matrix, order, axis=1)
+    # Average the ranks of tied runs.
+    for r in range(matrix.shape[0]):
+        vals = sorted_vals[r]
+        boundaries = np.flatnonzero(np.diff(vals) != 0) + 1
+        starts = np.concatenate([[0], boundaries])
+        ends = np.concatenate([boundaries, [len(vals)]])
+        tied = ends - starts > 1
+        for s, e in zip(starts[tied], ends[tied], strict=True):
+            ranks[r, order[r, s:e]] = (s + e - 1) / 2
+    return ranks + 1
+
+
+def spearman_rows(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Spearman's rho (Pearson's r of average ranks) for each resample."""
+    x = _average_ranks(values[idx, 0])
+    y = _average_ranks(values[idx, 1])
+    stacked = np.stack([x, y], axis=-1)  # (B, n, 2)
+    flat_idx = np.arange(stacked.shape[1])[None, :]
+    return np.array([pearson_rows(stacked[b], flat_idx)[0] for b in range(stacked.shape[0])])

@@ -1,0 +1,127 @@
+"""Every decoder scored on stored samples, with no model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from metricwise import Candidate, SampleSet
+from metricwise.evaluate.decoders import Decoder, default_decoders
+from metricwise.evaluate.report import load_results, render_markdown
+from metricwise.evaluate.runner import write_outputs
+from metricwise.evaluate.scoring import powers_of_two_up_to, score_task
+from metricwise.tasks.base import Item, Task
+
+RATING = Task(
+    name="rating",
+    description="a 0-5 rating",
+    answer_type="number",
+    metrics=("squared_error", "absolute_error"),
+    extractor="number",
+    template="{text}",
+    valid_range=(0.0, 5.0),
+    corpus_metrics=("pearson", "spearman", "accuracy"),
+)
+QA = Task(name="qa", description="short answers", answer_type="text", metrics=("exact_match", "token_f1"), extractor="first_line", template="{q}")
+
+
+def pool(texts, logps=None):
+    logps = logps or [-1.0] * len(texts)
+    return SampleSet(candidates=tuple(Candidate(t, logp=lp, logq=lp, finish_reason="eos") for t, lp in zip(texts, logps, strict=True)))
+
+
+def rating_fixture():
+    items = [Item(id=str(i), fields={"text": str(i)}, references=(ref,), target=str(ref)) for i, ref in enumerate([1.0, 4.0, 2.5, 0.0])]
+    pools = [
+        pool(["1", "2", "0", "1", "3", "1", "1.5", "x"]),
+        pool(["5", "4", "4", "3", "5", "4.5", "4", "4"]),
+        pool(["2", "3", "2.5", "9", "2", "3", "2", "2"]),
+        pool(["0", "0", "1", "0", "0", "2", "0", "0"], logps=[-1, -1, -3, -1, -1, -5, -1, -1]),
+    ]
+    greedy = [Candidate(t, logp=-0.5, logq=0.0, finish_reason="eos") for t in ["1", "5", "2", "0"]]
+    prompts = [f"p{i}" for i in range(4)]
+    return items, prompts, greedy, pools
+
+
+def by(results, decoder, metric):
+    return next(r for r in results["scores"] if r["decoder"] == decoder and r["metric"] == metric)
+
+
+def test_every_decoder_is_scored_on_the_same_samples():
+    items, prompts, greedy, pools = rating_fixture()
+    results, records = score_task(RATING, items, prompts, greedy, pools, n_resamples=200)
+    labels = {r["decoder"] for r in results["scores"]}
+    assert labels == {d.label for d in default_decoders(RATING)}
+    # Recompute the mean decoder's squared error by hand.
+    means = [np.mean([1, 2, 0, 1, 3, 1, 1.5]), np.mean([5, 4, 4, 3, 5, 4.5, 4, 4]), np.mean([2, 3, 2.5, 5, 2, 3, 2, 2]), np.mean([0, 0, 1, 0, 0, 2, 0, 0])]
+    expected = np.mean([(m - r) ** 2 for m, r in zip(means, [1.0, 4.0, 2.5, 0.0], strict=True)])
+    assert by(results, "mean", "squared_error")["value"] == pytest.approx(expected)
+    assert by(results, "greedy", "squared_error")["value"] == pytest.approx(np.mean([0, 1, 0.25, 0]))
+    # The oracle bounds every selector from below (losses).
+    oracle = by(results, "oracle", "absolute_error")["value"]
+    for label in labels - {"oracle", "mean", "mean+model", "median", "median+model"}:
+        assert oracle <= by(results, label, "absolute_error")["value"] + 1e-12
+    # One unparsable sample: the first item still parses, its decision counts 7 of 8.
+    assert by(results, "mean", "squared_error")["parse_rate"] == 1.0
+    assert records[0].predictions["mean"] == pytest.approx(means[0])
+    assert "vs_greedy" in by(results, "mean", "squared_error")
+    assert "vs_greedy" not in by(results, "greedy", "squared_error")
+
+
+def test_model_weights_use_logprobs_and_curves_cover_powers_of_two():
+    items, prompts, greedy, pools = rating_fixture()
+    results, records = score_task(RATING, items, prompts, greedy, pools, n_resamples=50, curve_subsets=4)
+    # Item 3: the improbable "1" and "2" get almost no model weight.
+    assert records[3].predictions["mean+model"] < records[3].predictions["mean"]
+    assert results["curves"]["k"] == [1, 2, 4, 8]
+    assert set(results["curves"]["values"]) == {d.label for d in default_decoders(RATING) if d.uses_samples}
+    # With all N samples the curve ends at the full-pool score.
+    assert results["curves"]["values"]["mean"][-1] == pytest.approx(by(results, "mean", "squared_error")["value"])
+    corpus = {(r["decoder"], r["metric"]) for r in results["corpus"]}
+    assert ("mean", "pearson") in corpus and ("greedy", "accuracy") in corpus
+
+
+def test_text_task_decoders_and_fallback_for_missing_answers():
+    items = [
+        Item(id="a", fields={"q": "capital of France"}, references=("Paris", "paris, France"), target="Paris"),
+        Item(id="b", fields={"q": "who"}, references=("George Eliot",), target="George Eliot"),
+    ]
+    pools = [pool(["Paris", "paris", "Lyon", "Paris\nmore"]), pool(["Eliot", "George Eliot", "Mary Ann Evans", "George  Eliot"])]
+    greedy = [Candidate("Lyon", logp=-1.0, logq=0.0, finish_reason="eos"), Candidate("", logp=-1.0, logq=0.0, finish_reason="eos")]
+    results, _ = score_task(QA, items, ["p1", "p2"], greedy, pools, n_resamples=100)
+    assert by(results, "mode", "exact_match")["value"] == 1.0
+    assert by(results, "greedy", "exact_match")["value"] == 0.0
+    assert by(results, "oracle", "token_f1")["value"] == 1.0
+    assert {r["decoder"] for r in results["scores"]} >= {"mbr[token_f1]", "mbr[token_f1]+model"}
+
+
+def test_outputs_and_report_round_trip(tmp_path):
+    items, prompts, greedy, pools = rating_fixture()
+    run, records = score_task(RATING, items, prompts, greedy, pools, n_resamples=100)
+    run.update({"temperature": 1.0, "n": 8, "num_fewshot": 0})
+    results = {"config": {}, "runs": [run]}
+    written = write_outputs(results, {"rating": records}, tmp_path)
+    names = {p.name for p in written}
+    assert {"results.json", "results.md", "samples_rating.jsonl", "plot_rating_k.png"} <= names
+    table = render_markdown(load_results(tmp_path))
+    assert "| rating | 1 | mean | 8 | 1.0 | squared_error | ↓ |" in table
+    first = json.loads((tmp_path / "samples_rating.jsonl").read_text().splitlines()[0])
+    assert first["predictions"]["greedy"] == 1.0 and len(first["candidates"]) == 8
+
+
+def test_load_results_names_what_is_missing(tmp_path):
+    with pytest.raises(Exception, match="metricwise eval --output_path"):
+        load_results(tmp_path)
+
+
+def test_powers_of_two():
+    assert powers_of_two_up_to(1) == [1]
+    assert powers_of_two_up_to(16) == [1, 2, 4, 8, 16]
+    assert powers_of_two_up_to(10) == [1, 2, 4, 8, 10]
+
+
+def test_decoder_labels():
+    assert Decoder("mbr", "token_f1", "model").label == "mbr[token_f1]+model"
+    assert Decoder("mean", "squared_error").label == "mean"
