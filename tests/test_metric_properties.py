@@ -101,8 +101,9 @@ def test_text_metrics_never_fail_on_arbitrary_unicode(name, x, y):
     assert np.isfinite(value)
 
 
-@pytest.mark.parametrize("name", TEXT)
+@pytest.mark.parametrize("name", [n for n in TEXT if n != "bleu"])
 def test_multiple_references_take_the_best(name):
+    """BLEU is the exception: it pools references as sacrebleu does (tested against sacrebleu)."""
     metric = metrics.get(name)
     refs = ["the cat sat on the mat", "a dog runs", "Paris"]
     best = max(metric.score("the cat sat", r) for r in refs)

@@ -11,22 +11,28 @@ so the (C, R) overlap matrix is ``sum_k A_k @ B_k.T`` with ``A_k[i, g] = [count_
 Items shared by exactly one candidate and one reference (most rare n-grams, by Zipf's law) touch
 a single cell and are scattered directly instead of widening the matrices.
 
-Cost: building the bags is O(total items); the products are O(C x R x G_shared x K_max) flops in
-BLAS, where G_shared counts items shared by more than one pair and K_max is the largest count.
+Cost: building the bags is O(total items); the products are O(C x R x sum_g min(K_g, 8)) flops
+in BLAS, where g runs over the items shared by more than one pair and K_g is the smaller of the
+largest candidate and reference counts of g; items with K_g > 8 cost one O(C x R) minimum each.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from typing import TypeVar
 
 import numpy as np
 
 Bag = Counter  # item -> count
+_K = TypeVar("_K", bound=Hashable)
+_F = TypeVar("_F")
 
 #: Upper bound on the float32 elements of one dense indicator block; wider vocabularies are
 #: processed in column chunks to bound memory (64 Mi elements = 256 MiB).
 _MAX_BLOCK_ELEMENTS = 64 * 1024 * 1024
+#: Items whose count exceeds this on both sides skip the per-level products (see below).
+_MAX_LEVELS = 8
 
 
 def clipped_overlap(cand_bags: Sequence[Bag], ref_bags: Sequence[Bag]) -> np.ndarray:
@@ -42,32 +48,35 @@ def clipped_overlap(cand_bags: Sequence[Bag], ref_bags: Sequence[Bag]) -> np.nda
     if n_c == 0 or n_r == 0:
         return out
 
-    # Index only items present on both sides: the others never match.
+    # Index only items present on both sides: the others never match. Passing the same
+    # sequence object on both sides (MBR: candidates against themselves) indexes it once.
+    same = cand_bags is ref_bags
     ref_items: set[Hashable] = set()
-    for bag in ref_bags:
-        ref_items.update(bag)
+    if not same:
+        for bag in ref_bags:
+            ref_items.update(bag)
     column: dict[Hashable, int] = {}
     c_rows: list[int] = []
     c_cols: list[int] = []
     c_vals: list[int] = []
     for i, bag in enumerate(cand_bags):
         for item, count in bag.items():
-            if item in ref_items:
+            if same or item in ref_items:
                 col = column.setdefault(item, len(column))
                 c_rows.append(i)
                 c_cols.append(col)
                 c_vals.append(count)
     if not column:
         return out
-    r_rows: list[int] = []
-    r_cols: list[int] = []
-    r_vals: list[int] = []
-    for j, bag in enumerate(ref_bags):
+    r_rows: list[int] = c_rows if same else []
+    r_cols: list[int] = c_cols if same else []
+    r_vals: list[int] = c_vals if same else []
+    for j, bag in enumerate(() if same else ref_bags):
         for item, count in bag.items():
-            col = column.get(item)
-            if col is not None:
+            ref_col = column.get(item)
+            if ref_col is not None:
                 r_rows.append(j)
-                r_cols.append(col)
+                r_cols.append(ref_col)
                 r_vals.append(count)
 
     n_items = len(column)
@@ -108,10 +117,17 @@ def clipped_overlap(cand_bags: Sequence[Bag], ref_bags: Sequence[Bag]) -> np.nda
         b = np.zeros((n_r, stop - start), dtype=np.float32)
         a[cr[cm], cc[cm] - start] = cv[cm]
         b[rr[rm], rc[rm] - start] = rv[rm]
-        k_max = int(min(a.max(initial=0), b.max(initial=0)))
-        for k in range(1, k_max + 1):
+        # Level k only involves the items that some candidate and some reference hold >= k
+        # times; an item repeated more than _MAX_LEVELS times on both sides (a character in
+        # a long text) is added directly as one outer minimum instead of one product per level.
+        depth = np.minimum(a.max(axis=0, initial=0), b.max(axis=0, initial=0))
+        deep = depth > _MAX_LEVELS
+        for g in np.flatnonzero(deep):
+            out += np.minimum(a[:, g, None], b[None, :, g])
+        for k in range(1, int(depth[~deep].max(initial=0)) + 1):
+            cols = (depth >= k) & ~deep
             # float32 products are exact: every partial sum is an integer far below 2**24.
-            out += (a >= k).astype(np.float32) @ (b >= k).astype(np.float32).T
+            out += (a[:, cols] >= k).astype(np.float32) @ (b[:, cols] >= k).astype(np.float32).T
     return out
 
 
@@ -127,3 +143,23 @@ def dedupe(values: Sequence[Hashable]) -> tuple[list[Hashable], np.ndarray]:
     for i, v in enumerate(values):
         inverse[i] = index.setdefault(v, len(index))
     return list(index), inverse
+
+
+def featurize(
+    cands: Sequence[_K], refs: Sequence[_K], fn: Callable[[_K], _F]
+) -> tuple[list[_F], list[_F]]:
+    """Apply ``fn`` once per distinct value of ``cands`` and ``refs`` together.
+
+    Returns the features of ``cands`` and of ``refs``, in order. In MBR the candidates are the
+    distinct samples and the references are the samples, so every string is processed once.
+    """
+    cache: dict[_K, _F] = {}
+
+    def get(value: _K) -> _F:
+        if value not in cache:
+            cache[value] = fn(value)
+        return cache[value]
+
+    c_feats = [get(x) for x in cands]
+    r_feats = [get(x) for x in refs]
+    return c_feats, r_feats

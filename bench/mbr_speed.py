@@ -1,0 +1,293 @@
+"""MBR decision speed: metricwise's vectorised pairwise matrices against per-pair reference loops.
+
+For each metric and each number of samples N, builds candidate sets from real text (STS-B
+sentence pairs for chrF, BLEU and ROUGE-L; SQuAD v1.1 answers for token F1) with random
+perturbations (word drops, swaps, duplications, substitutions, and unchanged copies, so that the
+sets overlap realistically and contain duplicates), then times
+
+* metricwise: ``metricwise.decide(samples, metric, rule="mbr")`` (dedupe, one pairwise matrix
+  over the distinct samples, weights = counts);
+* the per-pair loop: every distinct candidate against every one of the N samples with the
+  reference implementation (a reused ``sacrebleu.metrics.BLEU(effective_order=True)`` /
+  ``CHRF()`` object's ``sentence_score``, rouge-score's ``RougeScorer(["rougeL"]).score``, and
+  the SQuAD v1.1 script's F1 written out below), then the argmax of the mean utility;
+
+checks that both pick a candidate of the same expected utility (to 1e-9; ties may pick different
+strings) and prints decisions per second and the ratio as a markdown table. When the per-pair
+loop would exceed ``--max-pairs`` pairs it is timed on a random subset of candidate rows and
+extrapolated (marked); those rows are checked against metricwise's matrix instead.
+
+The overlap kernels use BLAS matrix products; on a small machine shared with other busy
+processes, multi-threaded BLAS can spend more time waiting than computing on these small
+products, so compare runs with ``OPENBLAS_NUM_THREADS=1`` too (the header prints the setting).
+
+Usage::
+
+    python bench/mbr_speed.py                      # N = 16, 64, 256, 1024, all metrics
+    python bench/mbr_speed.py --quick              # a fast smoke run
+    python bench/mbr_speed.py --sizes 256 --metrics chrf,bleu --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import re
+import string
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import metricwise
+from metricwise import metrics
+
+DATA_DIR = Path(os.environ.get("METRICWISE_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+METRICS = ("chrf", "bleu", "token_f1", "rouge_l")
+
+
+# -- data -------------------------------------------------------------------------------------
+def load_stsb_pairs(path: Path) -> list[tuple[str, str]]:
+    """(s1, s2) of STS-B dev pairs scored >= 3 (paraphrase-like: two modes of one answer)."""
+    pairs = []
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            if len(row) >= 7 and float(row[4]) >= 3.0:
+                pairs.append((row[5], row[6]))
+    return pairs
+
+
+def load_squad_modes(path: Path) -> list[list[str]]:
+    """Per question: its distinct gold answers, then the context sentence holding the first one."""
+    data = json.loads(path.read_text(encoding="utf-8"))["data"]
+    out = []
+    for article in data:
+        for para in article["paragraphs"]:
+            sentences = re.split(r"(?<=[.!?])\s+", para["context"])
+            for qa in para["qas"]:
+                answers = list(dict.fromkeys(a["text"] for a in qa["answers"]))
+                verbose = next((s for s in sentences if answers[0] in s), None)
+                out.append([*answers, verbose] if verbose else answers)
+    return out
+
+
+def perturb(text: str, rng: random.Random, vocabulary: list[str]) -> str:
+    """One sample: unchanged (a duplicate) a quarter of the time, else 1-3 word-level edits."""
+    words = text.split()
+    if not words or rng.random() < 0.25:
+        return text
+    for _ in range(rng.randint(1, 3)):
+        op = rng.random()
+        i = rng.randrange(len(words))
+        if op < 0.3 and len(words) > 1:
+            del words[i]
+        elif op < 0.55 and len(words) > 1:
+            j = min(i + 1, len(words) - 1)
+            words[i], words[j] = words[j], words[i]
+        elif op < 0.8:
+            words.insert(i, words[i])
+        else:
+            words[i] = rng.choice(vocabulary)
+    return " ".join(words)
+
+
+def make_sample_sets(metric: str, n: int, count: int, seed: int) -> list[list[str]]:
+    """``count`` sample sets of size ``n``: perturbed copies of 2-4 modes, the first most likely."""
+    rng = random.Random(f"{seed}-{metric}-{n}")
+    if metric == "token_f1":
+        groups = load_squad_modes(DATA_DIR / "squad" / "dev-v1.1.json")
+    else:
+        groups = [list(p) for p in load_stsb_pairs(DATA_DIR / "stsb" / "sts-dev.csv")]
+    vocabulary = sorted({w for g in groups[:2000] for s in g for w in s.split()})
+    sets = []
+    for modes in rng.sample(groups, count):
+        probs = np.array([2.0 ** -k for k in range(len(modes))])
+        probs /= probs.sum()
+        picks = rng.choices(range(len(modes)), weights=probs.tolist(), k=n)
+        sets.append([perturb(modes[k], rng, vocabulary) for k in picks])
+    return sets
+
+
+# -- reference per-pair utilities -------------------------------------------------------------
+def squad_normalize(s: str) -> str:
+    """``normalize_answer`` of the official SQuAD v1.1 evaluation script."""
+
+    def remove_articles(text: str) -> str:
+        return re.sub(r"\b(a|an|the)\b", " ", text)
+
+    def white_space_fix(text: str) -> str:
+        return " ".join(text.split())
+
+    def remove_punc(text: str) -> str:
+        exclude = set(string.punctuation)
+        return "".join(ch for ch in text if ch not in exclude)
+
+    return white_space_fix(remove_articles(remove_punc(s.lower())))
+
+
+def squad_f1(prediction: str, ground_truth: str) -> float:
+    """``f1_score`` of the official SQuAD v1.1 evaluation script (Counter intersection)."""
+    prediction_tokens = squad_normalize(prediction).split()
+    ground_truth_tokens = squad_normalize(ground_truth).split()
+    common = Counter(prediction_tokens) & Counter(ground_truth_tokens)
+    num_same = sum(common.values())
+    if num_same == 0:
+        return 0
+    precision = 1.0 * num_same / len(prediction_tokens)
+    recall = 1.0 * num_same / len(ground_truth_tokens)
+    return (2 * precision * recall) / (precision + recall)
+
+
+def reference_utility(metric: str) -> tuple[str, Callable[[str, str], float]]:
+    """(label, u(candidate, reference)) of the reference implementation."""
+    if metric == "bleu":
+        from sacrebleu.metrics import BLEU
+
+        bleu = BLEU(effective_order=True)
+        return "sacrebleu BLEU.sentence_score", lambda c, r: bleu.sentence_score(c, [r]).score
+    if metric == "chrf":
+        from sacrebleu.metrics import CHRF
+
+        chrf = CHRF()
+        return "sacrebleu CHRF.sentence_score", lambda c, r: chrf.sentence_score(c, [r]).score
+    if metric == "rouge_l":
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+        return "rouge-score RougeScorer", lambda c, r: scorer.score(r, c)["rougeL"].fmeasure
+    if metric == "token_f1":
+        return "SQuAD v1.1 f1_score", squad_f1
+    raise SystemExit(f"unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+
+
+# -- timing -----------------------------------------------------------------------------------
+def metricwise_decision(samples: list[str], metric: metrics.Metric) -> tuple[str, float]:
+    """(choice, expected utility) from ``metricwise.decide``, or the plain argmax without it."""
+    decide = getattr(metricwise, "decide", None)
+    if decide is not None:
+        decision = decide(samples, metric, rule="mbr")
+        return decision.output, float(decision.expected_utility)
+    distinct = list(dict.fromkeys(samples))
+    expected = metric.pairwise(distinct, samples).mean(axis=1)
+    best = int(np.argmax(expected))
+    return distinct[best], float(expected[best])
+
+
+def run_case(metric_name: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
+    metric = metrics.get(metric_name)
+    label, utility = reference_utility(metric_name)
+    sets = make_sample_sets(metric_name, n, args.repeats, args.seed)
+    rng = random.Random(args.seed)
+
+    start = time.perf_counter()
+    ours = [metricwise_decision(s, metric) for s in sets]
+    ours_time = time.perf_counter() - start
+
+    base_time = 0.0
+    extrapolated = False
+    distinct_total = 0
+    for samples, (choice, expected) in zip(sets, ours, strict=True):
+        distinct = list(dict.fromkeys(samples))
+        distinct_total += len(distinct)
+        rows = list(range(len(distinct)))
+        if len(distinct) * n > args.max_pairs:
+            extrapolated = True
+            rows = sorted(rng.sample(rows, max(1, args.max_pairs // n)))
+        t0 = time.perf_counter()
+        table = np.array([[utility(distinct[i], y) for y in samples] for i in rows], dtype=np.float64)
+        expected_ref = table.mean(axis=1)
+        best = int(np.argmax(expected_ref))
+        elapsed = time.perf_counter() - t0
+        base_time += elapsed * len(distinct) / len(rows)
+        if len(rows) == len(distinct):
+            # Both choices must be optimal under the reference utilities (ties may differ).
+            ours_ref = float(expected_ref[distinct.index(choice)])
+            if abs(ours_ref - expected_ref[best]) > 1e-9 or abs(ours_ref - expected) > 1e-9:
+                raise SystemExit(
+                    f"{metric_name} N={n}: metricwise chose {choice!r} (expected utility {expected!r}, "
+                    f"reference {ours_ref!r}) but the best reference expected utility is "
+                    f"{expected_ref[best]!r} for {distinct[best]!r}"
+                )
+        else:
+            ours_rows = metric.pairwise([distinct[i] for i in rows], samples)
+            if not np.allclose(ours_rows, table, rtol=0, atol=1e-9):
+                raise SystemExit(f"{metric_name} N={n}: pairwise rows differ from {label}")
+    ours_dps = len(sets) / ours_time
+    base_dps = len(sets) / base_time
+    return {
+        "metric": metric_name,
+        "n": n,
+        "distinct": distinct_total / len(sets),
+        "ours_dps": ours_dps,
+        "base_dps": base_dps,
+        "ratio": ours_dps / base_dps,
+        "extrapolated": extrapolated,
+        "baseline": label,
+    }
+
+
+def mbrs_note() -> str:
+    try:
+        import mbrs  # noqa: F401
+    except ImportError:
+        return "mbrs: not installed, not compared (install `mbrs` to add it)."
+    return "mbrs: importable, but no comparison is implemented in this benchmark yet."
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default=None, help="comma-separated N (default 16,64,256,1024)")
+    parser.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated, from {','.join(METRICS)}")
+    parser.add_argument("--repeats", type=int, default=None, help="sample sets (decisions) per cell (default 3)")
+    parser.add_argument("--max-pairs", type=int, default=None, help="per-pair loop size before extrapolating (default 70000)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="N = 16, 64, 256; 2 decisions; extrapolate beyond 8000 pairs")
+    args = parser.parse_args(argv)
+    sizes_default, repeats_default, pairs_default = ("16,64,256", 2, 8000) if args.quick else ("16,64,256,1024", 3, 70000)
+    args.sizes = [int(x) for x in (args.sizes or sizes_default).split(",")]
+    args.repeats = args.repeats or repeats_default
+    args.max_pairs = args.max_pairs or pairs_default
+    names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    for name in names:
+        if name not in METRICS:
+            parser.error(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+    if not DATA_DIR.is_dir():
+        print(f"data directory {DATA_DIR} not found; set METRICWISE_DATA_DIR", file=sys.stderr)
+        return 2
+
+    print(f"# MBR decision speed (metricwise {metricwise.__version__}, numpy {np.__version__})\n")
+    print(f"{args.repeats} decisions per cell; seed {args.seed}; data {DATA_DIR}")
+    threads = {k: os.environ.get(k, "unset") for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    print(f"{os.cpu_count()} CPUs, load average {load}; BLAS threads: {threads}\n")
+    print("| metric | N | distinct | metricwise dec/s | per-pair loop dec/s | speed-up | per-pair baseline |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for name in names:
+        for n in args.sizes:
+            r = run_case(name, n, args)
+            mark = " (extrapolated)" if r["extrapolated"] else ""
+            print(
+                f"| {name} | {n} | {r['distinct']:.0f} | {r['ours_dps']:.3g} | {r['base_dps']:.3g}{mark} | "
+                f"{r['ratio']:.1f}x | {r['baseline']} |",
+                flush=True,
+            )
+    print()
+    print(
+        "Per-pair loop: every distinct candidate against all N samples with the reference "
+        "implementation, then the argmax of the mean. metricwise: metricwise.decide(samples, "
+        "metric, rule='mbr'). Extrapolated: timed on a random subset of candidate rows (whose "
+        "values were checked against metricwise's matrix) and scaled to all rows."
+    )
+    print(mbrs_note())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
