@@ -125,3 +125,16 @@ def test_powers_of_two():
 def test_decoder_labels():
     assert Decoder("mbr", "token_f1", "model").label == "mbr[token_f1]+model"
     assert Decoder("mean", "squared_error").label == "mean"
+
+
+def test_accuracy_rounds_on_ordinal_scales_only():
+    from metricwise.evaluate.scoring import is_ordinal, numeric_accuracy
+
+    assert numeric_accuracy(3.4, 3.0, ordinal=True) == 1.0
+    assert numeric_accuracy(3.5, 3.0, ordinal=True) == 0.0
+    assert numeric_accuracy(3.4, 3.0) == 0.0
+    assert numeric_accuracy(18.0000000001, 18.0) == 1.0
+    scale = Task(name="r", description="", answer_type="number", metrics=("absolute_error",), extractor="number", template="{t}", valid_range=(1.0, 5.0))
+    assert is_ordinal(scale, [Item(id="1", fields={}, references=(3.0,), target="3")])
+    assert not is_ordinal(scale, [Item(id="1", fields={}, references=(3.5,), target="3.5")])
+    assert not is_ordinal(RATING, [Item(id="1", fields={}, references=(2.75,), target="2.8")])

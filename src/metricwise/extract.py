@@ -305,6 +305,28 @@ def _matching_brace(text: str, start: int) -> int:
     return -1
 
 
+def last_boxed(text: str) -> str | None:
+    """The brace-balanced content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``.
+
+    Examples
+    --------
+    >>> last_boxed("so $x = \\\\boxed{\\\\frac{1}{2}}$.")
+    '\\\\frac{1}{2}'
+    >>> last_boxed("no box") is None
+    True
+    """
+    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+    if start < 0:
+        m = _BOXED_BARE.search(text)
+        return m.group(1) if m else None
+    opening = text.index("{", start) + 1
+    close = _matching_brace(text, opening)
+    return text[opening:close] if close >= 0 else None
+
+
+_BOXED_BARE = re.compile(r"\\boxed ([^\s$]+)")
+
+
 def _cue_segment(text: str, m: re.Match[str], stop: int) -> str:
     """The answer after one cue match: the brace content for ``\\boxed{``, else the rest of the
     line, up to ``stop`` (where the next cue starts)."""

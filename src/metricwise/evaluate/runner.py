@@ -113,7 +113,9 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
         shots: list[list[Any]] = [[] for _ in items]
         if config.num_fewshot > 0:
             pool = task.load(data_dir, split="fewshot")
-            shots = select_shots(pool, items, config.num_fewshot, strategy=config.fewshot_strategy, seed=config.seed)
+            shots = select_shots(
+                pool, items, config.num_fewshot, strategy=config.fewshot_strategy, seed=config.seed, text=task.similarity_text
+            )
         prompts = [task.format_prompt(item, s) for item, s in zip(items, shots, strict=True)]
         prepared.append((task, items, prompts))
 

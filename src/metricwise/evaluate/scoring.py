@@ -55,8 +55,19 @@ def powers_of_two_up_to(n: int) -> list[int]:
     return ks
 
 
-def numeric_accuracy(prediction: float, reference: float) -> float:
+def numeric_accuracy(prediction: float, reference: float, *, ordinal: bool = False) -> float:
+    """1.0 when the prediction is the reference: after rounding half up on an ordinal scale
+    (a mean rating of 3.4 on 1..5 reads as 3), else within ``ACCURACY_RTOL``."""
+    if ordinal:
+        prediction = float(np.floor(prediction + 0.5))
     return float(abs(prediction - reference) <= ACCURACY_RTOL * max(1.0, abs(reference)))
+
+
+def is_ordinal(task: Task, items: Sequence[Item]) -> bool:
+    """An integer scale: an integer valid range and integer references (SST-5's 1..5)."""
+    if task.valid_range is None or not all(float(b).is_integer() for b in task.valid_range):
+        return False
+    return all(float(item.references[0]).is_integer() for item in items)
 
 
 def score_task(
@@ -168,9 +179,10 @@ def _corpus_rows(task: Task, decoder: Decoder, preds: list[Any], items: Sequence
         dtype=np.float64,
     )
     rows = []
+    ordinal = is_ordinal(task, items)
     for name in task.corpus_metrics:
         if name == "accuracy":
-            estimate = bootstrap(np.array([numeric_accuracy(p, r) for p, r in pairs]), indices=indices)
+            estimate = bootstrap(np.array([numeric_accuracy(p, r, ordinal=ordinal) for p, r in pairs]), indices=indices)
         elif name in ("pearson", "spearman"):
             statistic = pearson_rows if name == "pearson" else spearman_rows
             estimate = bootstrap(pairs, statistic=statistic, indices=indices)

@@ -220,11 +220,5 @@ def _load_builtin_metrics() -> None:
     _BUILTINS_LOADED = True
     import importlib
 
-    for module in ("numeric", "squad", "bleu", "chrf", "rouge", "embedding"):
-        try:
-            importlib.import_module(f"metricwise.metrics.{module}")
-        except ModuleNotFoundError as exc:
-            # Only a missing built-in module is tolerated (while it is being written);
-            # a missing third-party import inside one is a real error.
-            if exc.name != f"metricwise.metrics.{module}":
-                raise
+    for module in ("numeric", "squad", "bleu", "chrf", "rouge", "math_answer", "embedding"):
+        importlib.import_module(f"metricwise.metrics.{module}")

@@ -17,6 +17,10 @@ from metricwise.errors import InvalidParameterError
 
 AnswerType = Literal["number", "text"]
 
+#: The splits :meth:`Task.load` serves: the evaluated items, and the pool few-shot examples
+#: come from (a train split, or a held-apart part of the same file, never overlapping).
+SPLITS: tuple[str, ...] = ("eval", "fewshot")
+
 
 @dataclass(frozen=True)
 class Item:
@@ -74,6 +78,9 @@ class Task:
     corpus_metrics:
         Corpus-level statistics reported beside the per-item metrics (``"pearson"``,
         ``"spearman"``, ``"accuracy"``).
+    similarity_fields:
+        The fields embedded for similarity-based few-shot selection
+        (:meth:`similarity_text`); empty means every string field.
     """
 
     name: str
@@ -90,14 +97,35 @@ class Task:
     max_tokens: int = 16
     corpus_metrics: tuple[str, ...] = ()
     version: str = "1"
+    similarity_fields: tuple[str, ...] = ()
     loader: Any = field(default=None, compare=False, repr=False)
 
     def load(self, data_dir: Path | None, *, split: str = "eval") -> list[Item]:
-        """Items of ``split`` (``"eval"`` or ``"fewshot"``) from ``data_dir``."""
+        """Items of ``split`` (``"eval"`` or ``"fewshot"``) from ``data_dir``.
+
+        Raises
+        ------
+        InvalidParameterError
+            For an unknown split, a missing data file (the message names the path it expected
+            and how to set the data directory) or a malformed one (naming the file and line).
+        """
+        if split not in SPLITS:
+            raise InvalidParameterError(
+                f"The 'split' parameter of Task.load must be one of {', '.join(map(repr, SPLITS))}. Got {split!r} instead."
+            )
         if self.loader is None:
             raise InvalidParameterError(f"Task {self.name!r} has no data loader.")
         items: list[Item] = self.loader(data_dir, split)
         return items
+
+    def similarity_text(self, item: Item) -> str:
+        """The text embedded for similarity-based few-shot selection.
+
+        The values of :attr:`similarity_fields` (every string field when empty), one per line.
+        Pass it as ``text=task.similarity_text`` to :func:`metricwise.tasks.fewshot.select_shots`.
+        """
+        names = self.similarity_fields or tuple(k for k, v in item.fields.items() if isinstance(v, str))
+        return "\n".join(str(item.fields[k]) for k in names if k in item.fields)
 
     def format_example(self, item: Item, *, with_answer: bool) -> str:
         try:

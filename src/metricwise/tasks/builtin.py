@@ -1,0 +1,1159 @@
+"""The built-in tasks: data loaders, prompts, extractors and metrics for each benchmark.
+
+Files are read from a data directory (``--data_dir`` or ``METRICWISE_DATA_DIR``) laid out as in
+``../shared/data`` (its SOURCES.md says where each file comes from). When a file is missing and
+the ``datasets`` package is installed, the loader fetches the same data from the Hugging Face
+hub instead (that needs network access); otherwise it raises an error naming the path it
+expected and how to set the directory.
+
+========== ========================================== ==== ==================================================
+task       evaluated items (file)                     rows few-shot pool
+========== ========================================== ==== ==================================================
+stsb       stsb/sts-dev.csv                           1500 stsb/sts-train.csv (5749 rows, 5743 kept)
+sst5       sst5/stsa.fine.test                        2210 sst5/stsa.fine.train (8544 rows, 8541 kept)
+triviaqa   triviaqa/triviaqa_sm_sub.jsonl (3000)      2700 rows 9, 19, 29, ... (300)
+nq_open    nq_open/NQ-open.dev.jsonl (3610)           3249 rows 9, 19, 29, ... (361)
+squad      squad/dev-v1.1.json (10570)                9947 articles 9, 19, 29, 39 (623 questions)
+gsm8k      gsm8k/test.jsonl                           1319 gsm8k/train.jsonl (7473)
+multiarith math_word/MultiArith_MultiArith.json (600) 540  rows 9, 19, 29, ... (60)
+addsub     math_word/AddSub_AddSub.json (395)         356  rows 9, 19, 29, ... (39)
+singleeq   math_word/SingleEq_questions.json (508)    458  rows 9, 19, 29, ... (50)
+asdiv      math_word/ASDiv.xml (2084 of 2305)         1876 every 10th numeric problem (208, 207 kept)
+math       math/math.jsonl (5000)                     4500 rows 9, 19, ... with a solution <= 800 chars (419)
+arith      generated (seed 1)                         200  generated (seed 2), 100
+========== ========================================== ==== ==================================================
+
+"Rows 9, 19, 29, ..." are the 0-based rows ``i`` with ``i % 10 == 9``: every tenth row is held
+apart, so that the pool spreads over the whole file (some files are ordered by problem type). In
+every task a pool row whose fields repeat an evaluated item's (same text up to case and spacing)
+is dropped, so the pool never overlaps the evaluated items ("kept" above). Row ids are the
+0-based row numbers in the file (``"dev-12"``, ``"train-3"`` where a task reads two files; the
+question id for SQuAD; the problem id for ASDiv), so ids never collide between the two splits.
+
+Numeric tasks answer with a number: references are floats, the extractor parses the number
+(``"number"``, or ``"number:answer"`` for reasoning tasks, which reads the number after "The
+answer is"), and the metrics are absolute and squared error, with accuracy (|pred - ref| <
+1e-6) as a corpus metric. Reasoning shots end with "The answer is N." (GSM8K: its worked
+solution without the calculator annotations; the word-problem sets: their equation, when it is
+plain arithmetic).
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import random
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from metricwise.errors import InvalidParameterError
+from metricwise.extract import last_boxed
+from metricwise.tasks.base import Item, Task
+from metricwise.tasks.fewshot import fields_key
+
+__all__ = [
+    "BUILTIN_TASKS",
+    "HubSource",
+    "format_number",
+    "generate_arith",
+]
+
+Record = dict[str, Any]
+Loader = Callable[[Path | None, str], list[Item]]
+
+#: One row in every ``HOLDOUT_EVERY`` rows of a single-file benchmark is held apart for shots.
+HOLDOUT_EVERY = 10
+
+#: MATH shots: held-apart rows whose worked solution is at most this long (keeps prompts short).
+MATH_SHOT_MAX_CHARS = 800
+
+ARITH_EVAL_SEED = 1
+ARITH_SHOT_SEED = 2
+ARITH_EVAL_SIZE = 200
+ARITH_SHOT_SIZE = 100
+
+
+# -- numbers ------------------------------------------------------------------------------------
+def format_number(value: float) -> str:
+    """The canonical text of a reference number: ``18``, ``-3``, ``9.43`` (shortest repr).
+
+    Examples
+    --------
+    >>> format_number(18.0), format_number(9.43), format_number(-0.5)
+    ('18', '9.43', '-0.5')
+    """
+    value = float(value)
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)
+
+
+def _to_float(text: Any, where: str) -> float:
+    if isinstance(text, bool):
+        raise InvalidParameterError(f"{where}: expected a number. Got {text!r} instead.")
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        try:
+            value = float(str(text).strip().replace(",", ""))
+        except ValueError:
+            raise InvalidParameterError(
+                f"{where}: expected a number. Got {text!r} instead."
+            ) from None
+    if not math.isfinite(value):
+        raise InvalidParameterError(f"{where}: expected a finite number. Got {text!r} instead.")
+    return value
+
+
+# -- data sources -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HubSource:
+    """The Hugging Face hub copy of a data file.
+
+    ``parts`` lists ``(config name or None, split)`` pairs whose rows are concatenated in
+    order: ``datasets.load_dataset(path, name, split=split)`` for each. ``note`` says how the
+    copy differs from the file (it is shown in the warning issued when the copy is used).
+    """
+
+    path: str
+    parts: tuple[tuple[str | None, str], ...]
+    note: str = ""
+
+    def describe(self) -> str:
+        parts = ", ".join(f"{name}/{split}" if name else split for name, split in self.parts)
+        return f"{self.path} ({parts})"
+
+
+def _data_problem(task: str, data_dir: Path | None, relpath: str) -> str:
+    if data_dir is None:
+        return (
+            f"Task {task!r} reads the file {relpath} from a data directory, and none is set. Set it with "
+            f"--data_dir DIR or the METRICWISE_DATA_DIR environment variable (DIR/{relpath} must exist)."
+        )
+    where = Path(data_dir).expanduser().absolute()
+    if not where.is_dir():
+        return (
+            f"Task {task!r} reads {where / relpath}, but the data directory {where} does not exist. Set the "
+            f"directory with --data_dir DIR or the METRICWISE_DATA_DIR environment variable (DIR/{relpath} must exist)."
+        )
+    return (
+        f"Task {task!r} reads {where / relpath}, which does not exist. Set the data directory with --data_dir DIR "
+        f"or the METRICWISE_DATA_DIR environment variable (DIR/{relpath} must exist)."
+    )
+
+
+def _load_hub(hub: HubSource) -> list[Mapping[str, Any]]:
+    import datasets  # optional; only reached when the package is importable
+
+    rows: list[Mapping[str, Any]] = []
+    for name, split in hub.parts:
+        rows.extend(datasets.load_dataset(hub.path, name, split=split))
+    return rows
+
+
+def read_records(
+    task: str,
+    data_dir: Path | None,
+    relpath: str,
+    parse: Callable[[Path], list[Record]],
+    hub: HubSource | None = None,
+    hub_record: Callable[[Mapping[str, Any]], Record] | None = None,
+) -> list[Record]:
+    """The records of ``data_dir / relpath``, falling back to the dataset hub.
+
+    Raises
+    ------
+    InvalidParameterError
+        When the file is missing and the hub cannot be used (the message names the expected
+        path, how to set the data directory and what the hub fallback needs), or when the file
+        is empty or malformed (the parser names the file and line).
+    """
+    if data_dir is not None:
+        path = Path(data_dir).expanduser() / relpath
+        if path.is_file():
+            records = parse(path)
+            if not records:
+                raise InvalidParameterError(
+                    f"The data file {path.absolute()} of task {task!r} is empty: it has no rows."
+                )
+            return records
+    problem = _data_problem(task, data_dir, relpath)
+    if hub is None or hub_record is None:
+        raise InvalidParameterError(
+            problem + " This file has no dataset hub copy that metricwise can load."
+        )
+    if importlib.util.find_spec("datasets") is None:
+        raise InvalidParameterError(
+            problem
+            + f" Without it, metricwise can fetch {hub.describe()} from the Hugging Face hub: "
+            "that needs `pip install datasets` and network access."
+        )
+    try:
+        rows = _load_hub(hub)
+    except Exception as exc:  # any failure of the hub (network, missing dataset, changed schema)
+        raise InvalidParameterError(
+            problem
+            + f" Fetching {hub.describe()} from the Hugging Face hub failed too: {type(exc).__name__}: {exc}"
+        ) from exc
+    import warnings
+
+    note = f" ({hub.note})" if hub.note else ""
+    warnings.warn(
+        f"Task {task!r}: {relpath} is not in the data directory, so it was read from the Hugging Face "
+        f"hub copy {hub.describe()}{note}.",
+        stacklevel=2,
+    )
+    records = []
+    for i, row in enumerate(rows):
+        try:
+            records.append(hub_record(row))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise InvalidParameterError(
+                f"Row {i} of {hub.describe()} from the Hugging Face hub does not have the expected fields "
+                f"({type(exc).__name__}: {exc})."
+            ) from None
+    if not records:
+        raise InvalidParameterError(f"{hub.describe()} from the Hugging Face hub has no rows.")
+    return records
+
+
+# -- file formats -------------------------------------------------------------------------------
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidParameterError(
+            f"The data file {path.absolute()} is not UTF-8 text ({exc})."
+        ) from None
+
+
+def read_jsonl(path: Path, required: Sequence[str] = ()) -> list[Record]:
+    """Objects of a JSON Lines file, one per non-blank line, with ``required`` keys checked.
+
+    Raises
+    ------
+    InvalidParameterError
+        Naming the file and the (1-based) line of the first malformed row.
+    """
+    records = []
+    for line_no, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InvalidParameterError(
+                f"Line {line_no} of {path.absolute()} is not valid JSON ({exc.msg})."
+            ) from None
+        if not isinstance(obj, dict):
+            raise InvalidParameterError(
+                f"Line {line_no} of {path.absolute()} must be a JSON object. Got {type(obj).__name__} instead."
+            )
+        missing = [k for k in required if k not in obj]
+        if missing:
+            raise InvalidParameterError(
+                f"Line {line_no} of {path.absolute()} has no {', '.join(map(repr, missing))} field (it has {sorted(obj)})."
+            )
+        obj["_line"] = line_no
+        records.append(obj)
+    return records
+
+
+def read_json(path: Path) -> Any:
+    text = _read_text(path)
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidParameterError(
+            f"The data file {path.absolute()} is not valid JSON: {exc.msg} at line {exc.lineno}."
+        ) from None
+
+
+def _where(path: Path, line: int) -> str:
+    return f"Line {line} of {path.absolute()}"
+
+
+# -- STS-B --------------------------------------------------------------------------------------
+def _parse_stsb(path: Path) -> list[Record]:
+    records = []
+    with path.open(encoding="utf-8", newline="") as f:
+        # Sentences contain quotes, so no quoting; some rows carry extra fields after s2.
+        for line_no, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
+            if not row or (len(row) == 1 and not row[0].strip()):
+                continue
+            if len(row) < 7:
+                raise InvalidParameterError(
+                    f"{_where(path, line_no)} has {len(row)} tab-separated fields; expected at least 7 "
+                    "(genre, file, year, id, score, sentence1, sentence2)."
+                )
+            score = _to_float(row[4], f"{_where(path, line_no)}, field 5 (the score)")
+            if not 0.0 <= score <= 5.0:
+                raise InvalidParameterError(
+                    f"{_where(path, line_no)}: the score must be in [0, 5]. Got {row[4]!r} instead."
+                )
+            records.append(
+                {"sentence1": row[5].strip(), "sentence2": row[6].strip(), "score": score}
+            )
+    return records
+
+
+def _stsb_hub(row: Mapping[str, Any]) -> Record:
+    return {
+        "sentence1": str(row["sentence1"]),
+        "sentence2": str(row["sentence2"]),
+        "score": float(row["score"]),
+    }
+
+
+def _stsb_item(r: Record, item_id: str) -> Item:
+    score = float(r["score"])
+    return Item(
+        item_id,
+        {"sentence1": r["sentence1"], "sentence2": r["sentence2"]},
+        (score,),
+        f"{score:.1f}",
+    )
+
+
+# -- SST-5 --------------------------------------------------------------------------------------
+def _parse_sst5(path: Path) -> list[Record]:
+    records = []
+    for line_no, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        label, _, text = line.strip().partition(" ")
+        if label not in ("0", "1", "2", "3", "4") or not text.strip():
+            raise InvalidParameterError(
+                f"{_where(path, line_no)} must be a label 0-4, a space and the text. Got {line[:60]!r} instead."
+            )
+        records.append({"text": text.strip(), "label": int(label)})
+    return records
+
+
+def _sst5_hub(row: Mapping[str, Any]) -> Record:
+    label = int(row["label"])
+    if not 0 <= label <= 4:
+        raise ValueError(f"label {label} is not in 0-4")
+    return {"text": str(row["text"]).strip(), "label": label}
+
+
+def _sst5_item(r: Record, item_id: str) -> Item:
+    rating = int(r["label"]) + 1
+    return Item(item_id, {"text": r["text"]}, (float(rating),), str(rating))
+
+
+# -- TriviaQA -----------------------------------------------------------------------------------
+_TRIVIA_CONTEXT = re.compile(r"\s*Question:\s*(.*?)\s*Answer:\s*", re.DOTALL)
+
+
+def _unique(values: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(v for v in values if v))
+
+
+def _parse_triviaqa(path: Path) -> list[Record]:
+    records = []
+    for obj in read_jsonl(path, ("context", "answer", "aliases")):
+        where = _where(path, obj["_line"])
+        if not isinstance(obj["aliases"], list) or not all(
+            isinstance(a, str) for a in obj["aliases"]
+        ):
+            raise InvalidParameterError(
+                f"{where}: 'aliases' must be a list of strings. Got {obj['aliases']!r} instead."
+            )
+        m = _TRIVIA_CONTEXT.fullmatch(str(obj["context"]))
+        question = m.group(1) if m else str(obj["context"]).strip()
+        answer = str(obj["answer"]).strip()
+        if not question or not answer:
+            raise InvalidParameterError(f"{where}: the question and the answer must not be empty.")
+        records.append(
+            {"question": question, "answer": answer, "aliases": [a.strip() for a in obj["aliases"]]}
+        )
+    return records
+
+
+def _triviaqa_hub(row: Mapping[str, Any]) -> Record:
+    answer = row["answer"]
+    return {
+        "question": str(row["question"]).strip(),
+        "answer": str(answer["value"]).strip(),
+        "aliases": list(answer["aliases"]),
+    }
+
+
+def _triviaqa_item(r: Record, item_id: str) -> Item:
+    return Item(
+        item_id, {"question": r["question"]}, _unique([r["answer"], *r["aliases"]]), r["answer"]
+    )
+
+
+# -- NQ-open ------------------------------------------------------------------------------------
+def _parse_nq(path: Path) -> list[Record]:
+    records = []
+    for obj in read_jsonl(path, ("question", "answer")):
+        answers = obj["answer"]
+        if (
+            not isinstance(answers, list)
+            or not answers
+            or not all(isinstance(a, str) and a.strip() for a in answers)
+        ):
+            raise InvalidParameterError(
+                f"{_where(path, obj['_line'])}: 'answer' must be a non-empty list of strings. Got {answers!r} instead."
+            )
+        records.append(
+            {"question": str(obj["question"]).strip(), "answers": [a.strip() for a in answers]}
+        )
+    return records
+
+
+def _nq_hub(row: Mapping[str, Any]) -> Record:
+    answers = [str(a).strip() for a in row["answer"]]
+    if not answers:
+        raise ValueError("no answers")
+    return {"question": str(row["question"]).strip(), "answers": answers}
+
+
+def _nq_item(r: Record, item_id: str) -> Item:
+    question = r["question"].rstrip("?").rstrip()
+    return Item(item_id, {"question": question}, _unique(r["answers"]), r["answers"][0])
+
+
+# -- SQuAD --------------------------------------------------------------------------------------
+def _parse_squad(path: Path) -> list[Record]:
+    data = read_json(path)
+    if data is None:
+        return []
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise InvalidParameterError(
+            f"The data file {path.absolute()} must be SQuAD JSON: an object with a 'data' list of articles."
+        )
+    records = []
+    for a, article in enumerate(data["data"]):
+        try:
+            title = str(article.get("title", f"article {a}"))
+            for paragraph in article["paragraphs"]:
+                context = str(paragraph["context"])
+                for qa in paragraph["qas"]:
+                    answers = [str(x["text"]).strip() for x in qa["answers"]]
+                    if not answers:
+                        raise ValueError(f"question {qa.get('id')!r} has no answers")
+                    records.append(
+                        {
+                            "id": str(qa["id"]),
+                            "title": title,
+                            "context": context,
+                            "question": str(qa["question"]).strip(),
+                            "answers": answers,
+                        }
+                    )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise InvalidParameterError(
+                f"Article {a} of {path.absolute()} is not in the SQuAD v1.1 format ({type(exc).__name__}: {exc})."
+            ) from None
+    return records
+
+
+def _squad_hub(row: Mapping[str, Any]) -> Record:
+    answers = [str(t).strip() for t in row["answers"]["text"]]
+    if not answers:
+        raise ValueError("no answers")
+    return {
+        "id": str(row["id"]),
+        "title": str(row["title"]),
+        "context": str(row["context"]),
+        "question": str(row["question"]).strip(),
+        "answers": answers,
+    }
+
+
+def _squad_item(r: Record, item_id: str) -> Item:
+    fields = {
+        "title": r["title"].replace("_", " "),
+        "context": r["context"],
+        "question": r["question"],
+    }
+    return Item(r["id"], fields, _unique(r["answers"]), r["answers"][0])
+
+
+# -- GSM8K --------------------------------------------------------------------------------------
+_CALC_ANNOTATION = re.compile(r"<<[^<>]*>>")
+
+
+def _gsm8k_record(question: Any, answer: Any, where: str) -> Record:
+    answer = str(answer)
+    if "####" not in answer:
+        raise InvalidParameterError(
+            f"{where}: the answer must end with '#### <number>'. Got {answer[-60:]!r} instead."
+        )
+    reasoning, _, final = answer.rpartition("####")
+    value = _to_float(final, f"{where}, the number after '####'")
+    steps = " ".join(
+        line.strip() for line in _CALC_ANNOTATION.sub("", reasoning).splitlines() if line.strip()
+    )
+    return {"question": str(question).strip(), "answer": value, "reasoning": steps}
+
+
+def _parse_gsm8k(path: Path) -> list[Record]:
+    return [
+        _gsm8k_record(o["question"], o["answer"], _where(path, o["_line"]))
+        for o in read_jsonl(path, ("question", "answer"))
+    ]
+
+
+def _gsm8k_hub(row: Mapping[str, Any]) -> Record:
+    return _gsm8k_record(row["question"], row["answer"], "a hub row")
+
+
+def _gsm8k_item(r: Record, item_id: str) -> Item:
+    n = format_number(r["answer"])
+    target = f"{r['reasoning']} The answer is {n}." if r["reasoning"] else f"The answer is {n}."
+    return Item(item_id, {"question": r["question"]}, (float(r["answer"]),), target)
+
+
+# -- arithmetic word problems -------------------------------------------------------------------
+_PLAIN_EQUATION = re.compile(r"[0-9.+\-*/()xX= ]+")
+_NUMBER_TOKEN = re.compile(r"\d+(?:\.\d+)?")
+_UNKNOWN_ALONE = re.compile(r"^\s*[xX]\s*=(.*)$|^(.*)=\s*[xX]\s*$")
+
+
+def _tidy_expression(expr: str) -> str:
+    expr = _NUMBER_TOKEN.sub(lambda m: format_number(float(m.group())), expr.replace(" ", ""))
+    expr = re.sub(r"([+\-*/=])", r" \1 ", expr)
+    expr = expr.replace("X", "x").strip()
+    while expr.startswith("(") and expr.endswith(")") and _balanced(expr[1:-1]):
+        expr = expr[1:-1].strip()
+    return " ".join(expr.split())
+
+
+def _balanced(expr: str) -> bool:
+    depth = 0
+    for ch in expr:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def equation_target(equation: str | None, answer: float) -> str:
+    """A one-line worked answer from a dataset's equation, ending with "The answer is N.".
+
+    ``"X=((32.0+42.0)-35.0)"`` gives ``"(32 + 42) - 35 = 39. The answer is 39."``; an equation
+    with the unknown inside (``"28+x=54"``) gives ``"28 + x = 54, so x = 26. The answer is 26."``.
+    Anything but plain arithmetic gives just ``"The answer is N."``.
+
+    Examples
+    --------
+    >>> equation_target("X=((32.0+42.0)-35.0)", 39.0)
+    '(32 + 42) - 35 = 39. The answer is 39.'
+    >>> equation_target("45*3=x", 135.0)
+    '45 * 3 = 135. The answer is 135.'
+    >>> equation_target("28+x=54", 26.0)
+    '28 + x = 54, so x = 26. The answer is 26.'
+    """
+    n = format_number(answer)
+    final = f"The answer is {n}."
+    if not equation or not _PLAIN_EQUATION.fullmatch(equation) or equation.count("=") != 1:
+        return final
+    m = _UNKNOWN_ALONE.match(equation)
+    if m:
+        expr = _tidy_expression(m.group(1) if m.group(1) is not None else m.group(2))
+        if "x" in expr or not expr:
+            return final
+        return f"{expr} = {n}. {final}"
+    if "x" not in equation.lower():
+        lhs, _, rhs = equation.partition("=")  # ASDiv: "7+2=9"
+        return f"{_tidy_expression(lhs)} = {_tidy_expression(rhs)}. {final}"
+    return f"{_tidy_expression(equation)}, so x = {n}. {final}"
+
+
+def _parse_math_json(path: Path) -> list[Record]:
+    data = read_json(path)
+    if data is None:
+        return []
+    if not isinstance(data, list):
+        raise InvalidParameterError(
+            f"The data file {path.absolute()} must be a JSON list of problems. Got {type(data).__name__} instead."
+        )
+    records = []
+    for i, obj in enumerate(data):
+        where = f"Problem {i} (0-based) of {path.absolute()}"
+        if not isinstance(obj, dict) or "sQuestion" not in obj or "lSolutions" not in obj:
+            raise InvalidParameterError(
+                f"{where} must be an object with 'sQuestion' and 'lSolutions'."
+            )
+        solutions = obj["lSolutions"]
+        if not isinstance(solutions, list) or len(solutions) != 1:
+            raise InvalidParameterError(
+                f"{where}: 'lSolutions' must hold exactly one number. Got {solutions!r} instead."
+            )
+        equations = obj.get("lEquations") or [None]
+        records.append(
+            {
+                "question": " ".join(str(obj["sQuestion"]).split()),
+                "answer": _to_float(solutions[0], f"{where}, 'lSolutions'"),
+                "equation": equations[0],
+            }
+        )
+    return records
+
+
+def _multiarith_hub(row: Mapping[str, Any]) -> Record:
+    return {
+        "question": " ".join(str(row["question"]).split()),
+        "answer": _to_float(row["final_ans"], "final_ans"),
+        "equation": None,
+    }
+
+
+def _word_item(r: Record, item_id: str) -> Item:
+    return Item(
+        item_id,
+        {"question": r["question"]},
+        (float(r["answer"]),),
+        equation_target(r.get("equation"), r["answer"]),
+    )
+
+
+_ASDIV_NUMBER = re.compile(r"\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)\s*(?:\([^()]*\))?\s*")
+
+
+def asdiv_answer(text: str) -> float | None:
+    """The number of an ASDiv answer (``"9 (apples)"`` -> 9.0), or None when it is not one number.
+
+    Examples
+    --------
+    >>> asdiv_answer("9 (apples)"), asdiv_answer("1,250.5"), asdiv_answer("3:4"), asdiv_answer("5 (cm); 6 (cm)")
+    (9.0, 1250.5, None, None)
+    """
+    m = _ASDIV_NUMBER.fullmatch(text or "")
+    return float(m.group(1).replace(",", "")) if m else None
+
+
+def _parse_asdiv(path: Path) -> list[Record]:
+    import xml.etree.ElementTree as ET
+
+    text = _read_text(path)
+    if not text.strip():
+        return []
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise InvalidParameterError(
+            f"The data file {path.absolute()} is not valid XML ({exc})."
+        ) from None
+    records = []
+    for problem in root.iter("Problem"):
+        pid = problem.get("ID", "")
+        parts = {
+            tag: (problem.findtext(tag) or "").strip()
+            for tag in ("Body", "Question", "Answer", "Formula")
+        }
+        if not pid or not parts["Question"] or not parts["Answer"]:
+            raise InvalidParameterError(
+                f"Problem {pid or '(no ID)'} of {path.absolute()} must have an ID, a Question and an Answer."
+            )
+        records.append(
+            {
+                "id": pid,
+                "body": parts["Body"],
+                "question": parts["Question"],
+                "answer": parts["Answer"],
+                "formula": parts["Formula"],
+            }
+        )
+    return records
+
+
+def _asdiv_hub(row: Mapping[str, Any]) -> Record:
+    return {
+        "id": "",
+        "body": str(row["body"]).strip(),
+        "question": str(row["question"]).strip(),
+        "answer": str(row["answer"]),
+        "formula": str(row["formula"]),
+    }
+
+
+def _asdiv_numeric(records: list[Record]) -> list[Record]:
+    out = []
+    for i, r in enumerate(records):
+        value = asdiv_answer(r["answer"])
+        if value is not None:
+            out.append({**r, "id": r["id"] or f"asdiv-{i}", "value": value})
+    return out
+
+
+def _asdiv_item(r: Record, item_id: str) -> Item:
+    return Item(
+        r["id"],
+        {"body": r["body"], "question": r["question"]},
+        (r["value"],),
+        equation_target(r["formula"], r["value"]),
+    )
+
+
+# -- MATH ---------------------------------------------------------------------------------------
+def _math_record(problem: Any, answer: Any, solution: Any, where: str) -> Record:
+    problem, answer, solution = str(problem).strip(), str(answer).strip(), str(solution).strip()
+    if not problem or not answer:
+        raise InvalidParameterError(f"{where}: the problem and the answer must not be empty.")
+    return {"problem": problem, "answer": answer, "solution": solution}
+
+
+def _parse_math(path: Path) -> list[Record]:
+    return [
+        _math_record(
+            o["context"], o["answer"], o.get("chain_of_thought", ""), _where(path, o["_line"])
+        )
+        for o in read_jsonl(path, ("context", "answer"))
+    ]
+
+
+def _math_hub(row: Mapping[str, Any]) -> Record:
+    answer = last_boxed(str(row["solution"]))
+    if answer is None:
+        raise ValueError("the solution has no \\boxed{} answer")
+    return _math_record(row["problem"], answer, row["solution"], "a hub row")
+
+
+def _math_item(r: Record, item_id: str) -> Item:
+    solution = r["solution"]
+    if last_boxed(solution) is None:
+        solution = f"{solution} The answer is $\\boxed{{{r['answer']}}}$.".strip()
+    return Item(item_id, {"problem": r["problem"]}, (r["answer"],), solution)
+
+
+# -- generated arithmetic -----------------------------------------------------------------------
+def _arith_question(rng: random.Random, kind: int) -> tuple[str, int]:
+    if kind == 0:
+        a, b = rng.randint(10, 99), rng.randint(10, 99)
+        return f"What is {a} + {b}?", a + b
+    if kind == 1:
+        a = rng.randint(100, 999)
+        b = rng.randint(10, 99)
+        return f"What is {a} - {b}?", a - b
+    if kind == 2:
+        a, b = rng.randint(3, 19), rng.randint(3, 12)
+        return f"What is {a} x {b}?", a * b
+    while True:
+        q = rng.choice((2, 3, 4, 5, 8, 10))
+        p = rng.randint(1, q - 1)
+        if math.gcd(p, q) == 1:
+            break
+    m = rng.randint(2, 25)
+    return f"What is {p}/{q} of {q * m}?", p * m
+
+
+def generate_arith(
+    n: int, seed: int, *, prefix: str = "q", exclude: Iterable[str] = ()
+) -> list[Item]:
+    """``n`` distinct arithmetic questions with integer answers, deterministic in ``seed``.
+
+    Four kinds in turn (item ``i`` is of kind ``i % 4``, so any prefix is balanced): the sum of
+    two 2-digit numbers, a 3-digit minus a 2-digit number, a product of two small numbers, and
+    a fraction of a number (``"What is 3/4 of 96?"``). Questions in ``exclude`` are skipped.
+
+    Examples
+    --------
+    >>> items = generate_arith(4, seed=1)
+    >>> [it.fields["question"].split()[3] for it in items]
+    ['+', '-', 'x', 'of']
+    >>> generate_arith(4, seed=1) == items
+    True
+    """
+    rng = random.Random(seed)
+    seen = set(exclude)
+    items: list[Item] = []
+    while len(items) < n:
+        question, answer = _arith_question(rng, len(items) % 4)
+        if question in seen:
+            continue
+        seen.add(question)
+        items.append(
+            Item(f"{prefix}{len(items):03d}", {"question": question}, (float(answer),), str(answer))
+        )
+    return items
+
+
+def _load_arith(data_dir: Path | None, split: str) -> list[Item]:
+    evaluated = generate_arith(ARITH_EVAL_SIZE, ARITH_EVAL_SEED, prefix="q")
+    if split == "eval":
+        return evaluated
+    return generate_arith(
+        ARITH_SHOT_SIZE,
+        ARITH_SHOT_SEED,
+        prefix="shot",
+        exclude=[it.fields["question"] for it in evaluated],
+    )
+
+
+# -- loaders ------------------------------------------------------------------------------------
+MakeItem = Callable[[Record, str], Item]
+
+
+def _split_loader(
+    task: str,
+    files: Mapping[str, tuple[str, str, HubSource | None]],
+    parse: Callable[[Path], list[Record]],
+    hub_record: Callable[[Mapping[str, Any]], Record] | None,
+    make_item: MakeItem,
+) -> Loader:
+    """A task with a file per split: ``files[split] = (relpath, id tag, hub copy)``."""
+
+    def items(data_dir: Path | None, split: str) -> list[Item]:
+        relpath, tag, hub = files[split]
+        records = read_records(task, data_dir, relpath, parse, hub, hub_record)
+        return [make_item(r, f"{tag}-{i}") for i, r in enumerate(records)]
+
+    def load(data_dir: Path | None, split: str) -> list[Item]:
+        if split == "eval":
+            return items(data_dir, "eval")
+        return _without(items(data_dir, "fewshot"), items(data_dir, "eval"))
+
+    return load
+
+
+def _without(pool: list[Item], evaluated: list[Item]) -> list[Item]:
+    """The pool items whose fields do not repeat an evaluated item's (see ``fields_key``)."""
+    seen = {fields_key(it) for it in evaluated}
+    return [it for it in pool if fields_key(it) not in seen]
+
+
+def _holdout_loader(
+    task: str,
+    relpath: str,
+    parse: Callable[[Path], list[Record]],
+    hub: HubSource | None,
+    hub_record: Callable[[Mapping[str, Any]], Record] | None,
+    make_item: MakeItem,
+    *,
+    group: Callable[[list[Record]], list[int]] | None = None,
+    prepare: Callable[[list[Record]], list[Record]] | None = None,
+    shot_filter: Callable[[Record], bool] | None = None,
+) -> Loader:
+    """A single-file task: every ``HOLDOUT_EVERY``-th row (or group of rows) is the shot pool.
+
+    ``group`` maps the records to group numbers (SQuAD: articles) held apart together;
+    ``prepare`` filters or rewrites the records first (ASDiv: numeric answers only);
+    ``shot_filter`` keeps only some held-apart rows as shots (MATH: short solutions).
+    """
+
+    def load(data_dir: Path | None, split: str) -> list[Item]:
+        records = read_records(task, data_dir, relpath, parse, hub, hub_record)
+        if prepare is not None:
+            records = prepare(records)
+            if not records:
+                raise InvalidParameterError(f"Task {task!r} found no usable rows in {relpath}.")
+        groups = group(records) if group is not None else list(range(len(records)))
+        held = [g % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 for g in groups]
+        evaluated = [
+            make_item(r, str(i))
+            for i, (r, h) in enumerate(zip(records, held, strict=True))
+            if not h
+        ]
+        if split == "eval":
+            return evaluated
+        pool = [
+            make_item(r, str(i))
+            for i, (r, h) in enumerate(zip(records, held, strict=True))
+            if h and (shot_filter is None or shot_filter(r))
+        ]
+        return _without(pool, evaluated)
+
+    return load
+
+
+def _article_groups(records: list[Record]) -> list[int]:
+    order: dict[str, int] = {}
+    return [order.setdefault(r["title"], len(order)) for r in records]
+
+
+# -- the tasks ----------------------------------------------------------------------------------
+_NUMERIC_METRICS = ("absolute_error", "squared_error")
+_REASONING_STOP = ("\n\n", "Question:")
+
+
+def _word_task(
+    name: str,
+    title: str,
+    relpath: str,
+    parse: Callable[[Path], list[Record]],
+    hub: HubSource | None,
+    hub_record: Callable[[Mapping[str, Any]], Record] | None,
+    make_item: MakeItem,
+    template: str,
+    prepare: Callable[[list[Record]], list[Record]] | None = None,
+) -> Task:
+    return Task(
+        name=name,
+        description=f"{title}: a number after reasoning ({relpath}; every 10th row held apart for shots).",
+        answer_type="number",
+        metrics=_NUMERIC_METRICS,
+        corpus_metrics=("accuracy",),
+        extractor="number:answer",
+        instruction="Solve each math word problem. End with 'The answer is N.'",
+        template=template,
+        stop=_REASONING_STOP,
+        max_tokens=96,
+        loader=_holdout_loader(name, relpath, parse, hub, hub_record, make_item, prepare=prepare),
+    )
+
+
+def _builtin_tasks() -> dict[str, Task]:
+    tasks = [
+        Task(
+            name="stsb",
+            description="STS Benchmark: sentence-pair similarity 0-5 (eval stsb/sts-dev.csv, shots stsb/sts-train.csv).",
+            answer_type="number",
+            metrics=("squared_error", "absolute_error"),
+            corpus_metrics=("pearson", "spearman"),
+            extractor="number",
+            valid_range=(0.0, 5.0),
+            instruction="Rate how similar the two sentences are in meaning, from 0 (unrelated) to 5 (equivalent).",
+            template="Sentence 1: {sentence1}\nSentence 2: {sentence2}",
+            answer_prefix="\nSimilarity (0-5):",
+            max_tokens=8,
+            loader=_split_loader(
+                "stsb",
+                {
+                    "eval": (
+                        "stsb/sts-dev.csv",
+                        "dev",
+                        HubSource("mteb/stsbenchmark-sts", ((None, "validation"),)),
+                    ),
+                    "fewshot": (
+                        "stsb/sts-train.csv",
+                        "train",
+                        HubSource("mteb/stsbenchmark-sts", ((None, "train"),)),
+                    ),
+                },
+                _parse_stsb,
+                _stsb_hub,
+                _stsb_item,
+            ),
+        ),
+        Task(
+            name="sst5",
+            description="SST-5 movie-review sentiment as a 1-5 rating (eval sst5/stsa.fine.test, shots sst5/stsa.fine.train).",
+            answer_type="number",
+            metrics=("absolute_error", "squared_error"),
+            corpus_metrics=("accuracy",),
+            extractor="number",
+            valid_range=(1.0, 5.0),
+            instruction="Rate the sentiment of each movie review from 1 (very negative) to 5 (very positive).",
+            template="Review: {text}",
+            answer_prefix="\nRating (1-5):",
+            max_tokens=8,
+            loader=_split_loader(
+                "sst5",
+                {
+                    "eval": (
+                        "sst5/stsa.fine.test",
+                        "test",
+                        HubSource("SetFit/sst5", ((None, "test"),)),
+                    ),
+                    "fewshot": (
+                        "sst5/stsa.fine.train",
+                        "train",
+                        HubSource("SetFit/sst5", ((None, "train"),)),
+                    ),
+                },
+                _parse_sst5,
+                _sst5_hub,
+                _sst5_item,
+            ),
+        ),
+        Task(
+            name="triviaqa",
+            description="TriviaQA (3000-question subsample): short answers, scored against all aliases (every 10th row held apart for shots).",
+            answer_type="text",
+            metrics=("exact_match", "token_f1"),
+            extractor="first_line",
+            instruction="Answer each trivia question with a short answer.",
+            template="Question: {question}",
+            max_tokens=24,
+            loader=_holdout_loader(
+                "triviaqa",
+                "triviaqa/triviaqa_sm_sub.jsonl",
+                _parse_triviaqa,
+                HubSource(
+                    "mandarjoshi/trivia_qa",
+                    (("rc.nocontext", "validation"),),
+                    "the full validation split (17,944 questions), not the 3000-question subsample",
+                ),
+                _triviaqa_hub,
+                _triviaqa_item,
+            ),
+        ),
+        Task(
+            name="nq_open",
+            description="Natural Questions (open), dev: short answers against all given answers (every 10th row held apart for shots).",
+            answer_type="text",
+            metrics=("exact_match", "token_f1"),
+            extractor="first_line",
+            instruction="Answer each question with a short answer.",
+            template="Question: {question}?",
+            max_tokens=24,
+            loader=_holdout_loader(
+                "nq_open",
+                "nq_open/NQ-open.dev.jsonl",
+                _parse_nq,
+                HubSource("google-research-datasets/nq_open", ((None, "validation"),)),
+                _nq_hub,
+                _nq_item,
+            ),
+        ),
+        Task(
+            name="squad",
+            description="SQuAD v1.1 dev: extractive answers from the passage (every 10th article held apart for shots).",
+            answer_type="text",
+            metrics=("token_f1", "exact_match"),
+            extractor="first_line",
+            instruction="Answer each question with a short span copied from its passage.",
+            template="Title: {title}\nPassage: {context}\nQuestion: {question}",
+            max_tokens=32,
+            similarity_fields=("question",),
+            loader=_holdout_loader(
+                "squad",
+                "squad/dev-v1.1.json",
+                _parse_squad,
+                HubSource("rajpurkar/squad", ((None, "validation"),)),
+                _squad_hub,
+                _squad_item,
+                group=_article_groups,
+            ),
+        ),
+        Task(
+            name="gsm8k",
+            description="GSM8K grade-school math: a number after worked reasoning (eval gsm8k/test.jsonl, shots gsm8k/train.jsonl).",
+            answer_type="number",
+            metrics=_NUMERIC_METRICS,
+            corpus_metrics=("accuracy",),
+            extractor="number:answer",
+            instruction="Solve each math word problem step by step. End with 'The answer is N.'",
+            template="Question: {question}",
+            stop=_REASONING_STOP,
+            max_tokens=192,
+            loader=_split_loader(
+                "gsm8k",
+                {
+                    "eval": (
+                        "gsm8k/test.jsonl",
+                        "test",
+                        HubSource("openai/gsm8k", (("main", "test"),)),
+                    ),
+                    "fewshot": (
+                        "gsm8k/train.jsonl",
+                        "train",
+                        HubSource("openai/gsm8k", (("main", "train"),)),
+                    ),
+                },
+                _parse_gsm8k,
+                _gsm8k_hub,
+                _gsm8k_item,
+            ),
+        ),
+        _word_task(
+            "multiarith",
+            "MultiArith",
+            "math_word/MultiArith_MultiArith.json",
+            _parse_math_json,
+            HubSource(
+                "ChilleD/MultiArith",
+                ((None, "train"), (None, "test")),
+                "a different row order (train then test)",
+            ),
+            _multiarith_hub,
+            _word_item,
+            "Question: {question}",
+        ),
+        _word_task(
+            "addsub",
+            "AddSub",
+            "math_word/AddSub_AddSub.json",
+            _parse_math_json,
+            None,
+            None,
+            _word_item,
+            "Question: {question}",
+        ),
+        _word_task(
+            "singleeq",
+            "SingleEq",
+            "math_word/SingleEq_questions.json",
+            _parse_math_json,
+            None,
+            None,
+            _word_item,
+            "Question: {question}",
+        ),
+        _word_task(
+            "asdiv",
+            "ASDiv (the problems with one numeric answer)",
+            "math_word/ASDiv.xml",
+            _parse_asdiv,
+            HubSource("EleutherAI/asdiv", (("asdiv", "validation"),)),
+            _asdiv_hub,
+            _asdiv_item,
+            "Question: {body} {question}",
+            prepare=_asdiv_numeric,
+        ),
+        Task(
+            name="math",
+            description="MATH competition problems: exact match of the final \\boxed{} answer (every 10th row held apart for shots).",
+            answer_type="text",
+            metrics=("math_exact_match",),
+            extractor="answer",
+            instruction="Solve each problem. Put the final answer in \\boxed{}.",
+            template="Problem: {problem}",
+            answer_prefix="\nSolution:",
+            stop=("Problem:",),
+            max_tokens=384,
+            loader=_holdout_loader(
+                "math",
+                "math/math.jsonl",
+                _parse_math,
+                HubSource(
+                    "EleutherAI/hendrycks_math",
+                    tuple(
+                        (subject, "test")
+                        for subject in (
+                            "algebra",
+                            "counting_and_probability",
+                            "geometry",
+                            "intermediate_algebra",
+                            "number_theory",
+                            "prealgebra",
+                            "precalculus",
+                        )
+                    ),
+                    "the same 5000 test problems, grouped by subject",
+                ),
+                _math_hub,
+                _math_item,
+                shot_filter=lambda r: len(r["solution"]) <= MATH_SHOT_MAX_CHARS,
+            ),
+        ),
+        Task(
+            name="arith",
+            description="Generated arithmetic (no data needed): 200 questions such as 'What is 47 + 38?' or 'What is 3/4 of 96?'.",
+            answer_type="number",
+            metrics=_NUMERIC_METRICS,
+            corpus_metrics=("accuracy",),
+            extractor="number",
+            template="Question: {question}",
+            max_tokens=12,
+            loader=_load_arith,
+        ),
+    ]
+    return {t.name: t for t in tasks}
+
+
+#: The built-in tasks by name.
+BUILTIN_TASKS: dict[str, Task] = _builtin_tasks()

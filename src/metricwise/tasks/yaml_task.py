@@ -1,0 +1,576 @@
+"""User tasks without code: a YAML file naming a JSONL or CSV data file and how to prompt and score.
+
+A complete example (``examples/my_task.yaml``)::
+
+    name: unit_conversion
+    data: my_task.jsonl              # JSONL, CSV or TSV; relative to this YAML file
+    template: "Question: {question}" # str.format over the row's fields
+    reference: answer                # the field with the gold answer
+    answer_type: number              # number | text
+    extractor: number                # number, number:last, number:answer, first_line, answer, text, regex:<pattern>
+    metrics: [absolute_error, squared_error]
+    corpus_metrics: [accuracy]       # number tasks: accuracy, pearson, spearman
+    fewshot:
+      holdout: 4                     # the last 4 rows are the few-shot pool, never evaluated
+    stop: ["\\n"]
+    max_tokens: 12
+
+Keys
+----
+Required: ``data``, ``reference``, ``answer_type``, and ``template`` or ``input``.
+
+``name`` (default: the file's stem), ``description``, ``version`` (default ``"1"``);
+``data``: the data file (``.jsonl``, ``.csv``, ``.tsv``; CSV and TSV need a header row);
+``delimiter``: the CSV delimiter (default ``,``; ``\\t`` for ``.tsv``);
+``id_field``: a field with a unique id per row (default: the row number);
+``input``: the fields the prompt reads (a list; default: those the template names);
+``template``: the question part of one example (default: one ``"Field: {field}"`` line per
+input field); ``answer_prefix`` (default ``"\\nAnswer:"``), ``instruction``,
+``example_separator`` (default a blank line);
+``reference``: the field with the answer: a string, a number, or a list of accepted answers
+(aliases; JSONL only); a number task needs one number;
+``target``: the field shown as the answer in few-shot examples (default: the first reference);
+``answer_type``: ``number`` or ``text``;
+``extractor`` (default ``number`` / ``first_line``), ``valid_range`` (``[lo, hi]``),
+``metrics`` (default ``[absolute_error, squared_error]`` / ``[exact_match, token_f1]``),
+``corpus_metrics``, ``stop`` (default ``["\\n"]``), ``max_tokens`` (default 16),
+``similarity_fields`` (the fields embedded by the similar/diverse shot strategies);
+``fewshot``: ``{holdout: N}`` (the last N rows of ``data`` are the pool and are not evaluated)
+or ``{file: shots.jsonl}`` (a separate file with the same fields).
+
+Every problem is reported with the file (and the line of a bad data row); unknown keys come with
+a "did you mean" suggestion.
+"""
+
+from __future__ import annotations
+
+import csv
+import numbers
+import os
+import string
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from metricwise.errors import (
+    InvalidParameterError,
+    MissingDependencyError,
+    UnknownNameError,
+    did_you_mean,
+)
+from metricwise.tasks.base import Item, Task
+
+__all__ = ["CORPUS_METRICS", "TASK_FILE_KEYS", "check_task", "load_task_file"]
+
+#: Corpus-level statistics the evaluation runner computes (number tasks only).
+CORPUS_METRICS: tuple[str, ...] = ("accuracy", "pearson", "spearman")
+
+#: Keys a YAML task file may use.
+TASK_FILE_KEYS: tuple[str, ...] = (
+    "name",
+    "description",
+    "version",
+    "data",
+    "delimiter",
+    "id_field",
+    "input",
+    "template",
+    "answer_prefix",
+    "instruction",
+    "example_separator",
+    "reference",
+    "target",
+    "answer_type",
+    "extractor",
+    "valid_range",
+    "metrics",
+    "corpus_metrics",
+    "fewshot",
+    "stop",
+    "max_tokens",
+    "similarity_fields",
+)
+_REQUIRED: tuple[str, ...] = ("data", "reference", "answer_type")
+_FEWSHOT_KEYS: tuple[str, ...] = ("holdout", "file")
+_DEFAULT_METRICS = {
+    "number": ("absolute_error", "squared_error"),
+    "text": ("exact_match", "token_f1"),
+}
+_DEFAULT_EXTRACTOR = {"number": "number", "text": "first_line"}
+
+
+# -- validation of a Task (built-in, overridden or from a file) --------------------------------
+def _strings(value: Any, key: str, where: str, *, allow_empty: bool = True) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if (
+        not isinstance(value, (list, tuple))
+        or not all(isinstance(v, str) for v in value)
+        or (not allow_empty and not value)
+    ):
+        need = "a non-empty list of strings" if not allow_empty else "a list of strings"
+        raise InvalidParameterError(
+            f"The {key!r} field of {where} must be {need}. Got {value!r} instead."
+        )
+    return tuple(value)
+
+
+def check_task(task: Task, where: str | None = None) -> Task:
+    """Check a task's settings; return it unchanged, or raise a clear error.
+
+    Checks the answer type, that every metric is registered (with a suggestion), the corpus
+    metrics, the extractor spec, the valid range, the stop strings, ``max_tokens`` and that the
+    template is a valid format string.
+
+    Raises
+    ------
+    InvalidParameterError
+        (or :class:`~metricwise.errors.UnknownNameError` for unknown names) naming the task.
+    """
+    from metricwise.extract import Extractor, check_range
+    from metricwise.metrics import names as metric_names
+
+    where = where or f"task {task.name!r}"
+    if not isinstance(task.name, str) or not task.name.strip():
+        raise InvalidParameterError(
+            f"The 'name' field of {where} must be a non-empty string. Got {task.name!r} instead."
+        )
+    if task.answer_type not in ("number", "text"):
+        raise InvalidParameterError(
+            f"The 'answer_type' field of {where} must be 'number' or 'text'. Got {task.answer_type!r} instead."
+            + (
+                did_you_mean(task.answer_type, ["number", "text"])
+                if isinstance(task.answer_type, str)
+                else ""
+            )
+        )
+    metrics = _strings(task.metrics, "metrics", where, allow_empty=False)
+    known = metric_names()
+    for m in metrics:
+        if m not in known:
+            raise UnknownNameError(
+                f"The 'metrics' field of {where} must name registered metrics ({', '.join(known)}). "
+                f"Got {m!r} instead.{did_you_mean(m, known)}"
+            )
+    for c in _strings(task.corpus_metrics, "corpus_metrics", where):
+        if c not in CORPUS_METRICS:
+            raise UnknownNameError(
+                f"The 'corpus_metrics' field of {where} must name {', '.join(map(repr, CORPUS_METRICS))}. "
+                f"Got {c!r} instead.{did_you_mean(c, list(CORPUS_METRICS))}"
+            )
+        if task.answer_type != "number":
+            raise InvalidParameterError(
+                f"The 'corpus_metrics' field of {where} applies to answer_type 'number' only. Got {c!r} for a text task instead."
+            )
+    if not isinstance(task.extractor, str):
+        raise InvalidParameterError(
+            f"The 'extractor' field of {where} must be a spec string such as 'number'. Got {task.extractor!r} instead."
+        )
+    try:
+        Extractor.from_spec(task.extractor)
+    except InvalidParameterError as exc:
+        raise type(exc)(f"In {where}: {exc}") from None
+    if task.valid_range is not None:
+        check_range(task.valid_range, where)
+    _strings(task.stop, "stop", where)
+    if any(not s for s in task.stop):
+        raise InvalidParameterError(
+            f"The 'stop' field of {where} must not contain empty strings. Got {list(task.stop)!r} instead."
+        )
+    if (
+        not isinstance(task.max_tokens, int)
+        or isinstance(task.max_tokens, bool)
+        or task.max_tokens < 1
+    ):
+        raise InvalidParameterError(
+            f"The 'max_tokens' field of {where} must be an int >= 1. Got {task.max_tokens!r} instead."
+        )
+    for key in (
+        "template",
+        "answer_prefix",
+        "instruction",
+        "example_separator",
+        "description",
+        "version",
+    ):
+        if not isinstance(getattr(task, key), str):
+            raise InvalidParameterError(
+                f"The {key!r} field of {where} must be a string. Got {getattr(task, key)!r} instead."
+            )
+    template_fields(task.template, where)
+    _strings(task.similarity_fields, "similarity_fields", where)
+    return task
+
+
+def template_fields(template: str, where: str) -> list[str]:
+    """The field names a ``str.format`` template reads, in order; raises on a malformed one."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise InvalidParameterError(
+            f"The 'template' field of {where} must be a str.format template (write literal braces as {{{{ and }}}}). "
+            f"Got {template!r} instead ({exc})."
+        ) from None
+    names: list[str] = []
+    for _, field_name, _, _ in parsed:
+        if field_name is None:
+            continue
+        base = field_name.split(".")[0].split("[")[0]
+        if not base or base.isdigit():
+            raise InvalidParameterError(
+                f"The 'template' field of {where} must name its fields ({{question}}), not use positional ones. Got {template!r} instead."
+            )
+        if base not in names:
+            names.append(base)
+    return names
+
+
+# -- reading a task file ------------------------------------------------------------------------
+def _load_yaml(path: Path) -> Any:
+    try:
+        import yaml
+    except ImportError:
+        raise MissingDependencyError("YAML task files need PyYAML: pip install pyyaml.") from None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InvalidParameterError(f"The task file {path} cannot be read ({exc}).") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidParameterError(f"The task file {path} is not valid YAML: {exc}") from None
+
+
+def _field(
+    config: Mapping[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    what: str,
+    where: str,
+    default: Any = None,
+) -> Any:
+    if key not in config or config[key] is None:
+        return default
+    value = config[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InvalidParameterError(
+            f"The {key!r} field of {where} must be {what}. Got {value!r} instead."
+        )
+    return value
+
+
+def _resolve(base: Path, name: str) -> Path:
+    path = Path(os.path.expanduser(name))
+    return path if path.is_absolute() else base / path
+
+
+def _read_rows(path: Path, delimiter: str | None, where: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) pairs of a JSONL, CSV or TSV file."""
+    from metricwise.tasks.builtin import read_jsonl
+
+    if not path.is_file():
+        raise InvalidParameterError(
+            f"The data file {path.absolute()} named by {where} does not exist."
+        )
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        rows = [(r.pop("_line"), r) for r in read_jsonl(path)]
+    elif suffix in (".csv", ".tsv"):
+        sep = delimiter or ("\t" if suffix == ".tsv" else ",")
+        rows = []
+        try:
+            with path.open(encoding="utf-8", newline="") as f:
+                reader = csv.DictReader(f, delimiter=sep)
+                if reader.fieldnames is None:
+                    rows = []
+                else:
+                    for row in reader:
+                        if None in row:
+                            raise InvalidParameterError(
+                                f"Line {reader.line_num} of {path.absolute()} has more fields than the header "
+                                f"({len(reader.fieldnames)}: {reader.fieldnames})."
+                            )
+                        if all(v is None or not str(v).strip() for v in row.values()):
+                            continue
+                        rows.append((reader.line_num, dict(row)))
+        except UnicodeDecodeError as exc:
+            raise InvalidParameterError(
+                f"The data file {path.absolute()} is not UTF-8 text ({exc})."
+            ) from None
+        except csv.Error as exc:
+            raise InvalidParameterError(
+                f"The data file {path.absolute()} is not valid CSV ({exc})."
+            ) from None
+    else:
+        raise InvalidParameterError(
+            f"The data file of {where} must end in .jsonl, .csv or .tsv. Got {path.name!r} instead."
+        )
+    if not rows:
+        raise InvalidParameterError(
+            f"The data file {path.absolute()} named by {where} is empty: it has no rows."
+        )
+    return rows
+
+
+class _RowReader:
+    """Turns the rows of a data file into Items, checking each row."""
+
+    def __init__(
+        self,
+        *,
+        inputs: list[str],
+        reference: str,
+        target: str | None,
+        id_field: str | None,
+        answer_type: str,
+    ) -> None:
+        self.inputs = inputs
+        self.reference = reference
+        self.target = target
+        self.id_field = id_field
+        self.answer_type = answer_type
+
+    def references(self, value: Any, where: str) -> tuple[Any, ...]:
+        if self.answer_type == "number":
+            if isinstance(value, list) and len(value) == 1:
+                value = value[0]
+            if isinstance(value, numbers.Real) and not isinstance(value, bool):
+                number = float(value)
+            elif isinstance(value, str):
+                try:
+                    number = float(value.strip().replace(",", ""))
+                except ValueError:
+                    number = float("nan")
+            else:
+                number = float("nan")
+            if number != number or number in (float("inf"), float("-inf")):
+                raise InvalidParameterError(
+                    f"{where}: the reference {self.reference!r} must be one finite number for answer_type 'number'. Got {value!r} instead."
+                )
+            return (number,)
+        values = value if isinstance(value, list) else [value]
+        refs = []
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, (str, numbers.Real)):
+                raise InvalidParameterError(
+                    f"{where}: the reference {self.reference!r} must be a string, a number or a list of them. Got {value!r} instead."
+                )
+            from metricwise.tasks.builtin import format_number
+
+            text = v.strip() if isinstance(v, str) else format_number(float(v))
+            if text:
+                refs.append(text)
+        if not refs:
+            raise InvalidParameterError(f"{where}: the reference {self.reference!r} is empty.")
+        return tuple(dict.fromkeys(refs))
+
+    def item(self, row: Mapping[str, Any], line: int, path: Path, default_id: str) -> Item:
+        from metricwise.tasks.builtin import format_number
+
+        where = f"Line {line} of {path.absolute()}"
+        needed = (
+            [*self.inputs, self.reference]
+            + ([self.target] if self.target else [])
+            + ([self.id_field] if self.id_field else [])
+        )
+        missing = [k for k in dict.fromkeys(needed) if k not in row or row[k] is None]
+        if missing:
+            raise InvalidParameterError(
+                f"{where} has no {', '.join(map(repr, missing))} field (it has {sorted(row)})."
+            )
+        refs = self.references(row[self.reference], where)
+        if self.target:
+            target = str(row[self.target]).strip()
+        else:
+            target = format_number(refs[0]) if self.answer_type == "number" else str(refs[0])
+        item_id = str(row[self.id_field]) if self.id_field else default_id
+        return Item(item_id, {k: row[k] for k in self.inputs}, refs, target)
+
+
+def load_task_file(path: str | os.PathLike[str]) -> Task:
+    """Build a :class:`~metricwise.tasks.base.Task` from a YAML task file.
+
+    Data files are read (and checked) when the task is loaded, not here; paths in the file are
+    relative to the file's own directory. See the module docstring for the keys.
+
+    Raises
+    ------
+    InvalidParameterError
+        For a missing or malformed file, unknown keys (with a suggestion), missing keys or
+        values of the wrong type; :class:`~metricwise.errors.MissingDependencyError` when
+        PyYAML is not installed.
+    """
+    file = Path(os.path.expanduser(os.fspath(path))).absolute()
+    if not file.is_file():
+        raise InvalidParameterError(f"The task file {file.absolute()} does not exist.")
+    where = f"task file {file.absolute()}"
+    config = _load_yaml(file)
+    if not isinstance(config, dict):
+        raise InvalidParameterError(
+            f"The {where} must be a YAML mapping of keys such as data, template and metrics. Got {type(config).__name__} instead."
+        )
+    for key in config:
+        if key not in TASK_FILE_KEYS:
+            raise UnknownNameError(
+                f"Unknown key {key!r} in {where}.{did_you_mean(str(key), list(TASK_FILE_KEYS))} "
+                f"Known keys: {', '.join(TASK_FILE_KEYS)}."
+            )
+    missing = [k for k in _REQUIRED if config.get(k) is None]
+    if "template" not in config and "input" not in config:
+        missing.append("template (or input)")
+    if missing:
+        raise InvalidParameterError(f"The {where} is missing {', '.join(map(repr, missing))}.")
+
+    answer_type = config["answer_type"]
+    if answer_type not in ("number", "text"):
+        raise InvalidParameterError(
+            f"The 'answer_type' field of {where} must be 'number' or 'text'. Got {answer_type!r} instead."
+            + (
+                did_you_mean(answer_type, ["number", "text"])
+                if isinstance(answer_type, str)
+                else ""
+            )
+        )
+    data = _field(config, "data", str, "a file name", where)
+    reference = _field(config, "reference", str, "the name of a field", where)
+    target = _field(config, "target", str, "the name of a field", where)
+    id_field = _field(config, "id_field", str, "the name of a field", where)
+    delimiter = _field(config, "delimiter", str, "one character", where)
+    if delimiter is not None and len(delimiter) != 1:
+        raise InvalidParameterError(
+            f"The 'delimiter' field of {where} must be one character. Got {delimiter!r} instead."
+        )
+    template = _field(config, "template", str, "a string such as 'Question: {question}'", where)
+    inputs = (
+        list(_strings(config["input"], "input", where, allow_empty=False))
+        if config.get("input") is not None
+        else None
+    )
+    if template is None:
+        if inputs is None:  # unreachable: the missing-key check asked for one of them
+            raise InvalidParameterError(f"The {where} is missing 'template' (or 'input').")
+        template = "\n".join(
+            f"{name.replace('_', ' ').capitalize()}: {{{name}}}" for name in inputs
+        )
+    named = template_fields(template, where)
+    if inputs is None:
+        inputs = named
+    else:
+        extra = [n for n in named if n not in inputs]
+        if extra:
+            raise InvalidParameterError(
+                f"The 'template' field of {where} reads {', '.join(map(repr, extra))}, which 'input' does not list ({inputs})."
+            )
+    fewshot = _field(
+        config, "fewshot", dict, "a mapping such as {holdout: 5} or {file: shots.jsonl}", where
+    )
+    holdout: int | None = None
+    shots_file: Path | None = None
+    if fewshot is not None:
+        for key in fewshot:
+            if key not in _FEWSHOT_KEYS:
+                raise UnknownNameError(
+                    f"Unknown key {key!r} under 'fewshot' in {where}.{did_you_mean(str(key), list(_FEWSHOT_KEYS))} "
+                    "Use holdout: N (the last N rows) or file: <path>."
+                )
+        if ("holdout" in fewshot) == ("file" in fewshot):
+            raise InvalidParameterError(
+                f"The 'fewshot' field of {where} must have exactly one of holdout: N or file: <path>. Got {fewshot!r} instead."
+            )
+        if "holdout" in fewshot:
+            holdout = fewshot["holdout"]
+            if not isinstance(holdout, int) or isinstance(holdout, bool) or holdout < 1:
+                raise InvalidParameterError(
+                    f"The 'fewshot.holdout' field of {where} must be an int >= 1. Got {holdout!r} instead."
+                )
+        else:
+            if not isinstance(fewshot["file"], str):
+                raise InvalidParameterError(
+                    f"The 'fewshot.file' field of {where} must be a file name. Got {fewshot['file']!r} instead."
+                )
+            shots_file = _resolve(file.parent, fewshot["file"])
+
+    valid_range = config.get("valid_range")
+    if valid_range is not None:
+        if not isinstance(valid_range, (list, tuple)) or len(valid_range) != 2:
+            raise InvalidParameterError(
+                f"The 'valid_range' field of {where} must be a pair [lo, hi]. Got {valid_range!r} instead."
+            )
+        valid_range = tuple(valid_range)
+    version = config.get("version", "1")
+    if isinstance(version, bool) or not isinstance(version, (str, int, float)):
+        raise InvalidParameterError(
+            f"The 'version' field of {where} must be a string. Got {version!r} instead."
+        )
+    max_tokens = config.get("max_tokens", 16)
+
+    data_path = _resolve(file.parent, data)
+    reader = _RowReader(
+        inputs=inputs,
+        reference=reference,
+        target=target,
+        id_field=id_field,
+        answer_type=answer_type,
+    )
+
+    def load(data_dir: Path | None, split: str) -> list[Item]:
+        rows = _read_rows(data_path, delimiter, where)
+        items = [
+            reader.item(row, line, data_path, f"row-{i}") for i, (line, row) in enumerate(rows)
+        ]
+        if holdout is not None and holdout >= len(items):
+            raise InvalidParameterError(
+                f"The 'fewshot.holdout' field of {where} must be smaller than the number of rows of {data_path.absolute()} "
+                f"({len(items)}), so that some rows are evaluated. Got {holdout} instead."
+            )
+        cut = len(items) - (holdout or 0)
+        if split == "eval":
+            return items[:cut]
+        if holdout is not None:
+            return items[cut:]
+        if shots_file is not None:
+            shot_rows = _read_rows(shots_file, delimiter, where)
+            return [
+                reader.item(row, line, shots_file, f"shot-{i}")
+                for i, (line, row) in enumerate(shot_rows)
+            ]
+        raise InvalidParameterError(
+            f"The {where} has no few-shot pool: add 'fewshot: {{holdout: N}}' or 'fewshot: {{file: shots.jsonl}}', "
+            "or evaluate with --num_fewshot 0."
+        )
+
+    task = Task(
+        name=_field(config, "name", str, "a string", where, file.stem),
+        description=_field(
+            config, "description", str, "a string", where, f"User task from {file.name} ({data})."
+        ),
+        answer_type=answer_type,
+        metrics=_strings(
+            config.get("metrics", _DEFAULT_METRICS[answer_type]),
+            "metrics",
+            where,
+            allow_empty=False,
+        ),
+        corpus_metrics=_strings(config.get("corpus_metrics") or (), "corpus_metrics", where),
+        extractor=_field(
+            config,
+            "extractor",
+            str,
+            "an extractor spec such as 'number' or 'first_line'",
+            where,
+            _DEFAULT_EXTRACTOR[answer_type],
+        ),
+        template=template,
+        answer_prefix=_field(config, "answer_prefix", str, "a string", where, "\nAnswer:"),
+        instruction=_field(config, "instruction", str, "a string", where, ""),
+        example_separator=_field(config, "example_separator", str, "a string", where, "\n\n"),
+        valid_range=valid_range,
+        stop=_strings(config["stop"], "stop", where) if config.get("stop") is not None else ("\n",),
+        max_tokens=max_tokens,
+        version=str(version),
+        similarity_fields=_strings(
+            config.get("similarity_fields") or (), "similarity_fields", where
+        ),
+        loader=load,
+    )
+    return check_task(task, where)
