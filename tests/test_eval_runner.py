@@ -1,0 +1,119 @@
+"""The evaluation runner end to end on a tiny random model, and its resume after interruption."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from tiny_lm import tiny_model_and_tokenizer  # noqa: E402
+
+from metricwise.backends.hf import HFBackend  # noqa: E402
+from metricwise.cli import main  # noqa: E402
+from metricwise.evaluate.runner import EvalConfig, run_eval  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def backend():
+    model, tokenizer = tiny_model_and_tokenizer()
+    return HFBackend(model, tokenizer=tokenizer, signature="hf:tiny-test")
+
+
+def config(tmp_path, **overrides):
+    settings = dict(
+        model="tiny",
+        tasks=["arith"],
+        limit=4,
+        n=4,
+        num_fewshot=1,
+        max_tokens=4,
+        output_path=str(tmp_path / "out"),
+        log_samples=True,
+        store=str(tmp_path / "samples.sqlite"),
+        n_resamples=50,
+        curve_subsets=2,
+        quiet=True,
+    )
+    settings.update(overrides)
+    return EvalConfig(**settings)
+
+
+def test_runner_writes_results_table_plots_and_sample_logs(backend, tmp_path):
+    results = run_eval(config(tmp_path), backend=backend)
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} >= {"results.json", "results.md", "samples_arith.jsonl", "plot_arith_k.png"}
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["config"]["model_signature"] == "hf:tiny-test"
+    run = saved["runs"][0]
+    assert run["task"] == "arith" and run["n_items"] == 4 and run["n"] == 4
+    decoders = {r["decoder"] for r in run["scores"]}
+    assert {"greedy", "first", "max_logprob", "mode", "mean", "median", "oracle", "mean+model"} <= decoders
+    row = next(r for r in run["scores"] if r["decoder"] == "mean" and r["metric"] == "absolute_error")
+    assert "signature" in row and "task:arith@" in row["signature"] and "n:4" in row["signature"]
+    assert len(results["runs"]) == 1
+    records = [json.loads(line) for line in (out / "samples_arith.jsonl").read_text().splitlines()]
+    assert len(records) == 4 and all(len(r["candidates"]) == 4 for r in records)
+
+
+def test_a_temperature_sweep_plots_against_temperature(backend, tmp_path):
+    results = run_eval(config(tmp_path, temperatures=[0.5, 1.0], curve_subsets=0, log_samples=False), backend=backend)
+    assert [r["temperature"] for r in results["runs"]] == [0.5, 1.0]
+    assert (tmp_path / "out" / "plot_arith_temperature.png").exists()
+
+
+class FailingAfter:
+    """Wraps a backend; raises on the call after `calls` successful sample() calls."""
+
+    def __init__(self, inner, calls):
+        self.inner, self.calls, self.signature, self.sampled = inner, calls, inner.signature, []
+
+    def sample(self, prompts, config, *, start=0):
+        if self.calls == 0:
+            raise KeyboardInterrupt
+        self.calls -= 1
+        self.sampled.extend(prompts)
+        return self.inner.sample(prompts, config, start=start)
+
+    def greedy(self, prompts, config):
+        return self.inner.greedy(prompts, config)
+
+    def close(self):
+        pass
+
+
+def test_an_interrupted_eval_resumes_without_resampling(backend, tmp_path):
+    first = FailingAfter(backend, calls=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(config(tmp_path, batch_size=2, output_path=None), backend=first)
+    assert len(first.sampled) == 2
+    second = FailingAfter(backend, calls=10)
+    run_eval(config(tmp_path, batch_size=2, output_path=None), backend=second)
+    assert len(second.sampled) == 2 and not set(second.sampled) & set(first.sampled)
+    third = FailingAfter(backend, calls=0)  # everything is stored: no sampling at all
+    run_eval(config(tmp_path, batch_size=2, output_path=None), backend=third)
+
+
+def test_eval_cli_fails_early_on_unknown_tasks_and_bad_settings(tmp_path, capsys):
+    assert main(["eval", "--tasks", "stsbb", "--limit", "2"]) == 2
+    assert "Did you mean 'stsb'" in capsys.readouterr().err
+    assert main(["eval", "--tasks", "arith", "--gen_kwargs", "temprature=0.5"]) == 2
+    assert "temprature" in capsys.readouterr().err
+    assert main(["eval", "--tasks", "arith", "--temperatures", "0,1"]) == 2
+    assert "temperatures" in capsys.readouterr().err
+
+
+def test_missing_data_dir_says_where_it_looked(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("METRICWISE_DATA_DIR", raising=False)
+    assert main(["eval", "--tasks", "stsb", "--data_dir", str(tmp_path / "nowhere"), "--limit", "2"]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "nowhere") in err and "METRICWISE_DATA_DIR" in err
+
+
+def test_report_rerenders_a_results_directory(backend, tmp_path, capsys):
+    run_eval(config(tmp_path, curve_subsets=0), backend=backend)
+    (tmp_path / "out" / "results.md").unlink()
+    assert main(["report", str(tmp_path / "out")]) == 0
+    assert "| arith |" in capsys.readouterr().out
+    assert (tmp_path / "out" / "results.md").exists()
