@@ -8,11 +8,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-from tiny_lm import tiny_model_and_tokenizer  # noqa: E402
-
-from metricwise.backends.hf import HFBackend  # noqa: E402
-from metricwise.cli import main  # noqa: E402
-from metricwise.evaluate.runner import EvalConfig, run_eval  # noqa: E402
+from metricwise.backends.hf import HFBackend
+from metricwise.cli import main
+from metricwise.evaluate.runner import EvalConfig, run_eval
+from tiny_lm import tiny_model_and_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -43,6 +43,8 @@ class Backend(Protocol):
 #: Backend name -> "module:factory"; modules import their heavy dependencies lazily.
 BACKENDS: dict[str, str] = {
     "hf": "metricwise.backends.hf:HFBackend",
+    "llamacpp": "metricwise.backends.llamacpp:LlamaCppBackend",
+    "openai": "metricwise.backends.openai:create_backend",
 }
 
 

@@ -1,0 +1,812 @@
+"""OpenAI-compatible servers (vLLM, llama.cpp's ``llama-server``, SGLang, TGI): N candidates per prompt.
+
+Requests
+--------
+One request per prompt asks for ``n`` choices with log-probabilities. Every sampling parameter is
+sent explicitly (``temperature``, ``top_p``, ``top_k``, ``min_p``, ``max_tokens``, ``stop``,
+``seed``, ``n``, ``logprobs``, and the penalties set to "off"), because servers fill unset ones
+from the model's ``generation_config`` or from their own truncating defaults (``llama-server``
+samples with top-k 40, top-p 0.95, min-p 0.05 and temperature 0.8 unless told otherwise).
+
+Sample ``i`` of a prompt is drawn with the integer seed ``prompt_seed + i``, where
+``prompt_seed`` is derived from :func:`~metricwise.backends.hf.sample_seed` (the run's seed and
+the prompt). A request for choices ``i .. i + k - 1`` sends ``seed = prompt_seed + i`` and
+``n = k``: vLLM (``ParentRequest``: child ``j`` gets ``seed + j``) and ``llama-server``
+(``server_task::add_child``: the same) then draw choice ``j`` with ``prompt_seed + i + j``, so a
+set sampled in one request, in chunks, or one choice per request is the same set. When a server
+returns fewer choices than asked (llama-cpp-python's bundled server ignores ``n``), the missing
+ones are requested one by one, in parallel, each with its own seed, and that URL gets
+single-choice requests from then on. ``llama-server`` accepts at most ``--parallel`` choices per
+request; its ``/props`` says how many, and larger ``n`` is split.
+
+Requests run on a thread pool (``concurrency``), spread over one or several base URLs (the least
+busy first), with exponential backoff on connection errors, timeouts, 429 and 5xx.
+
+What the log-probabilities mean
+-------------------------------
+``logp`` is the sum over the generated tokens of the server's per-token ``logprob``, and
+``logq`` is rebuilt token by token from the same response:
+
+- ``llama-server`` (``post_sampling_probs`` false, the default sent here) returns
+  ``log softmax(raw logits)`` of the sampled token and of the ``n_probs`` most probable ones,
+  computed before the sampler chain (``get_token_probabilities``): the raw model, exactly ``p``.
+  With ``post_sampling_probs`` true it would return probabilities after the chain instead (``q``),
+  never both in one response. The chain order is sent as ``samplers = [top_k, temperature,
+  top_p, min_p]``, which is the order of :func:`metricwise.backends.hf.process_logits` (top-k
+  and temperature commute), and every other sampler is switched off.
+- vLLM returns raw log-probabilities by default (``--logprobs-mode raw_logprobs``: "before
+  applying any logit processors"); ``processed_logprobs`` is a server-wide flag. Its sampler
+  applies temperature, then min-p, then top-k and top-p (``vllm/v1/sample/sampler.py``), and q is
+  rebuilt in that order. It caps the alternatives per token at ``--max-logprobs`` (20).
+- Any other server: assumed raw, hf order.
+
+``q`` of a token is rebuilt from the raw log-probabilities of the top-N alternatives the server
+returned (``top_logprobs``; N is raised to ``top_k`` when top-k is on): temperature divides the
+log-probabilities, and top-k, top-p and min-p are applied to that list. The result is **exact**
+when the tokens the sampler kept all lie in that list (always with ``top_k <= N``; with top-p
+when the nucleus closes inside the list and either temperature is 1 or the list holds all the
+mass; with min-p when the last listed token falls below the threshold), and for plain ancestral
+sampling at temperature 1 (``logq == logp``). Otherwise it is an **approximation**: the
+unlisted tail (whose raw mass ``1 - sum(listed)`` is known exactly) is treated as if every tail
+token were as probable as the last listed one, which overestimates the tail's tempered weight for
+temperature < 1 (so ``logq`` is a slight underestimate there) and underestimates it above 1.
+:attr:`OpenAIBackend.logq_exact` counts exact and approximated candidates of the last call,
+and a warning says when any was approximated; raise ``top_logprobs`` (``llama-server`` has no
+cap; vLLM's is ``--max-logprobs``) to make more of them exact.
+
+Server quirks that reach the numbers:
+
+- ``llama-server`` leaves out of ``logprobs`` the tokens of a stop string (it drops as many
+  trailing entries as the stop string has tokens on its own) and tokens that end inside a UTF-8
+  character; ``logp``, ``logq`` and ``n_tokens`` are over the tokens it reports. The hf and
+  llamacpp backends include the token that completes the stop string.
+- Finish reasons: ``length`` -> ``"length"``; ``stop`` -> ``"stop"`` when vLLM's ``stop_reason``
+  names a stop string or, on other servers, when stop strings were asked for and the last
+  reported token is not an empty (end-of-generation) token; otherwise ``"eos"``.
+- Reproducibility: the seeds fix every random number, but a server's logits move slightly
+  (``llama-server`` on CPU: about 1e-2) with whatever else shares its batch and KV cache, so a
+  repeated run can flip a token whose random number falls that close to a CDF boundary (a few
+  per thousand tokens). ``cache_prompt`` is sent false to ``llama-server``: logits computed
+  from a cached prompt round differently again.
+- Guards: the wall-clock budget (:attr:`Guards.max_seconds`) bounds every request's timeout;
+  samples still missing when it runs out get ``finish_reason="guard"`` and empty text. The
+  repetition detector runs over the returned token ids (or token strings) and cuts a candidate at
+  the first token where it fires (``finish_reason="guard"``).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import json
+import math
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+import warnings
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from metricwise.errors import BackendError, InvalidParameterError
+from metricwise.guards import Guards, is_repeating
+from metricwise.types import Candidate, SampleSet, SamplingConfig
+
+#: Sampler orders used to rebuild q: hf's (llama-server is told to use it) and vLLM's.
+HF_ORDER: tuple[str, ...] = ("temperature", "top_k", "top_p", "min_p")
+VLLM_ORDER: tuple[str, ...] = ("temperature", "min_p", "top_k", "top_p")
+#: Seeds stay below 2**31 - 1 (llama-server parses them as int32; -1 means "random").
+_SEED_RANGE = 2**31 - 2**24
+#: Raw tail mass below which the unlisted tokens are taken to be absent.
+_TAIL_EPS = 1e-6
+_SERVER_KINDS = ("auto", "llama.cpp", "vllm", "generic")
+_ENDPOINTS = ("completions", "chat")
+
+
+def request_seed(seed: int, prompt: str) -> int:
+    """Integer seed of sample 0 of ``prompt``; sample ``i`` uses ``request_seed(seed, prompt) + i``.
+
+    Derived from :func:`~metricwise.backends.hf.sample_seed` (the run's seed and a hash of the
+    prompt) so that different prompts get unrelated random streams on the server.
+    """
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0, zlib.crc32(prompt.encode("utf-8"))])
+    return int(state.generate_state(1, np.uint64)[0] % _SEED_RANGE)
+
+
+# -- rebuilding q from the raw top-N log-probabilities ------------------------------------------------
+def _logsumexp(values: np.ndarray, extra: float = -math.inf) -> float:
+    top = max(float(values.max()) if values.size else -math.inf, extra)
+    if top == -math.inf:
+        return -math.inf
+    total = float(np.exp(values - top).sum()) + (math.exp(extra - top) if extra > -math.inf else 0.0)
+    return top + math.log(total)
+
+
+def step_logq(
+    top_logprobs: Sequence[float],
+    chosen_logprob: float,
+    chosen_in_top: bool,
+    config: SamplingConfig,
+    order: Sequence[str] = HF_ORDER,
+) -> tuple[float, bool]:
+    """Log-probability (nats) of the sampled token under the sampling distribution q.
+
+    Parameters
+    ----------
+    top_logprobs : sequence of float, shape (N,)
+        Raw log-probabilities (nats, temperature 1) of the N most probable tokens, any order.
+    chosen_logprob : float
+        Raw log-probability of the sampled token.
+    chosen_in_top : bool
+        Whether the sampled token is one of the N.
+    config : SamplingConfig
+        Temperature (> 0), top-k, top-p and min-p of the sampler.
+    order : sequence of str
+        The order the sampler applies ``"temperature"``, ``"top_k"``, ``"top_p"``, ``"min_p"``.
+
+    Returns
+    -------
+    (logq, exact)
+        ``exact`` is False when tokens outside the list could have been kept (see the module
+        docstring for the tail approximation). Cost O(N log N).
+    """
+    temperature = config.temperature
+    top = np.sort(np.asarray(top_logprobs, dtype=np.float64))[::-1]
+    chosen_logprob = float(chosen_logprob)
+    if chosen_in_top and bool(np.any(top == chosen_logprob)):
+        known = top
+    else:  # listed apart from the top-N (or its value differs in rounding): add it
+        known = np.sort(np.append(top, chosen_logprob))[::-1]
+    chosen_pos = int(np.flatnonzero(known == chosen_logprob)[0])
+    truncating = config.top_k > 0 or config.top_p < 1.0 or config.min_p > 0.0
+    if temperature == 1.0 and not truncating:
+        return float(chosen_logprob), True
+    scaled = known / temperature
+    # The unlisted tail: its raw mass is exact; its tempered weight is not unless T == 1.
+    tail_mass = max(0.0, 1.0 - float(np.exp(known).sum()))
+    floor = float(top[-1]) if top.size else float(chosen_logprob)
+    if tail_mass <= _TAIL_EPS:
+        log_tail, tail_exact = -math.inf, True
+    else:
+        log_tail = math.log(tail_mass) + floor * (1.0 / temperature - 1.0)
+        tail_exact = temperature == 1.0
+    exact = True
+    keep = np.ones(known.size, dtype=bool)
+    for step in order:
+        if step == "top_k" and config.top_k > 0:
+            if config.top_k <= top.size:
+                keep &= known >= top[config.top_k - 1]
+                log_tail = -math.inf  # every kept token is listed
+            elif log_tail > -math.inf:
+                exact = False  # some unlisted tokens survive top-k; keep the whole tail
+        elif step == "top_p" and config.top_p < 1.0:
+            log_z = _logsumexp(scaled[keep], log_tail)
+            probs = np.where(keep, np.exp(scaled - log_z), 0.0)
+            before = np.cumsum(probs) - probs
+            listed_mass = float(probs.sum())
+            if log_tail > -math.inf and not tail_exact:
+                exact = False  # the nucleus was cut with an estimated normaliser
+            if listed_mass >= config.top_p or log_tail == -math.inf:
+                keep &= before < config.top_p  # the most probable kept token has 0 before it
+                log_tail = -math.inf
+            else:
+                # The nucleus reaches into the tail: keep just enough of it.
+                exact = False
+                log_tail = math.log(config.top_p - listed_mass) + log_z
+        elif step == "min_p" and config.min_p > 0.0:
+            best = float(scaled[keep].max()) if keep.any() else float(scaled.max())
+            threshold = best + math.log(config.min_p)
+            keep &= scaled >= threshold
+            if log_tail > -math.inf and floor / temperature >= threshold:
+                exact = False  # unlisted tokens may pass the threshold; keep the tail
+            else:
+                log_tail = -math.inf
+    if log_tail > -math.inf and not tail_exact:
+        exact = False  # unlisted tokens are kept with an estimated weight
+    if not keep[chosen_pos]:
+        # The server kept a token this rebuild removed (ties, or a different sampler).
+        keep[chosen_pos] = True
+        exact = False
+    log_z = _logsumexp(scaled[keep], log_tail)
+    return float(scaled[chosen_pos] - log_z), exact
+
+
+# -- response parsing -------------------------------------------------------------------------------
+@dataclass
+class _Step:
+    key: Any  # token id when the server gives it, else the token string
+    text: bytes
+    logprob: float
+    top: list[tuple[Any, float]]
+
+
+def _entry_bytes(entry: dict[str, Any]) -> bytes:
+    raw = entry.get("bytes")
+    if isinstance(raw, list):
+        try:
+            return bytes(int(b) & 0xFF for b in raw)
+        except (TypeError, ValueError):
+            pass
+    return str(entry.get("token", "")).encode("utf-8")
+
+
+def _float(value: Any) -> float:
+    if value is None:
+        return -math.inf
+    return float(value)
+
+
+def _parse_steps(logprobs: Any) -> list[_Step] | None:
+    """Per-token log-probabilities in either format: ``{"content": [...]}`` or the legacy lists."""
+    if not isinstance(logprobs, dict):
+        return None
+    content = logprobs.get("content")
+    if isinstance(content, list):
+        steps = []
+        for entry in content:
+            key = entry.get("id", entry.get("token"))
+            top = [(t.get("id", t.get("token")), _float(t.get("logprob"))) for t in entry.get("top_logprobs") or []]
+            steps.append(_Step(key, _entry_bytes(entry), _float(entry.get("logprob")), top))
+        return steps
+    tokens = logprobs.get("tokens")
+    values = logprobs.get("token_logprobs")
+    if isinstance(tokens, list) and isinstance(values, list):
+        tops = logprobs.get("top_logprobs") or [None] * len(tokens)
+        steps = []
+        for token, value, top in zip(tokens, values, tops, strict=False):
+            alternatives = [(k, _float(v)) for k, v in (top or {}).items()]
+            steps.append(_Step(token, str(token).encode("utf-8"), _float(value), alternatives))
+        return steps
+    return None
+
+
+# -- HTTP ----------------------------------------------------------------------------------------------
+class _RetryableError(Exception):
+    """A failure worth retrying (connection error, timeout, 429, 5xx)."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _HTTPStatusError(Exception):
+    """A 4xx answer (not 429): the request itself is wrong; retrying will not help."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _BudgetExceeded(Exception):
+    """The guards' wall-clock budget ran out."""
+
+
+def _http_json(url: str, payload: dict[str, Any] | None, headers: dict[str, str], timeout: float) -> Any:
+    """POST ``payload`` (GET when None) and decode the JSON answer; map failures to the classes above."""
+    data = None if payload is None else json.dumps(payload).encode("utf-8")
+    request = urllib.request.Request(url, data=data, method="GET" if payload is None else "POST")
+    for key, value in headers.items():
+        request.add_header(key, value)
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+    except urllib.error.HTTPError as exc:
+        detail = _error_detail(exc)
+        if exc.code == 429 or exc.code >= 500:
+            retry_after = exc.headers.get("Retry-After") if exc.headers else None
+            try:
+                wait = float(retry_after) if retry_after is not None else None
+            except ValueError:
+                wait = None
+            raise _RetryableError(f"HTTP {exc.code}: {detail}", wait) from None
+        raise _HTTPStatusError(exc.code, f"HTTP {exc.code}: {detail}") from None
+    except TimeoutError:
+        raise _RetryableError(f"no answer within {timeout:.3g} s") from None
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        if isinstance(reason, TimeoutError):
+            raise _RetryableError(f"no answer within {timeout:.3g} s") from None
+        raise _RetryableError(f"connection failed ({reason})") from None
+    except (ConnectionError, OSError) as exc:  # reset, refused, remote closed mid-answer
+        raise _RetryableError(f"connection failed ({exc})") from None
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise _RetryableError(f"the answer is not JSON: {body[:200]!r}") from None
+
+
+def _error_detail(exc: urllib.error.HTTPError) -> str:
+    try:
+        text = exc.read().decode("utf-8", "replace")
+    except Exception:
+        return str(exc.reason)
+    try:
+        parsed = json.loads(text)
+        error = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed
+        message = error.get("message") if isinstance(error, dict) else None
+        return str(message or error)[:500]
+    except ValueError:
+        return text[:500] or str(exc.reason)
+
+
+@dataclass
+class _Server:
+    """One base URL and what was learnt about it."""
+
+    url: str  # ends with /v1
+    kind: str | None = None  # llama.cpp, vllm, generic
+    max_n: int | None = None  # most choices per request; None = no known limit
+    in_flight: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def root(self) -> str:
+        return self.url[: -len("/v1")] if self.url.endswith("/v1") else self.url
+
+
+def _normalise_url(url: Any) -> str:
+    if not isinstance(url, str) or not url.strip().lower().startswith(("http://", "https://")):
+        raise InvalidParameterError(
+            f"The 'base_url' parameter of OpenAIBackend must be an http(s) URL such as "
+            f"'http://127.0.0.1:8080/v1'. Got {url!r} instead."
+        )
+    url = url.strip().rstrip("/")
+    for suffix in ("/chat/completions", "/completions"):
+        if url.endswith(suffix):
+            url = url[: -len(suffix)]
+    return url if url.endswith("/v1") else url + "/v1"
+
+
+def _split_urls(base_url: str | Sequence[str]) -> list[str]:
+    if isinstance(base_url, str):
+        parts = [p for p in base_url.replace(";", " ").split() if p]
+    elif isinstance(base_url, Sequence):
+        parts = list(base_url)
+    else:
+        parts = [base_url]
+    if not parts:
+        raise InvalidParameterError(f"The 'base_url' parameter of OpenAIBackend must name at least one URL. Got {base_url!r} instead.")
+    return [_normalise_url(p) for p in parts]
+
+
+@dataclass
+class _Job:
+    prompt_index: int
+    first: int  # sample index of the first choice asked for
+    count: int
+
+
+class OpenAIBackend:
+    """Sample from one or several OpenAI-compatible servers (see the module docstring).
+
+    Parameters
+    ----------
+    base_url : str or list of str
+        ``http://host:port`` or ``http://host:port/v1``; several URLs (a list, or one string
+        separated by spaces or ``;``) share the load, the least busy first, and a request that
+        fails on one is retried on another.
+    model : str, optional
+        The served model's name; asked from ``GET /v1/models`` (the first one) when omitted.
+    endpoint : {"completions", "chat"}
+        ``/v1/completions`` with the prompt as text, or ``/v1/chat/completions`` with the prompt
+        as one user message (the server applies the chat template).
+    api_key : str, optional
+        Sent as ``Authorization: Bearer``.
+    timeout : float
+        Seconds one HTTP request may take (a generation of ``n`` x ``max_tokens`` tokens included).
+    max_retries : int
+        Retries of a request after a connection error, a timeout, 429 or 5xx, with exponential
+        backoff from ``backoff`` seconds (doubling, capped at 30 s, honouring ``Retry-After``).
+    concurrency : int
+        Requests in flight at once, over all URLs.
+    guards : Guards, optional
+        ``max_seconds`` bounds one :meth:`sample` call; the repetition detector cuts candidates.
+    top_logprobs : int
+        Alternatives asked per token to rebuild q (raised to ``top_k`` when top-k is on).
+    server : {"auto", "llama.cpp", "vllm", "generic"}
+        What kind of server it is; ``"auto"`` asks ``/props`` (llama-server) and ``/version``
+        (vLLM). It chooses the extra parameters sent and the sampler order q is rebuilt in.
+    extra_body : dict, optional
+        Added to every request body last (overrides).
+    signature : str, optional
+        Identifies the model in the sample store; ``openai:<model>`` by default.
+    """
+
+    def __init__(
+        self,
+        base_url: str | Sequence[str],
+        model: str | None = None,
+        *,
+        endpoint: str = "completions",
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        max_retries: int = 4,
+        backoff: float = 0.5,
+        concurrency: int = 8,
+        guards: Guards | None = None,
+        top_logprobs: int = 20,
+        server: str = "auto",
+        extra_body: dict[str, Any] | None = None,
+        signature: str | None = None,
+    ) -> None:
+        if endpoint not in _ENDPOINTS:
+            raise InvalidParameterError(f"The 'endpoint' parameter of OpenAIBackend must be one of {_ENDPOINTS}. Got {endpoint!r} instead.")
+        if server not in _SERVER_KINDS:
+            raise InvalidParameterError(f"The 'server' parameter of OpenAIBackend must be one of {_SERVER_KINDS}. Got {server!r} instead.")
+        if not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise InvalidParameterError(f"The 'timeout' parameter of OpenAIBackend must be a number > 0 (seconds). Got {timeout!r} instead.")
+        if not isinstance(backoff, (int, float)) or not backoff >= 0:
+            raise InvalidParameterError(f"The 'backoff' parameter of OpenAIBackend must be a number >= 0 (seconds). Got {backoff!r} instead.")
+        for name, value, low in (("max_retries", max_retries, 0), ("concurrency", concurrency, 1), ("top_logprobs", top_logprobs, 1)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise InvalidParameterError(f"The '{name}' parameter of OpenAIBackend must be an int >= {low}. Got {value!r} instead.")
+        if extra_body is not None and not isinstance(extra_body, dict):
+            raise InvalidParameterError(f"The 'extra_body' parameter of OpenAIBackend must be a dict. Got {extra_body!r} instead.")
+        self.servers = [_Server(url) for url in _split_urls(base_url)]
+        self.endpoint = endpoint
+        self.timeout = float(timeout)
+        self.max_retries = max_retries
+        self.backoff = float(backoff)
+        self.concurrency = concurrency
+        self.guards = guards or Guards()
+        self.top_logprobs = top_logprobs
+        self.server_kind = server
+        self.extra_body = dict(extra_body or {})
+        self.headers = {"Accept": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self._rotation = itertools.count()
+        self._pool_lock = threading.Lock()
+        self._executor: cf.ThreadPoolExecutor | None = None
+        #: HTTP requests sent by the last :meth:`sample` or :meth:`greedy` call (retries included).
+        self.requests_sent = 0
+        #: ``{"exact": k, "approximate": m}``: how the last call's ``logq`` values were obtained.
+        self.logq_exact: dict[str, int] = {"exact": 0, "approximate": 0}
+        self.model = model if model else self._served_model()
+        self.signature = signature or f"openai:{self.model}"
+
+    # -- protocol --------------------------------------------------------------------------------
+    def sample(self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0) -> list[SampleSet]:
+        m = config.n - start
+        if m < 1:
+            return [SampleSet(candidates=(), prompt=p) for p in prompts]
+        if config.temperature == 0:
+            greedy = self.greedy(prompts, config)
+            return [SampleSet(candidates=(c,) * m, prompt=p) for p, c in zip(prompts, greedy, strict=True)]
+        results = self._run(list(prompts), config, start, m, greedy=False)
+        return [SampleSet(candidates=tuple(results[i]), prompt=p) for i, p in enumerate(prompts)]
+
+    def greedy(self, prompts: Sequence[str], config: SamplingConfig) -> list[Candidate]:
+        results = self._run(list(prompts), config, 0, 1, greedy=True)
+        return [row[0] for row in results]
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def __enter__(self) -> OpenAIBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- scheduling ------------------------------------------------------------------------------
+    def _run(self, prompts: list[str], config: SamplingConfig, start: int, m: int, *, greedy: bool) -> list[list[Candidate]]:
+        self.requests_sent = 0
+        self.logq_exact = {"exact": 0, "approximate": 0}
+        if not prompts:
+            return []
+        deadline = self.guards.deadline()
+        for server in self.servers:
+            self._detect(server)
+        results: list[list[Candidate | None]] = [[None] * m for _ in prompts]
+        limit = min((s.max_n or m) for s in self.servers) if not greedy else 1
+        pending: dict[cf.Future[list[Candidate]], _Job] = {}
+        if self._executor is None:
+            self._executor = cf.ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="metricwise-openai")
+        executor = self._executor
+
+        def submit(job: _Job) -> None:
+            future = executor.submit(self._request, prompts[job.prompt_index], job, config, greedy, deadline)
+            pending[future] = job
+
+        for p in range(len(prompts)):
+            for first in range(start, start + m, limit):
+                submit(_Job(p, first, min(limit, start + m - first)))
+        try:
+            while pending:
+                done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+                for future in done:
+                    job = pending.pop(future)
+                    try:
+                        got = future.result()
+                    except _BudgetExceeded:
+                        got = []
+                        for k in range(job.count):
+                            results[job.prompt_index][job.first - start + k] = Candidate(
+                                text="", n_tokens=0, finish_reason="guard"
+                            )
+                        continue
+                    for k, candidate in enumerate(got[: job.count]):
+                        results[job.prompt_index][job.first - start + k] = candidate
+                    # Fewer choices than asked: ask for each missing one with its own seed.
+                    for k in range(len(got), job.count):
+                        submit(_Job(job.prompt_index, job.first + k, 1))
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+        approximate = self.logq_exact["approximate"]
+        if approximate and not greedy:
+            warnings.warn(
+                f"logq of {approximate} of {approximate + self.logq_exact['exact']} candidates is approximated: "
+                f"the sampler kept tokens beyond the top {self._top_n(config)} log-probabilities the server "
+                "returned (raise top_logprobs for exact values).",
+                stacklevel=3,
+            )
+        return [[c if c is not None else Candidate(text="", n_tokens=0, finish_reason="error") for c in row] for row in results]
+
+    def _acquire(self, avoid: set[str]) -> _Server:
+        with self._pool_lock:
+            turn = next(self._rotation)
+            order = self.servers[turn % len(self.servers) :] + self.servers[: turn % len(self.servers)]
+            choices = [s for s in order if s.url not in avoid] or order
+            server = min(choices, key=lambda s: s.in_flight)
+            server.in_flight += 1
+            return server
+
+    def _release(self, server: _Server) -> None:
+        with self._pool_lock:
+            server.in_flight -= 1
+
+    # -- one request -----------------------------------------------------------------------------
+    def _request(self, prompt: str, job: _Job, config: SamplingConfig, greedy: bool, deadline: float) -> list[Candidate]:
+        avoid: set[str] = set()
+        errors: list[str] = []
+        for attempt in range(self.max_retries + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _BudgetExceeded
+            server = self._acquire(avoid)
+            payload = self._payload(server, prompt, job, config, greedy)
+            url = f"{server.url}/{'chat/completions' if self.endpoint == 'chat' else 'completions'}"
+            budget_bound = remaining < self.timeout
+            try:
+                with self._pool_lock:
+                    self.requests_sent += 1
+                answer = _http_json(url, payload, self.headers, min(self.timeout, remaining))
+            except _RetryableError as exc:
+                if budget_bound and deadline - time.monotonic() <= 0:
+                    raise _BudgetExceeded from None
+                errors.append(f"{server.url}: {exc}")
+                if len(self.servers) > 1:
+                    avoid.add(server.url)
+                if attempt < self.max_retries:
+                    wait = exc.retry_after if exc.retry_after is not None else self.backoff * 2**attempt
+                    wait = min(30.0, wait) * (1.0 + 0.1 * random.random())
+                    time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
+                continue
+            except _HTTPStatusError as exc:
+                if job.count > 1 and exc.status in (400, 422):
+                    # Some servers refuse n > 1 (or more than their slots): one choice per request.
+                    server.max_n = 1
+                    return []
+                raise BackendError(f"The server at {server.url} refused the request: {exc}") from None
+            finally:
+                self._release(server)
+            return self._parse(answer, server, job, config, greedy)
+        reachable = "unreachable" if all("connection failed" in e for e in errors) else "failing"
+        raise BackendError(
+            f"The OpenAI-compatible server at {', '.join(sorted({e.split(': ')[0] for e in errors}))} is {reachable} "
+            f"after {self.max_retries + 1} attempts: {errors[-1] if errors else 'no attempt made'}"
+        )
+
+    def _top_n(self, config: SamplingConfig) -> int:
+        n = self.top_logprobs
+        if config.top_k > 0:
+            n = max(n, config.top_k)
+        return n
+
+    def _payload(self, server: _Server, prompt: str, job: _Job, config: SamplingConfig, greedy: bool) -> dict[str, Any]:
+        kind = server.kind or "generic"
+        top_n = self._top_n(config) if not greedy else 1
+        body: dict[str, Any] = {
+            "model": self.model,
+            "n": job.count,
+            "max_tokens": config.max_tokens,
+            "temperature": 0.0 if greedy else config.temperature,
+            "top_p": 1.0 if greedy else config.top_p,
+            "top_k": (0 if kind == "llama.cpp" else -1) if greedy or config.top_k == 0 else config.top_k,
+            "min_p": 0.0 if greedy else config.min_p,
+            "seed": request_seed(config.seed, prompt) + job.first,
+            "stop": list(config.stop) if config.stop or kind != "generic" else None,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "stream": False,
+        }
+        if self.endpoint == "chat":
+            body["messages"] = [{"role": "user", "content": prompt}]
+            body["logprobs"] = True
+            body["top_logprobs"] = top_n
+        else:
+            body["prompt"] = prompt
+            body["logprobs"] = top_n
+        if kind == "llama.cpp":
+            body.update(
+                {
+                    "n_probs": top_n,
+                    "post_sampling_probs": False,
+                    "samplers": ["top_k", "temperature", "top_p", "min_p"],
+                    "repeat_penalty": 1.0,
+                    "repeat_last_n": 0,
+                    "dry_multiplier": 0.0,
+                    "typical_p": 1.0,
+                    "xtc_probability": 0.0,
+                    "top_n_sigma": -1.0,
+                    "mirostat": 0,
+                    "dynatemp_range": 0.0,
+                    "min_keep": 0,
+                    "ignore_eos": False,
+                    # Re-evaluate the prompt: logits from a cached prompt (its last token alone)
+                    # round differently, and runs would not repeat.
+                    "cache_prompt": False,
+                }
+            )
+        elif kind == "vllm":
+            body.update({"repetition_penalty": 1.0, "min_tokens": 0, "ignore_eos": False})
+        body.update(self.extra_body)
+        return body
+
+    def _parse(self, answer: Any, server: _Server, job: _Job, config: SamplingConfig, greedy: bool) -> list[Candidate]:
+        choices = answer.get("choices") if isinstance(answer, dict) else None
+        if not isinstance(choices, list):
+            raise BackendError(f"The server at {server.url} answered without a 'choices' list: {str(answer)[:300]}")
+        if len(choices) < job.count and job.count > 1:
+            server.max_n = max(1, len(choices))  # it does not honour n: ask one by one from now on
+        choices = sorted(choices, key=lambda c: int(c.get("index", 0)))
+        order = VLLM_ORDER if server.kind == "vllm" else HF_ORDER
+        out = []
+        for choice in choices[: job.count]:
+            out.append(self._candidate(choice, config, greedy, order))
+        return out
+
+    def _candidate(self, choice: dict[str, Any], config: SamplingConfig, greedy: bool, order: Sequence[str]) -> Candidate:
+        if self.endpoint == "chat":
+            message = choice.get("message") or {}
+            text = str(message.get("content") or "")
+        else:
+            text = str(choice.get("text") or "")
+        steps = _parse_steps(choice.get("logprobs"))
+        reason = self._finish_reason(choice, steps, config)
+        if steps is None:
+            return Candidate(text=text, n_tokens=None, finish_reason=reason)
+        # Repetition guard over the returned tokens: cut at the first token where it fires.
+        keys = [s.key for s in steps]
+        if len(keys) >= self.guards.min_repeated_tokens:
+            for k in range(self.guards.min_repeated_tokens, len(keys) + 1):
+                if is_repeating(keys[:k], self.guards):
+                    steps = steps[:k]
+                    text = b"".join(s.text for s in steps).decode("utf-8", "replace")
+                    reason = "guard"
+                    break
+        logp = float(sum(s.logprob for s in steps))
+        if greedy:
+            logq, exact = 0.0, True
+        else:
+            logq, exact = 0.0, True
+            for s in steps:
+                keys_top = {k for k, _ in s.top}
+                value, ok = step_logq([v for _, v in s.top], s.logprob, s.key in keys_top, config, order)
+                logq += value
+                exact = exact and ok
+        with self._pool_lock:
+            self.logq_exact["exact" if exact else "approximate"] += 1
+        return Candidate(text=text, logp=logp, logq=logq, n_tokens=len(steps), finish_reason=reason, token_ids=_ids(steps))
+
+    @staticmethod
+    def _finish_reason(choice: dict[str, Any], steps: list[_Step] | None, config: SamplingConfig) -> str:
+        reason = choice.get("finish_reason")
+        if reason == "length":
+            return "length"
+        if reason not in ("stop", "eos", None):
+            return str(reason)
+        if "stop_reason" in choice:  # vLLM: None for EOS, the stop string (or token id) otherwise
+            return "eos" if choice["stop_reason"] is None else "stop"
+        if not config.stop:
+            return "eos"
+        return "eos" if steps and steps[-1].text == b"" else "stop"
+
+    # -- discovery -------------------------------------------------------------------------------
+    def _served_model(self) -> str:
+        errors = []
+        for server in self.servers:
+            try:
+                answer = self._get(f"{server.url}/models")
+            except (_RetryableError, _HTTPStatusError) as exc:
+                errors.append(f"{server.url}: {exc}")
+                continue
+            data = answer.get("data") if isinstance(answer, dict) else None
+            if isinstance(data, list) and data and isinstance(data[0], dict) and data[0].get("id"):
+                return str(data[0]["id"])
+            errors.append(f"{server.url}: /models listed no model")
+        state = "is unreachable" if all("connection failed" in e for e in errors) else "did not say which model it serves"
+        raise BackendError(
+            f"The OpenAI-compatible server at {', '.join(s.url for s in self.servers)} {state} "
+            f"(asked GET /v1/models; pass model=... to skip): {'; '.join(errors)}"
+        )
+
+    def _get(self, url: str) -> Any:
+        last: Exception | None = None
+        for attempt in range(self.max_retries + 1):
+            try:
+                return _http_json(url, None, self.headers, min(self.timeout, 30.0))
+            except _RetryableError as exc:
+                last = exc
+                if attempt < self.max_retries:
+                    time.sleep(min(30.0, self.backoff * 2**attempt))
+        assert last is not None
+        raise last
+
+    def _detect(self, server: _Server) -> None:
+        """Learn the server's kind (and llama-server's slot count) once per URL."""
+        with server.lock:
+            if server.kind is not None:
+                return
+            if self.server_kind != "auto":
+                server.kind = self.server_kind
+            else:
+                server.kind = "generic"
+                for path, kind in (("/props", "llama.cpp"), ("/version", "vllm")):
+                    try:
+                        answer = _http_json(server.root + path, None, self.headers, min(self.timeout, 10.0))
+                    except (_RetryableError, _HTTPStatusError):
+                        continue
+                    if kind == "llama.cpp" and isinstance(answer, dict) and (
+                        "default_generation_settings" in answer or "total_slots" in answer
+                    ):
+                        server.kind = kind
+                        break
+                    if kind == "vllm" and isinstance(answer, dict) and set(answer) == {"version"}:
+                        server.kind = kind
+                        break
+            if server.kind == "llama.cpp" and server.max_n is None:
+                try:
+                    props = _http_json(server.root + "/props", None, self.headers, min(self.timeout, 10.0))
+                    slots = int(props.get("total_slots", 0)) if isinstance(props, dict) else 0
+                except (_RetryableError, _HTTPStatusError, TypeError, ValueError):
+                    slots = 0
+                if slots > 0:
+                    server.max_n = slots
+
+
+def _ids(steps: list[_Step]) -> tuple[int, ...] | None:
+    if steps and all(isinstance(s.key, int) for s in steps):
+        return tuple(int(s.key) for s in steps)
+    return None
+
+
+def create_backend(model: str | None = None, **options: Any) -> OpenAIBackend:
+    """Factory for :func:`metricwise.backends.load_backend`: ``load_backend("openai", model, base_url=...)``.
+
+    ``model`` may itself be the URL when ``base_url`` is not given (then the served model is asked
+    from the server). Options are those of :class:`OpenAIBackend`.
+    """
+    base_url = options.pop("base_url", None)
+    if base_url is None:
+        if isinstance(model, str) and model.strip().lower().startswith(("http://", "https://")):
+            base_url, model = model, None
+        else:
+            raise InvalidParameterError(
+                "The 'base_url' option of the openai backend is required (e.g. --model_args "
+                f"base_url=http://127.0.0.1:8080/v1) unless the model is a URL. Got model {model!r} instead."
+            )
+    guards = options.pop("guards", None)
+    return OpenAIBackend(base_url, model, guards=guards, **options)
