@@ -10,7 +10,7 @@ so a stored set can be extended from n to 2n without changing its first n sample
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from metricwise.errors import UnknownNameError, did_you_mean
@@ -38,6 +38,27 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release the model or connections."""
         ...
+
+
+def sample_sets(
+    prompts: Sequence[str],
+    config: SamplingConfig,
+    start: int,
+    greedy: Callable[[Sequence[str], SamplingConfig], list[Candidate]],
+    draw: Callable[[list[str], int], Sequence[Sequence[Candidate]]],
+) -> list[SampleSet]:
+    """The shared body of every backend's ``sample``: samples ``start .. n - 1`` per prompt.
+
+    ``draw(prompts, m)`` returns ``m`` candidates per prompt. Temperature 0 is greedy decoding,
+    so every sample is the greedy sequence.
+    """
+    m = config.n - start
+    if m < 1:
+        return [SampleSet(candidates=(), prompt=p) for p in prompts]
+    if config.temperature == 0:
+        return [SampleSet(candidates=(c,) * m, prompt=p) for p, c in zip(prompts, greedy(prompts, config), strict=True)]
+    rows = draw(list(prompts), m)
+    return [SampleSet(candidates=tuple(row), prompt=p) for p, row in zip(prompts, rows, strict=True)]
 
 
 #: Backend name -> "module:factory"; modules import their heavy dependencies lazily.

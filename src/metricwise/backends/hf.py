@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from metricwise.backends.base import sample_sets
 from metricwise.errors import BackendError, InvalidParameterError, MissingDependencyError
 from metricwise.guards import Guards, is_repeating, truncate_at_stop
 from metricwise.types import Candidate, SampleSet, SamplingConfig
@@ -157,16 +158,12 @@ class HFBackend:
 
     # -- protocol --------------------------------------------------------------------------
     def sample(self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0) -> list[SampleSet]:
-        m = config.n - start
-        if m < 1:
-            return [SampleSet(candidates=(), prompt=p) for p in prompts]
-        if config.temperature == 0:
-            # Temperature 0 is greedy decoding: every sample is the same sequence.
-            greedy = self.greedy(prompts, config)
-            return [SampleSet(candidates=(c,) * m, prompt=p) for p, c in zip(prompts, greedy, strict=True)]
-        seeds = [sample_seed(config.seed, start + j, p) for p in prompts for j in range(m)]
-        cands = self._decode(list(prompts), m, config, seeds)
-        return [SampleSet(candidates=tuple(cands[i * m : (i + 1) * m]), prompt=p) for i, p in enumerate(prompts)]
+        def draw(batch: list[str], m: int) -> list[list[Candidate]]:
+            seeds = [sample_seed(config.seed, start + j, p) for p in batch for j in range(m)]
+            cands = self._decode(batch, m, config, seeds)
+            return [cands[i * m : (i + 1) * m] for i in range(len(batch))]
+
+        return sample_sets(prompts, config, start, self.greedy, draw)
 
     def greedy(self, prompts: Sequence[str], config: SamplingConfig) -> list[Candidate]:
         return self._decode(list(prompts), 1, config, None)

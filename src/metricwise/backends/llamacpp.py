@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from metricwise.backends.base import sample_sets
 from metricwise.backends.hf import sample_seed
 from metricwise.errors import BackendError, InvalidParameterError, MissingDependencyError
 from metricwise.guards import Guards, is_repeating, truncate_at_stop
@@ -338,14 +339,7 @@ class LlamaCppBackend:
 
     # -- protocol ------------------------------------------------------------------------------
     def sample(self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0) -> list[SampleSet]:
-        m = config.n - start
-        if m < 1:
-            return [SampleSet(candidates=(), prompt=p) for p in prompts]
-        if config.temperature == 0:
-            greedy = self.greedy(prompts, config)
-            return [SampleSet(candidates=(c,) * m, prompt=p) for p, c in zip(prompts, greedy, strict=True)]
-        cands = self._generate(list(prompts), start, m, config, greedy=False)
-        return [SampleSet(candidates=tuple(cands[i]), prompt=p) for i, p in enumerate(prompts)]
+        return sample_sets(prompts, config, start, self.greedy, lambda batch, m: self._generate(batch, start, m, config, greedy=False))
 
     def greedy(self, prompts: Sequence[str], config: SamplingConfig) -> list[Candidate]:
         return [row[0] for row in self._generate(list(prompts), 0, 1, config, greedy=True)]

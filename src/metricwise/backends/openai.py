@@ -93,6 +93,7 @@ from typing import Any
 
 import numpy as np
 
+from metricwise.backends.base import sample_sets
 from metricwise.errors import BackendError, InvalidParameterError
 from metricwise.guards import Guards, is_repeating
 from metricwise.types import Candidate, SampleSet, SamplingConfig
@@ -474,14 +475,7 @@ class OpenAIBackend:
 
     # -- protocol --------------------------------------------------------------------------------
     def sample(self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0) -> list[SampleSet]:
-        m = config.n - start
-        if m < 1:
-            return [SampleSet(candidates=(), prompt=p) for p in prompts]
-        if config.temperature == 0:
-            greedy = self.greedy(prompts, config)
-            return [SampleSet(candidates=(c,) * m, prompt=p) for p, c in zip(prompts, greedy, strict=True)]
-        results = self._run(list(prompts), config, start, m, greedy=False)
-        return [SampleSet(candidates=tuple(results[i]), prompt=p) for i, p in enumerate(prompts)]
+        return sample_sets(prompts, config, start, self.greedy, lambda batch, m: self._run(batch, config, start, m, greedy=False))
 
     def greedy(self, prompts: Sequence[str], config: SamplingConfig) -> list[Candidate]:
         results = self._run(list(prompts), config, 0, 1, greedy=True)

@@ -46,9 +46,13 @@ from metricwise.representation.metrics import (
     resolve_metric_names,
 )
 
-#: Task name -> (file under the data directory, default field, allowed fields).
 SKIP_DEGENERATE = "degenerate"
-_VERSION = "0.1.0"
+
+
+def _metricwise_version() -> str:
+    from metricwise import __version__
+
+    return __version__
 
 
 # -- results --------------------------------------------------------------------------------------
@@ -310,7 +314,7 @@ class _Scorer:
             [f"model:{model}", f"data:{data}"]
             + ([f"group:{group}"] if group is not None else [])
             + [f"{k}:{v}" for k, v in settings.items() if v is not None]
-            + [f"metricwise:{_VERSION}"]
+            + [f"metricwise:{_metricwise_version()}"]
         )
         return CorpusScore(
             model=model,
