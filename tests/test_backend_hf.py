@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from metricwise import SamplingConfig  # noqa: E402
-from metricwise.backends.hf import HFBackend, process_logits  # noqa: E402
+from metricwise.backends.hf import HFBackend, TokenSelector, process_logits  # noqa: E402
 from metricwise.guards import Guards  # noqa: E402
 from tiny_lm import tiny_model_and_tokenizer  # noqa: E402
 
@@ -100,6 +100,49 @@ def test_process_logits_matches_transformers_warpers():
         assert torch.equal(torch.isinf(ours), torch.isinf(reference))
         finite = torch.isfinite(ours)
         assert torch.allclose(ours[finite], reference[finite], atol=1e-6)
+
+
+@pytest.mark.parametrize("vocab", [5, 1024, 2500])
+def test_token_selector_draws_each_token_with_its_probability(vocab):
+    """Evenly spaced uniforms through the inverse CDF hit each token in proportion to q."""
+    gen = torch.Generator().manual_seed(vocab)
+    logits = (torch.randn(3, vocab, generator=gen) * 2).float()
+    config = SamplingConfig(temperature=0.8, top_k=min(vocab, 400))
+    draws = 20_000
+    q = torch.softmax(process_logits(logits, config), dim=-1).double()
+    uniforms = (torch.arange(draws, dtype=torch.float64) + 0.5) / draws
+    chunk = 500
+    select = TokenSelector(chunk, vocab, config, "cpu")
+    for row in range(3):
+        counts = torch.zeros(vocab, dtype=torch.float64)
+        for lo in range(0, draws, chunk):
+            tokens, _, logq = select(logits[row : row + 1].expand(chunk, vocab).contiguous(), uniforms[lo : lo + chunk])
+            counts += torch.bincount(tokens, minlength=vocab).double()
+            assert torch.allclose(logq, q[row, tokens].log(), atol=1e-5)
+        assert float((counts / draws - q[row]).abs().max()) <= 1.0 / draws + 1e-6
+        assert int(counts[q[row] == 0].sum()) == 0
+
+
+@pytest.mark.parametrize(
+    "config",
+    [SamplingConfig(), SamplingConfig(temperature=0.6, top_p=0.9), SamplingConfig(top_k=7, min_p=0.02)],
+    ids=["ancestral", "temp-topp", "topk-minp"],
+)
+def test_token_selector_agrees_with_the_llamacpp_numpy_kernel(config):
+    from metricwise.backends.llamacpp import sample_step
+
+    gen = torch.Generator().manual_seed(1)
+    logits = (torch.randn(16, 3000, generator=gen) * 3).float()
+    uniforms = torch.rand(16, generator=gen, dtype=torch.float64).clamp(min=1e-9)
+    tokens, logp, logq = TokenSelector(16, 3000, config, "cpu")(logits, uniforms)
+    np_tokens, np_logp, np_logq = sample_step(logits.numpy(), config, uniforms.numpy())
+    assert tokens.tolist() == np_tokens.tolist()
+    assert np.allclose(logp.numpy(), np_logp, atol=1e-5)
+    assert np.allclose(logq.numpy(), np_logq, atol=1e-5)
+    greedy, greedy_logp, greedy_logq = TokenSelector(16, 3000, config, "cpu")(logits, None)
+    assert greedy.tolist() == logits.argmax(-1).tolist()
+    assert torch.allclose(greedy_logp, torch.log_softmax(logits.double(), -1).gather(1, greedy[:, None]).squeeze(-1), atol=1e-5)
+    assert greedy_logq.abs().max() == 0
 
 
 def test_seeds_make_runs_reproducible_and_differ_across_seeds(backend):
