@@ -37,7 +37,9 @@ mkdir -p "$DIR/src" "$DIR/bin"
 SDIST="$DIR/src/llama_cpp_python-$VERSION.tar.gz"
 if [[ ! -f "$SDIST" ]]; then
     echo "downloading the llama-cpp-python==$VERSION sdist from PyPI ..."
-    $PIP download --quiet --no-binary :all: --no-deps --no-build-isolation "llama-cpp-python==$VERSION" -d "$DIR/src" \
+    # Without build isolation pip skips setting up scikit-build-core just to read the metadata;
+    # where that fails (scikit-build-core not installed) the isolated download is the fallback.
+    $PIP download --quiet --no-binary :all: --no-deps --no-build-isolation "llama-cpp-python==$VERSION" -d "$DIR/src" >/dev/null 2>&1 \
         || $PIP download --quiet --no-binary :all: --no-deps "llama-cpp-python==$VERSION" -d "$DIR/src"
 fi
 SRC="$DIR/src/llama_cpp_python-$VERSION"

@@ -171,6 +171,23 @@ def test_n_samples_of_a_prompt_batch_come_from_one_prefill(backend):
     assert [len(s) for s in sets] == [8, 8]
 
 
+def test_greedy_then_samples_of_one_batch_share_the_prefill():
+    model, tokenizer = tiny_model_and_tokenizer()
+    shared = HFBackend(model, tokenizer=tokenizer)
+    config = SamplingConfig(n=4, max_tokens=6, seed=2)
+    greedy = shared.greedy(PROMPTS, config)
+    sets = shared.sample(PROMPTS, config)
+    assert shared.prefill_calls == 1
+    fresh_sets = HFBackend(model, tokenizer=tokenizer).sample(PROMPTS, config)
+    fresh_greedy = HFBackend(model, tokenizer=tokenizer).greedy(PROMPTS, config)
+    assert [c.token_ids for c in greedy] == [c.token_ids for c in fresh_greedy]
+    assert [c.token_ids for s in sets for c in s.candidates] == [c.token_ids for s in fresh_sets for c in s.candidates]
+    assert [c.logp for s in sets for c in s.candidates] == pytest.approx([c.logp for s in fresh_sets for c in s.candidates], abs=1e-6)
+    shared.sample(PROMPTS, config)  # the kept prefill serves one call, not more
+    shared.sample(PROMPTS[:1], config)  # another batch
+    assert shared.prefill_calls == 3
+
+
 def test_greedy_is_the_argmax_path(backend):
     config = SamplingConfig(max_tokens=6)
     for prompt, cand in zip(PROMPTS, backend.greedy(PROMPTS, config), strict=True):

@@ -56,6 +56,12 @@ def test_runner_writes_results_table_plots_and_sample_logs(backend, tmp_path):
     assert len(records) == 4 and all(len(r["candidates"]) == 4 for r in records)
 
 
+def test_greedy_and_samples_of_a_batch_share_one_prefill(backend, tmp_path):
+    before = backend.prefill_calls
+    run_eval(config(tmp_path, batch_size=2, output_path=None, curve_subsets=0), backend=backend)
+    assert backend.prefill_calls - before == 2  # 4 items in 2 batches, each prefilled once
+
+
 def test_a_temperature_sweep_plots_against_temperature(backend, tmp_path):
     results = run_eval(config(tmp_path, temperatures=[0.5, 1.0], curve_subsets=0, log_samples=False), backend=backend)
     assert [r["temperature"] for r in results["runs"]] == [0.5, 1.0]

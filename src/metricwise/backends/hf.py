@@ -218,6 +218,10 @@ class HFBackend:
         Runaway-generation policy; see :class:`metricwise.guards.Guards`.
     signature:
         Identifies the model in the sample store; derived from the model name by default.
+    reuse_prefill:
+        Keep a copy of the last prompt batch's prefill (its KV cache) so that a following call
+        on the same prompts (greedy, then the samples) skips the second pass over the prompts.
+        Costs one batch's KV cache of memory between calls; False turns it off.
     """
 
     def __init__(
@@ -229,6 +233,7 @@ class HFBackend:
         dtype: Any = None,
         guards: Guards | None = None,
         signature: str | None = None,
+        reuse_prefill: bool = True,
     ) -> None:
         torch = _torch()
         if isinstance(model, str):
@@ -251,6 +256,9 @@ class HFBackend:
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         #: Prefill forward passes run so far (tests check one per prompt batch).
         self.prefill_calls = 0
+        #: (prompts, prefill result) of the last prompt batch; see :meth:`_prefill`.
+        self._kept_prefill: tuple[tuple[str, ...], tuple[Any, Any, Any, Any]] | None = None
+        self.reuse_prefill = reuse_prefill
 
     # -- protocol --------------------------------------------------------------------------
     def sample(self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0) -> list[SampleSet]:
@@ -266,18 +274,27 @@ class HFBackend:
 
     def close(self) -> None:
         self.model = None
+        self._kept_prefill = None
 
-    # -- decoding ------------------------------------------------------------------------------
-    def _decode(
-        self, prompts: list[str], m: int, config: SamplingConfig, seeds: Sequence[tuple[int, ...]] | None
-    ) -> list[Candidate]:
-        """Decode ``m`` continuations of every prompt; ``seeds=None`` is greedy."""
+    # -- prefill -------------------------------------------------------------------------------
+    def _prefill(self, prompts: list[str]) -> tuple[Any, Any, Any, Any]:
+        """Run the prompt batch once: last-position logits (P, V) float32, the KV cache, the
+        attention mask and position ids (P, L), left-padded.
+
+        A copy of the result is kept for the next call: when that call has the same prompts
+        (the evaluation harness asks for greedy and then the N samples of one batch), it is
+        used instead of a second forward pass over the prompts. Decoding extends the cache in
+        place, hence the copy.
+        """
         torch = _torch()
+        import copy
+
         from transformers import DynamicCache
 
-        if not prompts:
-            return []
-        deadline = self.guards.deadline()
+        key = tuple(prompts)
+        kept, self._kept_prefill = self._kept_prefill, None
+        if kept is not None and kept[0] == key:
+            return kept[1]
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
         input_ids = enc["input_ids"].to(self.device)
@@ -299,7 +316,21 @@ class HFBackend:
         except RuntimeError as exc:
             raise BackendError(f"The model failed on the prompt batch: {exc}") from exc
         self.prefill_calls += 1
-        logits = out.logits[:, -1, :].float()
+        result = (out.logits[:, -1, :].float(), cache, attention, positions)
+        if self.reuse_prefill:
+            self._kept_prefill = (key, (result[0].clone(), copy.deepcopy(cache), attention, positions))
+        return result
+
+    # -- decoding ------------------------------------------------------------------------------
+    def _decode(
+        self, prompts: list[str], m: int, config: SamplingConfig, seeds: Sequence[tuple[int, ...]] | None
+    ) -> list[Candidate]:
+        """Decode ``m`` continuations of every prompt; ``seeds=None`` is greedy."""
+        torch = _torch()
+        if not prompts:
+            return []
+        deadline = self.guards.deadline()
+        logits, cache, attention, positions = self._prefill(prompts)
         if m > 1:
             cache.batch_repeat_interleave(m)
             logits = logits.repeat_interleave(m, dim=0)

@@ -144,8 +144,17 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                     stop=task.stop,
                     seed=config.seed,
                 )
-                with Progress(len(set(prompts)), f"{task.name}: greedy", unit="prompt", enabled=not config.quiet) as bar:
-                    greedy = store.greedy(backend, prompts, base, batch_size=config.batch_size, progress=lambda d, t: bar.update(d))
+                first = SamplingConfig(**{**asdict(base), "temperature": config.temperatures[0], "stop": base.stop})
+                distinct = list(dict.fromkeys(prompts))
+                label = f"{task.name}: greedy + n={config.n} samples (t={config.temperatures[0]:g})"
+                with Progress(len(distinct), label, unit="prompt", enabled=not config.quiet) as bar:
+                    # Batch by batch, greedy then samples: the hf backend reuses the batch's prefill.
+                    for lo in range(0, len(distinct), config.batch_size):
+                        chunk = distinct[lo : lo + config.batch_size]
+                        store.greedy(backend, chunk, base, batch_size=config.batch_size)
+                        store.sample(backend, chunk, first, batch_size=config.batch_size)
+                        bar.update(lo + len(chunk))
+                greedy = store.greedy(backend, prompts, base, batch_size=config.batch_size)
                 for temperature in config.temperatures:
                     sampling = SamplingConfig(**{**asdict(base), "temperature": temperature, "stop": base.stop})
                     with Progress(len(set(prompts)), f"{task.name}: n={config.n} samples (t={temperature:g})", unit="prompt", enabled=not config.quiet) as bar:
