@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -109,9 +110,11 @@ def main() -> None:
     if not files:
         raise SystemExit(f"no samples_<task>.jsonl in {args.results_dir}: run metricwise eval with --log_samples")
     for path in files:
-        task = get_task(path.stem[len("samples_") :])
+        # samples_<task>.jsonl, or samples_<task>_t<T>.jsonl in a temperature sweep
+        run = path.stem[len("samples_") :]
+        task = get_task(re.sub(r"_t[0-9.]+$", "", run))
         rows = [json.loads(line) for line in path.open(encoding="utf-8")]
-        print(f"### {task.name}\n")
+        print(f"### {run}\n")
         body = numeric(task, rows, args.data_dir) if task.answer_type == "number" else text(task, rows)
         print("\n".join(body) + "\n")
 

@@ -58,6 +58,15 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _line_style(decoder: str) -> dict[str, Any]:
+    """Line style by decoder kind, so that the 12 decoders stay apart when the colours repeat."""
+    if decoder == "greedy":
+        return {"color": "black", "linestyle": ":"}
+    if decoder == "oracle":
+        return {"linestyle": "-."}
+    return {"linestyle": "--" if decoder.endswith("+model") else "-"}
+
+
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     """PNG plots: the primary metric against k for every decoder (per task and temperature),
     and against temperature when several temperatures were run."""
@@ -81,8 +90,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         several = len(temperatures_by_task[run["task"]]) > 1
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         for label, values in curves["values"].items():
-            style = "--" if label.endswith("+model") else ("-." if label == "oracle" else "-")
-            ax.plot(curves["k"], values, style, marker="o", markersize=3, label=label)
+            ax.plot(curves["k"], values, marker="o", markersize=3, label=label, **_line_style(label))
         greedy = next((r["value"] for r in run["scores"] if r["decoder"] == "greedy" and r["metric"] == curves["metric"]), None)
         if greedy is not None:
             ax.axhline(greedy, color="black", linewidth=1, linestyle=":", label="greedy")
@@ -114,7 +122,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
                 if row is not None:
                     xs.append(r["temperature"])
                     ys.append(row["value"])
-            ax.plot(xs, ys, marker="o", label=label)
+            ax.plot(xs, ys, marker="o", markersize=4, label=label, **_line_style(label))
         ax.set_xlabel("sampling temperature")
         ax.set_ylabel(metric)
         ax.set_title(f"{task}: temperature sweep")
