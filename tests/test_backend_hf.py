@@ -123,6 +123,20 @@ def test_token_selector_draws_each_token_with_its_probability(vocab):
         assert int(counts[q[row] == 0].sum()) == 0
 
 
+def test_token_selector_never_returns_an_id_without_weight():
+    """Float rounding can put the CDF target past a block's last id; the nearest weighted id wins."""
+    vocab = 1500  # padded to 2 blocks of 1024; ids 1400.. have no weight
+    select = TokenSelector(2, vocab, SamplingConfig(), "cpu")
+    weights = torch.zeros(2, 2048)
+    weights[:, :1400] = torch.rand(2, 1400, generator=torch.Generator().manual_seed(0)) + 0.1
+    block_sums = weights.view(2, 2, 1024).sum(-1).double()
+    inflated = block_sums.clone()
+    inflated[:, -1] *= 1.001  # the block's own cumulative sum falls short of the target
+    tokens = select._inverse_cdf(weights, inflated, torch.tensor([1.0, 1.0], dtype=torch.float64))
+    assert tokens.tolist() == [1399, 1399]
+    assert select._inverse_cdf(weights, block_sums, torch.tensor([1e-9, 1.0], dtype=torch.float64)).tolist() == [0, 1399]
+
+
 @pytest.mark.parametrize(
     "config",
     [SamplingConfig(), SamplingConfig(temperature=0.6, top_p=0.9), SamplingConfig(top_k=7, min_p=0.02)],

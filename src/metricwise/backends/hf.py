@@ -139,7 +139,7 @@ class TokenSelector:
         # The padding past V stays zero: padded ids have no weight and are never drawn.
         self.raw = torch.zeros(rows, width, device=device)
         self.ancestral = config.temperature == 1.0 and config.top_k == 0 and config.top_p >= 1.0 and config.min_p <= 0.0
-        self.q = None if self.ancestral else torch.zeros(rows, width, device=device)
+        self.q: Any = None  # allocated on the first sampled step that needs it (greedy never does)
 
     def _weights(self, scores: Any, buffer: Any) -> tuple[Any, Any, Any]:
         """``exp(scores - max)`` into ``buffer`` (rows, V padded), its block sums, and logsumexp (float64)."""
@@ -171,6 +171,8 @@ class TokenSelector:
                 scores, weights, blocks, lse_q = logits, raw_weights, raw_blocks, lse_raw
             else:
                 scores = process_logits(logits, self.config)
+                if self.q is None:
+                    self.q = torch.zeros_like(self.raw)
                 weights, blocks, lse_q = self._weights(scores, self.q)
             tokens = self._inverse_cdf(weights, blocks, uniforms.to(blocks.device))
             logq = (scores.gather(1, tokens[:, None]).squeeze(-1).double() - lse_q).cpu()
