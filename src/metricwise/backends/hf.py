@@ -10,7 +10,7 @@ Per step, for every active sequence:
 - ``logq += log_softmax(processed logits)[token]``: the distribution actually sampled, after
   temperature, then top-k, then top-p, then min-p (the order transformers applies them);
 - the token is drawn by inverse-CDF sampling with one uniform number from the sequence's own
-  random stream (see :func:`sample_seed`), so a sample does not depend on which other prompts or
+  random stream (see :func:`metricwise.backends.base.sample_seed`), so a sample does not depend on which other prompts or
   samples share its batch, and sample ``i`` of a set can be drawn later (n=16 extended to 32).
 
 The per-step work over the vocabulary is one max, one ``exp`` into a reused scratch buffer and
@@ -31,26 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from metricwise.backends.base import sample_sets
+from metricwise.backends.base import DecodeState, sample_seed, sample_sets
 from metricwise.errors import BackendError, InvalidParameterError, MissingDependencyError
-from metricwise.guards import Guards, is_repeating, truncate_at_stop
+from metricwise.guards import Guards
 from metricwise.types import Candidate, SampleSet, SamplingConfig
 
 #: Candidates of the top-p nucleus searched with a partial sort before falling back to a full one.
 _TOP_P_PARTIAL = 1024
 #: Vocabulary ids per block of the two-level inverse-CDF search in :class:`TokenSelector`.
 _CDF_BLOCK = 1024
-
-
-def sample_seed(seed: int, index: int, prompt: str) -> tuple[int, int, int]:
-    """Entropy of sample ``index``'s random stream: the run's seed, the index, and the prompt.
-
-    The prompt enters through a stable hash so that different prompts do not share random
-    numbers (sample i of every item would otherwise be correlated across items).
-    """
-    import zlib
-
-    return (int(seed), int(index), zlib.crc32(prompt.encode("utf-8")))
 
 
 def _torch() -> Any:
@@ -342,11 +331,7 @@ class HFBackend:
 
         total = len(prompts) * m
         rngs = None if seeds is None else [np.random.default_rng(list(s)) for s in seeds]
-        tokens: list[list[int]] = [[] for _ in range(total)]
-        logp = np.zeros(total)
-        logq = np.zeros(total)
-        finish: list[str | None] = [None] * total
-        texts: list[str] = [""] * total
+        state = DecodeState(total, config, self.guards, self.eos_ids.__contains__, self._detokenize, sampled=rngs is not None)
         active = np.arange(total)
 
         select = TokenSelector(total, logits.shape[-1], config, logits.device)
@@ -354,23 +339,8 @@ class HFBackend:
             for step in range(config.max_tokens):
                 uniforms = None if rngs is None else torch.tensor([1.0 - rngs[i].random() for i in active], dtype=torch.float64)
                 chosen, p_chosen, q_chosen = select(logits, uniforms)
-                chosen_list, p_list, q_list = chosen.tolist(), p_chosen.tolist(), q_chosen.tolist()
                 timed_out = time.monotonic() > deadline
-                still: list[int] = []
-                for row, seq in enumerate(active.tolist()):
-                    token = chosen_list[row]
-                    tokens[seq].append(token)
-                    logp[seq] += p_list[row]
-                    logq[seq] += q_list[row]
-                    reason = self._finish_reason(tokens[seq], token, config, texts, seq)
-                    if reason is None and step == config.max_tokens - 1:
-                        reason = "length"
-                    if reason is None and timed_out:
-                        reason = "guard"
-                    if reason is None:
-                        still.append(row)
-                    else:
-                        finish[seq] = reason
+                still = state.advance(active.tolist(), chosen.tolist(), p_chosen.tolist(), q_chosen.tolist(), step, timed_out)
                 if not still:
                     break
                 if len(still) < len(active):
@@ -391,36 +361,10 @@ class HFBackend:
                 logits = out.logits[:, -1, :].float()
                 next_position = next_position + 1
 
-        results = []
-        for seq in range(total):
-            text = texts[seq] if finish[seq] == "stop" else self._text(tokens[seq], finish[seq])
-            results.append(
-                Candidate(
-                    text=text,
-                    logp=float(logp[seq]),
-                    logq=0.0 if rngs is None else float(logq[seq]),
-                    n_tokens=len(tokens[seq]),
-                    finish_reason=finish[seq],
-                    token_ids=tuple(tokens[seq]),
-                )
-            )
-        return results
+        return [state.candidate(seq) for seq in range(total)]
 
-    def _text(self, tokens: list[int], finish: str | None) -> str:
-        body = tokens[:-1] if finish == "eos" else tokens
-        return str(self.tokenizer.decode(body, skip_special_tokens=True))
-
-    def _finish_reason(self, tokens: list[int], token: int, config: SamplingConfig, texts: list[str], seq: int) -> str | None:
-        if token in self.eos_ids:
-            return "eos"
-        if config.stop:
-            text, found = truncate_at_stop(self._text(tokens, None), config.stop)
-            if found:
-                texts[seq] = text
-                return "stop"
-        if is_repeating(tokens, self.guards):
-            return "guard"
-        return None
+    def _detokenize(self, tokens: list[int]) -> str:
+        return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:

@@ -45,10 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from metricwise.backends.base import sample_sets
-from metricwise.backends.hf import sample_seed
+from metricwise.backends.base import DecodeState, sample_seed, sample_sets
 from metricwise.errors import BackendError, InvalidParameterError, MissingDependencyError
-from metricwise.guards import Guards, is_repeating, truncate_at_stop
+from metricwise.guards import Guards
 from metricwise.types import Candidate, SampleSet, SamplingConfig
 
 #: Candidates of the top-p nucleus found by a partial sort before falling back to a full one.
@@ -504,11 +503,7 @@ class LlamaCppBackend:
                 first_rows.append(len(prompt_logits) - 1)
         total = len(owners)
         rngs = None if greedy else [np.random.default_rng(list(sample_seed(config.seed, i, prompts[p]))) for p, i in owners]
-        tokens: list[list[int]] = [[] for _ in range(total)]
-        logp = np.zeros(total)
-        logq = np.zeros(total)
-        finish: list[str | None] = [None] * total
-        texts: list[str] = [""] * total
+        state = DecodeState(total, config, self.guards, self._is_eog, self.detokenize, sampled=not greedy)
         active = list(range(total))
         logits = np.stack(prompt_logits)
         rows: np.ndarray | None = np.array(first_rows)
@@ -516,27 +511,15 @@ class LlamaCppBackend:
             uniforms = None if rngs is None else np.array([1.0 - rngs[s].random() for s in active])
             chosen, step_p, step_q = sample_step(logits, config, uniforms, rows)
             timed_out = time.monotonic() > deadline
-            still: list[int] = []
-            for row, seq in enumerate(active):
-                token = int(chosen[row])
-                tokens[seq].append(token)
-                logp[seq] += step_p[row]
-                logq[seq] += step_q[row]
-                reason = self._finish_reason(tokens[seq], token, config, texts, seq)
-                if reason is None and step == config.max_tokens - 1:
-                    reason = "length"
-                if reason is None and timed_out:
-                    reason = "guard"
-                if reason is None:
-                    still.append(seq)
-                else:
-                    finish[seq] = reason
-                    lib.llama_memory_seq_rm(memory, seq, -1, -1)
+            going = state.advance(active, chosen.tolist(), step_p.tolist(), step_q.tolist(), step, timed_out)
+            still = [active[r] for r in going]
+            for seq in set(active).difference(still):  # finished: free their KV cells
+                lib.llama_memory_seq_rm(memory, seq, -1, -1)
             if not still:
                 break
             active = still
             self._decode(
-                [tokens[s][-1] for s in active],
+                [state.tokens[s][-1] for s in active],
                 [positions[s] + step for s in active],
                 active,
                 [True] * len(active),
@@ -544,34 +527,13 @@ class LlamaCppBackend:
             logits, rows = self._logits(len(active)), None
         lib.llama_memory_clear(memory, True)
         for seq, (p, i) in enumerate(owners):
-            text = texts[seq] if finish[seq] == "stop" else self._text(tokens[seq], finish[seq])
-            results[p][i - start] = Candidate(
-                text=text,
-                logp=float(logp[seq]),
-                logq=0.0 if greedy else float(logq[seq]),
-                n_tokens=len(tokens[seq]),
-                finish_reason=finish[seq],
-                token_ids=tuple(tokens[seq]),
-            )
+            results[p][i - start] = state.candidate(seq)
 
-    def _text(self, tokens: list[int], finish: str | None) -> str:
-        body = tokens[:-1] if finish == "eos" else tokens
-        return self.detokenize(body)
-
-    def _finish_reason(self, tokens: list[int], token: int, config: SamplingConfig, texts: list[str], seq: int) -> str | None:
+    def _is_eog(self, token: int) -> bool:
         eog = self._eog.get(token)
         if eog is None:
             eog = self._eog[token] = bool(self._lib.llama_vocab_is_eog(self._vocab, token))
-        if eog:
-            return "eos"
-        if config.stop:
-            text, found = truncate_at_stop(self.detokenize(tokens), config.stop)
-            if found:
-                texts[seq] = text
-                return "stop"
-        if is_repeating(tokens, self.guards):
-            return "guard"
-        return None
+        return eog
 
     # -- rescoring ---------------------------------------------------------------------------------
     def score(self, prompt: str, continuation: Sequence[int], config: SamplingConfig) -> tuple[float, float]:

@@ -9,7 +9,7 @@ from the model's ``generation_config`` or from their own truncating defaults (``
 samples with top-k 40, top-p 0.95, min-p 0.05 and temperature 0.8 unless told otherwise).
 
 Sample ``i`` of a prompt is drawn with the integer seed ``prompt_seed + i``, where
-``prompt_seed`` is derived from :func:`~metricwise.backends.hf.sample_seed` (the run's seed and
+``prompt_seed`` is derived from :func:`~metricwise.backends.base.sample_seed` (the run's seed and
 the prompt). A request for choices ``i .. i + k - 1`` sends ``seed = prompt_seed + i`` and
 ``n = k``: vLLM (``ParentRequest``: child ``j`` gets ``seed + j``) and ``llama-server``
 (``server_task::add_child``: the same) then draw choice ``j`` with ``prompt_seed + i + j``, so a
@@ -86,14 +86,13 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from metricwise.backends.base import sample_sets
+from metricwise.backends.base import sample_seed, sample_sets
 from metricwise.errors import BackendError, InvalidParameterError
 from metricwise.guards import Guards, is_repeating
 from metricwise.types import Candidate, SampleSet, SamplingConfig
@@ -112,10 +111,12 @@ _ENDPOINTS = ("completions", "chat")
 def request_seed(seed: int, prompt: str) -> int:
     """Integer seed of sample 0 of ``prompt``; sample ``i`` uses ``request_seed(seed, prompt) + i``.
 
-    Derived from :func:`~metricwise.backends.hf.sample_seed` (the run's seed and a hash of the
+    Derived from :func:`~metricwise.backends.base.sample_seed` (the run's seed and a hash of the
     prompt) so that different prompts get unrelated random streams on the server.
     """
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, 0, zlib.crc32(prompt.encode("utf-8"))])
+    entropy = list(sample_seed(seed, 0, prompt))
+    entropy[0] &= 0xFFFFFFFF
+    state = np.random.SeedSequence(entropy)
     return int(state.generate_state(1, np.uint64)[0] % _SEED_RANGE)
 
 
