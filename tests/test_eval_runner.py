@@ -48,12 +48,25 @@ def test_runner_writes_results_table_plots_and_sample_logs(backend, tmp_path):
     run = saved["runs"][0]
     assert run["task"] == "arith" and run["n_items"] == 4 and run["n"] == 4
     decoders = {r["decoder"] for r in run["scores"]}
-    assert {"greedy", "first", "max_logprob", "mode", "mean", "median", "oracle", "mean+model"} <= decoders
+    assert {"greedy", "prior", "first", "max_logprob", "mode", "mean", "median", "oracle", "mean+model"} <= decoders
+    assert "| arith | 1 | prior | 0 |" in (out / "results.md").read_text()
     row = next(r for r in run["scores"] if r["decoder"] == "mean" and r["metric"] == "absolute_error")
     assert "signature" in row and "task:arith@" in row["signature"] and "n:4" in row["signature"]
     assert len(results["runs"]) == 1
     records = [json.loads(line) for line in (out / "samples_arith.jsonl").read_text().splitlines()]
     assert len(records) == 4 and all(len(r["candidates"]) == 4 for r in records)
+
+
+def test_the_prior_constant_comes_from_the_fewshot_split_even_with_zero_shots(backend, tmp_path):
+    from metricwise.evaluate.decoders import prior_prediction
+    from metricwise.tasks import get_task
+
+    arith = get_task("arith")
+    expected = prior_prediction(arith, [item.references[0] for item in arith.load(None, split="fewshot")])
+    results = run_eval(config(tmp_path, num_fewshot=0, log_samples=True), backend=backend)
+    records = [json.loads(line) for line in (tmp_path / "out" / "samples_arith.jsonl").read_text().splitlines()]
+    assert {r["predictions"]["prior"] for r in records} == {expected}
+    assert "prior" not in results["runs"][0]["curves"]["values"]  # it reads no samples
 
 
 def test_greedy_and_samples_of_a_batch_share_one_prefill(backend, tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from metricwise import Candidate, SampleSet
-from metricwise.evaluate.decoders import Decoder, default_decoders
+from metricwise.evaluate.decoders import Decoder, default_decoders, prior_prediction
 from metricwise.evaluate.report import load_results, render_markdown
 from metricwise.evaluate.runner import write_outputs
 from metricwise.evaluate.scoring import powers_of_two_up_to, score_task
@@ -81,6 +81,24 @@ def test_model_weights_use_logprobs_and_curves_cover_powers_of_two():
     assert results["curves"]["values"]["mean"][-1] == pytest.approx(by(results, "mean", "squared_error")["value"])
     corpus = {(r["decoder"], r["metric"]) for r in results["corpus"]}
     assert ("mean", "pearson") in corpus and ("greedy", "accuracy") in corpus
+
+
+def test_the_prior_is_the_primary_metrics_bayes_rule_over_fewshot_references():
+    items, prompts, greedy, pools = rating_fixture()
+    train = [0.0, 1.0, 1.0, 2.0, 7.0]  # 7 is outside 0..5: clipped like any answer
+    results, records = score_task(RATING, items, prompts, greedy, pools, n_resamples=100, prior_references=train)
+    assert [r.predictions["prior"] for r in records] == pytest.approx([9 / 5] * 4)  # mean of 0, 1, 1, 2, 5
+    expected = np.mean([(9 / 5 - r) ** 2 for r in [1.0, 4.0, 2.5, 0.0]])
+    assert by(results, "prior", "squared_error")["value"] == pytest.approx(expected)
+    assert "vs_greedy" in by(results, "prior", "squared_error")
+    assert "prior" not in results["curves"]["values"]
+    corpus = {(r["decoder"], r["metric"]) for r in results["corpus"] if r["decoder"] == "prior"}
+    assert corpus == {("prior", "accuracy")}  # a constant has no correlation
+    by_median = Task(name="r", description="", answer_type="number", metrics=("absolute_error",), extractor="number", template="")
+    assert prior_prediction(by_median, [0.0, 1.0, 1.0, 2.0, 7.0]) == 1.0
+    assert prior_prediction(QA, ["Paris", "paris", "Lyon"]).lower() == "paris"
+    with pytest.raises(ValueError, match="prior_references"):
+        score_task(RATING, items, prompts, greedy, pools, decoders=[Decoder("greedy"), Decoder("prior", "squared_error")])
 
 
 def test_text_task_decoders_and_fallback_for_missing_answers():

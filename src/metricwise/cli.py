@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="compare greedy decoding with every metric-aware decoder on benchmark tasks",
         description="Sample N answers per item once, then score greedy, first-sample, max-logprob, mode, mean, "
-        "median, MBR (uniform and model weights) and the oracle on the same samples, with bootstrap "
+        "median, MBR (uniform and model weights) and the oracle on the same samples, beside the best constant "
+        "answer from the few-shot split (prior, no model), with bootstrap "
         "intervals, paired comparisons against greedy, decoder@k curves, a table and plots.",
         epilog=_EVAL_EXAMPLE,
         formatter_class=_HelpFormatter,

@@ -4,6 +4,10 @@ Every decoder maps (greedy candidate, sampled candidates) to a prediction, so th
 are scored on exactly the same samples:
 
 - ``greedy``: the greedy continuation (a separate, real argmax decode);
+- ``prior``: one constant answer for every item, the Bayes rule for the task's primary metric
+  over the few-shot split's references (the train mean for squared error, the median for
+  absolute error, the most frequent answer for exact match). It uses no model: a decoder that
+  does not beat it draws no information from the item;
 - ``first``: the first sample, as a single sampled answer;
 - ``max_logprob``: the complete sample with the highest sequence log-probability;
 - ``mode``, ``mean``, ``median``: the closed-form Bayes rules (numeric tasks; ``mode`` also for
@@ -24,6 +28,7 @@ import numpy as np
 
 from metricwise.decide import decide
 from metricwise.extract import Extractor
+from metricwise.metrics import get as get_metric
 from metricwise.metrics.base import Metric
 from metricwise.tasks.base import Task
 from metricwise.types import COMPLETE_FINISH_REASONS, Candidate, SampleSet
@@ -33,7 +38,7 @@ from metricwise.types import COMPLETE_FINISH_REASONS, Candidate, SampleSet
 class Decoder:
     """One way of turning a pool of samples into a prediction.
 
-    ``kind`` is ``greedy``, ``first``, ``max_logprob``, ``oracle``, or a rule of
+    ``kind`` is ``greedy``, ``prior``, ``first``, ``max_logprob``, ``oracle``, or a rule of
     :func:`metricwise.decide` (``mode``, ``mean``, ``median``, ``mbr``); ``metric`` names the
     metric a rule optimises; ``weights`` is ``uniform`` or ``model``.
     """
@@ -49,13 +54,16 @@ class Decoder:
 
     @property
     def uses_samples(self) -> bool:
-        return self.kind != "greedy"
+        return self.kind not in ("greedy", "prior")
 
 
-def default_decoders(task: Task) -> list[Decoder]:
-    """The decoders the harness compares for ``task``."""
+def default_decoders(task: Task, *, prior: bool = False) -> list[Decoder]:
+    """The decoders the harness compares for ``task``; ``prior`` adds the no-model constant."""
     primary = task.metrics[0]
-    decoders = [Decoder("greedy"), Decoder("first"), Decoder("max_logprob")]
+    decoders = [Decoder("greedy")]
+    if prior:
+        decoders.append(Decoder("prior", primary))
+    decoders += [Decoder("first"), Decoder("max_logprob")]
     if task.answer_type == "number":
         rules = [Decoder("mode", "absolute_error"), Decoder("mean", "squared_error"), Decoder("median", "absolute_error")]
         rules.append(Decoder("mbr", primary))
@@ -93,6 +101,27 @@ def fallback_prediction(task: Task) -> Any:
     return 0.0
 
 
+def prior_prediction(task: Task, references: Sequence[Any]) -> Any:
+    """The best constant answer for ``task``'s primary metric given reference answers.
+
+    ``references`` holds one reference per item of the few-shot split (never the evaluated
+    items). The rule is the primary metric's closed form (mean for squared error, median for
+    absolute error, mode for exact match); a metric without one (token F1, BLEU) gets the mode,
+    since MBR over thousands of references would cost O(N^2) for a baseline. None when no
+    reference is usable.
+    """
+    metric = get_metric(task.metrics[0])
+    rule = metric.bayes_rule or "mode"
+    if task.answer_type == "number":
+        values: list[Any] = [float(r) for r in references]
+        valid_range = task.valid_range
+    else:
+        values, valid_range = [str(r) for r in references], None
+    if not values:
+        return None
+    return decide(values, metric, rule=rule, valid_range=valid_range).output
+
+
 def predict(
     decoder: Decoder,
     task: Task,
@@ -101,10 +130,18 @@ def predict(
     *,
     references: Sequence[Any] = (),
     oracle_metric: Metric | None = None,
+    prior: Any = None,
 ) -> Any:
-    """The decoder's prediction for one item, or None when it has no usable answer."""
+    """The decoder's prediction for one item, or None when it has no usable answer.
+
+    ``prior`` is the constant the ``prior`` decoder predicts (:func:`prior_prediction`).
+    """
     if decoder.kind == "greedy":
         return extract_answer(greedy.text, task)
+    if decoder.kind == "prior":
+        if prior is None:
+            raise ValueError("the prior decoder needs its constant: pass prior=prior_prediction(task, references)")
+        return prior
     if decoder.kind == "first":
         return extract_answer(pool.candidates[0].text, task) if len(pool) else None
     if decoder.kind == "max_logprob":

@@ -24,7 +24,8 @@ def render_markdown(results: dict[str, Any]) -> str:
 
     ``+-`` is the bootstrap standard error; ``vs greedy`` is the paired mean difference with its
     95% interval, marked ``*`` when the interval excludes 0. ``parsed`` is the share of items
-    where the decoder produced an answer at all.
+    where the decoder produced an answer at all. ``N`` is the number of model calls a decoder
+    reads: 1 for greedy, 0 for the prior (a constant from the few-shot split).
     """
     lines = [
         "| Task | Version | Decoder | N | T | Metric | direction | Value | +- | 95% CI | vs greedy | parsed |",
@@ -41,7 +42,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 vs_text = f"{vs['difference']:+.4f} [{_fmt(low)}, {_fmt(high)}]{' *' if excludes_zero else ''}"
             else:
                 vs_text = ""
-            n_text = "1" if row["decoder"] == "greedy" else str(n)
+            n_text = {"greedy": "1", "prior": "0"}.get(row["decoder"], str(n))
             lines.append(
                 f"| {run['task']} | {run['version']} | {row['decoder']} | {n_text} | {temperature} | {row['metric']} | "
                 f"{'↑' if row['direction'] == 'higher' else '↓'} | {_fmt(row['value'])} | {_fmt(row['stderr'])} | "
@@ -62,6 +63,8 @@ def _line_style(decoder: str) -> dict[str, Any]:
     """Line style by decoder kind, so that the 12 decoders stay apart when the colours repeat."""
     if decoder == "greedy":
         return {"color": "black", "linestyle": ":"}
+    if decoder == "prior":
+        return {"color": "grey", "linestyle": (0, (1, 3))}
     if decoder == "oracle":
         return {"linestyle": "-."}
     return {"linestyle": "--" if decoder.endswith("+model") else "-"}
@@ -91,9 +94,10 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         for label, values in curves["values"].items():
             ax.plot(curves["k"], values, marker="o", markersize=3, label=label, **_line_style(label))
-        greedy = next((r["value"] for r in run["scores"] if r["decoder"] == "greedy" and r["metric"] == curves["metric"]), None)
-        if greedy is not None:
-            ax.axhline(greedy, color="black", linewidth=1, linestyle=":", label="greedy")
+        for constant in ("greedy", "prior"):  # decoders that use no samples: flat lines
+            value = next((r["value"] for r in run["scores"] if r["decoder"] == constant and r["metric"] == curves["metric"]), None)
+            if value is not None:
+                ax.axhline(value, linewidth=1, label=constant, **_line_style(constant))
         ax.set_xscale("log", base=2)
         ax.set_xticks(curves["k"], [str(k) for k in curves["k"]])
         direction = next((r["direction"] for r in run["scores"] if r["metric"] == curves["metric"]), "")

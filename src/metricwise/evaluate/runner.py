@@ -20,6 +20,7 @@ from metricwise.evaluate.decoders import Decoder, default_decoders
 from metricwise.evaluate.scoring import ItemRecord, score_task
 from metricwise.io import json_safe, write_json_line
 from metricwise.progress import Progress
+from metricwise.tasks.base import Item
 from metricwise.types import SamplingConfig
 
 
@@ -111,13 +112,14 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
         if config.limit is not None:
             items = items[: config.limit]
         shots: list[list[Any]] = [[] for _ in items]
-        if config.num_fewshot > 0:
-            pool = task.load(data_dir, split="fewshot")
+        pool = _fewshot_split(task, data_dir, required=config.num_fewshot > 0)
+        if pool is not None and config.num_fewshot > 0:
             shots = select_shots(
                 pool, items, config.num_fewshot, strategy=config.fewshot_strategy, seed=config.seed, text=task.similarity_text
             )
         prompts = [task.format_prompt(item, s) for item, s in zip(items, shots, strict=True)]
-        prepared.append((task, items, prompts))
+        prior_references = None if pool is None else [item.references[0] for item in pool if item.references]
+        prepared.append((task, items, prompts, prior_references))
 
     owned = backend is None
     if backend is None:
@@ -134,7 +136,7 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
     all_records: dict[str, Sequence[ItemRecord]] = {}
     try:
         with SampleStore(store_path) as store:
-            for task, items, prompts in prepared:
+            for task, items, prompts, prior_references in prepared:
                 base = SamplingConfig(
                     n=config.n,
                     top_p=config.top_p,
@@ -159,7 +161,7 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                     sampling = SamplingConfig(**{**asdict(base), "temperature": temperature, "stop": base.stop})
                     with Progress(len(set(prompts)), f"{task.name}: n={config.n} samples (t={temperature:g})", unit="prompt", enabled=not config.quiet) as bar:
                         pools = store.sample(backend, prompts, sampling, batch_size=config.batch_size, progress=lambda d, t: bar.update(d))
-                    n_decoders = len(default_decoders(task))
+                    n_decoders = len(default_decoders(task, prior=prior_references is not None))
                     with Progress(n_decoders, f"{task.name}: scoring decoders", unit="decoder", enabled=not config.quiet) as bar:
                         run, records = score_task(
                             task,
@@ -172,6 +174,7 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                             curve_subsets=config.curve_subsets,
                             signature=functools.partial(signature_string, config, backend.signature, task, temperature),
                             progress=lambda d, t: bar.update(d),
+                            prior_references=prior_references,
                         )
                     run.update({"temperature": temperature, "n": config.n, "num_fewshot": config.num_fewshot})
                     results["runs"].append(run)
@@ -183,6 +186,19 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
     if config.output_path:
         write_outputs(results, all_records if config.log_samples else {}, Path(config.output_path), plots=config.plots)
     return results
+
+
+def _fewshot_split(task: Any, data_dir: Path | None, *, required: bool) -> list[Item] | None:
+    """The task's few-shot split: the shots' source and the prior decoder's references.
+
+    With ``num_fewshot=0`` a task may lack one; the results then have no ``prior`` row.
+    """
+    try:
+        return task.load(data_dir, split="fewshot")
+    except InvalidParameterError:
+        if required:
+            raise
+        return None
 
 
 def write_outputs(results: dict[str, Any], records: dict[str, Sequence[ItemRecord]], out: Path, *, plots: bool = True) -> list[Path]:

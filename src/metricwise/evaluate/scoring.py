@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from metricwise.evaluate.decoders import Decoder, default_decoders, fallback_prediction, predict
+from metricwise.evaluate.decoders import (
+    Decoder,
+    default_decoders,
+    fallback_prediction,
+    predict,
+    prior_prediction,
+)
 from metricwise.evaluate.stats import (
     DEFAULT_RESAMPLES,
     bootstrap,
@@ -83,6 +89,7 @@ def score_task(
     curve_subsets: int = 8,
     signature: Callable[[Decoder, str], str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    prior_references: Sequence[Any] | None = None,
 ) -> tuple[dict[str, Any], list[ItemRecord]]:
     """Scores of every decoder x metric on ``task``; returns (results, per-item records).
 
@@ -91,19 +98,28 @@ def score_task(
     items, prompts, greedy, pools:
         Aligned per item: the item, its prompt, its greedy candidate and its N samples.
     decoders:
-        Default: :func:`~metricwise.evaluate.decoders.default_decoders`.
+        Default: :func:`~metricwise.evaluate.decoders.default_decoders`, with the ``prior``
+        decoder when ``prior_references`` is given.
     n_resamples:
         Bootstrap resamples (shared by every score, so comparisons are paired).
     curve_subsets:
         Random size-k subsets averaged per item for the decoder@k curves (0 disables them).
     signature:
         ``signature(decoder, metric) -> str`` recorded beside every score.
+    prior_references:
+        One reference per few-shot (train) item, never an evaluated one: the ``prior``
+        decoder's constant is the primary metric's Bayes rule over them.
     """
     if not (len(items) == len(prompts) == len(greedy) == len(pools)):
         raise ValueError("items, prompts, greedy and pools must be aligned")
     if not items:
         raise ValueError(f"task {task.name!r} has no items to score")
-    decoders = list(decoders or default_decoders(task))
+    decoders = list(decoders or default_decoders(task, prior=prior_references is not None))
+    prior = None
+    if any(d.kind == "prior" for d in decoders):
+        if prior_references is None:
+            raise ValueError("the prior decoder needs prior_references (the few-shot split's references)")
+        prior = prior_prediction(task, prior_references)
     metric_objs = {m: get_metric(m) for m in task.metrics}
     n_items = len(items)
     indices = resample_indices(n_items, n_resamples, seed=seed)
@@ -128,7 +144,7 @@ def score_task(
         predictions[decoder.label] = []
         for i, (item, g, pool) in enumerate(zip(items, greedy, pools, strict=True)):
             refs = list(item.references)
-            shared = None if decoder.kind == "oracle" else predict(decoder, task, g, pool)
+            shared = None if decoder.kind == "oracle" else predict(decoder, task, g, pool, prior=prior)
             for metric_name, metric in metric_objs.items():
                 # The oracle is the best candidate for each metric; every other decoder predicts once.
                 pred = predict(decoder, task, g, pool, references=refs, oracle_metric=metric) if shared is None and decoder.kind == "oracle" else shared
@@ -173,6 +189,8 @@ def score_task(
 def _corpus_rows(task: Task, decoder: Decoder, preds: list[Any], items: Sequence[Item], indices: np.ndarray) -> list[dict[str, Any]]:
     if task.answer_type != "number" or decoder.kind == "oracle":
         return []
+    # A constant has no correlation with anything; its accuracy is still informative.
+    names = [n for n in task.corpus_metrics if decoder.kind != "prior" or n == "accuracy"]
     fallback = fallback_prediction(task)
     pairs = np.array(
         [[p if p is not None else fallback, float(item.references[0])] for p, item in zip(preds, items, strict=True)],
@@ -180,7 +198,7 @@ def _corpus_rows(task: Task, decoder: Decoder, preds: list[Any], items: Sequence
     )
     rows = []
     ordinal = is_ordinal(task, items)
-    for name in task.corpus_metrics:
+    for name in names:
         if name == "accuracy":
             estimate = bootstrap(np.array([numeric_accuracy(p, r, ordinal=ordinal) for p, r in pairs]), indices=indices)
         elif name in ("pearson", "spearman"):
