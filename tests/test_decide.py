@@ -132,14 +132,24 @@ def test_decisions_do_not_depend_on_sample_order(data):
 
 
 def test_ties_break_by_weight_then_smallest_value():
-    # Two answers with equal counts: the lexicographically smaller wins, in either order.
-    assert decide(["b", "a"], "exact_match").output == "a"
-    assert decide(["a", "b"], "exact_match").output == "a"
+    # Two equally frequent, equally central answers: the lexicographically smaller wins, in either order.
+    assert decide(["y", "x"], "exact_match").output == "x"
+    assert decide(["x", "y"], "exact_match").output == "x"
     # Equal expected utility under MBR: the heavier candidate wins.
     weights = [0.2, 0.2, 0.6]
     assert decide(["x", "y", "z"], "token_f1", weights=weights).output == "z"
     # Within one normalisation class the heaviest surface form is reported.
     assert decide(["Paris", "paris", "paris"], "exact_match").output == "paris"
+
+
+def test_equally_frequent_modes_go_to_the_most_central_answer():
+    # All singletons: the answer with most token overlap with the others, not the smallest string.
+    assert decide(["Lyon", "Paris", "Paris France", "in Paris"], "exact_match").output == "Paris"
+    assert decide(["in Paris", "Paris France", "Paris", "Lyon"], "exact_match").output == "Paris"
+    # Numbers: the tied mode nearest the rest in absolute difference (here the median).
+    assert decide([0, 7, 8, 9, 30], "absolute_error", rule="mode").output == 8
+    # Only the tied classes compete: a strict majority still wins however central the others are.
+    assert decide(["Lyon", "Lyon", "Paris", "Paris France", "in Paris"], "exact_match").output == "Lyon"
 
 
 def test_weighted_quantile_midpoint_on_exact_ties_and_levels():

@@ -17,9 +17,12 @@ bounded scale             ``grid``: samples snapped to a grid (e.g. 1..5), then 
 anything else             ``mbr``: argmax over distinct candidates of expected utility
 ========================  =========================================================
 
-Ties are broken deterministically and independently of sample order: first by the larger total
-weight of the candidate, then by the smaller value (the smallest number, or the lexicographically
-smallest string). Expected scores that differ by less than 1e-9 (relative) count as tied.
+Ties are broken deterministically and independently of sample order. Equally frequent modes go
+to the one closest to the whole sample (highest weighted token F1 to the samples for text,
+smallest weighted absolute difference for numbers), so that a pool of distinct answers yields
+its most central one rather than an arbitrary one. Any remaining tie goes to the larger total
+weight, then to the smaller value (the smallest number, or the lexicographically smallest
+string). Expected scores that differ by less than 1e-9 (relative) count as tied.
 """
 
 from __future__ import annotations
@@ -450,11 +453,43 @@ def _rule_mode(values: list[Any], weights: np.ndarray, counts: np.ndarray, metri
         members.setdefault(key, []).append(k)
     keys = list(class_weight)
     key_weights = np.array([class_weight[key] for key in keys])
-    winner = keys[_best_index(key_weights, key_weights, keys, higher_is_better=True)]
-    # The class is reported by its heaviest surface form.
-    group = members[winner]
-    k = _best_index(weights[group], weights[group], [values[g] for g in group], higher_is_better=True)
-    return values[group[k]]
+
+    def surface_form(key: Any) -> Any:
+        """A class is reported by its heaviest surface form."""
+        group = members[key]
+        k = _best_index(weights[group], weights[group], [values[g] for g in group], higher_is_better=True)
+        return values[group[k]]
+
+    top = float(key_weights.max())
+    tied = [key for key, w in zip(keys, key_weights, strict=True) if w >= top - _TIE_RTOL * max(1.0, top)]
+    if len(tied) == 1:
+        return surface_form(tied[0])
+    # Equally frequent answers are all Bayes-optimal; the one closest to the rest of the sample
+    # is chosen (with 16 distinct answers, the smallest string would be an arbitrary pick).
+    forms = [surface_form(key) for key in tied]
+    closeness = _closeness(forms, values, weights)
+    tied_weights = np.array([class_weight[key] for key in tied])
+    return forms[_best_index(closeness, tied_weights, forms, higher_is_better=True)]
+
+
+def _closeness(forms: list[Any], values: list[Any], weights: np.ndarray) -> np.ndarray:
+    """Shape (len(forms),): expected similarity of each form to the sample ``values``.
+
+    Minus the absolute difference for numbers, SQuAD token F1 for text.
+    """
+    if all(isinstance(v, (int, float)) for v in [*forms, *values]):
+        f = np.asarray(forms, dtype=np.float64)
+        v = np.asarray(values, dtype=np.float64)
+        return np.asarray(-np.abs(f[:, None] - v[None, :]) @ weights)
+    from metricwise.metrics import get as get_metric
+
+    token_f1 = get_metric("token_f1")
+    texts = [str(v) for v in values]
+    # In row blocks: thousands of tied singletons (a prior over a train split) stay in bounded memory.
+    block = 512
+    return np.concatenate(
+        [token_f1.pairwise([str(f) for f in forms[i : i + block]], texts) @ weights for i in range(0, len(forms), block)]
+    )
 
 
 def _rule_mean(values: list[Any], weights: np.ndarray, *_: Any) -> float:
