@@ -65,9 +65,11 @@ Server quirks that reach the numbers:
   reported token is not an empty (end-of-generation) token; otherwise ``"eos"``.
 - Reproducibility: the seeds fix every random number, but a server's logits move slightly
   (``llama-server`` on CPU: about 1e-2) with whatever else shares its batch and KV cache, so a
-  repeated run can flip a token whose random number falls that close to a CDF boundary (a few
-  per thousand tokens). ``cache_prompt`` is sent false to ``llama-server``: logits computed
-  from a cached prompt round differently again.
+  repeated run can flip a token whose random number falls that close to a CDF boundary, and a
+  flipped token changes the rest of the sample (against a four-slot server, 7 of 12
+  twelve-token samples of a repeated run differed once). A one-slot server (``-np 1``) decodes
+  each request alone and repeats bitwise. ``cache_prompt`` is sent false to ``llama-server``:
+  logits computed from a cached prompt round differently again.
 - Guards: the wall-clock budget (:attr:`Guards.max_seconds`) bounds every request's timeout;
   samples still missing when it runs out get ``finish_reason="guard"`` and empty text. The
   repetition detector runs over the returned token ids (or token strings) and cuts a candidate at
