@@ -399,11 +399,15 @@ def _support_order(values: list[Any], weights: np.ndarray) -> list[int]:
 
 def _best_index(scores: np.ndarray, weights: np.ndarray, values: list[Any], higher_is_better: bool) -> int:
     """Index of the optimal score; ties go to the heavier candidate, then the smaller value."""
-    signed = scores if higher_is_better else -scores
-    best = float(np.max(signed))
-    tol = _TIE_RTOL * max(1.0, abs(best))
-    tied = [k for k in range(len(values)) if signed[k] >= best - tol]
+    tied = _tied_with_max(scores if higher_is_better else -scores)
     return min(tied, key=lambda k: (-weights[k], _value_key(values[k])))
+
+
+def _tied_with_max(scores: np.ndarray) -> list[int]:
+    """Indices of the scores within the tie tolerance (``_TIE_RTOL``, relative) of the maximum."""
+    best = float(np.max(scores))
+    tol = _TIE_RTOL * max(1.0, abs(best))
+    return [k for k in range(len(scores)) if scores[k] >= best - tol]
 
 
 def weighted_quantile(values: Sequence[float] | np.ndarray, weights: Sequence[float] | np.ndarray, tau: float) -> float:
@@ -460,8 +464,7 @@ def _rule_mode(values: list[Any], weights: np.ndarray, counts: np.ndarray, metri
         k = _best_index(weights[group], weights[group], [values[g] for g in group], higher_is_better=True)
         return values[group[k]]
 
-    top = float(key_weights.max())
-    tied = [key for key, w in zip(keys, key_weights, strict=True) if w >= top - _TIE_RTOL * max(1.0, top)]
+    tied = [keys[k] for k in _tied_with_max(key_weights)]
     if len(tied) == 1:
         return surface_form(tied[0])
     # Equally frequent answers are all Bayes-optimal; the one closest to the rest of the sample
@@ -477,19 +480,16 @@ def _closeness(forms: list[Any], values: list[Any], weights: np.ndarray) -> np.n
 
     Minus the absolute difference for numbers, SQuAD token F1 for text.
     """
-    if all(isinstance(v, (int, float)) for v in [*forms, *values]):
-        f = np.asarray(forms, dtype=np.float64)
-        v = np.asarray(values, dtype=np.float64)
-        return np.asarray(-np.abs(f[:, None] - v[None, :]) @ weights)
     from metricwise.metrics import get as get_metric
 
-    token_f1 = get_metric("token_f1")
-    texts = [str(v) for v in values]
+    if all(isinstance(v, (int, float)) for v in [*forms, *values]):
+        similarity, cands, refs = get_metric("absolute_error"), forms, values
+    else:
+        similarity, cands, refs = get_metric("token_f1"), [str(f) for f in forms], [str(v) for v in values]
+    sign = 1.0 if similarity.higher_is_better else -1.0
     # In row blocks: thousands of tied singletons (a prior over a train split) stay in bounded memory.
     block = 512
-    return np.concatenate(
-        [token_f1.pairwise([str(f) for f in forms[i : i + block]], texts) @ weights for i in range(0, len(forms), block)]
-    )
+    return sign * np.concatenate([similarity.pairwise(cands[i : i + block], refs) @ weights for i in range(0, len(cands), block)])
 
 
 def _rule_mean(values: list[Any], weights: np.ndarray, *_: Any) -> float:
