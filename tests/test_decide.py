@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 import random
 from collections import Counter
@@ -267,3 +268,100 @@ def test_unknown_metric_suggests_the_closest_name():
 def test_a_single_string_is_refused():
     with pytest.raises(InvalidParameterError, match="wrap it in a list"):
         decide("Paris", "exact_match")
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounded memory: candidates x support matrices are filled in blocks of rows.
+
+decide_module = importlib.import_module("metricwise.decide")
+
+
+def distinct_phrases(n: int, seed: int = 0) -> list[str]:
+    """``n`` short distinct answers with shared words, so that metrics score many pairs > 0."""
+    rng = random.Random(seed)
+    words = ["the", "cat", "sat", "on", "a", "mat", "dog", "ran", "in", "park", "red", "Paris"]
+    phrases: set[str] = set()
+    while len(phrases) < n:
+        phrases.add(" ".join(rng.choice(words) for _ in range(rng.randint(1, 5))))
+    return sorted(phrases)
+
+
+class RecordingMetric(metrics.Metric):
+    """Delegates to a registered metric and records the (rows, columns) of every pairwise call."""
+
+    def __init__(self, inner: metrics.Metric) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.higher_is_better = inner.higher_is_better
+        self.kind = inner.kind
+        self.bayes_rule = inner.bayes_rule
+        self.shapes: list[tuple[int, int]] = []
+
+    def _score_one(self, pred, ref):
+        return self.inner.score(pred, ref)
+
+    def pairwise(self, cands, refs):
+        self.shapes.append((len(cands), len(refs)))
+        return self.inner.pairwise(cands, refs)
+
+    def normalize(self, value):
+        return self.inner.normalize(value)
+
+
+def pairwise_cell_limit() -> int:
+    """Matrix cells one pairwise call may fill under the (patched) memory budget."""
+    return decide_module._PAIRWISE_BUDGET_BYTES // (8 * decide_module._PAIRWISE_WORKING_COPIES)
+
+
+@pytest.mark.parametrize("name", ["chrf", "bleu", "token_f1"])
+def test_blocked_mbr_gives_the_same_decision_as_one_matrix(name, monkeypatch):
+    samples = distinct_phrases(200)
+    samples += samples[:40]  # repeated answers: weights differ from uniform over the support
+    whole = decide(samples, name)
+    # A budget of a few rows forces the blocked path (200 distinct candidates, 200 columns).
+    budget = 8 * decide_module._PAIRWISE_WORKING_COPIES * 200 * 7
+    monkeypatch.setattr(decide_module, "_PAIRWISE_BUDGET_BYTES", budget)
+    recorder = RecordingMetric(metrics.get(name))
+    blocked = decide(samples, recorder)
+    # Row blocks of the matrix are exactly the rows of the whole matrix.
+    distinct = sorted(set(samples))
+    inner = recorder.inner
+    rows = [inner.pairwise(distinct[i : i + 7], distinct) for i in range(0, len(distinct), 7)]
+    assert np.array_equal(np.vstack(rows), inner.pairwise(distinct, distinct))
+    assert max(rows for rows, _ in recorder.shapes) == 7
+    assert blocked.output == whole.output
+    assert blocked.support == whole.support
+    # The same matrix entries; only the matrix-vector product's last bits may differ, because
+    # BLAS sums a row in an order that depends on where the row falls in its kernel's groups.
+    assert blocked.expected_utility == pytest.approx(whole.expected_utility, rel=1e-13, abs=0)
+
+
+def test_no_pairwise_call_exceeds_the_memory_budget(monkeypatch):
+    budget = 8 * decide_module._PAIRWISE_WORKING_COPIES * 1000
+    monkeypatch.setattr(decide_module, "_PAIRWISE_BUDGET_BYTES", budget)
+    limit = pairwise_cell_limit()
+    samples = distinct_phrases(150)
+    # MBR: the (C, C) utility matrix.
+    recorder = RecordingMetric(metrics.get("chrf"))
+    decision = decide(samples, recorder)
+    assert decision.rule == "mbr" and decision.ok
+    assert len(recorder.shapes) > 1
+    assert all(rows * cols <= limit for rows, cols in recorder.shapes), recorder.shapes
+    assert sum(rows for rows, _ in recorder.shapes) == len(samples)  # every candidate scored once
+    # The mode's tie-break between equally frequent answers: the (tied, C) closeness matrix.
+    words = ["cat", "sat", "mat", "dog", "ran", "park", "red", "blue", "Paris", "Lyon", "Nice"]
+    singletons = [f"{a} {b}" for a in words for b in words]  # 121 distinct classes, all tied
+    token_f1 = RecordingMetric(metrics.get("token_f1"))
+    original_get = metrics.get
+    def get(name, **kw):
+        return token_f1 if name == "token_f1" else original_get(name, **kw)
+
+    monkeypatch.setattr(metrics, "get", get)
+    assert decide(singletons, "exact_match").ok
+    assert token_f1.shapes
+    assert all(rows * cols <= limit for rows, cols in token_f1.shapes), token_f1.shapes
+    # A whole matrix that fits is filled in one call (identical lists: features computed once).
+    monkeypatch.undo()
+    small = RecordingMetric(metrics.get("chrf"))
+    decide(samples, small)
+    assert small.shapes[0] == (len(samples), len(samples))

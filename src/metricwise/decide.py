@@ -23,6 +23,10 @@ smallest weighted absolute difference for numbers), so that a pool of distinct a
 its most central one rather than an arbitrary one. Any remaining tie goes to the larger total
 weight, then to the smaller value (the smallest number, or the lexicographically smallest
 string). Expected scores that differ by less than 1e-9 (relative) count as tied.
+
+Memory is bounded whatever N: a candidates x samples matrix (MBR's utilities, the mode's
+closeness) that would not fit in ``_PAIRWISE_BUDGET_BYTES`` (256 MiB) is filled and reduced in
+blocks of candidate rows.
 """
 
 from __future__ import annotations
@@ -43,6 +47,13 @@ RULES: tuple[str, ...] = ("mode", "mean", "median", "quantile", "grid", "mbr")
 NUMERIC_RULES: frozenset[str] = frozenset({"mean", "median", "quantile", "grid"})
 WEIGHTINGS: tuple[str, ...] = ("uniform", "model", "importance")
 _TIE_RTOL = 1e-9
+#: Memory that one ``metric.pairwise`` call of a rule may use, in bytes. A (C, R) matrix that
+#: does not fit is filled in blocks of candidate rows, so a decision over tens of thousands of
+#: distinct samples stays in bounded memory instead of asking for C x C x 8 bytes at once.
+_PAIRWISE_BUDGET_BYTES = 256 * 1024 * 1024
+#: How many (rows, R) float64 arrays a metric holds at once while filling one block: chrF keeps
+#: one match matrix per order (6 by default) and about as many temporaries for its F-score.
+_PAIRWISE_WORKING_COPIES = 16
 
 
 def decide(
@@ -487,9 +498,43 @@ def _closeness(forms: list[Any], values: list[Any], weights: np.ndarray) -> np.n
     else:
         similarity, cands, refs = get_metric("token_f1"), [str(f) for f in forms], [str(v) for v in values]
     sign = 1.0 if similarity.higher_is_better else -1.0
-    # In row blocks: thousands of tied singletons (a prior over a train split) stay in bounded memory.
-    block = 512
-    return sign * np.concatenate([similarity.pairwise(cands[i : i + block], refs) @ weights for i in range(0, len(cands), block)])
+    return sign * _expected_scores(similarity, cands, refs, weights)
+
+
+def _expected_scores(
+    metric: Metric, cands: list[Any], refs: list[Any], weights: np.ndarray
+) -> np.ndarray:
+    """Shape (C,): ``sum_j weights[j] * metric(cands[i], refs[j])`` for every candidate.
+
+    Parameters
+    ----------
+    metric:
+        The metric whose ``pairwise`` fills the (C, R) matrix.
+    cands, refs:
+        C candidates and R references (for MBR the same list object on both sides).
+    weights:
+        Shape (R,), the references' weights.
+
+    Notes
+    -----
+    The (C, R) float64 matrix is filled in one call when it fits in ``_PAIRWISE_BUDGET_BYTES``
+    (allowing ``_PAIRWISE_WORKING_COPIES`` arrays of its size for the metric's intermediates):
+    with identical lists a metric then computes every string's features once. Otherwise it is
+    filled in blocks of candidate rows, each reduced to its expected scores before the next, so
+    peak memory does not grow with C x R. Time is O(C x R) metric evaluations either way; the
+    blocked path repeats the references' per-string features once per block.
+    """
+    rows = _block_rows(len(refs))
+    if len(cands) <= rows:
+        return metric.pairwise(cands, refs) @ weights
+    starts = range(0, len(cands), rows)
+    return np.concatenate([metric.pairwise(cands[i : i + rows], refs) @ weights for i in starts])
+
+
+def _block_rows(n_refs: int) -> int:
+    """Candidate rows per ``pairwise`` call that keep a call within the memory budget (>= 1)."""
+    cells = _PAIRWISE_BUDGET_BYTES // (8 * _PAIRWISE_WORKING_COPIES)
+    return max(1, cells // max(1, n_refs))
 
 
 def _rule_mean(values: list[Any], weights: np.ndarray, *_: Any) -> float:
@@ -513,8 +558,12 @@ class _Scored:
 
 
 def _rule_mbr(values: list[Any], weights: np.ndarray, counts: np.ndarray, metric: Metric, *_: Any) -> _Scored:
-    """argmax over distinct candidates c of sum_j w_j u(c, y_j): one (C, C) pairwise matrix."""
-    expected = metric.pairwise(values, values) @ weights
+    """argmax over distinct candidates c of sum_j w_j u(c, y_j), from the (C, C) pairwise matrix.
+
+    The matrix is filled in blocks of rows when it does not fit in the memory budget (see
+    :func:`_expected_scores`).
+    """
+    expected = _expected_scores(metric, values, values, weights)
     best = _best_index(expected, weights, values, metric.higher_is_better)
     return _Scored(values[best], float(expected[best]))
 
@@ -543,8 +592,8 @@ def _rule_grid(
     g_weights = grid_weights[present]
     if inner == "mbr":
         # Any grid value may be the answer, also one no sample is nearest to.
-        expected = metric.pairwise([float(g) for g in grid_values], g_values) @ g_weights
         all_values = [float(g) for g in grid_values]
+        expected = _expected_scores(metric, all_values, g_values, g_weights)
         return all_values[_best_index(expected, grid_weights, all_values, metric.higher_is_better)]
     return _RULE_FUNCTIONS[inner](g_values, g_weights, counts, metric, valid_range, None)
 
