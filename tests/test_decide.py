@@ -252,6 +252,9 @@ def test_plain_callable_metric_needs_a_direction():
         ({"weights": [1.0]}, "shape \\(2,\\)"),
         ({"logprobs": [-1.0]}, "shape \\(2,\\)"),
         ({"logprobs": [0.5, -1.0], "weights": "model"}, "log-probabilities"),
+        ({"logprobs": [math.inf, -1.0], "weights": "model"}, "log-probabilities"),
+        ({"logprobs": [math.nan, -1.0], "weights": "model"}, "not NaN"),
+        ({"weights": "importance", "logprobs": [-1.0, -1.0], "proposal_logprobs": [-1.0, math.nan]}, "not NaN"),
         ({"valid_range": (5, 1)}, "lo < hi"),
     ],
 )
@@ -365,3 +368,109 @@ def test_no_pairwise_call_exceeds_the_memory_budget(monkeypatch):
     small = RecordingMetric(metrics.get("chrf"))
     decide(samples, small)
     assert small.shapes[0] == (len(samples), len(samples))
+
+
+# ---------------------------------------------------------------------------------------------
+# Log-probabilities of -inf (a server that returns null token log-probabilities).
+
+NEG_INF = float("-inf")
+
+
+def score_of(decision) -> float | None:
+    """The decision's expected utility or expected loss, whichever its metric has."""
+    return decision.expected_utility if decision.expected_utility is not None else decision.expected_loss
+
+
+@pytest.mark.parametrize("name", ["chrf", "exact_match", "token_f1", "squared_error", "absolute_error"])
+@pytest.mark.parametrize(
+    ("weights", "logp", "logq"),
+    [
+        ("model", [NEG_INF, NEG_INF], None),
+        ("importance", [NEG_INF, NEG_INF], [-1.0, -2.0]),
+        ("importance", [-1.0, -2.0], [NEG_INF, NEG_INF]),
+        ("importance", [NEG_INF, -2.0], [-1.0, NEG_INF]),
+    ],
+)
+def test_no_finite_log_probability_fails_with_a_reason(name, weights, logp, logq):
+    decision = decide(["1", "2"], name, weights=weights, logprobs=logp, proposal_logprobs=logq)
+    assert decision.output is None
+    assert not decision.ok
+    assert decision.failure.startswith("no usable sample has a finite log-probability (2 have -inf)")
+    assert f"'{weights}' weighting" in decision.failure
+    assert (decision.n_valid, decision.n_total, decision.support) == (0, 2, ())
+    assert decision.effective_sample_size == 0.0
+    assert math.isnan(score_of(decision))
+
+
+def test_a_sample_set_with_null_log_probabilities_fails_with_a_reason():
+    null_logprobs = (Candidate("Paris", logp=NEG_INF), Candidate("Lyon", logp=NEG_INF))
+    decision = decide(SampleSet(candidates=null_logprobs), "chrf", weights="model")
+    assert decision.output is None
+    assert "(2 have -inf)" in decision.failure
+    # Only the kept samples count: an excluded truncated candidate is not among them.
+    truncated = Candidate("Nice", logp=-1.0, finish_reason="length")
+    decision = decide(SampleSet(candidates=(*null_logprobs, truncated)), "chrf", weights="model")
+    assert decision.output is None
+    assert "(2 have -inf)" in decision.failure
+    assert decision.excluded == {"length": 1}
+
+
+@pytest.mark.parametrize(
+    ("name", "samples"),
+    [
+        ("exact_match", ["Paris", "Lyon", "Lyon", "Nice", "Paris"]),
+        ("token_f1", ["the cat", "a dog", "a dog", "the cat sat", "a cat"]),
+        ("chrf", ["the cat", "a dog", "a dog", "the cat sat", "a cat"]),
+        ("squared_error", ["1", "9", "9", "3", "4"]),
+        ("absolute_error", ["1", "2", "2", "3", "5"]),
+    ],
+)
+@pytest.mark.parametrize(
+    ("weights", "logp", "logq"),
+    [
+        ("model", [-1.0, NEG_INF, NEG_INF, -1.5, -3.0], None),
+        # Sample 1 has p = 0; sample 2's log q is missing, so its ratio p/q is unusable.
+        ("importance", [-1.0, NEG_INF, -2.0, -1.5, -3.0], [-1.0, -1.0, NEG_INF, -2.0, -1.0]),
+    ],
+)
+def test_minus_inf_log_probabilities_give_weight_zero(name, samples, weights, logp, logq):
+    decision = decide(samples, name, weights=weights, logprobs=logp, proposal_logprobs=logq)
+    assert decision.ok
+    assert decision.n_valid == 5
+    weight_of = {item.value: item.weight for item in decision.support}
+    zero_weight = float(samples[1]) if decision.rule in ("mean", "median") else samples[1]
+    assert weight_of[zero_weight] == 0.0
+    # Weight 0 is no influence: the same decision as without samples 1 and 2.
+    kept = [0, 3, 4]
+    reference = decide(
+        [samples[i] for i in kept],
+        name,
+        weights=weights,
+        logprobs=[logp[i] for i in kept],
+        proposal_logprobs=None if logq is None else [logq[i] for i in kept],
+    )
+    assert decision.output == reference.output
+    assert decision.effective_sample_size == pytest.approx(reference.effective_sample_size)
+    assert score_of(decision) == pytest.approx(score_of(reference), rel=1e-12)
+
+
+def test_weights_that_overflow_when_summed_still_give_a_decision():
+    decision = decide(["1", "2", "4"], "squared_error", weights=[1e308, 1e308, 0.0])
+    assert decision.output == 1.5
+    assert decision.effective_sample_size == pytest.approx(2.0)
+
+
+def test_a_copy_without_log_probability_keeps_its_text_s_mass():
+    # "a" is one sequence with log p = -1; its second copy came back without one.
+    logprobs = [-1.0, NEG_INF, -2.0]
+    decision = decide(["a", "a", "b"], "exact_match", weights="model", logprobs=logprobs)
+    assert decision.output == "a"
+    assert decision.expected_utility == pytest.approx(math.exp(-1) / (math.exp(-1) + math.exp(-2)))
+
+
+def test_a_zero_weight_sample_does_not_move_the_median():
+    # Every point of [1, 3] is a median; the midpoint of the samples with weight is returned.
+    logprobs = [-1.0, NEG_INF, -1.0]
+    decision = decide([1, 2, 3], "absolute_error", weights="model", logprobs=logprobs)
+    assert decision.output == decide([1, 3], "absolute_error").output == 2.0
+    assert weighted_quantile([1, 2, 3], [1, 0, 1], 0.5) == 2.0

@@ -91,10 +91,14 @@ def decide(
         ``logprobs / weight_temperature`` over distinct candidate texts (a duplicate is one
         sequence of the model, counted once). ``"importance"``: ``exp(logp - logq)`` per sample,
         undoing the sampler's distortion (temperature, top-k/p); the effective sample size is
-        reported. Or an explicit non-negative array of shape (N,).
+        reported. Or an explicit non-negative array of shape (N,). A sample whose ``log p``
+        (or, for ``"importance"``, ``log q``) is -inf gets weight 0; when every usable sample
+        has weight 0 there is no decision (see Returns).
     logprobs, proposal_logprobs:
         Shape (N,) sequence log-probabilities in nats under the raw model (``log p``) and under
-        the sampler (``log q``). Taken from a ``SampleSet`` when not given.
+        the sampler (``log q``), each <= 0 or -inf (a missing value, such as a server's null
+        token log-probability); NaN and +inf are refused. Taken from a ``SampleSet`` when not
+        given.
     higher_is_better:
         Required when ``metric`` is a plain callable.
     weight_temperature:
@@ -115,7 +119,9 @@ def decide(
     Returns
     -------
     Decision
-        ``output`` is ``None`` and ``failure`` says why when no sample was usable.
+        ``output`` is ``None`` and ``failure`` says why when no sample was usable, or when
+        every usable sample has weight 0 (for example all log-probabilities -inf with
+        ``weights="model"``).
 
     Examples
     --------
@@ -154,8 +160,11 @@ def decide(
     weighting, sample_weights = _sample_weights(
         weights, n_total, keep, raw, logp, logq, weight_temperature
     )
-    if not values or sample_weights.sum() <= 0:
-        why = _failure_message(n_total, excluded, numeric, bool(values))
+    total = float(sample_weights.sum())
+    # `not total > 0` rather than `total <= 0`: a NaN total must fail too, never reach a rule.
+    if not values or not (total > 0 and math.isfinite(total)):
+        n_inf = _count_infinite_logprobs(weighting, keep, logp, logq)
+        why = _failure_message(n_total, excluded, numeric, bool(values), weighting, n_inf, total)
         return Decision(
             output=None,
             rule=rule_name,
@@ -170,7 +179,7 @@ def decide(
             excluded=excluded,
             failure=why,
         )
-    sample_weights = sample_weights / sample_weights.sum()
+    sample_weights = sample_weights / total
     ess = float(1.0 / np.sum(sample_weights**2))
 
     support_values, support_weights, support_counts = _aggregate(values, sample_weights)
@@ -336,10 +345,13 @@ def _sample_weights(
                     "The 'weights' parameter of decide is 'importance', which needs both 'logprobs' (log p) "
                     "and 'proposal_logprobs' (log q), or a SampleSet whose candidates have both."
                 )
-            log_ratio = logp[idx] - logq[idx]
-            if len(log_ratio) == 0:
-                return "importance", log_ratio
-            return "importance", np.exp(log_ratio - log_ratio.max())
+            # log q = -inf (a sampled text the sampler gave probability 0: a missing value) has
+            # no usable ratio, and log p = -inf means p = 0: both get weight 0.
+            lp, lq = logp[idx], logq[idx]
+            finite = np.isfinite(lp) & np.isfinite(lq)
+            log_ratio = np.full(len(idx), -np.inf)
+            log_ratio[finite] = lp[finite] - lq[finite]
+            return "importance", _exp_normalised(log_ratio)
         check_weighting(weights)
     arr = np.asarray(weights, dtype=np.float64)
     if arr.shape != (n_total,):
@@ -348,7 +360,13 @@ def _sample_weights(
         )
     if not np.isfinite(arr).all() or (arr < 0).any():
         raise InvalidParameterError("The 'weights' parameter of decide must be finite and non-negative.")
-    return "explicit", arr[idx]
+    kept = arr[idx]
+    with np.errstate(over="ignore"):
+        overflows = not math.isfinite(float(kept.sum()))
+    if overflows:
+        # Finite weights near the float maximum overflow when summed; only their ratios matter.
+        kept = kept / kept.max()
+    return "explicit", kept
 
 
 def _model_weights(raw: list[Any], logp: np.ndarray, idx: np.ndarray, temperature: float) -> np.ndarray:
@@ -357,11 +375,10 @@ def _model_weights(raw: list[Any], logp: np.ndarray, idx: np.ndarray, temperatur
     for position, i in enumerate(idx):
         groups.setdefault(str(raw[i]), []).append(position)
     keys = list(groups)
-    # A text has one sequence probability; averaging guards against tiny numeric drift between copies.
-    scaled = np.array([np.mean(logp[idx[groups[k]]]) for k in keys]) / temperature
-    if len(scaled) == 0:
-        return np.zeros(0)
-    mass = np.exp(scaled - scaled.max())
+    # A text has one sequence probability; averaging guards against tiny numeric drift between
+    # copies. A copy without one (-inf: a null from the server) does not erase the others'.
+    scaled = np.array([_finite_mean(logp[idx[groups[k]]]) for k in keys]) / temperature
+    mass = _exp_normalised(scaled)
     out = np.empty(len(idx))
     for k, m in zip(keys, mass, strict=True):
         members = groups[k]
@@ -369,11 +386,64 @@ def _model_weights(raw: list[Any], logp: np.ndarray, idx: np.ndarray, temperatur
     return out
 
 
-def _failure_message(n_total: int, excluded: dict[str, int], numeric: bool, had_values: bool) -> str:
+def _finite_mean(values: np.ndarray) -> float:
+    """Mean of the finite entries of ``values``; -inf when there are none."""
+    finite = values[np.isfinite(values)]
+    return float(np.mean(finite)) if len(finite) else -math.inf
+
+
+def _exp_normalised(log_weights: np.ndarray) -> np.ndarray:
+    """``exp(log_weights - max)``, shape kept; all zeros when no entry is finite.
+
+    Subtracting the largest finite entry keeps the exponentials in range; with none finite,
+    ``-inf - (-inf)`` would be NaN, so every weight is 0 and the decision fails with a reason.
+    """
+    finite = np.isfinite(log_weights)
+    if not finite.any():
+        return np.zeros(len(log_weights))
+    return np.where(finite, np.exp(log_weights - np.max(log_weights[finite])), 0.0)
+
+
+def _count_infinite_logprobs(
+    weighting: str, keep: list[int], logp: np.ndarray | None, logq: np.ndarray | None
+) -> int:
+    """How many kept samples have a log-probability of -inf that their weighting reads."""
+    used = {"model": [logp], "importance": [logp, logq]}.get(weighting, [])
+    idx = np.asarray(keep, dtype=np.int64)
+    infinite = np.zeros(len(idx), dtype=bool)
+    for logs in used:
+        if logs is not None:
+            infinite |= ~np.isfinite(logs[idx])
+    return int(infinite.sum())
+
+
+def _failure_message(
+    n_total: int,
+    excluded: dict[str, int],
+    numeric: bool,
+    had_values: bool,
+    weighting: str,
+    n_inf: int,
+    total_weight: float,
+) -> str:
+    """Why no decision was made: no samples, none usable, or no usable one with weight > 0.
+
+    ``n_inf`` counts the usable samples whose ``logprobs`` (or ``proposal_logprobs``) read by
+    the weighting are -inf; ``total_weight`` is the usable samples' unnormalised weight.
+    """
     if n_total == 0:
         return "no samples were given"
+    if had_values and n_inf > 0:
+        needs = "'logprobs'" if weighting == "model" else "'logprobs' and 'proposal_logprobs'"
+        return (
+            f"no usable sample has a finite log-probability ({n_inf} have -inf); the "
+            f"'{weighting}' weighting needs finite {needs} (a backend that returns token "
+            "log-probabilities), or use weights='uniform'"
+        )
     if had_values:
-        return "every usable sample has weight 0"
+        if total_weight == 0:
+            return "every usable sample has weight 0"
+        return f"the usable samples' weights sum to {total_weight!r}, not a finite number > 0"
     parts = ", ".join(f"{count} {reason}" for reason, count in sorted(excluded.items()))
     what = "a number" if numeric else "an answer"
     return f"none of the {n_total} samples could be used as {what} ({parts})"
@@ -427,7 +497,8 @@ def weighted_quantile(values: Sequence[float] | np.ndarray, weights: Sequence[fl
     Parameters
     ----------
     values, weights:
-        Shape (K,) each; weights non-negative with a positive sum.
+        Shape (K,) each; weights non-negative with a positive sum. Values with weight 0 are
+        ignored.
     tau:
         Level in (0, 1); 0.5 gives the median.
 
@@ -440,6 +511,8 @@ def weighted_quantile(values: Sequence[float] | np.ndarray, weights: Sequence[fl
     """
     v = np.asarray(values, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
+    # A value with weight 0 carries no evidence; left in, it could become the midpoint's end.
+    v, w = v[w > 0], w[w > 0]
     order = np.argsort(v, kind="stable")
     v, w = v[order], w[order]
     cumulative = np.cumsum(w) / w.sum()
