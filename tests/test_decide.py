@@ -474,3 +474,59 @@ def test_a_zero_weight_sample_does_not_move_the_median():
     decision = decide([1, 2, 3], "absolute_error", weights="model", logprobs=logprobs)
     assert decision.output == decide([1, 3], "absolute_error").output == 2.0
     assert weighted_quantile([1, 2, 3], [1, 0, 1], 0.5) == 2.0
+
+
+# ---------------------------------------------------------------------------------------------
+# An empty or punctuation-only text is no answer.
+
+
+@pytest.mark.parametrize(
+    ("name", "rule"), [("exact_match", "mode"), ("exact_match", "mbr"), ("chrf", "mbr"), ("token_f1", "mbr")]
+)
+def test_empty_and_punctuation_only_answers_are_left_out(name, rule):
+    # Three samples normalise to "" and used to outvote three distinct real answers.
+    samples = ["", " /", "Tokyo", "Kyoto", "Osaka.", "..."]
+    decision = decide(samples, name, rule=rule)
+    assert decision.output in {"Tokyo", "Kyoto", "Osaka."}
+    assert decision.excluded == {"empty": 3}
+    assert (decision.n_valid, decision.n_total) == (3, 6)
+    assert {item.value for item in decision.support} == {"Tokyo", "Kyoto", "Osaka."}
+    assert decision.ok
+
+
+def test_text_in_any_script_is_an_answer_and_its_punctuation_is_not():
+    decision = decide(["東京", "東京", "", "。", "Kyoto"], "exact_match")
+    assert decision.output == "東京"
+    assert decision.excluded == {"empty": 2}
+    assert decide(["-1", "?", "x"], "exact_match").n_valid == 2  # a digit or a letter is enough
+
+
+def test_only_empty_answers_fail_explicitly():
+    decision = decide(["", "...", " \n"], "exact_match")
+    assert decision.output is None
+    assert decision.failure == "none of the 3 samples could be used as an answer (3 empty)"
+    assert decision.excluded == {"empty": 3}
+    sample_set = SampleSet(
+        candidates=(Candidate(""), Candidate("!"), Candidate("Paris was", finish_reason="length"))
+    )
+    decision = decide(sample_set, "chrf")
+    assert decision.failure == "none of the 3 samples could be used as an answer (2 empty, 1 length)"
+
+
+def test_the_extracted_answer_is_what_must_not_be_empty():
+    def after_colon(text):
+        return text.split(":", 1)[1].strip() if ":" in text else None
+
+    samples = ["Answer: Paris", "Answer: ", "Answer: ?", "Paris", "Answer: Lyon", "Answer: Paris."]
+    decision = decide(samples, "exact_match", extractor=after_colon)
+    assert decision.output == "Paris"
+    assert decision.excluded == {"empty": 2, "unparsable": 1}
+    assert decision.n_valid == 3
+
+
+def test_numeric_decisions_still_count_empty_texts_as_unparsable():
+    decision = decide(["4", "", "...", "6"], "squared_error")
+    assert decision.output == 5.0
+    assert decision.excluded == {"unparsable": 2}
+    failure = decide(["", "-"], "absolute_error").failure
+    assert failure == "none of the 2 samples could be used as a number (2 unparsable)"

@@ -24,6 +24,12 @@ its most central one rather than an arbitrary one. Any remaining tie goes to the
 weight, then to the smaller value (the smallest number, or the lexicographically smallest
 string). Expected scores that differ by less than 1e-9 (relative) count as tied.
 
+Samples that cannot be an answer are left out before deciding and counted by reason in
+``Decision.excluded``: truncated candidates (their finish reason, e.g. ``"length"``), texts
+with no number for numeric rules (``"unparsable"``), and texts with no letter or digit for
+text rules (``"empty"``: ``""``, ``" /"``, ``"..."``), so that empty answers, which all
+normalise to ``""``, cannot outvote real ones. With none left the decision fails with a reason.
+
 Memory is bounded whatever N: a candidates x samples matrix (MBR's utilities, the mode's
 closeness) that would not fit in ``_PAIRWISE_BUDGET_BYTES`` (256 MiB) is filled and reduced in
 blocks of candidate rows.
@@ -113,13 +119,21 @@ def decide(
     include_incomplete:
         Keep candidates whose finish reason is ``"length"``, ``"guard"`` or ``"error"``
         (truncated or runaway text); they are left out by default.
+
+        Independently of this, a sample that cannot be an answer is always left out and
+        counted in ``Decision.excluded``: for numeric rules one with no number
+        (``"unparsable"``), for text rules (``mode``, ``mbr``) one with no letter or digit
+        after the extractor (``"empty"``: ``""``, ``" /"``, ``"..."``; text in any script
+        counts).
     **metric_args:
         Passed to the registered metric (for example ``tau=0.9`` for ``pinball``).
 
     Returns
     -------
     Decision
-        ``output`` is ``None`` and ``failure`` says why when no sample was usable, or when
+        ``n_valid`` counts the samples that entered the decision and ``excluded`` the others
+        by reason. ``output`` is ``None`` and ``failure`` says why when no sample was usable
+        (for example "none of the 3 samples could be used as an answer (3 empty)"), or when
         every usable sample has weight 0 (for example all log-probabilities -inf with
         ``weights="model"``).
 
@@ -153,6 +167,11 @@ def decide(
         value = _to_value(item, numeric=numeric, extract_fn=extract_fn, valid_range=valid_range)
         if value is None:
             excluded["unparsable"] = excluded.get("unparsable", 0) + 1
+            continue
+        if not numeric and not _is_answer_text(value):
+            # "", " /" and "..." all normalise to "" for exact match: a few of them would
+            # outvote distinct real answers and make "" the decision.
+            excluded["empty"] = excluded.get("empty", 0) + 1
             continue
         values.append(value)
         keep.append(i)
@@ -278,6 +297,15 @@ def _check_logprobs(values: Sequence[float] | None, n: int, name: str) -> np.nda
             f"The '{name}' parameter of decide must hold log-probabilities (<= 0, not NaN). Got {arr[np.isnan(arr) | (arr > 1e-6)][:3].tolist()} instead."
         )
     return arr
+
+
+def _is_answer_text(text: str) -> bool:
+    """Whether ``text`` can be an answer: it holds at least one letter or digit (any script).
+
+    >>> [_is_answer_text(t) for t in ["", " /", "...", "。", "Tokyo", "東京", "-1"]]
+    [False, False, False, False, True, True, True]
+    """
+    return any(ch.isalnum() for ch in text)
 
 
 def _resolve_extractor(extractor: Callable[[str], Any] | str | None) -> Callable[[str], Any] | None:
