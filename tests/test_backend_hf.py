@@ -223,11 +223,34 @@ def test_max_tokens_stop_strings_and_repetition_guard(backend):
     cut = backend.greedy(PROMPTS[:1], SamplingConfig(max_tokens=12, stop=(stop,)))[0]
     assert cut.finish_reason == "stop"
     assert cut.text == first.text[: first.text.find(stop)]
-    # The untrained model's greedy path is periodic: the repetition guard ends it early.
+    # The untrained model's greedy path turns periodic: the repetition guard ends it early. (It
+    # emits the control token <s> first, which ends a sample; only EOS may end it here.)
     guarded = HFBackend(backend.model, tokenizer=backend.tokenizer, guards=Guards(min_repeated_tokens=8, min_repeats=3))
+    guarded.end_ids = frozenset({backend.tokenizer.eos_token_id})
     cand = guarded.greedy(PROMPTS[:1], SamplingConfig(max_tokens=200))[0]
     assert cand.finish_reason == "guard"
     assert cand.n_tokens < 200
+
+
+def test_a_control_token_ends_a_sample(backend):
+    """Control tokens are not answer text: one ends the sample like EOS, and is not in the text."""
+    import copy
+
+    from metricwise.backends.hf import _end_ids
+
+    cand = backend.greedy(PROMPTS[:1], SamplingConfig(max_tokens=200))[0]
+    bos = backend.tokenizer.bos_token_id
+    assert bos not in (backend.tokenizer.eos_token_id,) and cand.token_ids[-1] == bos
+    assert cand.finish_reason == "eos" and cand.text == backend.tokenizer.decode(list(cand.token_ids[:-1]))
+    # A GGUF-converted tokenizer keeps Gemma's <start_of_image> as a plain added token: it still
+    # ends a sample, while an added whitespace run does not.
+    tokenizer = copy.deepcopy(backend.tokenizer)
+    tokenizer.add_tokens(["<start_of_image>", "[multimodal]", "\n\n\n", "a<b"])
+    ids = _end_ids(backend.model, tokenizer)
+    assert tokenizer.convert_tokens_to_ids("<start_of_image>") in ids
+    assert tokenizer.convert_tokens_to_ids("[multimodal]") in ids
+    assert tokenizer.convert_tokens_to_ids("\n\n\n") not in ids
+    assert tokenizer.convert_tokens_to_ids("a<b") not in ids
 
 
 def test_temperature_zero_sampling_is_greedy(backend):

@@ -31,9 +31,17 @@ class MissingDependencyError(MetricwiseError, ImportError):
 
 
 class BackendError(MetricwiseError, RuntimeError):
-    """A model backend or server failed (CLI exit code 3)."""
+    """A model backend or server failed (CLI exit code 3). Nothing of the failed request is stored."""
 
     exit_code = 3
+
+
+class SamplingTimeout(BackendError):
+    """A sampling call ran past its wall-clock budget (``Guards.max_seconds``, ``--max_seconds``).
+
+    A timeout is a failure to sample, not a sample: the batch in flight is discarded, batches
+    committed before it stay in the store, and the next run asks for the missing samples again.
+    """
 
 
 def did_you_mean(name: str, choices: list[str]) -> str:

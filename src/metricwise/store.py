@@ -6,7 +6,14 @@ Samples are keyed by (model signature, prompt, sampling settings, seed) and the 
 - a run killed at any moment (kill -9 included) loses at most the batch in flight: every batch
   is committed in one transaction, and SQLite's write-ahead log makes the commit atomic;
 - re-running skips what is stored and never duplicates (``INSERT OR IGNORE`` on the key);
-- asking for more samples (n=16, then n=32) draws only indices 16..31.
+- asking for more samples (n=16, then n=32) draws only indices 16..31;
+- a failure is never stored: :meth:`SampleStore.add` refuses anything that
+  :func:`~metricwise.types.sample_problem` rejects, and backends raise instead of returning
+  placeholders, so the next run asks for the missing samples again;
+- the store is the source of truth: :meth:`SampleStore.sample` returns what the store holds
+  after each commit. When two processes sample into one store, each checks again before every
+  batch what the other has committed, and where both drew the same sample the first commit wins
+  in the store and in what both processes return.
 
 ``n`` is not part of the key; everything else in :class:`~metricwise.types.SamplingConfig` is.
 """
@@ -22,8 +29,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from metricwise.errors import InvalidParameterError
-from metricwise.types import Candidate, SampleSet, SamplingConfig
+from metricwise.errors import BackendError, InvalidParameterError
+from metricwise.types import Candidate, SampleSet, SamplingConfig, sample_problem
 
 if TYPE_CHECKING:
     from metricwise.backends.base import Backend
@@ -76,9 +83,11 @@ class SampleStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        if self.path != ":memory:":
-            parent = Path(self.path).parent
-            parent.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidParameterError(f"The sample store {self.path!r} cannot be created: {exc}.") from None
         try:
             self._db = sqlite3.connect(self.path, timeout=60.0)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -102,9 +111,21 @@ class SampleStore:
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
 
+    def missing(self, model: str, prompts: Sequence[str], config: SamplingConfig) -> list[str]:
+        """The distinct prompts among ``prompts`` that do not have all ``config.n`` samples yet."""
+        return [p for p in dict.fromkeys(prompts) if len(self.lookup(model, p, config)) < config.n]
+
     # -- writing -------------------------------------------------------------------------------
     def add(self, model: str, prompt: str, config: SamplingConfig, candidates: Sequence[tuple[int, Candidate]]) -> None:
-        """Store ``(index, candidate)`` pairs in one transaction; existing indices are kept."""
+        """Store ``(index, candidate)`` pairs in one transaction; existing indices are kept.
+
+        Raises :class:`~metricwise.errors.BackendError`, storing nothing, when any candidate is a
+        failed sample (see :func:`~metricwise.types.sample_problem`).
+        """
+        for i, candidate in candidates:
+            problem = sample_problem(candidate)
+            if problem is not None:
+                raise BackendError(f"Sample {i} of a prompt is not a valid sample and was not stored: {problem}.")
         key = set_key(model, prompt, config)
         with self._db:
             self._db.execute(
@@ -138,24 +159,35 @@ class SampleStore:
         distinct = list(dict.fromkeys(prompts))
         stored = {p: self.lookup(model, p, config) for p in distinct}
         # Whole prompts are committed at once, so what is missing is always a suffix start..n-1.
-        todo: dict[int, list[str]] = {}
-        for p in distinct:
-            start = _first_missing(stored[p], config.n)
-            if start < config.n:
-                todo.setdefault(start, []).append(p)
-        done = len(distinct) - sum(len(v) for v in todo.values())
+        todo = [p for p in distinct if _first_missing(stored[p], config.n) < config.n]
+        done = len(distinct) - len(todo)
         if progress:
             progress(done, len(distinct))
-        for start, group in sorted(todo.items()):
-            for batch in _chunks(group, batch_size):
-                sets = backend.sample(batch, config, start=start)
-                for prompt, sample_set in zip(batch, sets, strict=True):
-                    pairs = list(enumerate(sample_set.candidates, start=start))
-                    self.add(model, prompt, config, pairs)
-                    stored[prompt].update(pairs)
-                done += len(batch)
-                if progress:
-                    progress(done, len(distinct))
+        todo.sort(key=lambda p: _first_missing(stored[p], config.n))  # one start per batch where possible
+        for batch in _chunks(todo, batch_size):
+            # Another process may have committed some of these since: look again, right before sampling.
+            by_start: dict[int, list[str]] = {}
+            for prompt in batch:
+                stored[prompt] = self.lookup(model, prompt, config)
+                start = _first_missing(stored[prompt], config.n)
+                if start < config.n:
+                    by_start.setdefault(start, []).append(prompt)
+            for start, group in sorted(by_start.items()):
+                sets = backend.sample(group, config, start=start)
+                if len(sets) != len(group):
+                    raise BackendError(f"The backend returned {len(sets)} sample sets for {len(group)} prompts.")
+                for prompt, sample_set in zip(group, sets, strict=True):
+                    self.add(model, prompt, config, list(enumerate(sample_set.candidates, start=start)))
+                for prompt in group:
+                    # What the store holds (the first writer's sample, where two drew it) is the result.
+                    stored[prompt] = self.lookup(model, prompt, config)
+                    if _first_missing(stored[prompt], config.n) < config.n:
+                        raise BackendError(
+                            f"The backend returned {len(stored[prompt])} of the {config.n} samples asked for a prompt."
+                        )
+            done += len(batch)
+            if progress:
+                progress(done, len(distinct))
         return [
             SampleSet(candidates=tuple(stored[p][i] for i in range(config.n)), prompt=p)
             for p in prompts
@@ -170,10 +202,8 @@ class SampleStore:
         batch_size: int = 8,
         progress: ProgressCallback | None = None,
     ) -> list[Candidate]:
-        """One greedy continuation per prompt, stored under a temperature-0 config."""
-        greedy_config = SamplingConfig(
-            n=1, temperature=0.0, max_tokens=config.max_tokens, stop=config.stop, seed=0
-        )
+        """One greedy continuation per prompt, stored under :func:`greedy_sampling_config`."""
+        greedy_config = greedy_sampling_config(config)
 
         class _GreedyAsSampler:
             signature = backend.signature
@@ -217,6 +247,11 @@ class SampleStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def greedy_sampling_config(config: SamplingConfig) -> SamplingConfig:
+    """The key greedy continuations are stored under: temperature 0, ``config``'s length and stops."""
+    return SamplingConfig(n=1, temperature=0.0, max_tokens=config.max_tokens, stop=config.stop, seed=0)
 
 
 def _first_missing(stored: dict[int, Candidate], n: int) -> int:

@@ -13,8 +13,11 @@ from typing import Any, Literal
 
 from metricwise.errors import InvalidParameterError
 
-FinishReason = Literal["stop", "eos", "length", "guard", "error"]
-FINISH_REASONS: tuple[str, ...] = ("stop", "eos", "length", "guard", "error")
+FinishReason = Literal["stop", "eos", "length", "guard"]
+#: How a sampled candidate can end: a stop string, EOS (or a control token), ``max_tokens``, or
+#: the repetition guard. A failure to sample (a timeout, an error, a malformed answer) has no
+#: finish reason because it is never a candidate: the backend raises instead.
+FINISH_REASONS: tuple[str, ...] = ("stop", "eos", "length", "guard")
 #: Finish reasons whose text is complete; the others are left out of decisions by default.
 COMPLETE_FINISH_REASONS: frozenset[str] = frozenset({"stop", "eos"})
 
@@ -35,8 +38,8 @@ class Candidate:
     n_tokens:
         Number of generated tokens.
     finish_reason:
-        ``"stop"`` (a stop string), ``"eos"``, ``"length"`` (max_tokens reached), ``"guard"``
-        (a runaway guard fired) or ``"error"``; ``None`` when unknown.
+        ``"stop"`` (a stop string), ``"eos"``, ``"length"`` (max_tokens reached) or ``"guard"``
+        (the repetition guard fired); ``None`` when unknown (answers given as plain text).
     token_ids:
         The generated token ids when the backend exposes them (for rescoring); not exported.
     """
@@ -68,6 +71,28 @@ class Candidate:
             n_tokens=None if data.get("n_tokens") is None else int(data["n_tokens"]),
             finish_reason=data.get("finish_reason"),
         )
+
+
+def sample_problem(candidate: Any) -> str | None:
+    """Why ``candidate`` is not a sample a backend may return or the store may keep, or None.
+
+    The one definition of a failed sample: every backend's ``sample`` (through
+    :func:`metricwise.backends.base.sample_sets`) and :meth:`metricwise.store.SampleStore.add`
+    call it, so that a failure is raised as an error and never stored as a result.
+    """
+    if not isinstance(candidate, Candidate):
+        return f"expected a Candidate, got {type(candidate).__name__}"
+    if not isinstance(candidate.text, str):
+        return f"its text is {type(candidate.text).__name__}, not str"
+    if candidate.finish_reason not in FINISH_REASONS:
+        return f"its finish reason {candidate.finish_reason!r} is not one of {', '.join(FINISH_REASONS)}"
+    for name in ("logp", "logq"):
+        value = getattr(candidate, name)
+        if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+            return f"its {name} {value!r} is not a finite log-probability or None"
+    if candidate.n_tokens is not None and not (isinstance(candidate.n_tokens, int) and candidate.n_tokens >= 0):
+        return f"its n_tokens {candidate.n_tokens!r} is not a count"
+    return None
 
 
 def _optional_float(value: Any, name: str) -> float | None:

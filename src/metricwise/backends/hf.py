@@ -25,13 +25,12 @@ EOS and the token that completes a stop string are included in ``logp``/``logq``
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from metricwise.backends.base import DecodeState, sample_seed, sample_sets
+from metricwise.backends.base import DecodeState, looks_like_control_token, sample_seed, sample_sets
 from metricwise.errors import BackendError, InvalidParameterError, MissingDependencyError
 from metricwise.guards import Guards
 from metricwise.types import Candidate, SampleSet, SamplingConfig
@@ -244,7 +243,8 @@ class HFBackend:
         self.signature = signature or default_signature
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        #: Token ids that end a sample (EOS and control tokens); see :func:`_end_ids`.
+        self.end_ids = _end_ids(self.model, self.tokenizer)
         #: Prefill forward passes run so far (tests check one per prompt batch).
         self.prefill_calls = 0
         #: (prompts, prefill result) of the last prompt batch; see :meth:`_prefill`.
@@ -290,8 +290,13 @@ class HFBackend:
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
         input_ids = enc["input_ids"].to(self.device)
         attention = enc["attention_mask"].to(self.device)
-        if input_ids.shape[1] == 0:
-            raise InvalidParameterError("The prompts must not all be empty: the tokenizer produced no tokens.")
+        lengths = attention.sum(dim=-1).tolist()
+        empty = [i for i, n in enumerate(lengths) if n == 0]
+        if input_ids.shape[1] == 0 or empty:
+            # A batched empty prompt would be sampled from its padding alone.
+            raise InvalidParameterError(
+                f"Prompt {empty[0] if empty else 0} of the batch is empty: the tokenizer produced no tokens for it."
+            )
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         try:
@@ -320,6 +325,7 @@ class HFBackend:
         torch = _torch()
         if not prompts:
             return []
+        self._check_context(prompts, config.max_tokens)
         deadline = self.guards.deadline()
         logits, cache, attention, positions = self._prefill(prompts)
         if m > 1:
@@ -331,7 +337,7 @@ class HFBackend:
 
         total = len(prompts) * m
         rngs = None if seeds is None else [np.random.default_rng(list(s)) for s in seeds]
-        state = DecodeState(total, config, self.guards, self.eos_ids.__contains__, self._detokenize, sampled=rngs is not None)
+        state = DecodeState(total, config, self.guards, self.end_ids.__contains__, self._detokenize, sampled=rngs is not None)
         active = np.arange(total)
 
         select = TokenSelector(total, logits.shape[-1], config, logits.device)
@@ -339,8 +345,7 @@ class HFBackend:
             for step in range(config.max_tokens):
                 uniforms = None if rngs is None else torch.tensor([1.0 - rngs[i].random() for i in active], dtype=torch.float64)
                 chosen, p_chosen, q_chosen = select(logits, uniforms)
-                timed_out = time.monotonic() > deadline
-                still = state.advance(active.tolist(), chosen.tolist(), p_chosen.tolist(), q_chosen.tolist(), step, timed_out)
+                still = state.advance(active.tolist(), chosen.tolist(), p_chosen.tolist(), q_chosen.tolist(), step, deadline)
                 if not still:
                     break
                 if len(still) < len(active):
@@ -363,15 +368,42 @@ class HFBackend:
 
         return [state.candidate(seq) for seq in range(total)]
 
+    def _check_context(self, prompts: list[str], max_tokens: int) -> None:
+        """Refuse a prompt that, with ``max_tokens`` new tokens, exceeds the model's context.
+
+        Positions past the context are either an error deep in the model or silently wrong
+        (and a megabyte prompt would only fail when memory runs out), so the check comes first.
+        Characters bound tokens from above only loosely, so each prompt is tokenized.
+        """
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if not isinstance(limit, int) or limit <= 0:
+            return
+        for i, prompt in enumerate(prompts):
+            n_tokens = len(self.tokenizer(prompt)["input_ids"])
+            if n_tokens + max_tokens > limit:
+                raise InvalidParameterError(
+                    f"Prompt {i} of the batch has {n_tokens} tokens; with max_tokens={max_tokens} it exceeds the "
+                    f"model's context of {limit} tokens. Shorten the prompt or lower max_tokens."
+                )
+
     def _detokenize(self, tokens: list[int]) -> str:
         return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+def _end_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Token ids that end a sample: EOS (from every config that names one) and control tokens.
+
+    Control tokens are the tokenizer's special tokens and the added tokens that look like markup
+    (:func:`~metricwise.backends.base.looks_like_control_token`); none of them is answer text.
+    """
     ids: set[int] = set()
     for source in (getattr(model, "generation_config", None), model.config, tokenizer):
         value = getattr(source, "eos_token_id", None)
         if value is None:
             continue
         ids.update(value if isinstance(value, (list, tuple, set)) else [value])
+    ids.update(getattr(tokenizer, "all_special_ids", ()))
+    for token_id, added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
+        if getattr(added, "special", False) or looks_like_control_token(str(getattr(added, "content", ""))):
+            ids.add(token_id)
     return frozenset(int(i) for i in ids)

@@ -38,14 +38,13 @@ import contextlib
 import ctypes
 import os
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from metricwise.backends.base import DecodeState, sample_seed, sample_sets
+from metricwise.backends.base import DecodeState, looks_like_control_token, sample_seed, sample_sets
 from metricwise.errors import BackendError, InvalidParameterError, MissingDependencyError
 from metricwise.guards import Guards
 from metricwise.types import Candidate, SampleSet, SamplingConfig
@@ -510,8 +509,7 @@ class LlamaCppBackend:
         for step in range(config.max_tokens):
             uniforms = None if rngs is None else np.array([1.0 - rngs[s].random() for s in active])
             chosen, step_p, step_q = sample_step(logits, config, uniforms, rows)
-            timed_out = time.monotonic() > deadline
-            going = state.advance(active, chosen.tolist(), step_p.tolist(), step_q.tolist(), step, timed_out)
+            going = state.advance(active, chosen.tolist(), step_p.tolist(), step_q.tolist(), step, deadline)
             still = [active[r] for r in going]
             for seq in set(active).difference(still):  # finished: free their KV cells
                 lib.llama_memory_seq_rm(memory, seq, -1, -1)
@@ -530,9 +528,15 @@ class LlamaCppBackend:
             results[p][i - start] = state.candidate(seq)
 
     def _is_eog(self, token: int) -> bool:
+        """Whether ``token`` ends a sample: end-of-generation, control, or a user-defined token
+        that looks like markup (:func:`~metricwise.backends.base.looks_like_control_token`)."""
         eog = self._eog.get(token)
         if eog is None:
-            eog = self._eog[token] = bool(self._lib.llama_vocab_is_eog(self._vocab, token))
+            lib = self._lib
+            eog = bool(lib.llama_vocab_is_eog(self._vocab, token)) or bool(lib.llama_vocab_is_control(self._vocab, token))
+            if not eog and lib.llama_vocab_get_attr(self._vocab, token) & lib.LLAMA_TOKEN_ATTR_USER_DEFINED:
+                eog = looks_like_control_token(self.piece(token).decode("utf-8", "replace"))
+            self._eog[token] = eog
         return eog
 
     # -- rescoring ---------------------------------------------------------------------------------
