@@ -5,22 +5,19 @@ been run)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from fake_openai_server import FakeServer, free_port
 from metricwise import SamplingConfig
 from metricwise.backends import load_backend
 from metricwise.backends.openai import (
@@ -31,119 +28,10 @@ from metricwise.backends.openai import (
     request_seed,
     step_logq,
 )
-from metricwise.errors import BackendError, InvalidParameterError
+from metricwise.errors import BackendError, InvalidParameterError, SamplingTimeout
 from metricwise.guards import Guards
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-
-# -- a fake OpenAI-compatible server ----------------------------------------------------------------
-#: The fake model: the same next-token distribution at every step over a 6-token vocabulary.
-VOCAB = ["a", "b", "c", " d", "e", "<eos>"]
-PROBS = np.array([0.4, 0.25, 0.15, 0.1, 0.07, 0.03])
-
-
-def fake_choice(seed: int, body: dict[str, Any], index: int) -> dict[str, Any]:
-    """A deterministic completion drawn (raw distribution) with ``seed``."""
-    rng = np.random.default_rng(seed)
-    n_top = body.get("logprobs") if isinstance(body.get("logprobs"), int) else body.get("top_logprobs", 1)
-    if isinstance(n_top, bool):
-        n_top = body.get("top_logprobs", 1)
-    order = np.argsort(-PROBS)
-    content, text = [], ""
-    reason = "length"
-    for _ in range(body["max_tokens"]):
-        token = int(rng.choice(len(VOCAB), p=PROBS))
-        piece = "" if VOCAB[token] == "<eos>" else VOCAB[token]
-        content.append(
-            {
-                "id": token,
-                "token": piece,
-                "bytes": list(piece.encode()),
-                "logprob": float(np.log(PROBS[token])),
-                "top_logprobs": [
-                    {"id": int(t), "token": VOCAB[t], "bytes": list(VOCAB[t].encode()), "logprob": float(np.log(PROBS[t]))}
-                    for t in order[: int(n_top)]
-                ],
-            }
-        )
-        if VOCAB[token] == "<eos>":
-            reason = "stop"
-            break
-        text += piece
-    return {"index": index, "text": text, "logprobs": {"content": content}, "finish_reason": reason}
-
-
-class FakeServer:
-    """``http.server`` in a thread on 127.0.0.1; ``behaviour(handler, path, body)`` may override answers."""
-
-    def __init__(self, behaviour: Callable[..., Any] | None = None, honour_n: bool = True) -> None:
-        self.requests: list[tuple[str, dict[str, Any] | None]] = []
-        self.behaviour = behaviour
-        self.honour_n = honour_n
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:  # quiet
-                pass
-
-            def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                try:
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout tests)
-
-            def do_GET(self) -> None:
-                with server.lock:
-                    server.requests.append((self.path, None))
-                if self.path.endswith("/models"):
-                    self._send(200, {"object": "list", "data": [{"id": "fake-model"}]})
-                else:
-                    self._send(404, {"error": {"message": "not found"}})
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                body = json.loads(self.rfile.read(length))
-                with server.lock:
-                    server.requests.append((self.path, body))
-                if server.behaviour is not None:
-                    answer = server.behaviour(self, self.path, body)
-                    if answer is not None:
-                        status, payload, headers = answer
-                        self._send(status, payload, headers)
-                        return
-                n = body["n"] if server.honour_n else 1
-                choices = [fake_choice(body["seed"] + j, body, j) for j in range(n)]
-                if self.path.endswith("/chat/completions"):
-                    for c in choices:
-                        c["message"] = {"role": "assistant", "content": c.pop("text")}
-                self._send(200, {"object": "text_completion", "choices": choices})
-
-        class Quiet(ThreadingHTTPServer):
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                pass  # a client that hung up mid-answer is expected here
-
-        self.httpd = Quiet(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self.thread.start()
-
-    def posts(self) -> list[dict[str, Any]]:
-        return [b for p, b in self.requests if b is not None]
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -165,12 +53,6 @@ def backend_for(url: str | list[str], **kwargs: Any) -> OpenAIBackend:
     kwargs.setdefault("max_retries", 2)
     kwargs.setdefault("timeout", 10.0)
     return OpenAIBackend(url, "fake-model", **kwargs)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- requests ------------------------------------------------------------------------------------------
@@ -284,11 +166,11 @@ def test_request_timeout(fake):
         return None
 
     server = fake(behaviour=slow)
-    with backend_for(server.url, timeout=0.2, max_retries=1) as backend, pytest.raises(BackendError, match="no answer within"):
+    with backend_for(server.url, timeout=0.2, max_retries=1) as backend, pytest.raises(BackendError, match=r"no complete answer within 0\.2 s"):
         backend.sample(["x"], SamplingConfig(n=1, max_tokens=3))
 
 
-def test_wall_clock_guard_marks_missing_samples(fake):
+def test_wall_clock_budget_is_a_failure_not_samples(fake):
     def slow(handler, path, body):
         time.sleep(1.5)
         return None
@@ -296,9 +178,9 @@ def test_wall_clock_guard_marks_missing_samples(fake):
     server = fake(behaviour=slow)
     with backend_for(server.url, guards=Guards(max_seconds=0.3)) as backend:
         started = time.monotonic()
-        got = backend.sample(["x", "y"], SamplingConfig(n=2, max_tokens=3))
+        with pytest.raises(SamplingTimeout, match=r"127\.0\.0\.1.*wall-clock budget of 0\.3 s"):
+            backend.sample(["x", "y"], SamplingConfig(n=2, max_tokens=3))
     assert time.monotonic() - started < 1.4
-    assert [c.finish_reason for s in got for c in s.candidates] == ["guard"] * 4
 
 
 def test_failover_and_load_spreading_over_several_urls(fake):

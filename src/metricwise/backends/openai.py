@@ -70,23 +70,30 @@ Server quirks that reach the numbers:
   twelve-token samples of a repeated run differed once). A one-slot server (``-np 1``) decodes
   each request alone and repeats bitwise. ``cache_prompt`` is sent false to ``llama-server``:
   logits computed from a cached prompt round differently again.
-- Guards: the wall-clock budget (:attr:`Guards.max_seconds`) bounds every request's timeout;
-  samples still missing when it runs out get ``finish_reason="guard"`` and empty text. The
-  repetition detector runs over the returned token ids (or token strings) and cuts a candidate at
-  the first token where it fires (``finish_reason="guard"``).
+- Guards: the wall-clock budget (:attr:`Guards.max_seconds`) bounds one :meth:`sample` call,
+  retries included; when it runs out the call raises :class:`~metricwise.errors.SamplingTimeout`
+  and returns nothing (a timeout is a failure to sample, not a sample). The repetition detector
+  runs over the returned token ids (or token strings) and cuts a candidate at the first token
+  where it fires (``finish_reason="guard"``).
+
+Failures
+--------
+Every request goes through one :class:`~metricwise.backends.http.RetryPolicy` (``timeout``
+seconds per attempt, body included; ``max_retries``; exponential ``backoff``). Retried: refused
+or dropped connections, timeouts, 429, 5xx, and answers that are not JSON or not of the expected
+shape (no ``choices``, a choice that is not an object, a log-probability that is null, a string or
+NaN, an unknown finish reason). A server that answers a request for one choice with none is
+malformed too, so missing choices are never asked for without bound. When a request gives up, the
+whole call raises :class:`~metricwise.errors.BackendError` naming the server and what it did, and
+the requests still running are cancelled at once (their sockets are shut down).
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import itertools
-import json
 import math
-import random
 import threading
-import time
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -95,7 +102,15 @@ from typing import Any
 import numpy as np
 
 from metricwise.backends.base import sample_seed, sample_sets
-from metricwise.errors import BackendError, InvalidParameterError
+from metricwise.backends.http import (
+    Cancellation,
+    HTTPStatusError,
+    RetriesExhausted,
+    RetryableError,
+    RetryPolicy,
+    request_json,
+)
+from metricwise.errors import BackendError, InvalidParameterError, SamplingTimeout
 from metricwise.guards import Guards, is_repeating
 from metricwise.types import Candidate, SampleSet, SamplingConfig
 
@@ -221,12 +236,28 @@ def step_logq(
 
 
 # -- response parsing -------------------------------------------------------------------------------
+# A server's answer is checked field by field: anything of the wrong shape is a malformed answer
+# (retried, then reported with what was wrong), never a candidate.
 @dataclass
 class _Step:
     key: Any  # token id when the server gives it, else the token string
     text: bytes
     logprob: float
     top: list[tuple[Any, float]]
+
+
+def _malformed(what: str) -> RetryableError:
+    return RetryableError(f"answered with malformed JSON: {what}")
+
+
+def _logprob(value: Any, where: str, *, chosen: bool) -> float:
+    """A log-probability from a response: a finite number (``-inf`` allowed for alternatives)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _malformed(f"{where} has log-probability {value!r} (expected a number)")
+    value = float(value)
+    if math.isnan(value) or value == math.inf or (chosen and value == -math.inf):
+        raise _malformed(f"{where} has log-probability {value!r} (expected a finite number)")
+    return value
 
 
 def _entry_bytes(entry: dict[str, Any]) -> bytes:
@@ -239,105 +270,46 @@ def _entry_bytes(entry: dict[str, Any]) -> bytes:
     return str(entry.get("token", "")).encode("utf-8")
 
 
-def _float(value: Any) -> float:
-    if value is None:
-        return -math.inf
-    return float(value)
+def _parse_steps(logprobs: Any, where: str) -> list[_Step] | None:
+    """Per-token log-probabilities in either format: ``{"content": [...]}`` or the legacy lists.
 
-
-def _parse_steps(logprobs: Any) -> list[_Step] | None:
-    """Per-token log-probabilities in either format: ``{"content": [...]}`` or the legacy lists."""
-    if not isinstance(logprobs, dict):
+    None when the server sent none; raises :class:`RetryableError` when they are malformed.
+    """
+    if logprobs is None:
         return None
+    if not isinstance(logprobs, dict):
+        raise _malformed(f"the logprobs of {where} are {type(logprobs).__name__}, not an object")
     content = logprobs.get("content")
     if isinstance(content, list):
         steps = []
-        for entry in content:
+        for t, entry in enumerate(content):
+            at = f"token {t} of {where}"
+            if not isinstance(entry, dict):
+                raise _malformed(f"{at} is {type(entry).__name__}, not an object")
+            top_entries = entry.get("top_logprobs") or []
+            if not isinstance(top_entries, list) or not all(isinstance(e, dict) for e in top_entries):
+                raise _malformed(f"the top_logprobs of {at} are not a list of objects")
+            top = [(e.get("id", e.get("token")), _logprob(e.get("logprob"), f"an alternative of {at}", chosen=False)) for e in top_entries]
             key = entry.get("id", entry.get("token"))
-            top = [(t.get("id", t.get("token")), _float(t.get("logprob"))) for t in entry.get("top_logprobs") or []]
-            steps.append(_Step(key, _entry_bytes(entry), _float(entry.get("logprob")), top))
+            steps.append(_Step(key, _entry_bytes(entry), _logprob(entry.get("logprob"), at, chosen=True), top))
         return steps
     tokens = logprobs.get("tokens")
     values = logprobs.get("token_logprobs")
     if isinstance(tokens, list) and isinstance(values, list):
         tops = logprobs.get("top_logprobs") or [None] * len(tokens)
+        if len(values) != len(tokens) or not isinstance(tops, list):
+            raise _malformed(f"the logprobs of {where} have {len(tokens)} tokens but {len(values)} log-probabilities")
         steps = []
-        for token, value, top in zip(tokens, values, tops, strict=False):
-            alternatives = [(k, _float(v)) for k, v in (top or {}).items()]
-            steps.append(_Step(token, str(token).encode("utf-8"), _float(value), alternatives))
+        for t, (token, value, top) in enumerate(zip(tokens, values, tops, strict=False)):
+            at = f"token {t} of {where}"
+            if top is not None and not isinstance(top, dict):
+                raise _malformed(f"the top_logprobs of {at} are not an object")
+            alternatives = [(k, _logprob(v, f"an alternative of {at}", chosen=False)) for k, v in (top or {}).items()]
+            steps.append(_Step(token, str(token).encode("utf-8"), _logprob(value, at, chosen=True), alternatives))
         return steps
-    return None
-
-
-# -- HTTP ----------------------------------------------------------------------------------------------
-class _RetryableError(Exception):
-    """A failure worth retrying (connection error, timeout, 429, 5xx)."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class _HTTPStatusError(Exception):
-    """A 4xx answer (not 429): the request itself is wrong; retrying will not help."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class _BudgetExceeded(Exception):
-    """The guards' wall-clock budget ran out."""
-
-
-def _http_json(url: str, payload: dict[str, Any] | None, headers: dict[str, str], timeout: float) -> Any:
-    """POST ``payload`` (GET when None) and decode the JSON answer; map failures to the classes above."""
-    data = None if payload is None else json.dumps(payload).encode("utf-8")
-    request = urllib.request.Request(url, data=data, method="GET" if payload is None else "POST")
-    for key, value in headers.items():
-        request.add_header(key, value)
-    if data is not None:
-        request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = response.read()
-    except urllib.error.HTTPError as exc:
-        detail = _error_detail(exc)
-        if exc.code == 429 or exc.code >= 500:
-            retry_after = exc.headers.get("Retry-After") if exc.headers else None
-            try:
-                wait = float(retry_after) if retry_after is not None else None
-            except ValueError:
-                wait = None
-            raise _RetryableError(f"HTTP {exc.code}: {detail}", wait) from None
-        raise _HTTPStatusError(exc.code, f"HTTP {exc.code}: {detail}") from None
-    except TimeoutError:
-        raise _RetryableError(f"no answer within {timeout:.3g} s") from None
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        if isinstance(reason, TimeoutError):
-            raise _RetryableError(f"no answer within {timeout:.3g} s") from None
-        raise _RetryableError(f"connection failed ({reason})") from None
-    except (ConnectionError, OSError) as exc:  # reset, refused, remote closed mid-answer
-        raise _RetryableError(f"connection failed ({exc})") from None
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise _RetryableError(f"the answer is not JSON: {body[:200]!r}") from None
-
-
-def _error_detail(exc: urllib.error.HTTPError) -> str:
-    try:
-        text = exc.read().decode("utf-8", "replace")
-    except Exception:
-        return str(exc.reason)
-    try:
-        parsed = json.loads(text)
-        error = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed
-        message = error.get("message") if isinstance(error, dict) else None
-        return str(message or error)[:500]
-    except ValueError:
-        return text[:500] or str(exc.reason)
+    if content is None and tokens is None:
+        return None  # an empty logprobs object: none were given
+    raise _malformed(f"the logprobs of {where} are neither {{'content': [...]}} nor the legacy token lists")
 
 
 @dataclass
@@ -404,14 +376,17 @@ class OpenAIBackend:
     api_key : str, optional
         Sent as ``Authorization: Bearer``.
     timeout : float
-        Seconds one HTTP request may take (a generation of ``n`` x ``max_tokens`` tokens included).
+        Seconds one HTTP request may take, from connecting to the last byte of the answer (a
+        generation of ``n`` x ``max_tokens`` tokens included).
     max_retries : int
-        Retries of a request after a connection error, a timeout, 429 or 5xx, with exponential
-        backoff from ``backoff`` seconds (doubling, capped at 30 s, honouring ``Retry-After``).
+        Retries of a request after a connection error, a timeout, 429, 5xx or a malformed answer,
+        with exponential backoff from ``backoff`` seconds (doubling, capped at 30 s, honouring
+        ``Retry-After``). See :class:`~metricwise.backends.http.RetryPolicy`.
     concurrency : int
         Requests in flight at once, over all URLs.
     guards : Guards, optional
-        ``max_seconds`` bounds one :meth:`sample` call; the repetition detector cuts candidates.
+        ``max_seconds`` bounds one :meth:`sample` call, retries included (past it the call raises
+        :class:`~metricwise.errors.SamplingTimeout`); the repetition detector cuts candidates.
     top_logprobs : int
         Alternatives asked per token to rebuild q (raised to ``top_k`` when top-k is on).
     server : {"auto", "llama.cpp", "vllm", "generic"}
@@ -444,20 +419,14 @@ class OpenAIBackend:
             raise InvalidParameterError(f"The 'endpoint' parameter of OpenAIBackend must be one of {_ENDPOINTS}. Got {endpoint!r} instead.")
         if server not in _SERVER_KINDS:
             raise InvalidParameterError(f"The 'server' parameter of OpenAIBackend must be one of {_SERVER_KINDS}. Got {server!r} instead.")
-        if not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise InvalidParameterError(f"The 'timeout' parameter of OpenAIBackend must be a number > 0 (seconds). Got {timeout!r} instead.")
-        if not isinstance(backoff, (int, float)) or not backoff >= 0:
-            raise InvalidParameterError(f"The 'backoff' parameter of OpenAIBackend must be a number >= 0 (seconds). Got {backoff!r} instead.")
-        for name, value, low in (("max_retries", max_retries, 0), ("concurrency", concurrency, 1), ("top_logprobs", top_logprobs, 1)):
+        self.retry = RetryPolicy(timeout=timeout, max_retries=max_retries, backoff=backoff)
+        for name, value, low in (("concurrency", concurrency, 1), ("top_logprobs", top_logprobs, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InvalidParameterError(f"The '{name}' parameter of OpenAIBackend must be an int >= {low}. Got {value!r} instead.")
         if extra_body is not None and not isinstance(extra_body, dict):
             raise InvalidParameterError(f"The 'extra_body' parameter of OpenAIBackend must be a dict. Got {extra_body!r} instead.")
         self.servers = [_Server(url) for url in _split_urls(base_url)]
         self.endpoint = endpoint
-        self.timeout = float(timeout)
-        self.max_retries = max_retries
-        self.backoff = float(backoff)
         self.concurrency = concurrency
         self.guards = guards or Guards()
         self.top_logprobs = top_logprobs
@@ -502,42 +471,38 @@ class OpenAIBackend:
         if not prompts:
             return []
         deadline = self.guards.deadline()
-        for server in self.servers:
-            self._detect(server)
-        results: list[list[Candidate | None]] = [[None] * m for _ in prompts]
-        limit = min((s.max_n or m) for s in self.servers) if not greedy else 1
+        cancel = Cancellation()
         pending: dict[cf.Future[list[Candidate]], _Job] = {}
-        if self._executor is None:
-            self._executor = cf.ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="metricwise-openai")
-        executor = self._executor
-
-        def submit(job: _Job) -> None:
-            future = executor.submit(self._request, prompts[job.prompt_index], job, config, greedy, deadline)
-            pending[future] = job
-
-        for p in range(len(prompts)):
-            for first in range(start, start + m, limit):
-                submit(_Job(p, first, min(limit, start + m - first)))
+        results: list[list[Candidate | None]] = [[None] * m for _ in prompts]
         try:
+            for server in self.servers:
+                self._detect(server, cancel)
+            limit = min((s.max_n or m) for s in self.servers) if not greedy else 1
+            if self._executor is None:
+                self._executor = cf.ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="metricwise-openai")
+            executor = self._executor
+
+            def submit(job: _Job) -> None:
+                future = executor.submit(self._request, prompts[job.prompt_index], job, config, greedy, deadline, cancel)
+                pending[future] = job
+
+            for p in range(len(prompts)):
+                for first in range(start, start + m, limit):
+                    submit(_Job(p, first, min(limit, start + m - first)))
             while pending:
                 done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
                 for future in done:
                     job = pending.pop(future)
-                    try:
-                        got = future.result()
-                    except _BudgetExceeded:
-                        got = []
-                        for k in range(job.count):
-                            results[job.prompt_index][job.first - start + k] = Candidate(
-                                text="", n_tokens=0, finish_reason="guard"
-                            )
-                        continue
+                    got = future.result()  # a failed request fails the call (and cancels the rest)
                     for k, candidate in enumerate(got[: job.count]):
                         results[job.prompt_index][job.first - start + k] = candidate
-                    # Fewer choices than asked: ask for each missing one with its own seed.
+                    # Fewer choices than asked: ask for each missing one with its own seed. A
+                    # single-choice request never comes back empty (that is a malformed answer),
+                    # so this ends.
                     for k in range(len(got), job.count):
                         submit(_Job(job.prompt_index, job.first + k, 1))
         except BaseException:
+            cancel.cancel()
             for future in pending:
                 future.cancel()
             raise
@@ -549,7 +514,10 @@ class OpenAIBackend:
                 "returned (raise top_logprobs for exact values).",
                 stacklevel=3,
             )
-        return [[c if c is not None else Candidate(text="", n_tokens=0, finish_reason="error") for c in row] for row in results]
+        missing = sum(c is None for row in results for c in row)
+        if missing:  # unreachable: every job either filled its rows or raised
+            raise BackendError(f"{missing} samples were neither received nor reported as failed.")
+        return [[c for c in row if c is not None] for row in results]
 
     def _acquire(self, avoid: set[str]) -> _Server:
         with self._pool_lock:
@@ -564,47 +532,57 @@ class OpenAIBackend:
         with self._pool_lock:
             server.in_flight -= 1
 
+    def _urls(self) -> str:
+        return ", ".join(s.url for s in self.servers)
+
     # -- one request -----------------------------------------------------------------------------
-    def _request(self, prompt: str, job: _Job, config: SamplingConfig, greedy: bool, deadline: float) -> list[Candidate]:
+    def _request(
+        self, prompt: str, job: _Job, config: SamplingConfig, greedy: bool, deadline: float, cancel: Cancellation
+    ) -> list[Candidate]:
+        """The choices of one job; fewer than asked only when the server does not honour ``n``."""
         avoid: set[str] = set()
-        errors: list[str] = []
-        for attempt in range(self.max_retries + 1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _BudgetExceeded
+
+        def send(attempt: int, timeout: float) -> list[Candidate]:
             server = self._acquire(avoid)
             payload = self._payload(server, prompt, job, config, greedy)
             url = f"{server.url}/{'chat/completions' if self.endpoint == 'chat' else 'completions'}"
-            budget_bound = remaining < self.timeout
             try:
                 with self._pool_lock:
                     self.requests_sent += 1
-                answer = _http_json(url, payload, self.headers, min(self.timeout, remaining))
-            except _RetryableError as exc:
-                if budget_bound and deadline - time.monotonic() <= 0:
-                    raise _BudgetExceeded from None
-                errors.append(f"{server.url}: {exc}")
+                answer = request_json(url, payload, self.headers, timeout, cancel)
+                return self._parse(answer, server, job, config, greedy)
+            except RetryableError as exc:
                 if len(self.servers) > 1:
-                    avoid.add(server.url)
-                if attempt < self.max_retries:
-                    wait = exc.retry_after if exc.retry_after is not None else self.backoff * 2**attempt
-                    wait = min(30.0, wait) * (1.0 + 0.1 * random.random())
-                    time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
-                continue
-            except _HTTPStatusError as exc:
+                    avoid.add(server.url)  # fail over to another URL
+                raise RetryableError(f"{server.url}: {exc}", exc.retry_after) from None
+            except HTTPStatusError as exc:
                 if job.count > 1 and exc.status in (400, 422):
                     # Some servers refuse n > 1 (or more than their slots): one choice per request.
                     server.max_n = 1
-                    return []
-                raise BackendError(f"The server at {server.url} refused the request: {exc}") from None
+                raise HTTPStatusError(exc.status, f"{server.url}: {exc}") from None
             finally:
                 self._release(server)
-            return self._parse(answer, server, job, config, greedy)
-        reachable = "unreachable" if all("connection failed" in e for e in errors) else "failing"
-        raise BackendError(
-            f"The OpenAI-compatible server at {', '.join(sorted({e.split(': ')[0] for e in errors}))} is {reachable} "
-            f"after {self.max_retries + 1} attempts: {errors[-1] if errors else 'no attempt made'}"
-        )
+
+        try:
+            return self.retry.run(send, deadline=deadline, cancel=cancel, budget=self._budget())
+        except HTTPStatusError as exc:
+            if job.count > 1 and exc.status in (400, 422):
+                return []  # the missing choices are asked for one by one
+            url, _, detail = str(exc).partition(": ")
+            raise BackendError(f"The OpenAI-compatible server at {url} refused the request: {detail}") from None
+        except SamplingTimeout as exc:
+            raise SamplingTimeout(f"The OpenAI-compatible server at {self._urls()} gave {exc}.") from None
+        except RetriesExhausted as exc:
+            failed = sorted({e.split(": ")[0] for e in exc.errors})
+            state = "unreachable" if all("connection failed" in e for e in exc.errors) else "failing"
+            raise BackendError(
+                f"The OpenAI-compatible server at {', '.join(failed)} is {state} after {len(exc.errors)} attempts: "
+                f"{exc.errors[-1].partition(': ')[2]}"
+            ) from None
+
+    def _budget(self) -> str:
+        seconds = self.guards.max_seconds
+        return "the wall-clock budget" if seconds is None else f"the wall-clock budget of {seconds:g} s for one batch (--max_seconds)"
 
     def _top_n(self, config: SamplingConfig) -> int:
         n = self.top_logprobs
@@ -665,32 +643,44 @@ class OpenAIBackend:
     def _parse(self, answer: Any, server: _Server, job: _Job, config: SamplingConfig, greedy: bool) -> list[Candidate]:
         choices = answer.get("choices") if isinstance(answer, dict) else None
         if not isinstance(choices, list):
-            raise BackendError(f"The server at {server.url} answered without a 'choices' list: {str(answer)[:300]}")
-        if len(choices) < job.count and job.count > 1:
-            server.max_n = max(1, len(choices))  # it does not honour n: ask one by one from now on
+            raise _malformed(f"no 'choices' list in {str(answer)[:200]}")
+        if not choices:
+            raise _malformed(f"an empty 'choices' list (asked for {job.count})")
+        for k, choice in enumerate(choices):
+            if not isinstance(choice, dict):
+                raise _malformed(f"choice {k} is {choice!r}, not an object")
+            index = choice.get("index", 0)
+            if isinstance(index, bool) or not isinstance(index, int):
+                raise _malformed(f"choice {k} has index {index!r}, not an integer")
+        if len(choices) < job.count:
+            server.max_n = len(choices)  # it does not honour n: ask for the rest one by one
         choices = sorted(choices, key=lambda c: int(c.get("index", 0)))
         order = VLLM_ORDER if server.kind == "vllm" else HF_ORDER
-        out = []
-        for choice in choices[: job.count]:
-            out.append(self._candidate(choice, config, greedy, order))
-        return out
+        return [self._candidate(choice, k, config, greedy, order) for k, choice in enumerate(choices[: job.count])]
 
-    def _candidate(self, choice: dict[str, Any], config: SamplingConfig, greedy: bool, order: Sequence[str]) -> Candidate:
+    def _candidate(self, choice: dict[str, Any], k: int, config: SamplingConfig, greedy: bool, order: Sequence[str]) -> Candidate:
+        where = f"choice {k}"
         if self.endpoint == "chat":
-            message = choice.get("message") or {}
-            text = str(message.get("content") or "")
+            message = choice.get("message")
+            content = message.get("content") if isinstance(message, dict) else None
+            if not isinstance(message, dict) or not isinstance(content, (str, type(None))):
+                raise _malformed(f"{where} has no message with text content: {str(message)[:100]}")
+            text = content or ""
         else:
-            text = str(choice.get("text") or "")
-        steps = _parse_steps(choice.get("logprobs"))
-        reason = self._finish_reason(choice, steps, config)
+            raw_text = choice.get("text")
+            if not isinstance(raw_text, str):
+                raise _malformed(f"{where} has text {str(raw_text)[:100]!r} (expected a string)")
+            text = raw_text
+        steps = _parse_steps(choice.get("logprobs"), where)
+        reason = self._finish_reason(choice, steps, config, where)
         if steps is None:
             return Candidate(text=text, n_tokens=None, finish_reason=reason)
         # Repetition guard over the returned tokens: cut at the first token where it fires.
         keys = [s.key for s in steps]
         if len(keys) >= self.guards.min_repeated_tokens:
-            for k in range(self.guards.min_repeated_tokens, len(keys) + 1):
-                if is_repeating(keys[:k], self.guards):
-                    steps = steps[:k]
+            for length in range(self.guards.min_repeated_tokens, len(keys) + 1):
+                if is_repeating(keys[:length], self.guards):
+                    steps = steps[:length]
                     text = b"".join(s.text for s in steps).decode("utf-8", "replace")
                     reason = "guard"
                     break
@@ -709,12 +699,13 @@ class OpenAIBackend:
         return Candidate(text=text, logp=logp, logq=logq, n_tokens=len(steps), finish_reason=reason, token_ids=_ids(steps))
 
     @staticmethod
-    def _finish_reason(choice: dict[str, Any], steps: list[_Step] | None, config: SamplingConfig) -> str:
+    def _finish_reason(choice: dict[str, Any], steps: list[_Step] | None, config: SamplingConfig, where: str) -> str:
         reason = choice.get("finish_reason")
         if reason == "length":
             return "length"
         if reason not in ("stop", "eos", None):
-            return str(reason)
+            # "abort", "error", "content_filter", ...: the server did not finish the sample.
+            raise _malformed(f"{where} ended with finish_reason {reason!r}")
         if "stop_reason" in choice:  # vLLM: None for EOS, the stop string (or token id) otherwise
             return "eos" if choice["stop_reason"] is None else "stop"
         if not config.stop:
@@ -727,7 +718,7 @@ class OpenAIBackend:
         for server in self.servers:
             try:
                 answer = self._get(f"{server.url}/models")
-            except (_RetryableError, _HTTPStatusError) as exc:
+            except (RetriesExhausted, HTTPStatusError, SamplingTimeout) as exc:
                 errors.append(f"{server.url}: {exc}")
                 continue
             data = answer.get("data") if isinstance(answer, dict) else None
@@ -736,52 +727,48 @@ class OpenAIBackend:
             errors.append(f"{server.url}: /models listed no model")
         state = "is unreachable" if all("connection failed" in e for e in errors) else "did not say which model it serves"
         raise BackendError(
-            f"The OpenAI-compatible server at {', '.join(s.url for s in self.servers)} {state} "
+            f"The OpenAI-compatible server at {self._urls()} {state} "
             f"(asked GET /v1/models; pass model=... to skip): {'; '.join(errors)}"
         )
 
-    def _get(self, url: str) -> Any:
-        last: Exception | None = None
-        for attempt in range(self.max_retries + 1):
-            try:
-                return _http_json(url, None, self.headers, min(self.timeout, 30.0))
-            except _RetryableError as exc:
-                last = exc
-                if attempt < self.max_retries:
-                    time.sleep(min(30.0, self.backoff * 2**attempt))
-        assert last is not None
-        raise last
+    def _get(self, url: str, cancel: Cancellation | None = None, *, timeout: float = 30.0, retries: bool = True) -> Any:
+        """GET through the retry policy, each attempt bounded by ``timeout`` seconds as well."""
+        policy = self.retry if retries else RetryPolicy(self.retry.timeout, 0, 0.0)
+        return policy.run(lambda attempt, t: request_json(url, None, self.headers, min(t, timeout), cancel), cancel=cancel)
 
-    def _detect(self, server: _Server) -> None:
+    def _detect(self, server: _Server, cancel: Cancellation | None = None) -> None:
         """Learn the server's kind (and llama-server's slot count) once per URL."""
         with server.lock:
             if server.kind is not None:
                 return
             if self.server_kind != "auto":
-                server.kind = self.server_kind
+                kind = self.server_kind
             else:
-                server.kind = "generic"
-                for path, kind in (("/props", "llama.cpp"), ("/version", "vllm")):
+                kind = "generic"
+                for path, candidate in (("/props", "llama.cpp"), ("/version", "vllm")):
+                    # A probe: a server without the endpoint answers 404 at once; no retries.
                     try:
-                        answer = _http_json(server.root + path, None, self.headers, min(self.timeout, 10.0))
-                    except (_RetryableError, _HTTPStatusError):
+                        answer = self._get(server.root + path, cancel, timeout=10.0, retries=False)
+                    except (RetriesExhausted, HTTPStatusError, SamplingTimeout):
                         continue
-                    if kind == "llama.cpp" and isinstance(answer, dict) and (
+                    if candidate == "llama.cpp" and isinstance(answer, dict) and (
                         "default_generation_settings" in answer or "total_slots" in answer
                     ):
-                        server.kind = kind
+                        kind = candidate
                         break
-                    if kind == "vllm" and isinstance(answer, dict) and set(answer) == {"version"}:
-                        server.kind = kind
+                    if candidate == "vllm" and isinstance(answer, dict) and set(answer) == {"version"}:
+                        kind = candidate
                         break
-            if server.kind == "llama.cpp" and server.max_n is None:
+            if kind == "llama.cpp" and server.max_n is None:
                 try:
-                    props = _http_json(server.root + "/props", None, self.headers, min(self.timeout, 10.0))
-                    slots = int(props.get("total_slots", 0)) if isinstance(props, dict) else 0
-                except (_RetryableError, _HTTPStatusError, TypeError, ValueError):
+                    props = self._get(server.root + "/props", cancel, timeout=10.0, retries=False)
+                    slots = props.get("total_slots", 0) if isinstance(props, dict) else 0
+                    slots = slots if isinstance(slots, int) and not isinstance(slots, bool) else 0
+                except (RetriesExhausted, HTTPStatusError, SamplingTimeout):
                     slots = 0
                 if slots > 0:
                     server.max_n = slots
+            server.kind = kind
 
 
 def _ids(steps: list[_Step]) -> tuple[int, ...] | None:
