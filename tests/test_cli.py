@@ -169,3 +169,70 @@ def test_sample_names_the_bad_prompt_line_and_unknown_models(tmp_path, capsys):
     prompts.write_text('{"id": 1, "prompt": "x"}\n')
     code, _, err = run(["sample", "--model", "gemma-3-27m", "--input", str(prompts)], capsys=capsys)
     assert code == 2 and "Did you mean 'gemma-3-270m'" in err
+
+
+def test_invalid_utf8_is_a_named_bad_line(tmp_path, capsys):
+    """Bytes that are not UTF-8 used to end in a UnicodeDecodeError traceback, --skip-invalid too."""
+    path = tmp_path / "samples.jsonl"
+    path.write_bytes(b'{"id": 1, "samples": [1]}\n{"id": 2, "samples": ["\xff\xfe"]}\n{"id": 3, "samples": [3]}\n')
+    code, _, err = run(["decide", "--metric", "squared_error", str(path)], capsys=capsys)
+    assert code == 2 and "line 2: not UTF-8 text (byte 0xff at column 24)" in err
+    code, out, err = run(["decide", "--metric", "squared_error", "--skip-invalid", str(path)], capsys=capsys)
+    assert code == 0 and [json.loads(line)["id"] for line in out.splitlines()] == [1, 3]
+    assert "skipped" in err and "not UTF-8" in err
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_bytes(b'{"id": 1, "prompt": "caf\xe9"}\n')
+    code, _, err = run(["sample", "--input", str(prompts)], capsys=capsys)
+    assert code == 2 and "line 1: not UTF-8 text" in err
+
+
+def test_empty_prompts_and_a_bad_store_fail_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    import metricwise.backends
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(metricwise.backends, "load_backend", no_loading)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": 1, "prompt": "x"}\n{"id": 2, "prompt": ""}\n')
+    code, _, err = run(["sample", "--input", str(prompts)], capsys=capsys)
+    assert code == 2 and "line 2: the 'prompt' is empty" in err
+    prompts.write_text('{"id": 1, "prompt": "x"}\n')
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for store in (blocker / "store.sqlite", tmp_path):
+        code, _, err = run(["sample", "--input", str(prompts), "--store", str(store)], capsys=capsys)
+        assert code == 2 and "sample store" in err and str(store) in err, err
+
+
+def test_the_limits_are_in_help_and_checked(tmp_path, capsys):
+    out = subprocess.run([sys.executable, "-m", "metricwise.cli", "sample", "--help"], capture_output=True, text=True).stdout
+    for flag in ("--max_seconds", "--timeout", "--max_retries", "never stored"):
+        assert flag in " ".join(out.split()), flag
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": 1, "prompt": "x"}\n')
+    code, _, err = run(["sample", "--input", str(prompts), "--timeout", "5"], capsys=capsys)
+    assert code == 2 and "apply to --backend openai" in err
+    code, _, err = run(["sample", "--input", str(prompts), "--max_seconds", "0"], capsys=capsys)
+    assert code == 2 and "'max_seconds'" in err
+
+
+def test_eval_max_tokens_zero_is_an_error_not_the_default(capsys):
+    code, _, err = run(["eval", "--tasks", "arith", "--gen_kwargs", "max_tokens=0"], capsys=capsys)
+    assert code == 2 and "'max_tokens' parameter of SamplingConfig must be an int > 0. Got 0" in err
+
+
+def test_openai_without_model_asks_the_server_not_the_default_name(tmp_path, capsys):
+    from fake_openai_server import FakeServer
+
+    server = FakeServer(lifetime=60.0)
+    try:
+        prompts = tmp_path / "p.jsonl"
+        prompts.write_text('{"id": 1, "prompt": "x"}\n')
+        argv = ["sample", "--backend", "openai", "--model_args", f"base_url={server.url},server=generic", "-n", "2",
+                "--max_tokens", "3", "--input", str(prompts), "--store", str(tmp_path / "s.sqlite"), "-q"]  # fmt: skip
+        code, _, err = run(argv, capsys=capsys)
+    finally:
+        server.close()
+    assert code == 0, err
+    assert [b["model"] for b in server.posts()] == ["fake-model"]

@@ -6,14 +6,15 @@ Exit codes: 0 success, 2 bad usage or malformed input, 1 runtime failure, 3 back
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from metricwise.errors import InvalidParameterError, MetricwiseError
-from metricwise.io import write_json_line
+from metricwise.errors import BackendError, InvalidParameterError, MetricwiseError
+from metricwise.io import iter_jsonl, read_jsonl, write_json_line
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
 
@@ -137,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EVAL_EXAMPLE,
         formatter_class=_HelpFormatter,
     )
-    e.add_argument("--model", default="gemma-3-270m", help="a named model (see `metricwise models`), a local directory or .gguf file, or a hub id")
+    e.add_argument("--model", default=None, help="a named model (see `metricwise models`), a local directory or .gguf file, or a hub id (default: gemma-3-270m; with --backend openai: the model the server serves)")
     e.add_argument("--backend", default="hf", help="hf, llamacpp or openai")
     e.add_argument("--model_args", "--model-args", dest="model_args", action="append", default=[], metavar="K=V[,K=V]", help="backend options, e.g. device=cuda or base_url=http://127.0.0.1:8080")
+    _add_limit_arguments(e)
     e.add_argument("--tasks", required=True, help="comma-separated task names (see `metricwise tasks`) or YAML task files")
     e.add_argument("--limit", type=int, default=None, help="evaluate the first N items of each task")
     e.add_argument("-n", "--n", dest="n", type=int, default=16, help="samples per item")
@@ -189,7 +191,7 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
     defaults = SamplingConfig()
     g = parser.add_argument_group("model and sampling")
-    g.add_argument("--model", default="gemma-3-270m", help="a named model (see `metricwise models`), a local directory or .gguf file, or a hub id")
+    g.add_argument("--model", default=None, help="a named model (see `metricwise models`), a local directory or .gguf file, or a hub id (default: gemma-3-270m; with --backend openai: the model the server serves)")
     g.add_argument("--backend", default="hf", help="hf (transformers), llamacpp, or openai (an OpenAI-compatible server)")
     g.add_argument("--model_args", "--model-args", dest="model_args", action="append", default=[], metavar="K=V[,K=V]", help="backend options, e.g. device=cuda,dtype=bfloat16 or base_url=http://127.0.0.1:8080")
     g.add_argument("--input", "-i", required=True, help="JSONL file of prompts ({'id', 'prompt'} per line), or - for standard input")
@@ -204,6 +206,38 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=8, help="prompts per batch")
     g.add_argument("--store", default=None, help="sample store (SQLite) for resuming; default: the cache directory's samples.sqlite")
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_limit_arguments(parser)
+
+
+def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    from metricwise.backends.http import RetryPolicy
+    from metricwise.guards import Guards
+
+    policy, guards = RetryPolicy(), Guards()
+    g = parser.add_argument_group(
+        "limits",
+        "A failure is never stored: a batch that fails or runs out of time ends the run with exit code 3, "
+        "the batches committed before it stay in the store, and running the same command again resumes.",
+    )
+    g.add_argument("--max_seconds", "--max-seconds", dest="max_seconds", type=float, default=guards.max_seconds, help="wall-clock budget of one batch of prompts, retries included, in seconds")
+    g.add_argument("--timeout", type=float, default=policy.timeout, help="seconds one HTTP request may take, from connecting to the last byte (--backend openai)")
+    g.add_argument("--max_retries", "--max-retries", dest="max_retries", type=int, default=policy.max_retries, help="retries of a failed HTTP request (refused, dropped, timed out, 429, 5xx, malformed answer), with exponential backoff (--backend openai)")
+
+
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keyword arguments of load_backend: --model_args plus the limits, checked before anything loads."""
+    from metricwise.backends.http import RetryPolicy
+    from metricwise.guards import Guards
+
+    options = _parse_key_values(args.model_args, "--model_args")
+    options["guards"] = Guards(max_seconds=args.max_seconds)
+    policy = RetryPolicy(timeout=args.timeout, max_retries=args.max_retries)
+    if args.backend == "openai":
+        options.setdefault("timeout", policy.timeout)
+        options.setdefault("max_retries", policy.max_retries)
+    elif (args.timeout, args.max_retries) != (RetryPolicy.timeout, RetryPolicy.max_retries):
+        raise InvalidParameterError(f"The '--timeout' and '--max_retries' options apply to --backend openai. Got --backend {args.backend} instead.")
+    return options
 
 
 def _version() -> str:
@@ -253,6 +287,12 @@ def _parse_floats(text: str | None, option: str, count: int | None = None) -> li
     return values
 
 
+def _int_option(value: Any, option: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidParameterError(f"The '{option}' option must be an int. Got {value!r} instead.")
+    return value
+
+
 def _decision_options(args: argparse.Namespace) -> dict[str, Any]:
     """decide() keyword arguments from the decision options, checked before any input is read."""
     valid_range = _parse_floats(args.valid_range, "--valid-range", count=2)
@@ -294,25 +334,8 @@ def _sampling_config(args: argparse.Namespace) -> Any:
     )
 
 
-def _read_jsonl(stream: IO[str]) -> Iterator[tuple[int, str]]:
-    for number, line in enumerate(stream, start=1):
-        if line.strip():
-            yield number, line
-
-
 def _name(path: str) -> str:
     return "<stdin>" if path == "-" else path
-
-
-def _open_input(path: str) -> IO[str]:
-    if path == "-":
-        return sys.stdin
-    try:
-        return open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidParameterError(f"The input file {path!r} does not exist.") from None
-    except IsADirectoryError:
-        raise InvalidParameterError(f"The input {path!r} is a directory; expected a JSONL file.") from None
 
 
 def _open_output(path: str) -> IO[str]:
@@ -359,28 +382,27 @@ def _decide_record(record: Any, options: dict[str, Any], max_support: int | None
 def _run_decide(args: argparse.Namespace) -> int:
     options = _decision_options(args)
     max_support = None if args.max_support < 0 else args.max_support
-    source = _open_input(args.input)
+    lines = iter_jsonl(args.input)
+    first = next(lines, None)  # a missing input file is reported before the output is created
     sink = _open_output(args.output)
     n_ok = n_bad = 0
     try:
-        for number, line in _read_jsonl(source):
-            try:
-                result = _decide_record(json.loads(line), options, max_support)
-            except json.JSONDecodeError as exc:
-                message = f"{_name(args.input)}: line {number}: not valid JSON ({exc.msg} at column {exc.colno})"
-            except InvalidParameterError as exc:
-                message = f"{_name(args.input)}: line {number}: {exc}"
-            else:
-                write_json_line(sink, result)
-                n_ok += 1
-                continue
+        for line in itertools.chain([] if first is None else [first], lines):
+            message = f"{_name(args.input)}: line {line.number}: {line.error}" if line.error is not None else None
+            if message is None:
+                try:
+                    result = _decide_record(line.value, options, max_support)
+                except InvalidParameterError as exc:
+                    message = f"{_name(args.input)}: line {line.number}: {exc}"
+                else:
+                    write_json_line(sink, result)
+                    n_ok += 1
+                    continue
             n_bad += 1
             if not args.skip_invalid:
                 raise InvalidParameterError(message)
             print(f"metricwise decide: skipped {message}", file=sys.stderr)
     finally:
-        if source is not sys.stdin:
-            source.close()
         if sink is not sys.stdout:
             sink.close()
     if n_bad:
@@ -394,47 +416,53 @@ def _run_decide(args: argparse.Namespace) -> int:
 
 def _read_prompts(path: str) -> list[tuple[Any, str]]:
     """(id, prompt) pairs from a JSONL file; every line is checked before any model is loaded."""
-    source = _open_input(path)
     records: list[tuple[Any, str]] = []
-    try:
-        for number, line in _read_jsonl(source):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InvalidParameterError(f"{_name(path)}: line {number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(record, dict) or not isinstance(record.get("prompt"), str):
-                raise InvalidParameterError(f"{_name(path)}: line {number}: expected an object with a string 'prompt' field")
-            records.append((record.get("id", number), record["prompt"]))
-    finally:
-        if source is not sys.stdin:
-            source.close()
+    for line in read_jsonl(path):
+        record = line.value
+        if not isinstance(record.get("prompt"), str):
+            raise InvalidParameterError(f"{_name(path)}: line {line.number}: expected an object with a string 'prompt' field")
+        if not record["prompt"]:
+            raise InvalidParameterError(f"{_name(path)}: line {line.number}: the 'prompt' is empty")
+        records.append((record.get("id", line.number), record["prompt"]))
     if not records:
         raise InvalidParameterError(f"{_name(path)}: no prompts found (expected one JSON object per line).")
     return records
 
 
-def _sample_all(args: argparse.Namespace, prompts: list[str]) -> list[Any]:
-    """Sample through the store with a progress bar; returns one SampleSet per prompt."""
+def _sample_all(args: argparse.Namespace, prompts: list[str], config: Any, options: dict[str, Any]) -> list[Any]:
+    """Sample through the store with a progress bar; returns one SampleSet per prompt.
+
+    ``config`` and ``options`` come from :func:`_sampling_config` and :func:`_backend_options`,
+    checked before the input is read.
+    """
     from metricwise.backends import load_backend
     from metricwise.models import cache_dir
     from metricwise.progress import Progress
     from metricwise.store import SampleStore
 
-    config = _sampling_config(args)
-    backend = load_backend(args.backend, args.model, **_parse_key_values(args.model_args, "--model_args"))
     store_path = args.store or str(cache_dir() / "samples.sqlite")
-    if not args.quiet:
-        print(f"metricwise {args.command}: {len(prompts)} prompts x n={config.n} from {backend.signature}; store {store_path}", file=sys.stderr)
-    try:
-        with SampleStore(store_path) as store, Progress(len(set(prompts)), "sampling", unit="prompt", enabled=not args.quiet) as bar:
-            return store.sample(backend, prompts, config, batch_size=args.batch_size, progress=lambda done, total: bar.update(done))
-    finally:
-        backend.close()
+    # The store opens first: a bad --store path is reported before a model loads for minutes.
+    with SampleStore(store_path) as store:
+        backend = load_backend(args.backend, args.model, **options)
+        try:
+            todo = len(store.missing(backend.signature, prompts, config))
+            distinct = len(set(prompts))
+            if not args.quiet:
+                print(
+                    f"metricwise {args.command}: {distinct} prompts x n={config.n} from {backend.signature}; "
+                    f"{distinct - todo} already in the store {store_path}",
+                    file=sys.stderr,
+                )
+            with Progress(distinct, "sampling", unit="prompt", enabled=not args.quiet, initial=distinct - todo) as bar:
+                return store.sample(backend, prompts, config, batch_size=args.batch_size, progress=lambda done, total: bar.update(done))
+        finally:
+            backend.close()
 
 
 def _run_sample(args: argparse.Namespace) -> int:
+    config, options = _sampling_config(args), _backend_options(args)
     records = _read_prompts(args.input)
-    sets = _sample_all(args, [prompt for _, prompt in records])
+    sets = _sample_all(args, [prompt for _, prompt in records], config, options)
     sink = _open_output(args.output)
     try:
         for (record_id, prompt), sample_set in zip(records, sets, strict=True):
@@ -449,8 +477,9 @@ def _run_predict(args: argparse.Namespace) -> int:
     from metricwise.decide import decide
 
     options = _decision_options(args)
+    config, backend_options = _sampling_config(args), _backend_options(args)
     records = _read_prompts(args.input)
-    sets = _sample_all(args, [prompt for _, prompt in records])
+    sets = _sample_all(args, [prompt for _, prompt in records], config, backend_options)
     max_support = None if args.max_support < 0 else args.max_support
     sink = _open_output(args.output)
     try:
@@ -481,7 +510,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     config = EvalConfig(
         model=args.model,
         backend=args.backend,
-        model_args=_parse_key_values(args.model_args, "--model_args"),
+        model_args=_backend_options(args),
         tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
         limit=args.limit,
         n=args.n,
@@ -491,7 +520,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         top_p=float(gen.get("top_p", 1.0)),
         top_k=int(gen.get("top_k", 0)),
         min_p=float(gen.get("min_p", 0.0)),
-        max_tokens=int(gen["max_tokens"]) if "max_tokens" in gen else None,
+        max_tokens=_int_option(gen["max_tokens"], "--gen_kwargs max_tokens") if "max_tokens" in gen else None,
         seed=args.seed,
         data_dir=args.data_dir,
         output_path=args.output_path,
@@ -507,7 +536,10 @@ def _run_eval(args: argparse.Namespace) -> int:
     from metricwise.types import SamplingConfig
 
     for t in temperatures:
-        SamplingConfig(n=config.n, temperature=t, top_p=config.top_p, top_k=config.top_k, min_p=config.min_p, max_tokens=config.max_tokens or 1)
+        SamplingConfig(
+            n=config.n, temperature=t, top_p=config.top_p, top_k=config.top_k, min_p=config.min_p,
+            max_tokens=1 if config.max_tokens is None else config.max_tokens,
+        )
     results = run_eval(config)
     print(render_markdown(results))
     if args.output_path:
@@ -591,6 +623,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except MetricwiseError as exc:
         print(f"metricwise {args.command}: error: {exc}", file=sys.stderr)
+        if isinstance(exc, BackendError) and args.command in ("sample", "predict", "eval"):
+            print(
+                f"metricwise {args.command}: nothing from the failed batch was stored; what was sampled before it "
+                "is kept in the store, and the same command run again resumes from there",
+                file=sys.stderr,
+            )
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"metricwise {args.command}: interrupted; what was sampled is kept in the store, run again to resume", file=sys.stderr)

@@ -117,7 +117,7 @@ def decide(
         A callable ``str -> value or None``, or an extractor spec such as ``"number:last"``
         (see :class:`metricwise.extract.Extractor`), applied to every text sample first.
     include_incomplete:
-        Keep candidates whose finish reason is ``"length"``, ``"guard"`` or ``"error"``
+        Keep candidates whose finish reason is ``"length"`` or ``"guard"``
         (truncated or runaway text); they are left out by default.
 
         Independently of this, a sample that cannot be an answer is always left out and

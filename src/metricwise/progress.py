@@ -13,21 +13,23 @@ class Progress:
     Silent when ``enabled`` is False (``--quiet``) or stderr is not a terminal and tqdm is missing.
     """
 
-    def __init__(self, total: int, description: str, *, unit: str = "it", enabled: bool = True) -> None:
+    def __init__(self, total: int, description: str, *, unit: str = "it", enabled: bool = True, initial: int = 0) -> None:
+        """``initial`` units are done already (a resumed run): the bar starts there, and its rate
+        and time left count only the work of this run."""
         self.total = total
         self.description = description
         self.unit = unit
         self.enabled = enabled
         self._bar: Any = None
         self._last_print = 0.0
-        self._done = 0
+        self._done = initial
         if not enabled:
             return
         try:
             from tqdm.auto import tqdm
         except ImportError:
             return
-        self._bar = tqdm(total=total, desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        self._bar = tqdm(total=total, initial=initial, desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True)
 
     def update(self, done: int) -> None:
         if not self.enabled:

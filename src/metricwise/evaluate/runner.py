@@ -32,7 +32,7 @@ class EvalConfig:
     uses each task's own budget.
     """
 
-    model: str
+    model: str | None
     tasks: list[str]
     backend: str = "hf"
     model_args: dict[str, Any] = field(default_factory=dict)
@@ -99,7 +99,7 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
     """
     from metricwise.backends import load_backend
     from metricwise.models import cache_dir
-    from metricwise.store import SampleStore
+    from metricwise.store import SampleStore, greedy_sampling_config
     from metricwise.tasks import get_task
     from metricwise.tasks.base import resolve_data_dir
     from metricwise.tasks.fewshot import select_shots
@@ -121,10 +121,16 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
         prior_references = None if pool is None else [item.references[0] for item in pool if item.references]
         prepared.append((task, items, prompts, prior_references))
 
-    owned = backend is None
-    if backend is None:
-        backend = load_backend(config.backend, config.model, **config.model_args)
     store_path = config.store or str(cache_dir() / "samples.sqlite")
+    # The store opens before the model loads, so that a bad --store path fails in a second.
+    store = SampleStore(store_path)
+    owned = backend is None
+    try:
+        if backend is None:
+            backend = load_backend(config.backend, config.model, **config.model_args)
+    except BaseException:
+        store.close()
+        raise
     say = (lambda *a: None) if config.quiet else (lambda *a: print(*a, file=sys.stderr, flush=True))
     say(f"metricwise eval: {backend.signature}; store {store_path}")
     results: dict[str, Any] = {
@@ -135,31 +141,37 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
     }
     all_records: dict[str, Sequence[ItemRecord]] = {}
     try:
-        with SampleStore(store_path) as store:
+        with store:
             for task, items, prompts, prior_references in prepared:
                 base = SamplingConfig(
                     n=config.n,
                     top_p=config.top_p,
                     top_k=config.top_k,
                     min_p=config.min_p,
-                    max_tokens=config.max_tokens or task.max_tokens,
+                    max_tokens=task.max_tokens if config.max_tokens is None else config.max_tokens,
                     stop=task.stop,
                     seed=config.seed,
                 )
                 first = SamplingConfig(**{**asdict(base), "temperature": config.temperatures[0], "stop": base.stop})
                 distinct = list(dict.fromkeys(prompts))
+                greedy_config = greedy_sampling_config(base)
+                todo = set(store.missing(backend.signature, distinct, greedy_config))
+                todo.update(store.missing(backend.signature, distinct, first))
+                pending = [p for p in distinct if p in todo]
                 label = f"{task.name}: greedy + n={config.n} samples (t={config.temperatures[0]:g})"
-                with Progress(len(distinct), label, unit="prompt", enabled=not config.quiet) as bar:
+                done = len(distinct) - len(pending)
+                with Progress(len(distinct), label, unit="prompt", enabled=not config.quiet, initial=done) as bar:
                     # Batch by batch, greedy then samples: the hf backend reuses the batch's prefill.
-                    for lo in range(0, len(distinct), config.batch_size):
-                        chunk = distinct[lo : lo + config.batch_size]
+                    for lo in range(0, len(pending), config.batch_size):
+                        chunk = pending[lo : lo + config.batch_size]
                         store.greedy(backend, chunk, base, batch_size=config.batch_size)
                         store.sample(backend, chunk, first, batch_size=config.batch_size)
-                        bar.update(lo + len(chunk))
+                        bar.update(done + lo + len(chunk))
                 greedy = store.greedy(backend, prompts, base, batch_size=config.batch_size)
                 for temperature in config.temperatures:
                     sampling = SamplingConfig(**{**asdict(base), "temperature": temperature, "stop": base.stop})
-                    with Progress(len(set(prompts)), f"{task.name}: n={config.n} samples (t={temperature:g})", unit="prompt", enabled=not config.quiet) as bar:
+                    resumed = len(set(prompts)) - len(store.missing(backend.signature, prompts, sampling))
+                    with Progress(len(set(prompts)), f"{task.name}: n={config.n} samples (t={temperature:g})", unit="prompt", enabled=not config.quiet, initial=resumed) as bar:
                         pools = store.sample(backend, prompts, sampling, batch_size=config.batch_size, progress=lambda d, t: bar.update(d))
                     n_decoders = len(default_decoders(task, prior=prior_references is not None))
                     with Progress(n_decoders, f"{task.name}: scoring decoders", unit="decoder", enabled=not config.quiet) as bar:

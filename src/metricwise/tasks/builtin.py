@@ -235,31 +235,27 @@ def _read_text(path: Path) -> str:
 def read_jsonl(path: Path, required: Sequence[str] = ()) -> list[Record]:
     """Objects of a JSON Lines file, one per non-blank line, with ``required`` keys checked.
 
+    Lines are read by :func:`metricwise.io.iter_jsonl`, the reader of every command's input.
+
     Raises
     ------
     InvalidParameterError
         Naming the file and the (1-based) line of the first malformed row.
     """
+    from metricwise.io import iter_jsonl
+
     records = []
-    for line_no, line in enumerate(_read_text(path).split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InvalidParameterError(
-                f"Line {line_no} of {path.absolute()} is not valid JSON ({exc.msg})."
-            ) from None
+    for line in iter_jsonl(path):
+        where = f"Line {line.number} of {path.absolute()}"
+        if line.error is not None:
+            raise InvalidParameterError(f"{where} is {line.error}.")
+        obj = line.value
         if not isinstance(obj, dict):
-            raise InvalidParameterError(
-                f"Line {line_no} of {path.absolute()} must be a JSON object. Got {type(obj).__name__} instead."
-            )
+            raise InvalidParameterError(f"{where} must be a JSON object. Got {type(obj).__name__} instead.")
         missing = [k for k in required if k not in obj]
         if missing:
-            raise InvalidParameterError(
-                f"Line {line_no} of {path.absolute()} has no {', '.join(map(repr, missing))} field (it has {sorted(obj)})."
-            )
-        obj["_line"] = line_no
+            raise InvalidParameterError(f"{where} has no {', '.join(map(repr, missing))} field (it has {sorted(obj)}).")
+        obj["_line"] = line.number
         records.append(obj)
     return records
 
