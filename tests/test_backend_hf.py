@@ -253,6 +253,27 @@ def test_a_control_token_ends_a_sample(backend):
     assert tokenizer.convert_tokens_to_ids("a<b") not in ids
 
 
+def test_bad_prompts_are_refused_before_decoding(backend):
+    from metricwise.errors import InvalidParameterError
+
+    # Alone or inside a batch (where it used to be sampled from padding alone).
+    with pytest.raises(InvalidParameterError, match="Prompt 1 of the batch is empty"):
+        backend.sample(["the cat sat on", ""], SamplingConfig(n=2, max_tokens=3))
+    with pytest.raises(InvalidParameterError, match="Prompt 0 of the batch is empty"):
+        backend.greedy([""], SamplingConfig(max_tokens=3))
+    context = backend.model.config.max_position_embeddings
+    with pytest.raises(InvalidParameterError, match=rf"Prompt 1 of the batch has \d+ tokens; with max_tokens=8 it exceeds the model's context of {context}"):
+        backend.sample(["the cat", "the cat " * context], SamplingConfig(n=1, max_tokens=8))
+
+
+def test_running_out_of_time_is_a_failure_not_samples(backend):
+    from metricwise.errors import SamplingTimeout
+
+    timed = HFBackend(backend.model, tokenizer=backend.tokenizer, guards=Guards(max_seconds=1e-6))
+    with pytest.raises(SamplingTimeout, match="wall-clock budget of 1e-06 s"):
+        timed.sample(PROMPTS, SamplingConfig(n=2, max_tokens=50))
+
+
 def test_temperature_zero_sampling_is_greedy(backend):
     sets = backend.sample(PROMPTS[:1], SamplingConfig(n=3, temperature=0.0, max_tokens=5))
     greedy = backend.greedy(PROMPTS[:1], SamplingConfig(max_tokens=5))[0]

@@ -85,6 +85,72 @@ def test_export_jsonl(tmp_path):
     assert "n" not in records[0]["config"]
 
 
+class FailingBackend(CountingBackend):
+    """Returns a failure as if it were a sample (what a backend must never do)."""
+
+    def sample(self, prompts, config, *, start=0):
+        sets = super().sample(prompts, config, start=start)
+        bad = Candidate("", finish_reason="error")
+        return [SampleSet(candidates=(*s.candidates[:-1], bad), prompt=s.prompt) for s in sets]
+
+
+def test_a_failure_is_never_stored(tmp_path):
+    from metricwise.errors import BackendError
+
+    with SampleStore(tmp_path / "s.db") as store:
+        with pytest.raises(BackendError, match="finish reason 'error'"):
+            store.sample(FailingBackend(), ["a"], SamplingConfig(n=2))
+        assert store.count() == 0
+        for bad in (Candidate("x", logp=float("nan"), finish_reason="eos"), Candidate("x", finish_reason="guard", logq=float("inf"))):
+            with pytest.raises(BackendError, match="not stored"):
+                store.add("m", "a", SamplingConfig(n=1), [(0, bad)])
+        assert store.count() == 0
+        # The next run asks again and completes the set.
+        assert len(store.sample(CountingBackend(), ["a"], SamplingConfig(n=2))[0]) == 2
+
+
+class RacingBackend(CountingBackend):
+    """While it samples, another writer commits the same samples with other texts first."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def sample(self, prompts, config, *, start=0):
+        with SampleStore(self.path) as other:
+            for p in prompts:
+                other.add(self.signature, p, config, [(i, Candidate(f"{p}#{i} (first writer)", finish_reason="eos")) for i in range(start, config.n)])
+        return super().sample(prompts, config, start=start)
+
+
+def test_what_a_run_returns_is_what_the_store_holds(tmp_path):
+    """Two writers on one store used to return each its own samples while the store kept the
+    first; a rerun then gave different output."""
+    path = tmp_path / "s.db"
+    with SampleStore(path) as store:
+        got = store.sample(RacingBackend(path), ["a", "b"], SamplingConfig(n=2), batch_size=1)
+        again = store.sample(CountingBackend(), ["a", "b"], SamplingConfig(n=2))
+    assert got == again
+    assert got[0].texts == ["a#0 (first writer)", "a#1 (first writer)"]
+
+
+def test_a_writer_skips_what_another_committed_since_it_started(tmp_path):
+    path = tmp_path / "s.db"
+    config = SamplingConfig(n=2)
+
+    class SlowStart(CountingBackend):
+        def sample(self, prompts, config, *, start=0):
+            if prompts == ["a"]:  # meanwhile another process finished "b"
+                with SampleStore(path) as other:
+                    other.sample(CountingBackend(), ["b"], config)
+            return super().sample(prompts, config, start=start)
+
+    backend = SlowStart()
+    with SampleStore(path) as store:
+        store.sample(backend, ["a", "b"], config, batch_size=1)
+    assert [call[0] for call in backend.calls] == [("a",)]  # "b" was not sampled twice
+
+
 def test_a_file_that_is_not_sqlite_is_a_clear_error(tmp_path):
     bad = tmp_path / "not.db"
     bad.write_text("hello, I am text " * 100)
