@@ -169,6 +169,8 @@ def test_seeds_make_runs_reproducible_and_differ_across_seeds(backend):
 
 
 def test_a_sample_does_not_depend_on_its_batch(backend):
+    """Each sample's random numbers are its own. (The tiny float32 model's logits happen to be
+    batch-invariant too; a real model's move by rounding, see bench/batch_invariance.py.)"""
     config = SamplingConfig(n=4, max_tokens=6, seed=21)
     together = backend.sample(PROMPTS, config)
     alone = backend.sample(PROMPTS[:1], config)

@@ -10,8 +10,12 @@ Per step, for every active sequence:
 - ``logq += log_softmax(processed logits)[token]``: the distribution actually sampled, after
   temperature, then top-k, then top-p, then min-p (the order transformers applies them);
 - the token is drawn by inverse-CDF sampling with one uniform number from the sequence's own
-  random stream (see :func:`metricwise.backends.base.sample_seed`), so a sample does not depend on which other prompts or
-  samples share its batch, and sample ``i`` of a set can be drawn later (n=16 extended to 32).
+  random stream (see :func:`metricwise.backends.base.sample_seed`), so its random numbers do not
+  depend on which other prompts or samples share its batch, and sample ``i`` of a set can be
+  drawn later (n=16 extended to 32). The logits do depend on the batch, by rounding only (left
+  padding and the batch's shape: about 2e-5 for gemma-3-270m in float32 on a CPU), which flips
+  a token whose uniform number falls that close to a CDF boundary (2 to 7 of 64 samples in
+  ``bench/batch_invariance.py``); the same call with the same batch repeats bitwise.
 
 The per-step work over the vocabulary is one max, one ``exp`` into a reused scratch buffer and
 block sums (:class:`TokenSelector`); neither a log-softmax nor a full cumulative sum is
