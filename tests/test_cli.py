@@ -236,3 +236,13 @@ def test_openai_without_model_asks_the_server_not_the_default_name(tmp_path, cap
         server.close()
     assert code == 0, err
     assert [b["model"] for b in server.posts()] == ["fake-model"]
+
+
+def test_a_resumed_progress_bar_starts_where_the_last_run_stopped():
+    pytest.importorskip("tqdm")
+    from metricwise.progress import Progress
+
+    with Progress(10, "sampling", initial=4) as bar:
+        assert bar._bar.n == 4  # not 0: the rate and time left count this run's work only
+        bar.update(6)
+        assert bar._bar.n == 6
