@@ -26,9 +26,12 @@ Fault modes (:data:`MODES`), applied to the completions requests whose prompt co
 ``abort``           a choice with ``finish_reason: "abort"``
 ==================  ===========================================================================
 
+``delay`` (seconds, default 0) is slept before answering each completions request, in every
+mode, so that a client's run lasts long enough to be killed in the middle (bench/soak_store.py).
+
 Every server stops by itself after ``lifetime`` seconds. Run as a script
-(``python tests/fake_openai_server.py --port 0 --mode healthy``) it prints its URL on one line
-and serves until killed or its lifetime ends.
+(``python tests/fake_openai_server.py --port 0 --mode healthy --delay 0.02``) it prints its URL
+on one line and serves until killed or its lifetime ends.
 """
 
 from __future__ import annotations
@@ -109,7 +112,8 @@ class FakeServer:
     """``http.server`` in a thread on 127.0.0.1.
 
     ``behaviour(handler, path, body)`` may override answers with ``(status, payload, headers)``;
-    ``mode`` injects a fault (see the module docstring). ``requests`` records every request.
+    ``mode`` injects a fault (see the module docstring); ``delay`` seconds are slept before each
+    completions request is answered. ``requests`` records every request.
     """
 
     def __init__(
@@ -122,13 +126,17 @@ class FakeServer:
         hang_seconds: float = 30.0,
         lifetime: float = 600.0,
         port: int = 0,
+        delay: float = 0.0,
     ) -> None:
+        if not (delay >= 0 and math.isfinite(delay)):
+            raise ValueError(f"delay must be a finite number of seconds >= 0, got {delay!r}")
         self.requests: list[tuple[str, dict[str, Any] | None]] = []
         self.behaviour = behaviour
         self.honour_n = honour_n
         self.mode = mode
         self.fault_marker = fault_marker
         self.hang_seconds = hang_seconds
+        self.delay = delay
         self.lock = threading.Lock()
         self._faults_served = 0
         server = self
@@ -167,6 +175,8 @@ class FakeServer:
                 body = json.loads(self.rfile.read(length))
                 with server.lock:
                     server.requests.append((self.path, body))
+                if server.delay and self.path.endswith("completions"):
+                    time.sleep(server.delay)  # a slow server, so a client can be killed mid-run
                 if server.behaviour is not None:
                     answer = server.behaviour(self, self.path, body)
                     if answer is not None:
@@ -274,8 +284,11 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--mode", default="healthy", help=", ".join(MODES))
     parser.add_argument("--lifetime", type=float, default=600.0, help="seconds before the server stops by itself")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds slept before answering each completions request")
     args = parser.parse_args()
-    server = FakeServer(mode=args.mode, lifetime=args.lifetime, port=args.port)
+    if not (args.delay >= 0 and math.isfinite(args.delay)):
+        parser.error(f"--delay must be a finite number of seconds >= 0, got {args.delay}")
+    server = FakeServer(mode=args.mode, lifetime=args.lifetime, port=args.port, delay=args.delay)
     print(server.url, flush=True)
     deadline = time.monotonic() + args.lifetime
     while time.monotonic() < deadline and not server._closed:
