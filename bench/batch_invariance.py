@@ -29,7 +29,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--max_tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (pinned: this box is shared)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (pinned: this box is shared)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
@@ -62,11 +64,20 @@ def main() -> None:
             if a.token_ids != b.token_ids:
                 differing += 1
                 ta, tb = a.token_ids or (), b.token_ids or ()
-                forks.append(next((k for k, (x, y) in enumerate(zip(ta, tb, strict=False)) if x != y), min(len(ta), len(tb))))
+                forks.append(
+                    next(
+                        (k for k, (x, y) in enumerate(zip(ta, tb, strict=False)) if x != y),
+                        min(len(ta), len(tb)),
+                    )
+                )
     total = len(prompts) * args.n
-    print(f"model {backend.signature}, {len(prompts)} prompts x n={args.n} x {args.max_tokens} tokens, seed {args.seed}")
+    print(
+        f"model {backend.signature}, {len(prompts)} prompts x n={args.n} x {args.max_tokens} tokens, seed {args.seed}"
+    )
     print(f"max |logit difference|, prompt 0 alone vs in the padded batch: {drift:.3g}")
-    print(f"samples that differ, batch of {len(prompts)} vs each prompt alone: {differing} of {total} ({differing / total:.0%})")
+    print(
+        f"samples that differ, batch of {len(prompts)} vs each prompt alone: {differing} of {total} ({differing / total:.0%})"
+    )
     if forks:
         print(f"first differing token of each: {sorted(forks)}")
     print(f"wall time {time.perf_counter() - started:.0f} s")

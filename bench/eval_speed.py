@@ -40,15 +40,35 @@ def worker(args: argparse.Namespace) -> None:
     backend = HFBackend("gemma-3-270m", reuse_prefill=args.phase == "reuse")
     backend.greedy(["Warm-up:"], _config(2))
     with tempfile.TemporaryDirectory() as tmp:
-        config = EvalConfig(model="gemma-3-270m", tasks=[args.task], limit=args.limit, n=args.n, num_fewshot=args.num_fewshot,
-                            data_dir=args.data_dir, store=str(Path(tmp) / "samples.sqlite"), output_path=None,
-                            curve_subsets=0, n_resamples=10, quiet=True, plots=False)
+        config = EvalConfig(
+            model="gemma-3-270m",
+            tasks=[args.task],
+            limit=args.limit,
+            n=args.n,
+            num_fewshot=args.num_fewshot,
+            data_dir=args.data_dir,
+            store=str(Path(tmp) / "samples.sqlite"),
+            output_path=None,
+            curve_subsets=0,
+            n_resamples=10,
+            quiet=True,
+            plots=False,
+        )
         start = time.perf_counter()
         results = run_eval(config, backend=backend)
         seconds = time.perf_counter() - start
     value = next(r["value"] for r in results["runs"][0]["scores"] if r["decoder"] == "first")
-    print("RESULT " + json.dumps({"seconds": seconds, "prefills": backend.prefill_calls - 1, "first_sample_score": value,
-                                  "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "seconds": seconds,
+                "prefills": backend.prefill_calls - 1,
+                "first_sample_score": value,
+                "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+            }
+        )
+    )
 
 
 def _config(max_tokens: int):  # type: ignore[no-untyped-def]
@@ -59,7 +79,9 @@ def _config(max_tokens: int):  # type: ignore[no-untyped-def]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default=None, help="default: stsb with a data directory, else arith")
+    parser.add_argument(
+        "--task", default=None, help="default: stsb with a data directory, else arith"
+    )
     parser.add_argument("--data_dir", default=os.environ.get("METRICWISE_DATA_DIR"))
     parser.add_argument("--limit", type=int, default=16)
     parser.add_argument("-n", type=int, default=16)
@@ -71,12 +93,28 @@ def main() -> None:
     if args.phase:
         worker(args)
         return
-    print(f"# eval speed: gemma-3-270m on {args.task}, {args.limit} items x n={args.n}, {args.num_fewshot} shots, "
-          f"{args.threads} threads\n")
+    print(
+        f"# eval speed: gemma-3-270m on {args.task}, {args.limit} items x n={args.n}, {args.num_fewshot} shots, "
+        f"{args.threads} threads\n"
+    )
     results = {}
     for phase in ("reuse", "separate"):
-        cmd = [sys.executable, __file__, "--phase", phase, "--task", args.task, "--limit", str(args.limit), "-n", str(args.n),
-               "--num_fewshot", str(args.num_fewshot), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--phase",
+            phase,
+            "--task",
+            args.task,
+            "--limit",
+            str(args.limit),
+            "-n",
+            str(args.n),
+            "--num_fewshot",
+            str(args.num_fewshot),
+            "--threads",
+            str(args.threads),
+        ]
         if args.data_dir:
             cmd += ["--data_dir", args.data_dir]
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -87,10 +125,14 @@ def main() -> None:
     print("| phase | prefills | seconds | peak memory (MiB) | first-sample score |")
     print("|---|---:|---:|---:|---:|")
     for phase, r in results.items():
-        print(f"| {phase} | {r['prefills']} | {r['seconds']:.1f} | {r['peak_mib']:.0f} | {r['first_sample_score']:.4f} |")
+        print(
+            f"| {phase} | {r['prefills']} | {r['seconds']:.1f} | {r['peak_mib']:.0f} | {r['first_sample_score']:.4f} |"
+        )
     if results["reuse"]["first_sample_score"] != results["separate"]["first_sample_score"]:
         raise SystemExit("the two runs scored different samples")
-    print(f"\n- separate / reuse time: {results['separate']['seconds'] / results['reuse']['seconds']:.2f}x")
+    print(
+        f"\n- separate / reuse time: {results['separate']['seconds'] / results['reuse']['seconds']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -49,7 +49,11 @@ import numpy as np
 import metricwise
 from metricwise import metrics
 
-DATA_DIR = Path(os.environ.get("METRICWISE_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+DATA_DIR = Path(
+    os.environ.get(
+        "METRICWISE_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    )
+)
 METRICS = ("chrf", "bleu", "token_f1", "rouge_l")
 
 
@@ -108,7 +112,7 @@ def make_sample_sets(metric: str, n: int, count: int, seed: int) -> list[list[st
     vocabulary = sorted({w for g in groups[:2000] for s in g for w in s.split()})
     sets = []
     for modes in rng.sample(groups, count):
-        probs = np.array([2.0 ** -k for k in range(len(modes))])
+        probs = np.array([2.0**-k for k in range(len(modes))])
         probs /= probs.sum()
         picks = rng.choices(range(len(modes)), weights=probs.tolist(), k=n)
         sets.append([perturb(modes[k], rng, vocabulary) for k in picks])
@@ -201,7 +205,9 @@ def run_case(metric_name: str, n: int, args: argparse.Namespace) -> dict[str, An
             extrapolated = True
             rows = sorted(rng.sample(rows, max(1, args.max_pairs // n)))
         t0 = time.perf_counter()
-        table = np.array([[utility(distinct[i], y) for y in samples] for i in rows], dtype=np.float64)
+        table = np.array(
+            [[utility(distinct[i], y) for y in samples] for i in rows], dtype=np.float64
+        )
         expected_ref = table.mean(axis=1)
         best = int(np.argmax(expected_ref))
         elapsed = time.perf_counter() - t0
@@ -244,13 +250,28 @@ def mbrs_note() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default=None, help="comma-separated N (default 16,64,256,1024)")
-    parser.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated, from {','.join(METRICS)}")
-    parser.add_argument("--repeats", type=int, default=None, help="sample sets (decisions) per cell (default 3)")
-    parser.add_argument("--max-pairs", type=int, default=None, help="per-pair loop size before extrapolating (default 70000)")
+    parser.add_argument(
+        "--metrics", default=",".join(METRICS), help=f"comma-separated, from {','.join(METRICS)}"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="sample sets (decisions) per cell (default 3)"
+    )
+    parser.add_argument(
+        "--max-pairs",
+        type=int,
+        default=None,
+        help="per-pair loop size before extrapolating (default 70000)",
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="N = 16, 64, 256; 2 decisions; extrapolate beyond 8000 pairs")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="N = 16, 64, 256; 2 decisions; extrapolate beyond 8000 pairs",
+    )
     args = parser.parse_args(argv)
-    sizes_default, repeats_default, pairs_default = ("16,64,256", 2, 8000) if args.quick else ("16,64,256,1024", 3, 70000)
+    sizes_default, repeats_default, pairs_default = (
+        ("16,64,256", 2, 8000) if args.quick else ("16,64,256,1024", 3, 70000)
+    )
     args.sizes = [int(x) for x in (args.sizes or sizes_default).split(",")]
     args.repeats = args.repeats or repeats_default
     args.max_pairs = args.max_pairs or pairs_default
@@ -267,7 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     threads = {k: os.environ.get(k, "unset") for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print(f"{os.cpu_count()} CPUs, load average {load}; BLAS threads: {threads}\n")
-    print("| metric | N | distinct | metricwise dec/s | per-pair loop dec/s | speed-up | per-pair baseline |")
+    print(
+        "| metric | N | distinct | metricwise dec/s | per-pair loop dec/s | speed-up | per-pair baseline |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|")
     for name in names:
         for n in args.sizes:

@@ -94,8 +94,15 @@ def run_generate(prompts: list[str], n: int, tokens: int, threads: int) -> dict[
         tokenizer.pad_token = tokenizer.eos_token
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-    kwargs = {"do_sample": True, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": None,
-              "num_return_sequences": n, "pad_token_id": tokenizer.pad_token_id}
+    kwargs = {
+        "do_sample": True,
+        "temperature": 1.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "min_p": None,
+        "num_return_sequences": n,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
 
     def generate(batch: list[str], new_tokens: int) -> Any:
         enc = tokenizer(batch, return_tensors="pt", padding=True)
@@ -122,22 +129,35 @@ def run_llamacpp(prompts: list[str], n: int, tokens: int, threads: int) -> dict[
     from metricwise.backends.llamacpp import LlamaCppBackend
 
     sequences = min(256, len(prompts) * n)
-    backend = LlamaCppBackend(MODEL, n_threads=threads, max_sequences=sequences, n_ctx=max(4096, sequences * (tokens + 8) + 2048))
+    backend = LlamaCppBackend(
+        MODEL,
+        n_threads=threads,
+        max_sequences=sequences,
+        n_ctx=max(4096, sequences * (tokens + 8) + 2048),
+    )
     backend.sample(prompts[:1], SamplingConfig(n=2, max_tokens=2))  # warm-up
     start = time.perf_counter()
     sets = backend.sample(prompts, SamplingConfig(n=n, max_tokens=tokens, seed=0))
     seconds = time.perf_counter() - start
     generated = sum(c.n_tokens or 0 for s in sets for c in s.candidates)
     backend.close()
-    return {"tokens": generated, "seconds": seconds, "peak_mib": peak_rss_mib(),
-            "prompt_evaluations": backend.prompt_evaluations}
+    return {
+        "tokens": generated,
+        "seconds": seconds,
+        "peak_mib": peak_rss_mib(),
+        "prompt_evaluations": backend.prompt_evaluations,
+    }
 
 
 def llama_server_binary() -> Path | None:
     configured = os.environ.get("LLAMA_SERVER_BIN")
     if configured:
         return Path(configured) if Path(configured).is_file() else None
-    candidate = Path(os.environ.get("LLAMA_SERVER_DIR", REPO_ROOT / ".cache" / "llama-server")) / "bin" / "llama-server"
+    candidate = (
+        Path(os.environ.get("LLAMA_SERVER_DIR", REPO_ROOT / ".cache" / "llama-server"))
+        / "bin"
+        / "llama-server"
+    )
     if candidate.is_file():
         return candidate
     found = shutil.which("llama-server")
@@ -145,12 +165,16 @@ def llama_server_binary() -> Path | None:
 
 
 def _post(url: str, body: dict[str, Any]) -> Any:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     with urllib.request.urlopen(request, timeout=1800) as response:
         return json.loads(response.read())
 
 
-def run_server(prompts: list[str], n: int, tokens: int, threads: int, logprobs: bool) -> dict[str, Any]:
+def run_server(
+    prompts: list[str], n: int, tokens: int, threads: int, logprobs: bool
+) -> dict[str, Any]:
     from metricwise.models import named_model_path
 
     binary = llama_server_binary()
@@ -160,9 +184,29 @@ def run_server(prompts: list[str], n: int, tokens: int, threads: int, logprobs: 
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     slots = len(prompts) * n
-    cmd = [str(binary), "-m", str(named_model_path(MODEL)), "--host", "127.0.0.1", "--port", str(port),
-           "-np", str(slots), "-kvu", "-c", str(max(4096, slots * (tokens + 8) + 2048)), "-t", str(threads),
-           "-tb", str(threads), "--no-webui", "-b", "512", "-ub", "512"]
+    cmd = [
+        str(binary),
+        "-m",
+        str(named_model_path(MODEL)),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-np",
+        str(slots),
+        "-kvu",
+        "-c",
+        str(max(4096, slots * (tokens + 8) + 2048)),
+        "-t",
+        str(threads),
+        "-tb",
+        str(threads),
+        "--no-webui",
+        "-b",
+        "512",
+        "-ub",
+        "512",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -180,10 +224,21 @@ def run_server(prompts: list[str], n: int, tokens: int, threads: int, logprobs: 
         def body(prompt: str, count: int, new_tokens: int, seed: int) -> dict[str, Any]:
             # llama-server's own /completion endpoint: the same generation as /v1/completions, and
             # it reports every choice's token count (tokens_predicted).
-            return {"prompt": prompt, "n_cmpl": count, "n_predict": new_tokens, "temperature": 1.0,
-                    "top_k": 0, "top_p": 1.0, "min_p": 0.0, "seed": seed, "stop": [],
-                    "samplers": ["top_k", "temperature", "top_p", "min_p"], "repeat_penalty": 1.0,
-                    "n_probs": 1 if logprobs else 0, "cache_prompt": False}
+            return {
+                "prompt": prompt,
+                "n_cmpl": count,
+                "n_predict": new_tokens,
+                "temperature": 1.0,
+                "top_k": 0,
+                "top_p": 1.0,
+                "min_p": 0.0,
+                "seed": seed,
+                "stop": [],
+                "samplers": ["top_k", "temperature", "top_p", "min_p"],
+                "repeat_penalty": 1.0,
+                "n_probs": 1 if logprobs else 0,
+                "cache_prompt": False,
+            }
 
         _post(url + "/completion", body(prompts[0], 2, 2, 1))  # warm-up
         answers: list[Any] = [None] * len(prompts)
@@ -205,7 +260,9 @@ def run_server(prompts: list[str], n: int, tokens: int, threads: int, logprobs: 
                 raise SystemExit(f"asked llama-server for n={n} completions, got {len(results)}")
             generated += sum(int(r["tokens_predicted"]) for r in results)
         status = Path(f"/proc/{proc.pid}/status").read_text()
-        hwm = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0)
+        hwm = next(
+            (int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM")), 0
+        )
         return {"tokens": generated, "seconds": seconds, "peak_mib": hwm / 1024.0}
     finally:
         proc.terminate()
@@ -224,19 +281,25 @@ def worker(args: argparse.Namespace) -> None:
     elif args.phase == "llamacpp":
         result = run_llamacpp(prompts, args.n, args.tokens, args.threads)
     else:
-        result = run_server(prompts, args.n, args.tokens, args.threads, logprobs=args.phase == "server_logprobs")
+        result = run_server(
+            prompts, args.n, args.tokens, args.threads, logprobs=args.phase == "server_logprobs"
+        )
     print("RESULT " + json.dumps(result))
 
 
 # -- driver ---------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 prompts x n=4 x 8 tokens: a smoke run")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 prompts x n=4 x 8 tokens: a smoke run"
+    )
     parser.add_argument("--prompts", type=int, default=None)
     parser.add_argument("-n", type=int, default=None)
     parser.add_argument("--tokens", type=int, default=None)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--only", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
+    parser.add_argument(
+        "--only", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}"
+    )
     parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     quick = (2, 4, 8) if args.quick else (8, 16, 32)
@@ -251,14 +314,31 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown phases {unknown}; choose from {PHASES}")
     if any(p.startswith("server") for p in phases) and llama_server_binary() is None:
-        print("note: llama-server not built (scripts/build_llama_server.sh); skipping the server phases", file=sys.stderr)
+        print(
+            "note: llama-server not built (scripts/build_llama_server.sh); skipping the server phases",
+            file=sys.stderr,
+        )
         phases = [p for p in phases if not p.startswith("server")]
-    print(f"# sampling speed: {MODEL}, {args.prompts} prompts x n={args.n} x {args.tokens} new tokens, "
-          f"{args.threads} threads, {os.cpu_count()} cores\n")
+    print(
+        f"# sampling speed: {MODEL}, {args.prompts} prompts x n={args.n} x {args.tokens} new tokens, "
+        f"{args.threads} threads, {os.cpu_count()} cores\n"
+    )
     results: dict[str, dict[str, Any]] = {}
     for phase in phases:
-        cmd = [sys.executable, __file__, "--phase", phase, "--prompts", str(args.prompts), "-n", str(args.n),
-               "--tokens", str(args.tokens), "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--phase",
+            phase,
+            "--prompts",
+            str(args.prompts),
+            "-n",
+            str(args.n),
+            "--tokens",
+            str(args.tokens),
+            "--threads",
+            str(args.threads),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if proc.returncode != 0 or line is None:
@@ -270,7 +350,9 @@ def main() -> None:
     print("| phase | tokens | seconds | tokens/s | peak memory (MiB) |")
     print("|---|---:|---:|---:|---:|")
     for phase, r in results.items():
-        print(f"| {phase} | {r['tokens']} | {r['seconds']:.2f} | {r['tokens'] / r['seconds']:.1f} | {r['peak_mib']:.0f} |")
+        print(
+            f"| {phase} | {r['tokens']} | {r['seconds']:.2f} | {r['tokens'] / r['seconds']:.1f} | {r['peak_mib']:.0f} |"
+        )
     print()
 
     def rate(name: str) -> float | None:

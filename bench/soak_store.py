@@ -161,8 +161,18 @@ def fake_server(delay: float, lifetime: float, workdir: Path) -> Iterator[str]:
     """The fake server as a subprocess on 127.0.0.1; stopped on the way out, whatever happens."""
     log = open(workdir / "server.stderr", "wb")  # noqa: SIM115 (closed in finally)
     proc = subprocess.Popen(
-        [sys.executable, str(SERVER_SCRIPT), "--port", "0", "--mode", "healthy",
-         "--lifetime", f"{lifetime:.0f}", "--delay", str(delay)],
+        [
+            sys.executable,
+            str(SERVER_SCRIPT),
+            "--port",
+            "0",
+            "--mode",
+            "healthy",
+            "--lifetime",
+            f"{lifetime:.0f}",
+            "--delay",
+            str(delay),
+        ],
         stdout=subprocess.PIPE,
         stderr=log,
         cwd=REPO_ROOT,
@@ -208,35 +218,62 @@ def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
 class Writers:
     """Starts ``metricwise sample`` subprocesses and remembers the live ones, to end them on exit."""
 
-    def __init__(self, url: str, workdir: Path, seed: int, deadline: Deadline, stats: Stats) -> None:
-        self.url, self.workdir, self.seed, self.deadline, self.stats = url, workdir, seed, deadline, stats
+    def __init__(
+        self, url: str, workdir: Path, seed: int, deadline: Deadline, stats: Stats
+    ) -> None:
+        self.url, self.workdir, self.seed, self.deadline, self.stats = (
+            url,
+            workdir,
+            seed,
+            deadline,
+            stats,
+        )
         self.live: list[Writer] = []
         self.count = 0
         self.env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "src"))
 
-    def start(self, name: str, prompts: Sequence[str], n: int, batch_size: int, store: Path) -> Writer:
+    def start(
+        self, name: str, prompts: Sequence[str], n: int, batch_size: int, store: Path
+    ) -> Writer:
         self.count += 1
         stem = self.workdir / f"w{self.count:03d}-{name}"
         inp = stem.with_suffix(".prompts.jsonl")
         # Ids are the line numbers: a prompt listed twice gets two ids and two output lines.
-        inp.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(prompts)))
+        inp.write_text(
+            "".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(prompts))
+        )
         output, err = stem.with_suffix(".out.jsonl"), stem.with_suffix(".stderr")
         cmd = [
-            sys.executable, "-c", CLI_CODE, "sample",
-            "--backend", "openai",
-            "--model_args", f"base_url={self.url},server=generic",
-            "--model", MODEL,
-            "-n", str(n),
-            "--max_tokens", str(MAX_TOKENS),
-            "--seed", str(self.seed),
-            "--input", str(inp),
-            "--store", str(store),
-            "--output", str(output),
-            "--batch_size", str(batch_size),
+            sys.executable,
+            "-c",
+            CLI_CODE,
+            "sample",
+            "--backend",
+            "openai",
+            "--model_args",
+            f"base_url={self.url},server=generic",
+            "--model",
+            MODEL,
+            "-n",
+            str(n),
+            "--max_tokens",
+            str(MAX_TOKENS),
+            "--seed",
+            str(self.seed),
+            "--input",
+            str(inp),
+            "--store",
+            str(store),
+            "--output",
+            str(output),
+            "--batch_size",
+            str(batch_size),
             "-q",
         ]
         with open(err, "wb") as err_file:
-            proc = subprocess.Popen(cmd, env=self.env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=err_file)
+            proc = subprocess.Popen(
+                cmd, env=self.env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=err_file
+            )
         writer = Writer(name, list(prompts), n, batch_size, output, err, proc)
         self.live.append(writer)
         self.stats.writers += 1
@@ -252,8 +289,12 @@ class Writers:
             writer.seconds = time.monotonic() - writer.started
             self.live.remove(writer)
             if self.deadline.left() <= 0:
-                raise SoakAborted(f"--max_seconds ran out while {writer.name} was running") from None
-            self.stats.fail(f"{writer.name} did not finish within {WRITER_TIMEOUT:.0f} s (killed); stderr: {writer.stderr_tail()}")
+                raise SoakAborted(
+                    f"--max_seconds ran out while {writer.name} was running"
+                ) from None
+            self.stats.fail(
+                f"{writer.name} did not finish within {WRITER_TIMEOUT:.0f} s (killed); stderr: {writer.stderr_tail()}"
+            )
             return writer.returncode
         writer.seconds = time.monotonic() - writer.started
         self.live.remove(writer)
@@ -262,7 +303,9 @@ class Writers:
     def kill_after(self, writer: Writer, delay: float) -> None:
         """kill -9 ``writer`` ``delay`` seconds after it started, unless it has finished by then."""
         with suppress(subprocess.TimeoutExpired):
-            writer.proc.wait(timeout=self.deadline.bound(max(0.0, writer.started + delay - time.monotonic())))
+            writer.proc.wait(
+                timeout=self.deadline.bound(max(0.0, writer.started + delay - time.monotonic()))
+            )
         if writer.proc.poll() is None:
             writer.proc.send_signal(signal.SIGKILL)
             writer.killed = True
@@ -306,7 +349,9 @@ def check_store(store: Path, stats: Stats, where: str) -> None:
             "SELECT model, prompt, COUNT(*) FROM sample_sets GROUP BY model, prompt HAVING COUNT(*) > 1"
         ).fetchall()
         if shared:
-            stats.fail(f"{where}: {len(shared)} prompts have several sets under one sampling config, e.g. {shared[:2]}")
+            stats.fail(
+                f"{where}: {len(shared)} prompts have several sets under one sampling config, e.g. {shared[:2]}"
+            )
         if integrity != [("ok",)]:
             stats.fail(f"{where}: integrity_check says {integrity[:5]}")
         # The primary key forbids duplicates; count anyway, since it is the promise under test.
@@ -314,7 +359,9 @@ def check_store(store: Path, stats: Stats, where: str) -> None:
             "SELECT set_key, idx, COUNT(*) FROM samples GROUP BY set_key, idx HAVING COUNT(*) > 1"
         ).fetchall()
         if dup:
-            stats.fail(f"{where}: {len(dup)} (set_key, idx) pairs stored more than once, e.g. {dup[:3]}")
+            stats.fail(
+                f"{where}: {len(dup)} (set_key, idx) pairs stored more than once, e.g. {dup[:3]}"
+            )
         orphans = db.execute(
             "SELECT COUNT(*) FROM samples s LEFT JOIN sample_sets t ON s.set_key = t.set_key "
             "WHERE t.set_key IS NULL OR s.set_key = ''"
@@ -339,11 +386,17 @@ def check_store(store: Path, stats: Stats, where: str) -> None:
         ).fetchone()[0]
         if bad:
             stats.fail(f"{where}: {bad} samples with a finish_reason outside {FINISH_REASONS}")
-        for name, value in db.execute("SELECT 'logp', logp FROM samples UNION ALL SELECT 'logq', logq FROM samples"):
+        for name, value in db.execute(
+            "SELECT 'logp', logp FROM samples UNION ALL SELECT 'logq', logq FROM samples"
+        ):
             if value is not None and not (isinstance(value, float) and math.isfinite(value)):
-                stats.fail(f"{where}: a stored {name} is {value!r}, not a finite log-probability or null")
+                stats.fail(
+                    f"{where}: a stored {name} is {value!r}, not a finite log-probability or null"
+                )
                 break
-        texts = db.execute("SELECT COUNT(*) FROM samples WHERE text IS NULL OR typeof(text) != 'text'").fetchone()[0]
+        texts = db.execute(
+            "SELECT COUNT(*) FROM samples WHERE text IS NULL OR typeof(text) != 'text'"
+        ).fetchone()[0]
         if texts:
             stats.fail(f"{where}: {texts} samples whose text is not a string")
 
@@ -353,14 +406,23 @@ def stored_sets(store: Path, prompts: Sequence[str]) -> dict[str, list[tuple[int
     out: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     with connect(store) as db:
         for prompt in dict.fromkeys(prompts):
-            keys = db.execute("SELECT set_key FROM sample_sets WHERE model = ? AND prompt = ?", (SIGNATURE, prompt)).fetchall()
+            keys = db.execute(
+                "SELECT set_key FROM sample_sets WHERE model = ? AND prompt = ?",
+                (SIGNATURE, prompt),
+            ).fetchall()
             if len(keys) > 1:
                 # Every writer here uses one sampling config, so a prompt has one set.
-                raise StoreMismatch(f"prompt {prompt!r} has {len(keys)} sets under one sampling config")
-            rows = [] if not keys else db.execute(
-                "SELECT idx, text, logp, logq, n_tokens, finish_reason FROM samples WHERE set_key = ? ORDER BY idx",
-                (keys[0][0],),
-            ).fetchall()
+                raise StoreMismatch(
+                    f"prompt {prompt!r} has {len(keys)} sets under one sampling config"
+                )
+            rows = (
+                []
+                if not keys
+                else db.execute(
+                    "SELECT idx, text, logp, logq, n_tokens, finish_reason FROM samples WHERE set_key = ? ORDER BY idx",
+                    (keys[0][0],),
+                ).fetchall()
+            )
             out[prompt] = [(r[0], dict(zip(FIELDS, r[1:], strict=True))) for r in rows]
     return out
 
@@ -377,7 +439,9 @@ def check_output(writer: Writer, store: Path, stats: Stats) -> None:
     """A writer that exited 0 printed exactly what the store holds for its prompts."""
     where = f"{writer.name} (n={writer.n}, {len(writer.prompts)} prompts)"
     try:
-        lines = [json.loads(line) for line in writer.output.read_text(encoding="utf-8").splitlines()]
+        lines = [
+            json.loads(line) for line in writer.output.read_text(encoding="utf-8").splitlines()
+        ]
     except (OSError, ValueError) as exc:
         stats.fail(f"{where}: exited 0 but its output cannot be read as JSONL: {exc}")
         return
@@ -387,16 +451,23 @@ def check_output(writer: Writer, store: Path, stats: Stats) -> None:
     sets = stored_sets(store, writer.prompts)
     for i, (prompt, line) in enumerate(zip(writer.prompts, lines, strict=True)):
         if line.get("id") != i or line.get("prompt") != prompt:
-            stats.fail(f"{where}: output line {i + 1} is for id {line.get('id')!r}, prompt {line.get('prompt')!r}, not {i}, {prompt!r}")
+            stats.fail(
+                f"{where}: output line {i + 1} is for id {line.get('id')!r}, prompt {line.get('prompt')!r}, not {i}, {prompt!r}"
+            )
             return
         got = [{k: c.get(k) for k in FIELDS} for c in line.get("candidates", [])]
         rows = [row for idx, row in sets[prompt] if idx < writer.n]
         indices = [idx for idx, _ in sets[prompt] if idx < writer.n]
         if indices != list(range(writer.n)):
-            stats.fail(f"{where}: exited 0 but the store holds indices {indices} of prompt {prompt!r}, not 0..{writer.n - 1}")
+            stats.fail(
+                f"{where}: exited 0 but the store holds indices {indices} of prompt {prompt!r}, not 0..{writer.n - 1}"
+            )
             return
         if got != rows:
-            first = next((j for j, (a, b) in enumerate(zip(got, rows, strict=False)) if a != b), min(len(got), len(rows)))
+            first = next(
+                (j for j, (a, b) in enumerate(zip(got, rows, strict=False)) if a != b),
+                min(len(got), len(rows)),
+            )
             stats.fail(
                 f"{where}: output line {i + 1} (prompt {prompt!r}) differs from the store at sample {first}: "
                 f"output {got[first] if first < len(got) else None}, store {rows[first] if first < len(rows) else None}"
@@ -405,13 +476,17 @@ def check_output(writer: Writer, store: Path, stats: Stats) -> None:
     stats.outputs_equal += 1
 
 
-def finish(writer: Writer, writers: Writers, store: Path, stats: Stats, *, must_succeed: bool = True) -> None:
+def finish(
+    writer: Writer, writers: Writers, store: Path, stats: Stats, *, must_succeed: bool = True
+) -> None:
     """Wait for a writer that nobody kills, then compare its output with the store."""
     rc = writers.wait(writer)
     if rc == 0:
         check_output(writer, store, stats)
     elif must_succeed:
-        stats.fail(f"{writer.name} exited {rc} (n={writer.n}, batch {writer.batch_size}); stderr: {writer.stderr_tail()}")
+        stats.fail(
+            f"{writer.name} exited {rc} (n={writer.n}, batch {writer.batch_size}); stderr: {writer.stderr_tail()}"
+        )
 
 
 # -- rounds ---------------------------------------------------------------------------------------
@@ -420,7 +495,10 @@ def finish(writer: Writer, writers: Writers, store: Path, stats: Stats, *, must_
 def make_prompts(count: int, seed: int) -> list[str]:
     # A few awkward prompts (unicode, newline, quotes, long) check the round trip through JSON and SQL.
     odd = ["ünïcödé ✓ 数学", "two\nlines", 'a "quoted" \\ backslash', "x" * 300, "  spaces  "]
-    return [f"soak {seed} prompt {i}: {odd[i % len(odd)] if i % 7 == 3 else 'Q: ' + str(i) + ' + 1 ='}" for i in range(count)]
+    return [
+        f"soak {seed} prompt {i}: {odd[i % len(odd)] if i % 7 == 3 else 'Q: ' + str(i) + ' + 1 ='}"
+        for i in range(count)
+    ]
 
 
 def subset(rng: random.Random, prompts: list[str], low: float = 0.6) -> list[str]:
@@ -455,8 +533,16 @@ def plan(rounds: int, n: int, rng: random.Random) -> list[tuple[str, int]]:
 
 
 def run_round(
-    r: int, kind: str, n: int, prev_n: int, prompts: list[str], store: Path,
-    writers: Writers, rng: random.Random, timing: Timing, stats: Stats,
+    r: int,
+    kind: str,
+    n: int,
+    prev_n: int,
+    prompts: list[str],
+    store: Path,
+    writers: Writers,
+    rng: random.Random,
+    timing: Timing,
+    stats: Stats,
 ) -> None:
     """One round of writers into ``store``; round 0 also measures ``timing``."""
     batch = rng.choice((1, 2))
@@ -479,7 +565,10 @@ def run_round(
         chosen = subset(rng, prompts)
         w = writers.start(f"r{r}-plain", chosen, n, batch, store)
         finish(w, writers, store, stats)
-        print(f"round {r:2d} plain       n={n:2d} {len(chosen):3d} prompts batch {batch}: rc {w.returncode}, {w.seconds:.1f} s", flush=True)
+        print(
+            f"round {r:2d} plain       n={n:2d} {len(chosen):3d} prompts batch {batch}: rc {w.returncode}, {w.seconds:.1f} s",
+            flush=True,
+        )
         return
 
     if kind == "kill":
@@ -495,7 +584,9 @@ def run_round(
             if w.returncode == 0:
                 check_output(w, store, stats)
             else:
-                stats.fail(f"{w.name} exited {w.returncode} before its kill; stderr: {w.stderr_tail()}")
+                stats.fail(
+                    f"{w.name} exited {w.returncode} before its kill; stderr: {w.stderr_tail()}"
+                )
         elif before == 0:
             where = "nothing to do"
             stats.kills_idle += 1
@@ -514,7 +605,9 @@ def run_round(
             resume = writers.start(f"r{r}-resume", chosen, n, batch, store)
             finish(resume, writers, store, stats)
             if missing_samples(store, chosen, n):
-                stats.fail(f"{resume.name}: exited {resume.returncode} but samples are still missing")
+                stats.fail(
+                    f"{resume.name}: exited {resume.returncode} but samples are still missing"
+                )
             line += f"; resumed: rc {resume.returncode}, {resume.seconds:.1f} s"
         print(line, flush=True)
         return
@@ -531,7 +624,10 @@ def run_round(
     if kind == "concurrent":
         finish(a, writers, store, stats)
         finish(b, writers, store, stats)
-        print(f"round {r:2d} concurrent  n={n:2d}/{n_b:2d} {len(a_prompts)}+{len(b_prompts)} prompts: rc {a.returncode}/{b.returncode}", flush=True)
+        print(
+            f"round {r:2d} concurrent  n={n:2d}/{n_b:2d} {len(a_prompts)}+{len(b_prompts)} prompts: rc {a.returncode}/{b.returncode}",
+            flush=True,
+        )
         return
     victim, survivor = (a, b) if rng.random() < 0.5 else (b, a)
     delay = timing.kill_delay(rng, victim.batch_size)
@@ -541,7 +637,9 @@ def run_round(
         if victim.returncode == 0:
             check_output(victim, store, stats)
         else:
-            stats.fail(f"{victim.name} exited {victim.returncode} before its kill; stderr: {victim.stderr_tail()}")
+            stats.fail(
+                f"{victim.name} exited {victim.returncode} before its kill; stderr: {victim.stderr_tail()}"
+            )
     finish(survivor, writers, store, stats)
     state = "killed" if victim.killed else f"finished first (rc {victim.returncode})"
     print(
@@ -551,36 +649,55 @@ def run_round(
     )
 
 
-def final_check(prompts: list[str], n: int, store: Path, fresh: Path, writers: Writers, stats: Stats) -> dict[str, int]:
+def final_check(
+    prompts: list[str], n: int, store: Path, fresh: Path, writers: Writers, stats: Stats
+) -> dict[str, int]:
     """A healthy writer completes the soak store; a reference run fills an empty one; they must agree."""
     final = writers.start("final", prompts, n, 2, store)
     reference = writers.start("reference", prompts, n, 2, fresh)
     finish(final, writers, store, stats)
     finish(reference, writers, fresh, stats)
     check_store(store, stats, "after the final writer")
-    counts = {"expected": len(prompts) * n, "stored": 0, "duplicated": 0, "missing": 0, "unexpected": 0, "differ": 0}
+    counts = {
+        "expected": len(prompts) * n,
+        "stored": 0,
+        "duplicated": 0,
+        "missing": 0,
+        "unexpected": 0,
+        "differ": 0,
+    }
     with connect(store) as db:
         counts["stored"] = db.execute("SELECT COUNT(*) FROM samples").fetchone()[0]
         counts["duplicated"] = db.execute(
             "SELECT COALESCE(SUM(c - 1), 0) FROM (SELECT COUNT(*) AS c FROM samples GROUP BY set_key, idx)"
         ).fetchone()[0]
         asked = {(SIGNATURE, p) for p in prompts}
-        other_sets = sum(1 for row in db.execute("SELECT model, prompt FROM sample_sets") if tuple(row) not in asked)
+        other_sets = sum(
+            1
+            for row in db.execute("SELECT model, prompt FROM sample_sets")
+            if tuple(row) not in asked
+        )
     if other_sets:
-        stats.fail(f"the store holds {other_sets} sets for prompts or models the soak never asked for")
+        stats.fail(
+            f"the store holds {other_sets} sets for prompts or models the soak never asked for"
+        )
     soak_sets, fresh_sets = stored_sets(store, prompts), stored_sets(fresh, prompts)
     for prompt in prompts:
         have = dict(soak_sets[prompt])
         truth = dict(fresh_sets[prompt])
         if sorted(truth) != list(range(n)):
-            stats.fail(f"the reference store holds indices {sorted(truth)} of prompt {prompt!r}, not 0..{n - 1}")
+            stats.fail(
+                f"the reference store holds indices {sorted(truth)} of prompt {prompt!r}, not 0..{n - 1}"
+            )
         counts["missing"] += sum(1 for i in range(n) if i not in have)
         counts["unexpected"] += sum(1 for i in have if not 0 <= i < n)
         differ = [i for i in range(n) if i in have and i in truth and have[i] != truth[i]]
         if differ:
             counts["differ"] += len(differ)
             i = differ[0]
-            stats.fail(f"prompt {prompt!r} sample {i}: the soak store holds {have[i]}, a fresh run gives {truth[i]}")
+            stats.fail(
+                f"prompt {prompt!r} sample {i}: the soak store holds {have[i]}, a fresh run gives {truth[i]}"
+            )
     if counts["stored"] != counts["expected"]:
         stats.fail(f"the store holds {counts['stored']} samples, {counts['expected']} expected")
     for key in ("duplicated", "missing", "unexpected"):
@@ -593,21 +710,63 @@ def final_check(prompts: list[str], n: int, store: Path, fresh: Path, writers: W
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--rounds", type=int, default=40, help="rounds of writers into the shared store (>= 4: every kind of round)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=40,
+        help="rounds of writers into the shared store (>= 4: every kind of round)",
+    )
     p.add_argument("--prompts", type=int, default=40, help="distinct prompts")
-    p.add_argument("-n", "--n", dest="n", type=int, default=24, help="samples per prompt in the last rounds and the final check")
-    p.add_argument("--seed", type=int, default=0, help="seed of the plan, the kill delays and the sampling")
-    p.add_argument("--max_seconds", "--max-seconds", dest="max_seconds", type=float, default=300.0, help="hard wall-clock bound of the whole soak")
-    p.add_argument("--delay", type=float, default=0.03, help="seconds the fake server sleeps per request, so kills land mid-run")
-    p.add_argument("--keep", action="store_true", help="keep the temporary directory (store, inputs, outputs, stderr)")
+    p.add_argument(
+        "-n",
+        "--n",
+        dest="n",
+        type=int,
+        default=24,
+        help="samples per prompt in the last rounds and the final check",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the plan, the kill delays and the sampling"
+    )
+    p.add_argument(
+        "--max_seconds",
+        "--max-seconds",
+        dest="max_seconds",
+        type=float,
+        default=300.0,
+        help="hard wall-clock bound of the whole soak",
+    )
+    p.add_argument(
+        "--delay",
+        type=float,
+        default=0.03,
+        help="seconds the fake server sleeps per request, so kills land mid-run",
+    )
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary directory (store, inputs, outputs, stderr)",
+    )
     args = p.parse_args(argv)
-    if args.rounds < 4 or args.prompts < 4 or args.n < 2 or args.max_seconds <= FINAL_RESERVE or args.delay < 0:
-        p.error(f"need --rounds >= 4, --prompts >= 4, -n >= 2, --max_seconds > {FINAL_RESERVE:.0f} and --delay >= 0")
+    if (
+        args.rounds < 4
+        or args.prompts < 4
+        or args.n < 2
+        or args.max_seconds <= FINAL_RESERVE
+        or args.delay < 0
+    ):
+        p.error(
+            f"need --rounds >= 4, --prompts >= 4, -n >= 2, --max_seconds > {FINAL_RESERVE:.0f} and --delay >= 0"
+        )
     return args
 
 
-def soak(args: argparse.Namespace, workdir: Path, stats: Stats, deadline: Deadline) -> dict[str, int]:
+def soak(
+    args: argparse.Namespace, workdir: Path, stats: Stats, deadline: Deadline
+) -> dict[str, int]:
     rng = random.Random(args.seed)
     prompts = make_prompts(args.prompts, args.seed)
     store, fresh = workdir / "store.sqlite", workdir / "fresh.sqlite"
@@ -621,7 +780,10 @@ def soak(args: argparse.Namespace, workdir: Path, stats: Stats, deadline: Deadli
             prev_n = schedule[0][1]
             for r, (kind, n) in enumerate(schedule):
                 if deadline.left() < FINAL_RESERVE + 2 * timing.full + 5:
-                    print(f"soak: --max_seconds leaves no time for round {r}; going to the final check", flush=True)
+                    print(
+                        f"soak: --max_seconds leaves no time for round {r}; going to the final check",
+                        flush=True,
+                    )
                     break
                 run_round(r, kind, n, prev_n, prompts, store, writers, rng, timing, stats)
                 check_store(store, stats, f"after round {r}")
@@ -648,7 +810,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     deadline = Deadline(args.max_seconds)
     stats = Stats()
     workdir = Path(tempfile.mkdtemp(prefix="metricwise-soak-"))
-    print(f"soak: seed {args.seed}, {args.rounds} rounds, {args.prompts} prompts, n up to {args.n}, server delay {args.delay} s, in {workdir}", flush=True)
+    print(
+        f"soak: seed {args.seed}, {args.rounds} rounds, {args.prompts} prompts, n up to {args.n}, server delay {args.delay} s, in {workdir}",
+        flush=True,
+    )
     counts: dict[str, int] = {}
     code = 0
     try:
@@ -670,8 +835,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n== soak report ==")
     grown = sum(1 for a, b in zip(stats.ns, stats.ns[1:], strict=False) if b > a)
     n_range = f"n {stats.ns[0]} to {stats.ns[-1]}, grown in {grown} rounds" if stats.ns else "no n"
-    cut = f" of {stats.planned} planned, cut short by --max_seconds" if stats.rounds < stats.planned else ""
-    print(f"rounds            {stats.rounds}{cut} ({', '.join(f'{k} {v}' for k, v in stats.kinds.items())}; {n_range})")
+    cut = (
+        f" of {stats.planned} planned, cut short by --max_seconds"
+        if stats.rounds < stats.planned
+        else ""
+    )
+    print(
+        f"rounds            {stats.rounds}{cut} ({', '.join(f'{k} {v}' for k, v in stats.kinds.items())}; {n_range})"
+    )
     print(f"writers started   {stats.writers}")
     print(
         f"killed with -9    {stats.killed}: {stats.kills_concurrent} beside a second writer; alone: {stats.kills_mid_run} mid-run, "
@@ -685,7 +856,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"samples           expected {counts['expected']}, stored {counts['stored']}, duplicated {counts['duplicated']}, "
             f"missing {counts['missing']}, unexpected {counts['unexpected']}, differ from a fresh run {counts['differ']}"
         )
-    print(f"outputs equal     {stats.outputs_equal} (every writer that exited 0 printed what the store holds)")
+    print(
+        f"outputs equal     {stats.outputs_equal} (every writer that exited 0 printed what the store holds)"
+    )
     print(f"wall time         {wall:.1f} s (bound {args.max_seconds:.0f} s)")
     if stats.killed and not stats.kills_mid_run:
         print("warning: no kill landed mid-run; raise --prompts or --delay", file=sys.stderr)

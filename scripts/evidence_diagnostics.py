@@ -53,10 +53,14 @@ def numeric(task: Any, rows: list[dict[str, Any]], data_dir: Path | None) -> lis
     greedy = [extract_answer(r["greedy"], task) for r in rows]
     means, spreads = [], []
     for r in rows:
-        values = [v for v in (extract_answer(c["text"], task) for c in r["candidates"]) if v is not None]
+        values = [
+            v for v in (extract_answer(c["text"], task) for c in r["candidates"]) if v is not None
+        ]
         means.append(statistics.fmean(values) if values else float("nan"))
         spreads.append(statistics.pstdev(values) if len(values) > 1 else 0.0)
-    lines = [f"- {len(rows)} items; gold label mean {statistics.fmean(refs):.3f}, variance {statistics.pvariance(refs):.3f}"]
+    lines = [
+        f"- {len(rows)} items; gold label mean {statistics.fmean(refs):.3f}, variance {statistics.pvariance(refs):.3f}"
+    ]
     try:
         train = [float(item.references[0]) for item in task.load(data_dir, split="fewshot")]
     except Exception as exc:  # a task without a separate few-shot split
@@ -82,7 +86,9 @@ def numeric(task: Any, rows: list[dict[str, Any]], data_dir: Path | None) -> lis
             f"{correlation([means[i] for i in with_shot], [shots[i] for i in with_shot]):+.3f}; greedy repeats that label "
             f"on {copied}/{len(with_shot)} items"
         )
-    lines.append(f"- mean within-item standard deviation of the samples: {statistics.fmean(spreads):.3f}")
+    lines.append(
+        f"- mean within-item standard deviation of the samples: {statistics.fmean(spreads):.3f}"
+    )
     return lines
 
 
@@ -103,19 +109,30 @@ def text(task: Any, rows: list[dict[str, Any]]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("results_dir", type=Path, help="an eval --output_path run with --log_samples")
-    parser.add_argument("--data_dir", type=Path, default=None, help="benchmark data (for the few-shot split's labels)")
+    parser.add_argument(
+        "results_dir", type=Path, help="an eval --output_path run with --log_samples"
+    )
+    parser.add_argument(
+        "--data_dir",
+        type=Path,
+        default=None,
+        help="benchmark data (for the few-shot split's labels)",
+    )
     args = parser.parse_args()
     files = sorted(args.results_dir.glob("samples_*.jsonl"))
     if not files:
-        raise SystemExit(f"no samples_<task>.jsonl in {args.results_dir}: run metricwise eval with --log_samples")
+        raise SystemExit(
+            f"no samples_<task>.jsonl in {args.results_dir}: run metricwise eval with --log_samples"
+        )
     for path in files:
         # samples_<task>.jsonl, or samples_<task>_t<T>.jsonl in a temperature sweep
         run = path.stem[len("samples_") :]
         task = get_task(re.sub(r"_t[0-9.]+$", "", run))
         rows = [json.loads(line) for line in path.open(encoding="utf-8")]
         print(f"### {run}\n")
-        body = numeric(task, rows, args.data_dir) if task.answer_type == "number" else text(task, rows)
+        body = (
+            numeric(task, rows, args.data_dir) if task.answer_type == "number" else text(task, rows)
+        )
         print("\n".join(body) + "\n")
 
 

@@ -35,7 +35,11 @@ def pytest_runtest_makereport(item, call):  # type: ignore[no-untyped-def]
     tests need, so a skip there means the build did not give it."""
     outcome = yield
     report = outcome.get_result()
-    if report.skipped and os.environ.get("METRICWISE_FAIL_ON_SKIP") == "1" and not hasattr(report, "wasxfail"):
+    if (
+        report.skipped
+        and os.environ.get("METRICWISE_FAIL_ON_SKIP") == "1"
+        and not hasattr(report, "wasxfail")
+    ):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped, and METRICWISE_FAIL_ON_SKIP=1 forbids it: {reason}"

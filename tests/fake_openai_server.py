@@ -74,7 +74,11 @@ MODES = (
 def fake_choice(seed: int, body: dict[str, Any], index: int) -> dict[str, Any]:
     """A deterministic completion drawn (raw distribution) with ``seed``."""
     rng = np.random.default_rng(seed)
-    n_top = body.get("logprobs") if isinstance(body.get("logprobs"), int) else body.get("top_logprobs", 1)
+    n_top = (
+        body.get("logprobs")
+        if isinstance(body.get("logprobs"), int)
+        else body.get("top_logprobs", 1)
+    )
     if isinstance(n_top, bool):
         n_top = body.get("top_logprobs", 1)
     order = np.argsort(-PROBS)
@@ -90,7 +94,12 @@ def fake_choice(seed: int, body: dict[str, Any], index: int) -> dict[str, Any]:
                 "bytes": list(piece.encode()),
                 "logprob": float(np.log(PROBS[token])),
                 "top_logprobs": [
-                    {"id": int(t), "token": VOCAB[t], "bytes": list(VOCAB[t].encode()), "logprob": float(np.log(PROBS[t]))}
+                    {
+                        "id": int(t),
+                        "token": VOCAB[t],
+                        "bytes": list(VOCAB[t].encode()),
+                        "logprob": float(np.log(PROBS[t])),
+                    }
                     for t in order[: int(n_top)]
                 ],
             }
@@ -147,7 +156,13 @@ class FakeServer:
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
 
-            def _send_bytes(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+            def _send_bytes(
+                self,
+                status: int,
+                data: bytes,
+                content_type: str,
+                headers: dict[str, str] | None = None,
+            ) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
@@ -159,7 +174,9 @@ class FakeServer:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout tests)
 
-            def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+            def _send(
+                self, status: int, payload: Any, headers: dict[str, str] | None = None
+            ) -> None:
                 self._send_bytes(status, json.dumps(payload).encode(), "application/json", headers)
 
             def do_GET(self) -> None:
@@ -201,7 +218,9 @@ class FakeServer:
         self.httpd = Quiet(("127.0.0.1", port), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
         self.thread.start()
         # A bounded lifetime: a test that forgets to stop its server does not leave it running.
         self._reaper = threading.Timer(lifetime, self.close)
@@ -220,7 +239,11 @@ class FakeServer:
                 self._faults_served += 1
                 if count and self._faults_served > int(count):
                     return False
-            send_bytes(500, json.dumps({"error": {"message": "internal error (injected)"}}).encode(), "application/json")
+            send_bytes(
+                500,
+                json.dumps({"error": {"message": "internal error (injected)"}}).encode(),
+                "application/json",
+            )
         elif name == "hang":
             time.sleep(self.hang_seconds)
             handler.close_connection = True
@@ -258,7 +281,9 @@ class FakeServer:
             bad = {"null_logprobs": None, "string_logprobs": "-0.5", "nan_logprobs": math.nan}[name]
             for choice in payload["choices"]:
                 choice["logprobs"]["content"][0]["logprob"] = bad
-            send_bytes(200, json.dumps(payload).encode(), "application/json")  # json writes NaN as NaN
+            send_bytes(
+                200, json.dumps(payload).encode(), "application/json"
+            )  # json writes NaN as NaN
         elif name == "abort":
             for choice in payload["choices"]:
                 choice["finish_reason"] = "abort"
@@ -280,11 +305,20 @@ class FakeServer:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="A fake OpenAI-compatible server on 127.0.0.1 (for tests and the soak run).")
+    parser = argparse.ArgumentParser(
+        description="A fake OpenAI-compatible server on 127.0.0.1 (for tests and the soak run)."
+    )
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--mode", default="healthy", help=", ".join(MODES))
-    parser.add_argument("--lifetime", type=float, default=600.0, help="seconds before the server stops by itself")
-    parser.add_argument("--delay", type=float, default=0.0, help="seconds slept before answering each completions request")
+    parser.add_argument(
+        "--lifetime", type=float, default=600.0, help="seconds before the server stops by itself"
+    )
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=0.0,
+        help="seconds slept before answering each completions request",
+    )
     args = parser.parse_args()
     if not (args.delay >= 0 and math.isfinite(args.delay)):
         parser.error(f"--delay must be a finite number of seconds >= 0, got {args.delay}")

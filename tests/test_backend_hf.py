@@ -116,7 +116,9 @@ def test_token_selector_draws_each_token_with_its_probability(vocab):
     for row in range(3):
         counts = torch.zeros(vocab, dtype=torch.float64)
         for lo in range(0, draws, chunk):
-            tokens, _, logq = select(logits[row : row + 1].expand(chunk, vocab).contiguous(), uniforms[lo : lo + chunk])
+            tokens, _, logq = select(
+                logits[row : row + 1].expand(chunk, vocab).contiguous(), uniforms[lo : lo + chunk]
+            )
             counts += torch.bincount(tokens, minlength=vocab).double()
             assert torch.allclose(logq, q[row, tokens].log(), atol=1e-5)
         assert float((counts / draws - q[row]).abs().max()) <= 1.0 / draws + 1e-6
@@ -134,12 +136,18 @@ def test_token_selector_never_returns_an_id_without_weight():
     inflated[:, -1] *= 1.001  # the block's own cumulative sum falls short of the target
     tokens = select._inverse_cdf(weights, inflated, torch.tensor([1.0, 1.0], dtype=torch.float64))
     assert tokens.tolist() == [1399, 1399]
-    assert select._inverse_cdf(weights, block_sums, torch.tensor([1e-9, 1.0], dtype=torch.float64)).tolist() == [0, 1399]
+    assert select._inverse_cdf(
+        weights, block_sums, torch.tensor([1e-9, 1.0], dtype=torch.float64)
+    ).tolist() == [0, 1399]
 
 
 @pytest.mark.parametrize(
     "config",
-    [SamplingConfig(), SamplingConfig(temperature=0.6, top_p=0.9), SamplingConfig(top_k=7, min_p=0.02)],
+    [
+        SamplingConfig(),
+        SamplingConfig(temperature=0.6, top_p=0.9),
+        SamplingConfig(top_k=7, min_p=0.02),
+    ],
     ids=["ancestral", "temp-topp", "topk-minp"],
 )
 def test_token_selector_agrees_with_the_llamacpp_numpy_kernel(config):
@@ -155,7 +163,11 @@ def test_token_selector_agrees_with_the_llamacpp_numpy_kernel(config):
     assert np.allclose(logq.numpy(), np_logq, atol=1e-5)
     greedy, greedy_logp, greedy_logq = TokenSelector(16, 3000, config, "cpu")(logits, None)
     assert greedy.tolist() == logits.argmax(-1).tolist()
-    assert torch.allclose(greedy_logp, torch.log_softmax(logits.double(), -1).gather(1, greedy[:, None]).squeeze(-1), atol=1e-5)
+    assert torch.allclose(
+        greedy_logp,
+        torch.log_softmax(logits.double(), -1).gather(1, greedy[:, None]).squeeze(-1),
+        atol=1e-5,
+    )
     assert greedy_logq.abs().max() == 0
 
 
@@ -163,7 +175,11 @@ def test_seeds_make_runs_reproducible_and_differ_across_seeds(backend):
     config = SamplingConfig(n=4, max_tokens=6, seed=11)
     first = [c.text for s in backend.sample(PROMPTS, config) for c in s.candidates]
     second = [c.text for s in backend.sample(PROMPTS, config) for c in s.candidates]
-    other = [c.text for s in backend.sample(PROMPTS, SamplingConfig(n=4, max_tokens=6, seed=12)) for c in s.candidates]
+    other = [
+        c.text
+        for s in backend.sample(PROMPTS, SamplingConfig(n=4, max_tokens=6, seed=12))
+        for c in s.candidates
+    ]
     assert first == second
     assert first != other
 
@@ -174,10 +190,14 @@ def test_a_sample_does_not_depend_on_its_batch(backend):
     config = SamplingConfig(n=4, max_tokens=6, seed=21)
     together = backend.sample(PROMPTS, config)
     alone = backend.sample(PROMPTS[:1], config)
-    assert [c.token_ids for c in together[0].candidates] == [c.token_ids for c in alone[0].candidates]
+    assert [c.token_ids for c in together[0].candidates] == [
+        c.token_ids for c in alone[0].candidates
+    ]
     # Samples start..n-1 drawn later are the same as in one go (the store extends sets so).
     tail = backend.sample(PROMPTS[:1], config, start=2)
-    assert [c.token_ids for c in tail[0].candidates] == [c.token_ids for c in alone[0].candidates[2:]]
+    assert [c.token_ids for c in tail[0].candidates] == [
+        c.token_ids for c in alone[0].candidates[2:]
+    ]
 
 
 def test_n_samples_of_a_prompt_batch_come_from_one_prefill(backend):
@@ -197,8 +217,12 @@ def test_greedy_then_samples_of_one_batch_share_the_prefill():
     fresh_sets = HFBackend(model, tokenizer=tokenizer).sample(PROMPTS, config)
     fresh_greedy = HFBackend(model, tokenizer=tokenizer).greedy(PROMPTS, config)
     assert [c.token_ids for c in greedy] == [c.token_ids for c in fresh_greedy]
-    assert [c.token_ids for s in sets for c in s.candidates] == [c.token_ids for s in fresh_sets for c in s.candidates]
-    assert [c.logp for s in sets for c in s.candidates] == pytest.approx([c.logp for s in fresh_sets for c in s.candidates], abs=1e-6)
+    assert [c.token_ids for s in sets for c in s.candidates] == [
+        c.token_ids for s in fresh_sets for c in s.candidates
+    ]
+    assert [c.logp for s in sets for c in s.candidates] == pytest.approx(
+        [c.logp for s in fresh_sets for c in s.candidates], abs=1e-6
+    )
     shared.sample(PROMPTS, config)  # the kept prefill serves one call, not more
     shared.sample(PROMPTS[:1], config)  # another batch
     assert shared.prefill_calls == 3
@@ -211,7 +235,9 @@ def test_greedy_is_the_argmax_path(backend):
         ids = enc
         for _ in range(cand.n_tokens):
             with torch.no_grad():
-                ids = torch.cat([ids, backend.model(input_ids=ids).logits[:, -1:].argmax(-1)], dim=1)
+                ids = torch.cat(
+                    [ids, backend.model(input_ids=ids).logits[:, -1:].argmax(-1)], dim=1
+                )
         assert tuple(ids[0, enc.shape[1] :].tolist()) == cand.token_ids
         assert cand.logq == 0.0
 
@@ -227,7 +253,11 @@ def test_max_tokens_stop_strings_and_repetition_guard(backend):
     assert cut.text == first.text[: first.text.find(stop)]
     # The untrained model's greedy path turns periodic: the repetition guard ends it early. (It
     # emits the control token <s> first, which ends a sample; only EOS may end it here.)
-    guarded = HFBackend(backend.model, tokenizer=backend.tokenizer, guards=Guards(min_repeated_tokens=8, min_repeats=3))
+    guarded = HFBackend(
+        backend.model,
+        tokenizer=backend.tokenizer,
+        guards=Guards(min_repeated_tokens=8, min_repeats=3),
+    )
     guarded.end_ids = frozenset({backend.tokenizer.eos_token_id})
     cand = guarded.greedy(PROMPTS[:1], SamplingConfig(max_tokens=200))[0]
     assert cand.finish_reason == "guard"
@@ -243,7 +273,9 @@ def test_a_control_token_ends_a_sample(backend):
     cand = backend.greedy(PROMPTS[:1], SamplingConfig(max_tokens=200))[0]
     bos = backend.tokenizer.bos_token_id
     assert bos not in (backend.tokenizer.eos_token_id,) and cand.token_ids[-1] == bos
-    assert cand.finish_reason == "eos" and cand.text == backend.tokenizer.decode(list(cand.token_ids[:-1]))
+    assert cand.finish_reason == "eos" and cand.text == backend.tokenizer.decode(
+        list(cand.token_ids[:-1])
+    )
     # A GGUF-converted tokenizer keeps Gemma's <start_of_image> as a plain added token: it still
     # ends a sample, while an added whitespace run does not.
     tokenizer = copy.deepcopy(backend.tokenizer)
@@ -264,7 +296,10 @@ def test_bad_prompts_are_refused_before_decoding(backend):
     with pytest.raises(InvalidParameterError, match="Prompt 0 of the batch is empty"):
         backend.greedy([""], SamplingConfig(max_tokens=3))
     context = backend.model.config.max_position_embeddings
-    with pytest.raises(InvalidParameterError, match=rf"Prompt 1 of the batch has \d+ tokens; with max_tokens=8 it exceeds the model's context of {context}"):
+    with pytest.raises(
+        InvalidParameterError,
+        match=rf"Prompt 1 of the batch has \d+ tokens; with max_tokens=8 it exceeds the model's context of {context}",
+    ):
         backend.sample(["the cat", "the cat " * context], SamplingConfig(n=1, max_tokens=8))
 
 

@@ -143,19 +143,31 @@ def reference(backend):
     """llama-cpp-python's high-level ``Llama`` with logits for every position: teacher forcing."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(backend.path), n_ctx=512, logits_all=True, verbose=False, n_threads=THREADS, n_threads_batch=THREADS, flash_attn=False)
+    llm = Llama(
+        model_path=str(backend.path),
+        n_ctx=512,
+        logits_all=True,
+        verbose=False,
+        n_threads=THREADS,
+        n_threads_batch=THREADS,
+        flash_attn=False,
+    )
     yield llm
     llm.close()
 
 
-def teacher_forced(llm, prompt: str, tokens: tuple[int, ...], config: SamplingConfig) -> tuple[float, float]:
+def teacher_forced(
+    llm, prompt: str, tokens: tuple[int, ...], config: SamplingConfig
+) -> tuple[float, float]:
     torch = pytest.importorskip("torch")
     from metricwise.backends.hf import process_logits as hf_process
 
     prompt_ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
     llm.reset()
     llm.eval(prompt_ids + list(tokens))
-    rows = np.asarray(llm.scores[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(tokens)], dtype=np.float32)
+    rows = np.asarray(
+        llm.scores[len(prompt_ids) - 1 : len(prompt_ids) - 1 + len(tokens)], dtype=np.float32
+    )
     x = torch.from_numpy(rows)
     index = torch.tensor(tokens)[:, None]
     logp = float(torch.log_softmax(x, -1).gather(1, index).sum())
@@ -166,7 +178,12 @@ def teacher_forced(llm, prompt: str, tokens: tuple[int, ...], config: SamplingCo
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "config",
-    [SamplingConfig(n=3, max_tokens=12, seed=4), SamplingConfig(n=3, max_tokens=12, seed=9, temperature=0.7, top_k=30, top_p=0.9, min_p=0.02)],
+    [
+        SamplingConfig(n=3, max_tokens=12, seed=4),
+        SamplingConfig(
+            n=3, max_tokens=12, seed=9, temperature=0.7, top_k=30, top_p=0.9, min_p=0.02
+        ),
+    ],
 )
 def test_logp_and_logq_equal_teacher_forcing(backend, reference, config):
     sets = backend.sample(PROMPTS, config)
@@ -192,7 +209,9 @@ def test_one_prompt_evaluation_per_prompt_and_reproducible_seeds(backend):
     assert backend.prompt_evaluations - before == len(PROMPTS)
     again = backend.sample(PROMPTS, config)
     assert [s.texts for s in again] == [s.texts for s in first]
-    assert [c.logp for c in again[0].candidates] == pytest.approx([c.logp for c in first[0].candidates], abs=1e-4)
+    assert [c.logp for c in again[0].candidates] == pytest.approx(
+        [c.logp for c in first[0].candidates], abs=1e-4
+    )
     tail = backend.sample(PROMPTS, config, start=2)
     assert [s.texts for s in tail] == [s.texts[2:] for s in first]
     assert len(set(first[1].texts)) > 1
@@ -212,7 +231,11 @@ def test_groups_smaller_than_the_set_give_the_same_samples(backend):
     with LlamaCppBackend(MODEL, n_ctx=1024, max_sequences=3, n_threads=THREADS) as small:
         got = small.sample(PROMPTS, config)
         assert small.prompt_evaluations == 4  # each prompt: samples 0-2 and 3-4
-    pairs = [(a, b) for s, t in zip(got, expected, strict=True) for a, b in zip(s.candidates, t.candidates, strict=True)]
+    pairs = [
+        (a, b)
+        for s, t in zip(got, expected, strict=True)
+        for a, b in zip(s.candidates, t.candidates, strict=True)
+    ]
     assert sum(a.text == b.text for a, b in pairs) >= 8
     for a, b in pairs:
         assert a.token_ids[:3] == b.token_ids[:3]
@@ -224,7 +247,9 @@ def test_finish_reasons_stop_strings_and_greedy(backend):
     got = backend.sample(["Count: 1, 2, 3,"], SamplingConfig(n=3, max_tokens=6, seed=0))[0]
     assert all(c.finish_reason in ("length", "eos") for c in got.candidates)
     assert any(c.finish_reason == "length" and c.n_tokens == 6 for c in got.candidates)
-    stopped = backend.sample(["Count: 1, 2, 3,"], SamplingConfig(n=3, max_tokens=20, stop=(",",), temperature=0.3))[0]
+    stopped = backend.sample(
+        ["Count: 1, 2, 3,"], SamplingConfig(n=3, max_tokens=20, stop=(",",), temperature=0.3)
+    )[0]
     for c in stopped.candidates:
         assert "," not in c.text
         assert c.finish_reason in ("stop", "eos", "length")
@@ -238,11 +263,21 @@ def test_finish_reasons_stop_strings_and_greedy(backend):
 def test_guards(backend):
     from metricwise.backends.llamacpp import LlamaCppBackend
 
-    with LlamaCppBackend(MODEL, n_ctx=1024, max_sequences=4, n_threads=THREADS, guards=Guards(max_period=2, min_repeated_tokens=6, min_repeats=3)) as guarded:
+    with LlamaCppBackend(
+        MODEL,
+        n_ctx=1024,
+        max_sequences=4,
+        n_threads=THREADS,
+        guards=Guards(max_period=2, min_repeated_tokens=6, min_repeats=3),
+    ) as guarded:
         looped = guarded.greedy(["1 1 1 1 1 1 1 1 1 1 1 1"], SamplingConfig(max_tokens=30))[0]
-        assert looped.finish_reason == "guard" and looped.n_tokens == 6  # " 1" x 3: period 2, 6 tokens
+        assert (
+            looped.finish_reason == "guard" and looped.n_tokens == 6
+        )  # " 1" x 3: period 2, 6 tokens
     # Running out of wall-clock time is a failure to sample, not a set of cut-off samples.
-    timed = LlamaCppBackend(MODEL, n_ctx=1024, max_sequences=4, n_threads=THREADS, guards=Guards(max_seconds=1e-6))
+    timed = LlamaCppBackend(
+        MODEL, n_ctx=1024, max_sequences=4, n_threads=THREADS, guards=Guards(max_seconds=1e-6)
+    )
     with timed, pytest.raises(SamplingTimeout, match="wall-clock budget"):
         timed.sample(PROMPTS, SamplingConfig(n=2, max_tokens=30))
 

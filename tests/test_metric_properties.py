@@ -10,7 +10,22 @@ from hypothesis import strategies as st
 from metricwise import metrics
 from metricwise.errors import InvalidParameterError, MetricwiseError
 
-WORDS = ["the", "cat", "sat", "on", "a", "mat", "dog", "Paris", "paris", "é", "42", ",", "runs", "The"]
+WORDS = [
+    "the",
+    "cat",
+    "sat",
+    "on",
+    "a",
+    "mat",
+    "dog",
+    "Paris",
+    "paris",
+    "é",
+    "42",
+    ",",
+    "runs",
+    "The",
+]
 texts = st.lists(st.sampled_from(WORDS), min_size=0, max_size=8).map(" ".join)
 free_texts = st.text(max_size=30)
 numbers = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, allow_infinity=False)
@@ -38,7 +53,16 @@ def strategy_for(name: str):
 
 
 def test_the_registry_has_the_documented_metrics():
-    expected = {"exact_match", "token_f1", "squared_error", "absolute_error", "pinball", "bleu", "chrf", "rouge_l"}
+    expected = {
+        "exact_match",
+        "token_f1",
+        "squared_error",
+        "absolute_error",
+        "pinball",
+        "bleu",
+        "chrf",
+        "rouge_l",
+    }
     assert expected <= set(metrics.names())
 
 
@@ -89,7 +113,10 @@ def test_pairwise_rows_follow_the_candidate_order(name, data):
     refs = data.draw(st.lists(strategy, min_size=1, max_size=6))
     perm = data.draw(st.permutations(range(len(cands))))
     np.testing.assert_allclose(
-        metric.pairwise([cands[i] for i in perm], refs), metric.pairwise(cands, refs)[list(perm)], rtol=1e-12, atol=1e-12
+        metric.pairwise([cands[i] for i in perm], refs),
+        metric.pairwise(cands, refs)[list(perm)],
+        rtol=1e-12,
+        atol=1e-12,
     )
 
 

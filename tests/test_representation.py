@@ -62,7 +62,11 @@ def ref_nuclear(R: np.ndarray) -> float:
     return float(np.linalg.norm(Z, ord="nuc")) / Z.shape[0]
 
 
-REFERENCES = {"mnn": (matrix_nuclear_norm, ref_mnn), "entropy": (matrix_entropy, ref_entropy), "nuclear": (nuclear_norm, ref_nuclear)}
+REFERENCES = {
+    "mnn": (matrix_nuclear_norm, ref_mnn),
+    "entropy": (matrix_entropy, ref_entropy),
+    "nuclear": (nuclear_norm, ref_nuclear),
+}
 
 
 def random_matrix(L: int, d: int, seed: int = 0) -> np.ndarray:
@@ -88,7 +92,9 @@ def test_hand_computed_values():
     # both sqrt(1.5); Z^T Z = [[1.5,-0.3],[-0.3,1.5]], eigenvalues 1.8 and 1.2.
     R = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
     assert matrix_nuclear_norm(R) == pytest.approx(2 * math.sqrt(1.5) / 3, rel=REL)
-    assert matrix_entropy(R) == pytest.approx(-(0.6 * math.log(0.6) + 0.4 * math.log(0.4)) / math.log(2), rel=REL)
+    assert matrix_entropy(R) == pytest.approx(
+        -(0.6 * math.log(0.6) + 0.4 * math.log(0.4)) / math.log(2), rel=REL
+    )
     assert nuclear_norm(R) == pytest.approx((math.sqrt(1.8) + math.sqrt(1.2)) / 3, rel=REL)
 
 
@@ -119,7 +125,9 @@ def test_precision_is_independent_of_input_dtype():
     assert nuclear_norm(R.tolist()) == pytest.approx(ref_nuclear(R), rel=REL)  # nested lists work
 
 
-@pytest.mark.parametrize("torch_kernels", [False, True], ids=["cpu-tensor-via-numpy", "torch-kernels"])
+@pytest.mark.parametrize(
+    "torch_kernels", [False, True], ids=["cpu-tensor-via-numpy", "torch-kernels"]
+)
 def test_torch_input_matches_numpy(torch_kernels, monkeypatch):
     torch = pytest.importorskip("torch")
     from metricwise.representation import metrics as metrics_module
@@ -131,8 +139,13 @@ def test_torch_input_matches_numpy(torch_kernels, monkeypatch):
         for name, (fn, ref) in REFERENCES.items():
             for dtype in (torch.float32, torch.bfloat16):
                 T = torch.tensor(R, dtype=dtype)
-                assert fn(T) == pytest.approx(ref(T.to(torch.float64).numpy()), rel=REL), (name, dtype)
-                assert fn(T, dtype="float32") == pytest.approx(ref(T.to(torch.float64).numpy()), rel=1e-4), (name, dtype)
+                assert fn(T) == pytest.approx(ref(T.to(torch.float64).numpy()), rel=REL), (
+                    name,
+                    dtype,
+                )
+                assert fn(T, dtype="float32") == pytest.approx(
+                    ref(T.to(torch.float64).numpy()), rel=1e-4
+                ), (name, dtype)
     R = random_matrix(10, 30, seed=7)
     Z = normalize_representation(torch.tensor(R))
     if torch_kernels:
@@ -151,7 +164,9 @@ def test_invariances(name):
     rng = np.random.default_rng(0)
     assert fn(R[rng.permutation(12)]) == pytest.approx(value, rel=1e-10)  # row (token) order
     assert fn(R[:, rng.permutation(20)]) == pytest.approx(value, rel=1e-10)  # column order
-    assert fn(R + rng.standard_normal(20) * 5) == pytest.approx(value, rel=1e-9)  # a shift of every token
+    assert fn(R + rng.standard_normal(20) * 5) == pytest.approx(
+        value, rel=1e-9
+    )  # a shift of every token
     assert fn(R * 7.5) == pytest.approx(value, rel=1e-10)  # global scale
     # scaling a row: after centring, only each row's direction matters
     centred = R - R.mean(axis=0)
@@ -178,15 +193,21 @@ def test_rank_one_gives_the_minimum(L, d):
     R = np.outer(np.arange(1.0, L + 1), u) + 3.0  # every centred token along +-u
     assert matrix_entropy(R) == pytest.approx(0.0, abs=1e-12)
     assert nuclear_norm(R) == pytest.approx(1 / math.sqrt(L), rel=REL)
-    expected_mnn = np.sort(np.abs(u))[::-1][: min(L, d)].sum() / np.linalg.norm(u) * math.sqrt(L) / L
+    expected_mnn = (
+        np.sort(np.abs(u))[::-1][: min(L, d)].sum() / np.linalg.norm(u) * math.sqrt(L) / L
+    )
     assert matrix_nuclear_norm(R) == pytest.approx(expected_mnn, rel=REL)
-    R1 = np.outer(np.arange(1.0, L + 1), np.eye(d)[0])  # one-hot direction: MNN equals the nuclear norm
+    R1 = np.outer(
+        np.arange(1.0, L + 1), np.eye(d)[0]
+    )  # one-hot direction: MNN equals the nuclear norm
     assert matrix_nuclear_norm(R1) == pytest.approx(1 / math.sqrt(L), rel=REL)
 
 
 @pytest.mark.parametrize("d", [2, 5, 16])
 def test_tokens_spread_over_all_directions_give_the_maximum(d):
-    R = np.vstack([np.eye(d), -np.eye(d)])  # identity-like: 2d tokens, mean 0, orthogonal directions
+    R = np.vstack(
+        [np.eye(d), -np.eye(d)]
+    )  # identity-like: 2d tokens, mean 0, orthogonal directions
     assert matrix_entropy(R) == pytest.approx(1.0, rel=REL)
     assert matrix_nuclear_norm(R) == pytest.approx(1 / math.sqrt(2), rel=REL)
     assert nuclear_norm(R) == pytest.approx(1 / math.sqrt(2), rel=REL)
@@ -195,7 +216,9 @@ def test_tokens_spread_over_all_directions_give_the_maximum(d):
         X = random_matrix(2 * d, d, seed=seed)
         assert 0 <= matrix_entropy(X) <= 1 + 1e-12
         assert 1 / math.sqrt(2 * d) - 1e-12 <= nuclear_norm(X) <= math.sqrt(0.5) + 1e-12
-        assert nuclear_norm(X) <= matrix_nuclear_norm(X) + 1e-12  # L >= d: the proxy is an upper bound
+        assert (
+            nuclear_norm(X) <= matrix_nuclear_norm(X) + 1e-12
+        )  # L >= d: the proxy is an upper bound
 
 
 def test_two_tokens_give_entropy_zero():
@@ -243,7 +266,9 @@ def test_gaussian_baseline_is_deterministic_and_follows_the_width_confound():
     assert gaussian_baseline("mnn", 64, 1024, seed=3) != gaussian_baseline("mnn", 64, 1024, seed=4)
     assert gaussian_baseline("mnn", 64, 1024) == pytest.approx(math.sqrt(64 / 1024), rel=0.25)
     assert gaussian_baseline("mnn", 1024, 256) == pytest.approx(math.sqrt(256 / 1024), rel=0.05)
-    assert gaussian_baseline("entropy", 64, 1024) == pytest.approx(math.log(64) / math.log(1024), rel=0.05)
+    assert gaussian_baseline("entropy", 64, 1024) == pytest.approx(
+        math.log(64) / math.log(1024), rel=0.05
+    )
     # wider models get lower raw values on the same length with nothing learned
     assert gaussian_baseline("mnn", 64, 2048) < gaussian_baseline("mnn", 64, 512)
     assert gaussian_baseline("entropy", 64, 2048) < gaussian_baseline("entropy", 64, 512)
@@ -287,7 +312,30 @@ def test_paired_difference():
 
 
 # -- hidden-state extraction on a tiny random model (no downloads) -----------------------------------------
-WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "and", "ran", "far", "away", "fast", "slow", "big", "small", "red", "blue", "one", "two", "three", "is", "was"]
+WORDS = [
+    "the",
+    "a",
+    "cat",
+    "dog",
+    "sat",
+    "on",
+    "mat",
+    "and",
+    "ran",
+    "far",
+    "away",
+    "fast",
+    "slow",
+    "big",
+    "small",
+    "red",
+    "blue",
+    "one",
+    "two",
+    "three",
+    "is",
+    "was",
+]
 
 
 def tiny_lm_with_bos(seed: int = 0):
@@ -300,10 +348,26 @@ def tiny_lm_with_bos(seed: int = 0):
     raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.Whitespace()
     raw.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     return LlamaForCausalLM(config).eval(), tokenizer
 
 
@@ -384,12 +448,21 @@ def test_skips_truncation_and_stats(tiny):
     model, tokenizer = tiny
     texts = ["", "cat", "the cat sat", TEXTS[4]]
     stats = ExtractionStats()
-    records = {r.index: r for r in iter_hidden_states(model, tokenizer, texts, max_length=6, min_tokens=2, stats=stats)}
+    records = {
+        r.index: r
+        for r in iter_hidden_states(
+            model, tokenizer, texts, max_length=6, min_tokens=2, stats=stats
+        )
+    }
     assert records[0].skipped == "empty" and records[0].hidden is None
     assert records[1].skipped == "too_short"  # one row once BOS is dropped
     assert records[2].skipped is None and records[2].hidden.shape == (3, 32)
     assert records[3].truncated and records[3].n_tokens == 5 and records[3].n_input_tokens == 6
-    assert stats.skipped == {"empty": 1, "too_short": 1} and stats.n_truncated == 1 and stats.n_batches == 1
+    assert (
+        stats.skipped == {"empty": 1, "too_short": 1}
+        and stats.n_truncated == 1
+        and stats.n_batches == 1
+    )
     assert stats.matrix_tokens == 3 + 5
 
 
@@ -442,7 +515,9 @@ def test_score_texts_end_to_end(tiny):
 
     model, tokenizer = tiny
     texts = [*TEXTS, ""]
-    score = score_texts(model, tokenizer, texts, batch_size=2, n_bootstrap=100, model_name="tiny", data_name="toy")
+    score = score_texts(
+        model, tokenizer, texts, batch_size=2, n_bootstrap=100, model_name="tiny", data_name="toy"
+    )
     assert score.n_scored == 5 and score.skipped == {"empty": 1} and score.hidden_size == 32
     mats = extract_hidden_states(model, tokenizer, TEXTS, batch_size=1)
     for name, (fn, _) in REFERENCES.items():
@@ -458,7 +533,9 @@ def test_responses_score_only_the_response_rows(tiny):
     from metricwise.representation.hidden import iter_encoded_hidden_states
 
     model, tokenizer = tiny
-    enc = encode_responses(tokenizer, ["the cat sat on"], ["the mat and ran away"], max_length=64)[0]
+    enc = encode_responses(tokenizer, ["the cat sat on"], ["the mat and ran away"], max_length=64)[
+        0
+    ]
     assert enc.ids[: enc.start] == tuple(tokenizer("the cat sat on")["input_ids"])
     assert enc.n_rows == 5
     (rec,) = list(iter_encoded_hidden_states(model, [enc]))
@@ -474,13 +551,24 @@ def test_responses_score_only_the_response_rows(tiny):
     ]
     scores = score_responses(model, tokenizer, records, n_bootstrap=50)
     assert [s.group for s in scores] == ["A", "B"]
-    assert scores[0].n_scored == 2 and scores[1].n_scored == 1 and scores[1].skipped == {"too_short": 1}
+    assert (
+        scores[0].n_scored == 2
+        and scores[1].n_scored == 1
+        and scores[1].skipped == {"too_short": 1}
+    )
     assert [r["index"] for r in scores[1].per_text] == [1, 3]
     # systems are paired by prompt: A and B both answered "the cat" with a scored response
     assert paired_difference(scores[1], scores[0], "mnn")["n"] == 1
     # truncation keeps BOS and the end of the prompt, and at least half the budget for the response
-    long = encode_responses(tokenizer, ["one two three " * 10], ["the cat sat on the mat"], max_length=8)[0]
-    assert long.truncated and len(long.ids) == 8 and long.ids[0] == tokenizer.bos_token_id and long.n_rows == 4
+    long = encode_responses(
+        tokenizer, ["one two three " * 10], ["the cat sat on the mat"], max_length=8
+    )[0]
+    assert (
+        long.truncated
+        and len(long.ids) == 8
+        and long.ids[0] == tokenizer.bos_token_id
+        and long.n_rows == 4
+    )
 
 
 # -- data -----------------------------------------------------------------------------------------------
@@ -515,7 +603,9 @@ def test_tasks_from_the_data_dir(data_dir):
     from metricwise.tasks import get_task
 
     expected = {item.fields["context"] for item in get_task("squad").load(data_dir, split="eval")}
-    assert len(contexts) == len(set(contexts)) == len(expected)  # distinct contexts of the evaluated SQuAD items
+    assert (
+        len(contexts) == len(set(contexts)) == len(expected)
+    )  # distinct contexts of the evaluated SQuAD items
     assert set(contexts) == expected
     assert len(load_texts("squad", field="question", data_dir=data_dir, limit=3)) == 3
 
@@ -533,11 +623,29 @@ def test_cli_on_a_local_model_directory(tiny, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="metricwise")
     add_mnn_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "res.json"
-    args = parser.parse_args(["mnn", "--model", f"{model_dir},{model_dir}", "--data", str(data), "--field", "body",
-                              "--metrics", "mnn,entropy", "--bootstrap", "50", "--output", str(out), "--quiet"])
+    args = parser.parse_args(
+        [
+            "mnn",
+            "--model",
+            f"{model_dir},{model_dir}",
+            "--data",
+            str(data),
+            "--field",
+            "body",
+            "--metrics",
+            "mnn,entropy",
+            "--bootstrap",
+            "50",
+            "--output",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert args.handler(args) == 0
     table = capsys.readouterr().out
-    assert "Matrix Nuclear-Norm" in table and "Matrix Entropy" in table and "nuclear norm" not in table
+    assert (
+        "Matrix Nuclear-Norm" in table and "Matrix Entropy" in table and "nuclear norm" not in table
+    )
     assert "Paired difference" in table and "'empty': 1" in table
     payload = json.loads(out.read_text())
     (first, second) = payload["results"]
@@ -545,13 +653,38 @@ def test_cli_on_a_local_model_directory(tiny, tmp_path, capsys):
     assert first["metrics"]["mnn"]["value"] == second["metrics"]["mnn"]["value"]
     assert len(first["per_text"]) == 6
     responses = tmp_path / "responses.jsonl"
-    responses.write_text("".join(json.dumps({"prompt": p, "response": r, "model": m}) + "\n" for p, r, m in [
-        ("the cat", "sat on the mat", "A"), ("the cat", "ran far away", "B"), ("a dog", "was big", "A"), ("a dog", "was red", "B")]))
-    args = parser.parse_args(["mnn", "--model", str(model_dir), "--data", str(responses), "--responses", "--quiet", "--bootstrap", "20"])
+    responses.write_text(
+        "".join(
+            json.dumps({"prompt": p, "response": r, "model": m}) + "\n"
+            for p, r, m in [
+                ("the cat", "sat on the mat", "A"),
+                ("the cat", "ran far away", "B"),
+                ("a dog", "was big", "A"),
+                ("a dog", "was red", "B"),
+            ]
+        )
+    )
+    args = parser.parse_args(
+        [
+            "mnn",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(responses),
+            "--responses",
+            "--quiet",
+            "--bootstrap",
+            "20",
+        ]
+    )
     assert args.handler(args) == 0
     table = capsys.readouterr().out
-    assert "tiny / A" in table and "tiny / B" in table and "| 2 | " in table  # paired over the 2 shared prompts
-    bad = parser.parse_args(["mnn", "--model", str(model_dir), "--data", str(data), "--metrics", "mnm"])
+    assert (
+        "tiny / A" in table and "tiny / B" in table and "| 2 | " in table
+    )  # paired over the 2 shared prompts
+    bad = parser.parse_args(
+        ["mnn", "--model", str(model_dir), "--data", str(data), "--metrics", "mnm"]
+    )
     with pytest.raises(UnknownNameError, match="Did you mean 'mnn'"):
         bad.handler(bad)
 
@@ -575,7 +708,6 @@ def test_named_model_batched_equals_one_at_a_time(name, data_dir):
         torch.testing.assert_close(b, s, rtol=1e-3, atol=1e-3)
         for fn, _ in REFERENCES.values():
             assert fn(b) == pytest.approx(fn(s), rel=1e-4)
-
 
 
 def test_gpu_extraction_and_metrics_match_cpu(tiny):

@@ -24,16 +24,31 @@ RATING = Task(
     valid_range=(0.0, 5.0),
     corpus_metrics=("pearson", "spearman", "accuracy"),
 )
-QA = Task(name="qa", description="short answers", answer_type="text", metrics=("exact_match", "token_f1"), extractor="first_line", template="{q}")
+QA = Task(
+    name="qa",
+    description="short answers",
+    answer_type="text",
+    metrics=("exact_match", "token_f1"),
+    extractor="first_line",
+    template="{q}",
+)
 
 
 def pool(texts, logps=None):
     logps = logps or [-1.0] * len(texts)
-    return SampleSet(candidates=tuple(Candidate(t, logp=lp, logq=lp, finish_reason="eos") for t, lp in zip(texts, logps, strict=True)))
+    return SampleSet(
+        candidates=tuple(
+            Candidate(t, logp=lp, logq=lp, finish_reason="eos")
+            for t, lp in zip(texts, logps, strict=True)
+        )
+    )
 
 
 def rating_fixture():
-    items = [Item(id=str(i), fields={"text": str(i)}, references=(ref,), target=str(ref)) for i, ref in enumerate([1.0, 4.0, 2.5, 0.0])]
+    items = [
+        Item(id=str(i), fields={"text": str(i)}, references=(ref,), target=str(ref))
+        for i, ref in enumerate([1.0, 4.0, 2.5, 0.0])
+    ]
     pools = [
         pool(["1", "2", "0", "1", "3", "1", "1.5", "x"]),
         pool(["5", "4", "4", "3", "5", "4.5", "4", "4"]),
@@ -55,10 +70,17 @@ def test_every_decoder_is_scored_on_the_same_samples():
     labels = {r["decoder"] for r in results["scores"]}
     assert labels == {d.label for d in default_decoders(RATING)}
     # Recompute the mean decoder's squared error by hand.
-    means = [np.mean([1, 2, 0, 1, 3, 1, 1.5]), np.mean([5, 4, 4, 3, 5, 4.5, 4, 4]), np.mean([2, 3, 2.5, 5, 2, 3, 2, 2]), np.mean([0, 0, 1, 0, 0, 2, 0, 0])]
+    means = [
+        np.mean([1, 2, 0, 1, 3, 1, 1.5]),
+        np.mean([5, 4, 4, 3, 5, 4.5, 4, 4]),
+        np.mean([2, 3, 2.5, 5, 2, 3, 2, 2]),
+        np.mean([0, 0, 1, 0, 0, 2, 0, 0]),
+    ]
     expected = np.mean([(m - r) ** 2 for m, r in zip(means, [1.0, 4.0, 2.5, 0.0], strict=True)])
     assert by(results, "mean", "squared_error")["value"] == pytest.approx(expected)
-    assert by(results, "greedy", "squared_error")["value"] == pytest.approx(np.mean([0, 1, 0.25, 0]))
+    assert by(results, "greedy", "squared_error")["value"] == pytest.approx(
+        np.mean([0, 1, 0.25, 0])
+    )
     # The oracle bounds every selector from below (losses).
     oracle = by(results, "oracle", "absolute_error")["value"]
     for label in labels - {"oracle", "mean", "mean+model", "median", "median+model"}:
@@ -72,13 +94,19 @@ def test_every_decoder_is_scored_on_the_same_samples():
 
 def test_model_weights_use_logprobs_and_curves_cover_powers_of_two():
     items, prompts, greedy, pools = rating_fixture()
-    results, records = score_task(RATING, items, prompts, greedy, pools, n_resamples=50, curve_subsets=4)
+    results, records = score_task(
+        RATING, items, prompts, greedy, pools, n_resamples=50, curve_subsets=4
+    )
     # Item 3: the improbable "1" and "2" get almost no model weight.
     assert records[3].predictions["mean+model"] < records[3].predictions["mean"]
     assert results["curves"]["k"] == [1, 2, 4, 8]
-    assert set(results["curves"]["values"]) == {d.label for d in default_decoders(RATING) if d.uses_samples}
+    assert set(results["curves"]["values"]) == {
+        d.label for d in default_decoders(RATING) if d.uses_samples
+    }
     # With all N samples the curve ends at the full-pool score.
-    assert results["curves"]["values"]["mean"][-1] == pytest.approx(by(results, "mean", "squared_error")["value"])
+    assert results["curves"]["values"]["mean"][-1] == pytest.approx(
+        by(results, "mean", "squared_error")["value"]
+    )
     corpus = {(r["decoder"], r["metric"]) for r in results["corpus"]}
     assert ("mean", "pearson") in corpus and ("greedy", "accuracy") in corpus
 
@@ -86,28 +114,57 @@ def test_model_weights_use_logprobs_and_curves_cover_powers_of_two():
 def test_the_prior_is_the_primary_metrics_bayes_rule_over_fewshot_references():
     items, prompts, greedy, pools = rating_fixture()
     train = [0.0, 1.0, 1.0, 2.0, 7.0]  # 7 is outside 0..5: clipped like any answer
-    results, records = score_task(RATING, items, prompts, greedy, pools, n_resamples=100, prior_references=train)
-    assert [r.predictions["prior"] for r in records] == pytest.approx([9 / 5] * 4)  # mean of 0, 1, 1, 2, 5
+    results, records = score_task(
+        RATING, items, prompts, greedy, pools, n_resamples=100, prior_references=train
+    )
+    assert [r.predictions["prior"] for r in records] == pytest.approx(
+        [9 / 5] * 4
+    )  # mean of 0, 1, 1, 2, 5
     expected = np.mean([(9 / 5 - r) ** 2 for r in [1.0, 4.0, 2.5, 0.0]])
     assert by(results, "prior", "squared_error")["value"] == pytest.approx(expected)
     assert "vs_greedy" in by(results, "prior", "squared_error")
     assert "prior" not in results["curves"]["values"]
     corpus = {(r["decoder"], r["metric"]) for r in results["corpus"] if r["decoder"] == "prior"}
     assert corpus == {("prior", "accuracy")}  # a constant has no correlation
-    by_median = Task(name="r", description="", answer_type="number", metrics=("absolute_error",), extractor="number", template="")
+    by_median = Task(
+        name="r",
+        description="",
+        answer_type="number",
+        metrics=("absolute_error",),
+        extractor="number",
+        template="",
+    )
     assert prior_prediction(by_median, [0.0, 1.0, 1.0, 2.0, 7.0]) == 1.0
     assert prior_prediction(QA, ["Paris", "paris", "Lyon"]).lower() == "paris"
     with pytest.raises(ValueError, match="prior_references"):
-        score_task(RATING, items, prompts, greedy, pools, decoders=[Decoder("greedy"), Decoder("prior", "squared_error")])
+        score_task(
+            RATING,
+            items,
+            prompts,
+            greedy,
+            pools,
+            decoders=[Decoder("greedy"), Decoder("prior", "squared_error")],
+        )
 
 
 def test_text_task_decoders_and_fallback_for_missing_answers():
     items = [
-        Item(id="a", fields={"q": "capital of France"}, references=("Paris", "paris, France"), target="Paris"),
+        Item(
+            id="a",
+            fields={"q": "capital of France"},
+            references=("Paris", "paris, France"),
+            target="Paris",
+        ),
         Item(id="b", fields={"q": "who"}, references=("George Eliot",), target="George Eliot"),
     ]
-    pools = [pool(["Paris", "paris", "Lyon", "Paris\nmore"]), pool(["Eliot", "George Eliot", "Mary Ann Evans", "George  Eliot"])]
-    greedy = [Candidate("Lyon", logp=-1.0, logq=0.0, finish_reason="eos"), Candidate("", logp=-1.0, logq=0.0, finish_reason="eos")]
+    pools = [
+        pool(["Paris", "paris", "Lyon", "Paris\nmore"]),
+        pool(["Eliot", "George Eliot", "Mary Ann Evans", "George  Eliot"]),
+    ]
+    greedy = [
+        Candidate("Lyon", logp=-1.0, logq=0.0, finish_reason="eos"),
+        Candidate("", logp=-1.0, logq=0.0, finish_reason="eos"),
+    ]
     results, _ = score_task(QA, items, ["p1", "p2"], greedy, pools, n_resamples=100)
     assert by(results, "mode", "exact_match")["value"] == 1.0
     assert by(results, "greedy", "exact_match")["value"] == 0.0
@@ -152,7 +209,15 @@ def test_accuracy_rounds_on_ordinal_scales_only():
     assert numeric_accuracy(3.5, 3.0, ordinal=True) == 0.0
     assert numeric_accuracy(3.4, 3.0) == 0.0
     assert numeric_accuracy(18.0000000001, 18.0) == 1.0
-    scale = Task(name="r", description="", answer_type="number", metrics=("absolute_error",), extractor="number", template="{t}", valid_range=(1.0, 5.0))
+    scale = Task(
+        name="r",
+        description="",
+        answer_type="number",
+        metrics=("absolute_error",),
+        extractor="number",
+        template="{t}",
+        valid_range=(1.0, 5.0),
+    )
     assert is_ordinal(scale, [Item(id="1", fields={}, references=(3.0,), target="3")])
     assert not is_ordinal(scale, [Item(id="1", fields={}, references=(3.5,), target="3.5")])
     assert not is_ordinal(RATING, [Item(id="1", fields={}, references=(2.75,), target="2.8")])

@@ -73,6 +73,8 @@ def test_correlation_statistics_equal_their_definitions():
             r[mask] = r[mask].mean()
         return r
 
-    assert spearman_rows(pairs, all_items)[0] == pytest.approx(np.corrcoef(ranks(x), ranks(y))[0, 1])
+    assert spearman_rows(pairs, all_items)[0] == pytest.approx(
+        np.corrcoef(ranks(x), ranks(y))[0, 1]
+    )
     estimate = bootstrap(pairs, statistic=pearson_rows, indices=resample_indices(50, 500))
     assert estimate.low < estimate.value < estimate.high

@@ -29,13 +29,22 @@ class CountingBackend:
     def sample(self, prompts, config, *, start=0):
         self.calls.append((tuple(prompts), start, config.n))
         return [
-            SampleSet(candidates=tuple(Candidate(f"{p}#{i}", logp=-1.0 * i, logq=-1.0, n_tokens=1, finish_reason="eos") for i in range(start, config.n)), prompt=p)
+            SampleSet(
+                candidates=tuple(
+                    Candidate(f"{p}#{i}", logp=-1.0 * i, logq=-1.0, n_tokens=1, finish_reason="eos")
+                    for i in range(start, config.n)
+                ),
+                prompt=p,
+            )
             for p in prompts
         ]
 
     def greedy(self, prompts, config):
         self.calls.append((tuple(prompts), "greedy"))
-        return [Candidate(f"{p}#greedy", logp=-0.5, logq=0.0, n_tokens=1, finish_reason="eos") for p in prompts]
+        return [
+            Candidate(f"{p}#greedy", logp=-0.5, logq=0.0, n_tokens=1, finish_reason="eos")
+            for p in prompts
+        ]
 
 
 def test_stored_sets_are_never_sampled_again_and_can_grow(tmp_path):
@@ -101,7 +110,10 @@ def test_a_failure_is_never_stored(tmp_path):
         with pytest.raises(BackendError, match="finish reason 'error'"):
             store.sample(FailingBackend(), ["a"], SamplingConfig(n=2))
         assert store.count() == 0
-        for bad in (Candidate("x", logp=float("nan"), finish_reason="eos"), Candidate("x", finish_reason="guard", logq=float("inf"))):
+        for bad in (
+            Candidate("x", logp=float("nan"), finish_reason="eos"),
+            Candidate("x", finish_reason="guard", logq=float("inf")),
+        ):
             with pytest.raises(BackendError, match="not stored"):
                 store.add("m", "a", SamplingConfig(n=1), [(0, bad)])
         assert store.count() == 0
@@ -119,7 +131,15 @@ class RacingBackend(CountingBackend):
     def sample(self, prompts, config, *, start=0):
         with SampleStore(self.path) as other:
             for p in prompts:
-                other.add(self.signature, p, config, [(i, Candidate(f"{p}#{i} (first writer)", finish_reason="eos")) for i in range(start, config.n)])
+                other.add(
+                    self.signature,
+                    p,
+                    config,
+                    [
+                        (i, Candidate(f"{p}#{i} (first writer)", finish_reason="eos"))
+                        for i in range(start, config.n)
+                    ],
+                )
         return super().sample(prompts, config, start=start)
 
 
@@ -188,7 +208,9 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER.format(tests=str(Path(__file__).parent)))
     db = tmp_path / "killed.db"
-    proc = subprocess.Popen([sys.executable, str(script), str(db), "0.3"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(db), "0.3"], stdout=subprocess.PIPE, text=True
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
@@ -200,7 +222,9 @@ def test_kill_9_then_resume_loses_and_duplicates_nothing(tmp_path):
         partial = store.count()
     assert 12 <= partial < 48 and partial % 4 == 0  # whole prompts only
 
-    resumed = subprocess.run([sys.executable, str(script), str(db), "0"], capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        [sys.executable, str(script), str(db), "0"], capture_output=True, text=True, timeout=300
+    )
     assert "finished" in resumed.stdout, resumed.stderr
     first_report = int(resumed.stdout.split()[1])
     assert first_report == partial // 4  # it started from what was stored

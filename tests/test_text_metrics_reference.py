@@ -30,8 +30,12 @@ from metricwise.metrics.chrf import words_for_chrf
 from metricwise.metrics.overlap import clipped_overlap
 from metricwise.metrics.rouge import lcs_matrix, tokenize_rouge
 
-sacrebleu = pytest.importorskip("sacrebleu", reason="the [reference] extra (sacrebleu) is not installed")
-rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer", reason="the [reference] extra (rouge-score) is not installed")
+sacrebleu = pytest.importorskip(
+    "sacrebleu", reason="the [reference] extra (sacrebleu) is not installed"
+)
+rouge_scorer = pytest.importorskip(
+    "rouge_score.rouge_scorer", reason="the [reference] extra (rouge-score) is not installed"
+)
 
 # sacrebleu warns once per BLEU object when effective_order is off; keep test output clean.
 logging.getLogger("sacrebleu").setLevel(logging.ERROR)
@@ -118,14 +122,20 @@ def reference(name: str, **kwargs: object) -> Callable[[str, str], float]:
     return lambda p, r: scorer.score(r, p)["rougeL"].fmeasure
 
 
-def reference_matrix(fn: Callable[[str, str], float], cands: list[str], refs: list[str]) -> np.ndarray:
+def reference_matrix(
+    fn: Callable[[str, str], float], cands: list[str], refs: list[str]
+) -> np.ndarray:
     return np.array([[fn(c, r) for r in refs] for c in cands], dtype=np.float64)
 
 
 def test_the_module_level_sentence_functions_agree_with_the_reference_objects():
     hyp, ref = "The cat sat on the mat.", "The cat is sitting on a mat."
-    assert metrics.get("bleu").score(hyp, ref) == pytest.approx(sacrebleu.sentence_bleu(hyp, [ref]).score, abs=ATOL)
-    assert metrics.get("chrf").score(hyp, ref) == pytest.approx(sacrebleu.sentence_chrf(hyp, [ref]).score, abs=ATOL)
+    assert metrics.get("bleu").score(hyp, ref) == pytest.approx(
+        sacrebleu.sentence_bleu(hyp, [ref]).score, abs=ATOL
+    )
+    assert metrics.get("chrf").score(hyp, ref) == pytest.approx(
+        sacrebleu.sentence_chrf(hyp, [ref]).score, abs=ATOL
+    )
     expected = rouge_scorer.RougeScorer(["rougeL"]).score(ref, hyp)["rougeL"].fmeasure
     assert metrics.get("rouge_l").score(hyp, ref) == pytest.approx(expected, abs=ATOL)
 
@@ -177,19 +187,51 @@ def test_very_long_inputs_match_the_reference(name, long_text, stsb_pairs):
 def test_repeated_words_are_clipped_like_the_reference(name):
     texts = ["the the the the the the the", "the cat", "the the cat cat", "cat the the the", "the"]
     expected = reference_matrix(reference(name), texts, texts)
-    np.testing.assert_allclose(metrics.get(name).pairwise(texts, texts), expected, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        metrics.get(name).pairwise(texts, texts), expected, rtol=0, atol=ATOL
+    )
 
 
 # Adversarial fragments for the tokenizers: entities, <skipped>, hyphenation, digits with
 # periods/commas/dashes, quotes, case, non-ASCII letters that lower-case to ASCII.
-FRAGMENTS = ["a", "b", "the", "The", " ", "  ", ".", ",", "-", "1", "2", "&amp;", "&quot;", "<skipped>", "-\n",
-             "\n", "\t", "'", '"', "(", ")", "é", "東", "İ", "\u212a", "ß", " . "]
+FRAGMENTS = [
+    "a",
+    "b",
+    "the",
+    "The",
+    " ",
+    "  ",
+    ".",
+    ",",
+    "-",
+    "1",
+    "2",
+    "&amp;",
+    "&quot;",
+    "<skipped>",
+    "-\n",
+    "\n",
+    "\t",
+    "'",
+    '"',
+    "(",
+    ")",
+    "é",
+    "東",
+    "İ",
+    "\u212a",
+    "ß",
+    " . ",
+]
 fragment_texts = st.lists(st.sampled_from(FRAGMENTS), max_size=14).map("".join)
 
 
 @pytest.mark.parametrize("name", NAMES)
 @settings(max_examples=60, deadline=None)
-@given(cands=st.lists(fragment_texts, min_size=1, max_size=4), refs=st.lists(fragment_texts, min_size=1, max_size=4))
+@given(
+    cands=st.lists(fragment_texts, min_size=1, max_size=4),
+    refs=st.lists(fragment_texts, min_size=1, max_size=4),
+)
 def test_adversarial_fragments_match_the_reference(name, cands, refs):
     expected = reference_matrix(reference(name), cands, refs)
     np.testing.assert_allclose(metrics.get(name).pairwise(cands, refs), expected, rtol=0, atol=ATOL)
@@ -201,14 +243,26 @@ BLEU_SETTINGS = [
     ({"tokenize": "char"}, {"tokenize": "char", "effective_order": True}),
     ({"lowercase": True}, {"lowercase": True, "effective_order": True}),
     ({"smooth_method": "floor"}, {"smooth_method": "floor", "effective_order": True}),
-    ({"smooth_method": "floor", "smooth_value": 0.5}, {"smooth_method": "floor", "smooth_value": 0.5, "effective_order": True}),
+    (
+        {"smooth_method": "floor", "smooth_value": 0.5},
+        {"smooth_method": "floor", "smooth_value": 0.5, "effective_order": True},
+    ),
     ({"smooth_method": "add-k"}, {"smooth_method": "add-k", "effective_order": True}),
-    ({"smooth_method": "add-k", "smooth_value": 3}, {"smooth_method": "add-k", "smooth_value": 3, "effective_order": True}),
+    (
+        {"smooth_method": "add-k", "smooth_value": 3},
+        {"smooth_method": "add-k", "smooth_value": 3, "effective_order": True},
+    ),
     ({"smooth_method": "none"}, {"smooth_method": "none", "effective_order": True}),
     ({"effective_order": False}, {"effective_order": False}),
-    ({"smooth_method": "none", "effective_order": False}, {"smooth_method": "none", "effective_order": False}),
+    (
+        {"smooth_method": "none", "effective_order": False},
+        {"smooth_method": "none", "effective_order": False},
+    ),
     ({"max_ngram_order": 2}, {"max_ngram_order": 2, "effective_order": True}),
-    ({"max_ngram_order": 6, "smooth_method": "floor"}, {"max_ngram_order": 6, "smooth_method": "floor", "effective_order": True}),
+    (
+        {"max_ngram_order": 6, "smooth_method": "floor"},
+        {"max_ngram_order": 6, "smooth_method": "floor", "effective_order": True},
+    ),
 ]
 CHRF_SETTINGS = [
     {"word_order": 2},  # chrF++
@@ -227,14 +281,18 @@ CHRF_SETTINGS = [
 def test_bleu_settings_match_sacrebleu(ours, theirs, mixed, stsb_pairs):
     texts = mixed[:24] + [p[0] for p in stsb_pairs[100:110]]
     expected = reference_matrix(reference("bleu", **theirs), texts, texts)
-    np.testing.assert_allclose(metrics.get("bleu", **ours).pairwise(texts, texts), expected, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        metrics.get("bleu", **ours).pairwise(texts, texts), expected, rtol=0, atol=ATOL
+    )
 
 
 @pytest.mark.parametrize("settings", CHRF_SETTINGS, ids=str)
 def test_chrf_settings_match_sacrebleu(settings, mixed):
     texts = mixed[:30]
     expected = reference_matrix(reference("chrf", **settings), texts, texts)
-    np.testing.assert_allclose(metrics.get("chrf", **settings).pairwise(texts, texts), expected, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        metrics.get("chrf", **settings).pairwise(texts, texts), expected, rtol=0, atol=ATOL
+    )
 
 
 def test_chrf_plus_plus_matches_sentence_chrf_with_word_order_2():
@@ -247,7 +305,9 @@ def test_rouge_l_with_the_stemmer_matches_rouge_score(mixed):
     pytest.importorskip("nltk", reason="nltk is not installed")
     texts = [*mixed[:25], "running runs runner ran", "He was running; they run quickly."]
     expected = reference_matrix(reference("rouge_l", use_stemmer=True), texts, texts)
-    np.testing.assert_allclose(metrics.get("rouge_l", use_stemmer=True).pairwise(texts, texts), expected, rtol=0, atol=ATOL)
+    np.testing.assert_allclose(
+        metrics.get("rouge_l", use_stemmer=True).pairwise(texts, texts), expected, rtol=0, atol=ATOL
+    )
 
 
 # -- multiple references ----------------------------------------------------------------------
@@ -263,14 +323,18 @@ def test_bleu_multi_reference_score_matches_sacrebleu(stsb_pairs):
     assert bleu.multi_reference_score("a b c d", ["a b c d e f", "a b"]) == pytest.approx(
         sacrebleu.sentence_bleu("a b c d", ["a b c d e f", "a b"]).score, abs=ATOL
     )
-    with pytest.raises(InvalidParameterError, match=r"'refs' parameter of bleu\.multi_reference_score"):
+    with pytest.raises(
+        InvalidParameterError, match=r"'refs' parameter of bleu\.multi_reference_score"
+    ):
         bleu.multi_reference_score("x", [])
 
 
 def test_several_references_give_the_best_one_as_chrf_and_rouge_score_do(stsb_pairs):
     hyp = stsb_pairs[3][0]
     refs = [stsb_pairs[3][1], stsb_pairs[4][1], hyp.upper()]
-    assert metrics.get("chrf").score(hyp, refs) == pytest.approx(sacrebleu.sentence_chrf(hyp, refs).score, abs=ATOL)
+    assert metrics.get("chrf").score(hyp, refs) == pytest.approx(
+        sacrebleu.sentence_chrf(hyp, refs).score, abs=ATOL
+    )
     expected = rouge_scorer.RougeScorer(["rougeL"]).score_multi(refs, hyp)["rougeL"].fmeasure
     assert metrics.get("rouge_l").score(hyp, refs) == pytest.approx(expected, abs=ATOL)
 
@@ -288,7 +352,9 @@ def test_pairwise_equals_elementwise_score_and_follows_candidate_order(name, mix
     perm = np.random.default_rng(0).permutation(len(cands))
     np.testing.assert_array_equal(metric.pairwise([cands[i] for i in perm], refs), matrix[perm])
     perm_r = np.random.default_rng(1).permutation(len(refs))
-    np.testing.assert_array_equal(metric.pairwise(cands, [refs[j] for j in perm_r]), matrix[:, perm_r])
+    np.testing.assert_array_equal(
+        metric.pairwise(cands, [refs[j] for j in perm_r]), matrix[:, perm_r]
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -307,7 +373,13 @@ def test_tokenize_13a_matches_sacrebleu(stsb_pairs, squad_texts):
 
     theirs = Tokenizer13a()
     ascii_soup = "".join(chr(i) for i in range(32, 127))
-    texts = [*EDGE_CASES, ascii_soup, ascii_soup[::-1], "a.b,c 1.5 1,5 .5 5. -5 5- a-b 5-b", *squad_texts]
+    texts = [
+        *EDGE_CASES,
+        ascii_soup,
+        ascii_soup[::-1],
+        "a.b,c 1.5 1,5 .5 5. -5 5- a-b 5-b",
+        *squad_texts,
+    ]
     texts += [s for pair in stsb_pairs for s in pair]
     for text in texts:
         assert tokenize_13a(text) == theirs(text).split(), text
@@ -352,7 +424,10 @@ def test_clipped_overlap_with_heavily_repeated_items_matches_counter_intersectio
     # Counts above the kernel's per-level cut-off (8) on both sides take its direct path.
     rng = np.random.default_rng(2)
     items = list("abcdefgh")
-    bags = [Counter({x: int(rng.integers(1, 30)) for x in rng.choice(items, size=4, replace=False)}) for _ in range(12)]
+    bags = [
+        Counter({x: int(rng.integers(1, 30)) for x in rng.choice(items, size=4, replace=False)})
+        for _ in range(12)
+    ]
     bags += [Counter(), Counter({"z": 40}), Counter({"z": 3, "a": 1})]
     expected = np.array([[sum((a & b).values()) for b in bags] for a in bags], dtype=np.float64)
     np.testing.assert_array_equal(clipped_overlap(bags, bags), expected)
@@ -373,7 +448,10 @@ def test_metrics_are_registered_mbr_utilities(name):
 def test_signatures_record_the_settings():
     assert metrics.get("bleu").signature() == "bleu(tok=13a,case=mixed,smooth=exp,order=4,eff=yes)"
     assert "smooth=floor[0.10]" in metrics.get("bleu", smooth_method="floor").signature()
-    assert metrics.get("chrf", word_order=2).signature() == "chrf(nc=6,nw=2,beta=2,case=mixed,space=no,eff=yes)"
+    assert (
+        metrics.get("chrf", word_order=2).signature()
+        == "chrf(nc=6,nw=2,beta=2,case=mixed,space=no,eff=yes)"
+    )
     assert metrics.get("rouge_l").signature() == "rouge_l(stemmer=no)"
     assert metrics.get("bleu").symmetric is False
     assert metrics.get("chrf").symmetric is False
@@ -385,9 +463,17 @@ def test_signatures_record_the_settings():
         ("bleu", {"tokenize": "intl"}, "The 'tokenize' parameter of bleu must be one of"),
         ("bleu", {"smooth_method": "laplace"}, "The 'smooth_method' parameter of bleu"),
         ("bleu", {"smooth_value": -1}, "The 'smooth_value' parameter of bleu"),
-        ("bleu", {"max_ngram_order": 0}, "The 'max_ngram_order' parameter of bleu must be an int >= 1. Got 0 instead."),
+        (
+            "bleu",
+            {"max_ngram_order": 0},
+            "The 'max_ngram_order' parameter of bleu must be an int >= 1. Got 0 instead.",
+        ),
         ("bleu", {"lowercase": "yes"}, "The 'lowercase' parameter of bleu must be True or False"),
-        ("chrf", {"char_order": -1}, "The 'char_order' parameter of chrf must be an int >= 0. Got -1 instead."),
+        (
+            "chrf",
+            {"char_order": -1},
+            "The 'char_order' parameter of chrf must be an int >= 0. Got -1 instead.",
+        ),
         ("chrf", {"char_order": 0, "word_order": 0}, "must not both be 0"),
         ("chrf", {"beta": -2}, "The 'beta' parameter of chrf"),
         ("chrf", {"whitespace": 1}, "The 'whitespace' parameter of chrf"),

@@ -32,7 +32,11 @@ def tiny_model_and_tokenizer(seed: int = 0, vocab_size: int = 128, hidden: int =
     )
     raw.train_from_iterator(CORPUS, trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
     )
     torch.manual_seed(seed)
     config = LlamaConfig(

@@ -93,9 +93,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     d.add_argument("input", metavar="FILE|-", help="JSONL file of samples, or - for standard input")
     _add_decision_arguments(d)
-    d.add_argument("--max-support", "--max_support", dest="max_support", type=int, default=20, help="support entries written per decision (0 for none, -1 for all)")
-    d.add_argument("--skip-invalid", "--skip_invalid", dest="skip_invalid", action="store_true", help="report malformed lines on stderr and go on, instead of stopping with exit code 2")
-    d.add_argument("--output", "-o", default="-", help="where to write decisions (- for standard output)")
+    d.add_argument(
+        "--max-support",
+        "--max_support",
+        dest="max_support",
+        type=int,
+        default=20,
+        help="support entries written per decision (0 for none, -1 for all)",
+    )
+    d.add_argument(
+        "--skip-invalid",
+        "--skip_invalid",
+        dest="skip_invalid",
+        action="store_true",
+        help="report malformed lines on stderr and go on, instead of stopping with exit code 2",
+    )
+    d.add_argument(
+        "--output", "-o", default="-", help="where to write decisions (- for standard output)"
+    )
     d.set_defaults(handler=_run_decide)
 
     s = sub.add_parser(
@@ -106,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_HelpFormatter,
     )
     _add_sampling_arguments(s)
-    s.add_argument("--output", "-o", default="-", help="where to write the samples (- for standard output)")
+    s.add_argument(
+        "--output", "-o", default="-", help="where to write the samples (- for standard output)"
+    )
     s.set_defaults(handler=_run_sample)
 
     p = sub.add_parser(
@@ -118,14 +135,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_sampling_arguments(p)
     _add_decision_arguments(p)
-    p.add_argument("--max-support", "--max_support", dest="max_support", type=int, default=5, help="support entries written per decision (-1 for all)")
-    p.add_argument("--output", "-o", default="-", help="where to write decisions (- for standard output)")
+    p.add_argument(
+        "--max-support",
+        "--max_support",
+        dest="max_support",
+        type=int,
+        default=5,
+        help="support entries written per decision (-1 for all)",
+    )
+    p.add_argument(
+        "--output", "-o", default="-", help="where to write decisions (- for standard output)"
+    )
     p.set_defaults(handler=_run_predict)
 
-    m = sub.add_parser("metrics", help="list the registered metrics", formatter_class=_HelpFormatter)
+    m = sub.add_parser(
+        "metrics", help="list the registered metrics", formatter_class=_HelpFormatter
+    )
     m.set_defaults(handler=_run_metrics)
 
-    models = sub.add_parser("models", help="list the named models that work offline", formatter_class=_HelpFormatter)
+    models = sub.add_parser(
+        "models", help="list the named models that work offline", formatter_class=_HelpFormatter
+    )
     models.set_defaults(handler=_run_models)
 
     e = sub.add_parser(
@@ -138,32 +168,133 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EVAL_EXAMPLE,
         formatter_class=_HelpFormatter,
     )
-    e.add_argument("--model", default=None, help="a named model (see `metricwise models`), a local directory or .gguf file, or a hub id (default: gemma-3-270m; with --backend openai: the model the server serves)")
+    e.add_argument(
+        "--model",
+        default=None,
+        help="a named model (see `metricwise models`), a local directory or .gguf file, or a hub id (default: gemma-3-270m; with --backend openai: the model the server serves)",
+    )
     e.add_argument("--backend", default="hf", help="hf, llamacpp or openai")
-    e.add_argument("--model_args", "--model-args", dest="model_args", action="append", default=[], metavar="K=V[,K=V]", help="backend options, e.g. device=cuda or base_url=http://127.0.0.1:8080")
+    e.add_argument(
+        "--model_args",
+        "--model-args",
+        dest="model_args",
+        action="append",
+        default=[],
+        metavar="K=V[,K=V]",
+        help="backend options, e.g. device=cuda or base_url=http://127.0.0.1:8080",
+    )
     _add_limit_arguments(e)
-    e.add_argument("--tasks", required=True, help="comma-separated task names (see `metricwise tasks`) or YAML task files")
-    e.add_argument("--limit", type=int, default=None, help="evaluate the first N items of each task")
+    e.add_argument(
+        "--tasks",
+        required=True,
+        help="comma-separated task names (see `metricwise tasks`) or YAML task files",
+    )
+    e.add_argument(
+        "--limit", type=int, default=None, help="evaluate the first N items of each task"
+    )
     e.add_argument("-n", "--n", dest="n", type=int, default=16, help="samples per item")
-    e.add_argument("--num_fewshot", "--num-fewshot", dest="num_fewshot", type=int, default=5, help="examples in each prompt")
-    e.add_argument("--fewshot_strategy", "--fewshot-strategy", dest="fewshot_strategy", default="random", help="random, similar or diverse (by all-MiniLM-L6-v2 embeddings)")
-    e.add_argument("--gen_kwargs", "--gen-kwargs", dest="gen_kwargs", action="append", default=[], metavar="K=V[,K=V]", help="sampling settings: temperature, top_p, top_k, min_p, max_tokens")
-    e.add_argument("--temperatures", default=None, metavar="T1,T2,...", help="run a temperature sweep (overrides temperature in --gen_kwargs)")
-    e.add_argument("--seed", type=int, default=0, help="seed of sampling, few-shot selection and the bootstrap")
-    e.add_argument("--data_dir", "--data-dir", dest="data_dir", default=None, help="benchmark data directory (default: $METRICWISE_DATA_DIR)")
-    e.add_argument("--output_path", "--output-path", dest="output_path", default=None, help="directory for results.json, results.md, plots and sample logs")
-    e.add_argument("--log_samples", "--log-samples", dest="log_samples", action="store_true", help="write samples_<task>.jsonl with every candidate, prediction and score")
-    e.add_argument("--store", default=None, help="sample store (SQLite); default: the cache directory's samples.sqlite")
-    e.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=8, help="prompts per batch")
-    e.add_argument("--bootstrap_iters", "--bootstrap-iters", dest="bootstrap_iters", type=int, default=1000, help="bootstrap resamples for intervals and paired tests")
-    e.add_argument("--curve_subsets", "--curve-subsets", dest="curve_subsets", type=int, default=8, help="random size-k subsets per item for decoder@k curves (0: no curves)")
-    e.add_argument("--no_plots", "--no-plots", dest="no_plots", action="store_true", help="skip the PNG plots")
+    e.add_argument(
+        "--num_fewshot",
+        "--num-fewshot",
+        dest="num_fewshot",
+        type=int,
+        default=5,
+        help="examples in each prompt",
+    )
+    e.add_argument(
+        "--fewshot_strategy",
+        "--fewshot-strategy",
+        dest="fewshot_strategy",
+        default="random",
+        help="random, similar or diverse (by all-MiniLM-L6-v2 embeddings)",
+    )
+    e.add_argument(
+        "--gen_kwargs",
+        "--gen-kwargs",
+        dest="gen_kwargs",
+        action="append",
+        default=[],
+        metavar="K=V[,K=V]",
+        help="sampling settings: temperature, top_p, top_k, min_p, max_tokens",
+    )
+    e.add_argument(
+        "--temperatures",
+        default=None,
+        metavar="T1,T2,...",
+        help="run a temperature sweep (overrides temperature in --gen_kwargs)",
+    )
+    e.add_argument(
+        "--seed", type=int, default=0, help="seed of sampling, few-shot selection and the bootstrap"
+    )
+    e.add_argument(
+        "--data_dir",
+        "--data-dir",
+        dest="data_dir",
+        default=None,
+        help="benchmark data directory (default: $METRICWISE_DATA_DIR)",
+    )
+    e.add_argument(
+        "--output_path",
+        "--output-path",
+        dest="output_path",
+        default=None,
+        help="directory for results.json, results.md, plots and sample logs",
+    )
+    e.add_argument(
+        "--log_samples",
+        "--log-samples",
+        dest="log_samples",
+        action="store_true",
+        help="write samples_<task>.jsonl with every candidate, prediction and score",
+    )
+    e.add_argument(
+        "--store",
+        default=None,
+        help="sample store (SQLite); default: the cache directory's samples.sqlite",
+    )
+    e.add_argument(
+        "--batch_size",
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        default=8,
+        help="prompts per batch",
+    )
+    e.add_argument(
+        "--bootstrap_iters",
+        "--bootstrap-iters",
+        dest="bootstrap_iters",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for intervals and paired tests",
+    )
+    e.add_argument(
+        "--curve_subsets",
+        "--curve-subsets",
+        dest="curve_subsets",
+        type=int,
+        default=8,
+        help="random size-k subsets per item for decoder@k curves (0: no curves)",
+    )
+    e.add_argument(
+        "--no_plots", "--no-plots", dest="no_plots", action="store_true", help="skip the PNG plots"
+    )
     e.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     e.set_defaults(handler=_run_eval)
 
-    r = sub.add_parser("report", help="re-render the table and plots of a results directory", formatter_class=_HelpFormatter)
+    r = sub.add_parser(
+        "report",
+        help="re-render the table and plots of a results directory",
+        formatter_class=_HelpFormatter,
+    )
     r.add_argument("directory", help="an --output_path of `metricwise eval`")
-    r.add_argument("--no_plots", "--no-plots", dest="no_plots", action="store_true", help="print the table only")
+    r.add_argument(
+        "--no_plots",
+        "--no-plots",
+        dest="no_plots",
+        action="store_true",
+        help="print the table only",
+    )
     r.set_defaults(handler=_run_report)
 
     t = sub.add_parser("tasks", help="list the built-in tasks", formatter_class=_HelpFormatter)
@@ -176,14 +307,59 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("decision")
     g.add_argument("--metric", required=True, help="metric name (see `metricwise metrics`)")
-    g.add_argument("--rule", default=None, help="override the rule: mode, mean, median, quantile, grid, mbr (default: the metric's closed form, else mbr)")
-    g.add_argument("--weights", default="uniform", help="uniform, model (softmax of logprobs), or importance (exp(logp - logq))")
-    g.add_argument("--weight-temperature", "--weight_temperature", dest="weight_temperature", type=float, default=1.0, help="temperature of the 'model' weighting")
-    g.add_argument("--metric-args", "--metric_args", dest="metric_args", action="append", default=[], metavar="K=V[,K=V]", help="metric arguments, e.g. tau=0.9 for pinball (repeatable)")
-    g.add_argument("--valid-range", "--valid_range", dest="valid_range", default=None, metavar="LO,HI", help="clip parsed numbers into [LO, HI], e.g. 0,5")
-    g.add_argument("--grid", default=None, metavar="V1,V2,...", help="allowed values for the grid rule (default: the integers of --valid-range)")
-    g.add_argument("--extractor", default=None, help="extract the answer from each text first: number, number:last, answer, first_line, regex:PATTERN")
-    g.add_argument("--include-incomplete", "--include_incomplete", dest="include_incomplete", action="store_true", help="keep candidates cut off by max_tokens or a guard")
+    g.add_argument(
+        "--rule",
+        default=None,
+        help="override the rule: mode, mean, median, quantile, grid, mbr (default: the metric's closed form, else mbr)",
+    )
+    g.add_argument(
+        "--weights",
+        default="uniform",
+        help="uniform, model (softmax of logprobs), or importance (exp(logp - logq))",
+    )
+    g.add_argument(
+        "--weight-temperature",
+        "--weight_temperature",
+        dest="weight_temperature",
+        type=float,
+        default=1.0,
+        help="temperature of the 'model' weighting",
+    )
+    g.add_argument(
+        "--metric-args",
+        "--metric_args",
+        dest="metric_args",
+        action="append",
+        default=[],
+        metavar="K=V[,K=V]",
+        help="metric arguments, e.g. tau=0.9 for pinball (repeatable)",
+    )
+    g.add_argument(
+        "--valid-range",
+        "--valid_range",
+        dest="valid_range",
+        default=None,
+        metavar="LO,HI",
+        help="clip parsed numbers into [LO, HI], e.g. 0,5",
+    )
+    g.add_argument(
+        "--grid",
+        default=None,
+        metavar="V1,V2,...",
+        help="allowed values for the grid rule (default: the integers of --valid-range)",
+    )
+    g.add_argument(
+        "--extractor",
+        default=None,
+        help="extract the answer from each text first: number, number:last, answer, first_line, regex:PATTERN",
+    )
+    g.add_argument(
+        "--include-incomplete",
+        "--include_incomplete",
+        dest="include_incomplete",
+        action="store_true",
+        help="keep candidates cut off by max_tokens or a guard",
+    )
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -191,20 +367,92 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 
     defaults = SamplingConfig()
     g = parser.add_argument_group("model and sampling")
-    g.add_argument("--model", default=None, help="a named model (see `metricwise models`), a local directory or .gguf file, or a hub id (default: gemma-3-270m; with --backend openai: the model the server serves)")
-    g.add_argument("--backend", default="hf", help="hf (transformers), llamacpp, or openai (an OpenAI-compatible server)")
-    g.add_argument("--model_args", "--model-args", dest="model_args", action="append", default=[], metavar="K=V[,K=V]", help="backend options, e.g. device=cuda,dtype=bfloat16 or base_url=http://127.0.0.1:8080")
-    g.add_argument("--input", "-i", required=True, help="JSONL file of prompts ({'id', 'prompt'} per line), or - for standard input")
+    g.add_argument(
+        "--model",
+        default=None,
+        help="a named model (see `metricwise models`), a local directory or .gguf file, or a hub id (default: gemma-3-270m; with --backend openai: the model the server serves)",
+    )
+    g.add_argument(
+        "--backend",
+        default="hf",
+        help="hf (transformers), llamacpp, or openai (an OpenAI-compatible server)",
+    )
+    g.add_argument(
+        "--model_args",
+        "--model-args",
+        dest="model_args",
+        action="append",
+        default=[],
+        metavar="K=V[,K=V]",
+        help="backend options, e.g. device=cuda,dtype=bfloat16 or base_url=http://127.0.0.1:8080",
+    )
+    g.add_argument(
+        "--input",
+        "-i",
+        required=True,
+        help="JSONL file of prompts ({'id', 'prompt'} per line), or - for standard input",
+    )
     g.add_argument("-n", "--n", dest="n", type=int, default=defaults.n, help="samples per prompt")
-    g.add_argument("--max_tokens", "--max-tokens", dest="max_tokens", type=int, default=defaults.max_tokens, help="new tokens per sample (a hard limit)")
-    g.add_argument("--temperature", type=float, default=defaults.temperature, help="sampling temperature (0 = greedy)")
-    g.add_argument("--top_p", "--top-p", dest="top_p", type=float, default=defaults.top_p, help="nucleus sampling mass (1 = off)")
-    g.add_argument("--top_k", "--top-k", dest="top_k", type=int, default=defaults.top_k, help="keep the k most likely tokens (0 = off)")
-    g.add_argument("--min_p", "--min-p", dest="min_p", type=float, default=defaults.min_p, help="drop tokens below min_p x the top probability (0 = off)")
-    g.add_argument("--stop", action="append", default=[], help="stop string (repeatable); '\\n' is a newline")
-    g.add_argument("--seed", type=int, default=defaults.seed, help="sample i of a prompt uses its own stream from (seed, i, prompt)")
-    g.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=8, help="prompts per batch")
-    g.add_argument("--store", default=None, help="sample store (SQLite) for resuming; default: the cache directory's samples.sqlite")
+    g.add_argument(
+        "--max_tokens",
+        "--max-tokens",
+        dest="max_tokens",
+        type=int,
+        default=defaults.max_tokens,
+        help="new tokens per sample (a hard limit)",
+    )
+    g.add_argument(
+        "--temperature",
+        type=float,
+        default=defaults.temperature,
+        help="sampling temperature (0 = greedy)",
+    )
+    g.add_argument(
+        "--top_p",
+        "--top-p",
+        dest="top_p",
+        type=float,
+        default=defaults.top_p,
+        help="nucleus sampling mass (1 = off)",
+    )
+    g.add_argument(
+        "--top_k",
+        "--top-k",
+        dest="top_k",
+        type=int,
+        default=defaults.top_k,
+        help="keep the k most likely tokens (0 = off)",
+    )
+    g.add_argument(
+        "--min_p",
+        "--min-p",
+        dest="min_p",
+        type=float,
+        default=defaults.min_p,
+        help="drop tokens below min_p x the top probability (0 = off)",
+    )
+    g.add_argument(
+        "--stop", action="append", default=[], help="stop string (repeatable); '\\n' is a newline"
+    )
+    g.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="sample i of a prompt uses its own stream from (seed, i, prompt)",
+    )
+    g.add_argument(
+        "--batch_size",
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        default=8,
+        help="prompts per batch",
+    )
+    g.add_argument(
+        "--store",
+        default=None,
+        help="sample store (SQLite) for resuming; default: the cache directory's samples.sqlite",
+    )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     _add_limit_arguments(parser)
 
@@ -219,9 +467,28 @@ def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
         "A failure is never stored: a batch that fails or runs out of time ends the run with exit code 3, "
         "the batches committed before it stay in the store, and running the same command again resumes.",
     )
-    g.add_argument("--max_seconds", "--max-seconds", dest="max_seconds", type=float, default=guards.max_seconds, help="wall-clock budget of one batch of prompts, retries included, in seconds")
-    g.add_argument("--timeout", type=float, default=policy.timeout, help="seconds one HTTP request may take, from connecting to the last byte (--backend openai)")
-    g.add_argument("--max_retries", "--max-retries", dest="max_retries", type=int, default=policy.max_retries, help="retries of a failed HTTP request (refused, dropped, timed out, 429, 5xx, malformed answer), with exponential backoff (--backend openai)")
+    g.add_argument(
+        "--max_seconds",
+        "--max-seconds",
+        dest="max_seconds",
+        type=float,
+        default=guards.max_seconds,
+        help="wall-clock budget of one batch of prompts, retries included, in seconds",
+    )
+    g.add_argument(
+        "--timeout",
+        type=float,
+        default=policy.timeout,
+        help="seconds one HTTP request may take, from connecting to the last byte (--backend openai)",
+    )
+    g.add_argument(
+        "--max_retries",
+        "--max-retries",
+        dest="max_retries",
+        type=int,
+        default=policy.max_retries,
+        help="retries of a failed HTTP request (refused, dropped, timed out, 429, 5xx, malformed answer), with exponential backoff (--backend openai)",
+    )
 
 
 def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -236,7 +503,9 @@ def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
         options.setdefault("timeout", policy.timeout)
         options.setdefault("max_retries", policy.max_retries)
     elif (args.timeout, args.max_retries) != (RetryPolicy.timeout, RetryPolicy.max_retries):
-        raise InvalidParameterError(f"The '--timeout' and '--max_retries' options apply to --backend openai. Got --backend {args.backend} instead.")
+        raise InvalidParameterError(
+            f"The '--timeout' and '--max_retries' options apply to --backend openai. Got --backend {args.backend} instead."
+        )
     return options
 
 
@@ -267,7 +536,9 @@ def _parse_key_values(items: Sequence[str], option: str) -> dict[str, Any]:
     for item in (part.strip() for group in items for part in group.split(",") if part.strip()):
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise InvalidParameterError(f"The '{option}' option takes K=V pairs. Got {item!r} instead.")
+            raise InvalidParameterError(
+                f"The '{option}' option takes K=V pairs. Got {item!r} instead."
+            )
         try:
             out[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -281,9 +552,13 @@ def _parse_floats(text: str | None, option: str, count: int | None = None) -> li
     try:
         values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise InvalidParameterError(f"The '{option}' option takes comma-separated numbers. Got {text!r} instead.") from None
+        raise InvalidParameterError(
+            f"The '{option}' option takes comma-separated numbers. Got {text!r} instead."
+        ) from None
     if count is not None and len(values) != count:
-        raise InvalidParameterError(f"The '{option}' option takes {count} comma-separated numbers. Got {text!r} instead.")
+        raise InvalidParameterError(
+            f"The '{option}' option takes {count} comma-separated numbers. Got {text!r} instead."
+        )
     return values
 
 
@@ -321,7 +596,9 @@ def _sampling_config(args: argparse.Namespace) -> Any:
 
     stops = tuple(s.encode("utf-8").decode("unicode_escape") for s in args.stop)
     if args.batch_size < 1:
-        raise InvalidParameterError(f"The '--batch_size' option must be >= 1. Got {args.batch_size} instead.")
+        raise InvalidParameterError(
+            f"The '--batch_size' option must be >= 1. Got {args.batch_size} instead."
+        )
     return SamplingConfig(
         n=args.n,
         temperature=args.temperature,
@@ -368,11 +645,17 @@ def _decide_record(record: Any, options: dict[str, Any], max_support: int | None
     elif "candidates" in record:
         cands = record["candidates"]
         if not isinstance(cands, list) or not all(isinstance(c, dict) for c in cands):
-            raise InvalidParameterError("'candidates' must be a list of objects with a 'text' field")
-        inputs = SampleSet(candidates=tuple(Candidate.from_dict(c) for c in cands), prompt=record.get("prompt"))
+            raise InvalidParameterError(
+                "'candidates' must be a list of objects with a 'text' field"
+            )
+        inputs = SampleSet(
+            candidates=tuple(Candidate.from_dict(c) for c in cands), prompt=record.get("prompt")
+        )
         logprobs = proposal = None
     else:
-        raise InvalidParameterError(f"expected a 'samples' or 'candidates' field; got keys {sorted(record)}")
+        raise InvalidParameterError(
+            f"expected a 'samples' or 'candidates' field; got keys {sorted(record)}"
+        )
     decision = decide(inputs, logprobs=logprobs, proposal_logprobs=proposal, **options)
     result = {"id": record.get("id")}
     result.update(decision.to_dict(max_support=max_support))
@@ -388,7 +671,11 @@ def _run_decide(args: argparse.Namespace) -> int:
     n_ok = n_bad = 0
     try:
         for line in itertools.chain([] if first is None else [first], lines):
-            message = f"{_name(args.input)}: line {line.number}: {line.error}" if line.error is not None else None
+            message = (
+                f"{_name(args.input)}: line {line.number}: {line.error}"
+                if line.error is not None
+                else None
+            )
             if message is None:
                 try:
                     result = _decide_record(line.value, options, max_support)
@@ -406,7 +693,10 @@ def _run_decide(args: argparse.Namespace) -> int:
         if sink is not sys.stdout:
             sink.close()
     if n_bad:
-        print(f"metricwise decide: {n_ok} decisions written, {n_bad} malformed lines skipped", file=sys.stderr)
+        print(
+            f"metricwise decide: {n_ok} decisions written, {n_bad} malformed lines skipped",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -420,16 +710,22 @@ def _read_prompts(path: str) -> list[tuple[Any, str]]:
     for line in read_jsonl(path):
         record = line.value
         if not isinstance(record.get("prompt"), str):
-            raise InvalidParameterError(f"{_name(path)}: line {line.number}: expected an object with a string 'prompt' field")
+            raise InvalidParameterError(
+                f"{_name(path)}: line {line.number}: expected an object with a string 'prompt' field"
+            )
         if not record["prompt"]:
             raise InvalidParameterError(f"{_name(path)}: line {line.number}: the 'prompt' is empty")
         records.append((record.get("id", line.number), record["prompt"]))
     if not records:
-        raise InvalidParameterError(f"{_name(path)}: no prompts found (expected one JSON object per line).")
+        raise InvalidParameterError(
+            f"{_name(path)}: no prompts found (expected one JSON object per line)."
+        )
     return records
 
 
-def _sample_all(args: argparse.Namespace, prompts: list[str], config: Any, options: dict[str, Any]) -> list[Any]:
+def _sample_all(
+    args: argparse.Namespace, prompts: list[str], config: Any, options: dict[str, Any]
+) -> list[Any]:
     """Sample through the store with a progress bar; returns one SampleSet per prompt.
 
     ``config`` and ``options`` come from :func:`_sampling_config` and :func:`_backend_options`,
@@ -453,8 +749,16 @@ def _sample_all(args: argparse.Namespace, prompts: list[str], config: Any, optio
                     f"{distinct - todo} already in the store {store_path}",
                     file=sys.stderr,
                 )
-            with Progress(distinct, "sampling", unit="prompt", enabled=not args.quiet, initial=distinct - todo) as bar:
-                return store.sample(backend, prompts, config, batch_size=args.batch_size, progress=lambda done, total: bar.update(done))
+            with Progress(
+                distinct, "sampling", unit="prompt", enabled=not args.quiet, initial=distinct - todo
+            ) as bar:
+                return store.sample(
+                    backend,
+                    prompts,
+                    config,
+                    batch_size=args.batch_size,
+                    progress=lambda done, total: bar.update(done),
+                )
         finally:
             backend.close()
 
@@ -466,7 +770,14 @@ def _run_sample(args: argparse.Namespace) -> int:
     sink = _open_output(args.output)
     try:
         for (record_id, prompt), sample_set in zip(records, sets, strict=True):
-            write_json_line(sink, {"id": record_id, "prompt": prompt, "candidates": [c.to_dict() for c in sample_set.candidates]})
+            write_json_line(
+                sink,
+                {
+                    "id": record_id,
+                    "prompt": prompt,
+                    "candidates": [c.to_dict() for c in sample_set.candidates],
+                },
+            )
     finally:
         if sink is not sys.stdout:
             sink.close()
@@ -485,7 +796,10 @@ def _run_predict(args: argparse.Namespace) -> int:
     try:
         for (record_id, prompt), sample_set in zip(records, sets, strict=True):
             decision = decide(sample_set, **options)
-            write_json_line(sink, {"id": record_id, "prompt": prompt, **decision.to_dict(max_support=max_support)})
+            write_json_line(
+                sink,
+                {"id": record_id, "prompt": prompt, **decision.to_dict(max_support=max_support)},
+            )
     finally:
         if sink is not sys.stdout:
             sink.close()
@@ -506,7 +820,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         raise InvalidParameterError(
             f"The '--gen_kwargs' option takes temperature, top_p, top_k, min_p and max_tokens. Got {', '.join(unknown)} instead."
         )
-    temperatures = _parse_floats(args.temperatures, "--temperatures") or [float(gen.get("temperature", 1.0))]
+    temperatures = _parse_floats(args.temperatures, "--temperatures") or [
+        float(gen.get("temperature", 1.0))
+    ]
     config = EvalConfig(
         model=args.model,
         backend=args.backend,
@@ -520,7 +836,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         top_p=float(gen.get("top_p", 1.0)),
         top_k=int(gen.get("top_k", 0)),
         min_p=float(gen.get("min_p", 0.0)),
-        max_tokens=_int_option(gen["max_tokens"], "--gen_kwargs max_tokens") if "max_tokens" in gen else None,
+        max_tokens=_int_option(gen["max_tokens"], "--gen_kwargs max_tokens")
+        if "max_tokens" in gen
+        else None,
         seed=args.seed,
         data_dir=args.data_dir,
         output_path=args.output_path,
@@ -537,7 +855,11 @@ def _run_eval(args: argparse.Namespace) -> int:
 
     for t in temperatures:
         SamplingConfig(
-            n=config.n, temperature=t, top_p=config.top_p, top_k=config.top_k, min_p=config.min_p,
+            n=config.n,
+            temperature=t,
+            top_p=config.top_p,
+            top_k=config.top_k,
+            min_p=config.min_p,
             max_tokens=1 if config.max_tokens is None else config.max_tokens,
         )
     results = run_eval(config)
@@ -574,10 +896,11 @@ def _run_tasks(args: argparse.Namespace) -> int:
     for name in task_names():
         task = get_task(name)
         rng = "" if task.valid_range is None else f"{task.valid_range[0]:g}-{task.valid_range[1]:g}"
-        print(f"| {name} | {task.answer_type} | {', '.join(task.metrics)} | {rng} | {task.description} |")
+        print(
+            f"| {name} | {task.answer_type} | {', '.join(task.metrics)} | {rng} | {task.description} |"
+        )
     print("\nYour own task: a YAML file (see examples/my_task.yaml) passed to --tasks.")
     return EXIT_OK
-
 
 
 def _run_metrics(args: argparse.Namespace) -> int:
@@ -609,7 +932,9 @@ def _run_models(args: argparse.Namespace) -> int:
     from metricwise.models import describe_models
 
     print(describe_models())
-    print("\nAny local transformers directory, .gguf file, or (with network access) hub id works as --model too.")
+    print(
+        "\nAny local transformers directory, .gguf file, or (with network access) hub id works as --model too."
+    )
     return EXIT_OK
 
 
@@ -631,7 +956,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         return exc.exit_code
     except KeyboardInterrupt:
-        print(f"metricwise {args.command}: interrupted; what was sampled is kept in the store, run again to resume", file=sys.stderr)
+        print(
+            f"metricwise {args.command}: interrupted; what was sampled is kept in the store, run again to resume",
+            file=sys.stderr,
+        )
         return 130
     except BrokenPipeError:
         return EXIT_OK

@@ -212,7 +212,9 @@ def decide(
 
     order = _support_order(support_values, support_weights)
     support = tuple(
-        SupportItem(value=support_values[k], weight=float(support_weights[k]), count=int(support_counts[k]))
+        SupportItem(
+            value=support_values[k], weight=float(support_weights[k]), count=int(support_counts[k])
+        )
         for k in order
     )
     return Decision(
@@ -387,7 +389,9 @@ def _sample_weights(
             f"The 'weights' parameter of decide must have shape ({n_total},), one weight per sample. Got shape {arr.shape} instead."
         )
     if not np.isfinite(arr).all() or (arr < 0).any():
-        raise InvalidParameterError("The 'weights' parameter of decide must be finite and non-negative.")
+        raise InvalidParameterError(
+            "The 'weights' parameter of decide must be finite and non-negative."
+        )
     kept = arr[idx]
     with np.errstate(over="ignore"):
         overflows = not math.isfinite(float(kept.sum()))
@@ -397,7 +401,9 @@ def _sample_weights(
     return "explicit", kept
 
 
-def _model_weights(raw: list[Any], logp: np.ndarray, idx: np.ndarray, temperature: float) -> np.ndarray:
+def _model_weights(
+    raw: list[Any], logp: np.ndarray, idx: np.ndarray, temperature: float
+) -> np.ndarray:
     """softmax(logp / T) over distinct texts; each text's mass is shared by its copies."""
     groups: dict[str, list[int]] = {}
     for position, i in enumerate(idx):
@@ -506,7 +512,9 @@ def _support_order(values: list[Any], weights: np.ndarray) -> list[int]:
     return sorted(range(len(values)), key=lambda k: (-weights[k], _value_key(values[k])))
 
 
-def _best_index(scores: np.ndarray, weights: np.ndarray, values: list[Any], higher_is_better: bool) -> int:
+def _best_index(
+    scores: np.ndarray, weights: np.ndarray, values: list[Any], higher_is_better: bool
+) -> int:
     """Index of the optimal score; ties go to the heavier candidate, then the smaller value."""
     tied = _tied_with_max(scores if higher_is_better else -scores)
     return min(tied, key=lambda k: (-weights[k], _value_key(values[k])))
@@ -519,7 +527,9 @@ def _tied_with_max(scores: np.ndarray) -> list[int]:
     return [k for k in range(len(scores)) if scores[k] >= best - tol]
 
 
-def weighted_quantile(values: Sequence[float] | np.ndarray, weights: Sequence[float] | np.ndarray, tau: float) -> float:
+def weighted_quantile(
+    values: Sequence[float] | np.ndarray, weights: Sequence[float] | np.ndarray, tau: float
+) -> float:
     """The tau-quantile minimising expected pinball loss under a weighted sample.
 
     Parameters
@@ -555,11 +565,21 @@ def weighted_quantile(values: Sequence[float] | np.ndarray, weights: Sequence[fl
 # The rules. Each gets the distinct values (canonical order), their weights (sum 1) and counts.
 
 RuleFunction = Callable[
-    [list[Any], np.ndarray, np.ndarray, Metric, "tuple[float, float] | None", "Sequence[float] | None"], Any
+    [
+        list[Any],
+        np.ndarray,
+        np.ndarray,
+        Metric,
+        "tuple[float, float] | None",
+        "Sequence[float] | None",
+    ],
+    Any,
 ]
 
 
-def _rule_mode(values: list[Any], weights: np.ndarray, counts: np.ndarray, metric: Metric, *_: Any) -> Any:
+def _rule_mode(
+    values: list[Any], weights: np.ndarray, counts: np.ndarray, metric: Metric, *_: Any
+) -> Any:
     """Weighted majority over the metric's equivalence classes (``metric.normalize``)."""
     class_weight: dict[Any, float] = {}
     members: dict[Any, list[int]] = {}
@@ -573,7 +593,9 @@ def _rule_mode(values: list[Any], weights: np.ndarray, counts: np.ndarray, metri
     def surface_form(key: Any) -> Any:
         """A class is reported by its heaviest surface form."""
         group = members[key]
-        k = _best_index(weights[group], weights[group], [values[g] for g in group], higher_is_better=True)
+        k = _best_index(
+            weights[group], weights[group], [values[g] for g in group], higher_is_better=True
+        )
         return values[group[k]]
 
     tied = [keys[k] for k in _tied_with_max(key_weights)]
@@ -597,7 +619,11 @@ def _closeness(forms: list[Any], values: list[Any], weights: np.ndarray) -> np.n
     if all(isinstance(v, (int, float)) for v in [*forms, *values]):
         similarity, cands, refs = get_metric("absolute_error"), forms, values
     else:
-        similarity, cands, refs = get_metric("token_f1"), [str(f) for f in forms], [str(v) for v in values]
+        similarity, cands, refs = (
+            get_metric("token_f1"),
+            [str(f) for f in forms],
+            [str(v) for v in values],
+        )
     sign = 1.0 if similarity.higher_is_better else -1.0
     return sign * _expected_scores(similarity, cands, refs, weights)
 
@@ -646,7 +672,9 @@ def _rule_median(values: list[Any], weights: np.ndarray, *_: Any) -> float:
     return weighted_quantile(values, weights, 0.5)
 
 
-def _rule_quantile(values: list[Any], weights: np.ndarray, counts: np.ndarray, metric: Metric, *_: Any) -> float:
+def _rule_quantile(
+    values: list[Any], weights: np.ndarray, counts: np.ndarray, metric: Metric, *_: Any
+) -> float:
     return weighted_quantile(values, weights, float(getattr(metric, "tau", 0.5)))
 
 
@@ -658,7 +686,9 @@ class _Scored:
     expected: float
 
 
-def _rule_mbr(values: list[Any], weights: np.ndarray, counts: np.ndarray, metric: Metric, *_: Any) -> _Scored:
+def _rule_mbr(
+    values: list[Any], weights: np.ndarray, counts: np.ndarray, metric: Metric, *_: Any
+) -> _Scored:
     """argmax over distinct candidates c of sum_j w_j u(c, y_j), from the (C, C) pairwise matrix.
 
     The matrix is filled in blocks of rows when it does not fit in the memory budget (see
@@ -687,7 +717,9 @@ def _rule_grid(
     v = np.asarray(values, dtype=np.float64)
     nearest = np.abs(v[:, None] - grid_values[None, :]).argmin(axis=1)  # ties: the lower grid value
     grid_weights = np.bincount(nearest, weights=weights, minlength=len(grid_values))
-    inner = metric.bayes_rule if metric.bayes_rule in ("mean", "median", "quantile", "mode") else "mbr"
+    inner = (
+        metric.bayes_rule if metric.bayes_rule in ("mean", "median", "quantile", "mode") else "mbr"
+    )
     present = grid_weights > 0
     g_values = [float(g) for g in grid_values[present]]
     g_weights = grid_weights[present]
@@ -699,11 +731,15 @@ def _rule_grid(
     return _RULE_FUNCTIONS[inner](g_values, g_weights, counts, metric, valid_range, None)
 
 
-def _grid_values(grid: Sequence[float] | None, valid_range: tuple[float, float] | None) -> np.ndarray:
+def _grid_values(
+    grid: Sequence[float] | None, valid_range: tuple[float, float] | None
+) -> np.ndarray:
     if grid is not None:
         arr = np.unique(np.asarray(list(grid), dtype=np.float64))
         if arr.size == 0 or not np.isfinite(arr).all():
-            raise InvalidParameterError(f"The 'grid' parameter of decide must be non-empty finite numbers. Got {grid!r} instead.")
+            raise InvalidParameterError(
+                f"The 'grid' parameter of decide must be non-empty finite numbers. Got {grid!r} instead."
+            )
         return arr
     if valid_range is not None and all(float(x).is_integer() for x in valid_range):
         return np.arange(valid_range[0], valid_range[1] + 1, dtype=np.float64)

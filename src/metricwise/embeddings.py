@@ -50,7 +50,9 @@ class SentenceEncoder:
         Texts per forward pass.
     """
 
-    def __init__(self, model: str = DEFAULT_EMBEDDER, *, device: str = "cpu", batch_size: int = 64) -> None:
+    def __init__(
+        self, model: str = DEFAULT_EMBEDDER, *, device: str = "cpu", batch_size: int = 64
+    ) -> None:
         try:
             import torch  # noqa: F401
             from transformers import AutoModel, AutoTokenizer
@@ -60,7 +62,9 @@ class SentenceEncoder:
                 "pip install torch==2.13.0 'metricwise[embed]'."
             ) from None
         if batch_size < 1:
-            raise InvalidParameterError(f"The 'batch_size' parameter of SentenceEncoder must be >= 1. Got {batch_size} instead.")
+            raise InvalidParameterError(
+                f"The 'batch_size' parameter of SentenceEncoder must be >= 1. Got {batch_size} instead."
+            )
         source = packaged_model_dir(model) or model
         self.name = model
         self.device = device
@@ -78,7 +82,11 @@ class SentenceEncoder:
         for start in range(0, len(missing), self.batch_size):
             batch = missing[start : start + self.batch_size]
             encoded = self._tokenizer(
-                batch, padding=True, truncation=True, max_length=_MAX_SEQ_LENGTH, return_tensors="pt"
+                batch,
+                padding=True,
+                truncation=True,
+                max_length=_MAX_SEQ_LENGTH,
+                return_tensors="pt",
             ).to(self.device)
             with torch.inference_mode():
                 hidden = self._model(**encoded).last_hidden_state

@@ -89,7 +89,14 @@ EXTRACTOR_KINDS: tuple[str, ...] = ("number", "first_line", "regex", "answer", "
 
 #: Phrases after which the answer follows, matched case-insensitively. A cue that ends in ``{``
 #: takes the brace-balanced content after it.
-DEFAULT_CUES: tuple[str, ...] = ("\\boxed{", "####", "final answer", "answer is", "answer:", "answer =")
+DEFAULT_CUES: tuple[str, ...] = (
+    "\\boxed{",
+    "####",
+    "final answer",
+    "answer is",
+    "answer:",
+    "answer =",
+)
 
 # -- the number grammar -----------------------------------------------------------------------
 # One match is an optional sign and currency symbol followed by either a date/version chain
@@ -121,7 +128,9 @@ _SLASH_GAP = re.compile(r"[ \t]*/[ \t]*")
 _SLASH_DIGIT_AFTER = re.compile(r"[ \t]*/[ \t]*[0-9]")
 _SPACE_GAP = re.compile(r"[ \t]+")
 _OUT_OF_GAP = re.compile(r"\s+out\s+of\s+", re.IGNORECASE)
-_LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*([-+]?[0-9][0-9.,]*)\s*\}\s*\{\s*([0-9][0-9.,]*)\s*\}")
+_LATEX_FRAC = re.compile(
+    r"\\[dt]?frac\s*\{\s*([-+]?[0-9][0-9.,]*)\s*\}\s*\{\s*([0-9][0-9.,]*)\s*\}"
+)
 _CUE_LEAD = re.compile(r"[\s:=*]*(?:is\b[\s:=*]*)?", re.IGNORECASE)
 _TRAILING_PUNCTUATION = " \t\r\n.,;:!?*"
 
@@ -147,7 +156,15 @@ def _tokens(text: str, fraction_percent: bool) -> Iterator[_Token]:
         if chain is not None:
             offset = m.start(4)
             for part in _DIGIT_RUN.finditer(chain):
-                yield _Token(offset + part.start(), offset + part.end(), float(part.group()), False, False, False, False)
+                yield _Token(
+                    offset + part.start(),
+                    offset + part.end(),
+                    float(part.group()),
+                    False,
+                    False,
+                    False,
+                    False,
+                )
             continue
         if "," in mant:
             mant = mant.replace(",", "")
@@ -207,7 +224,12 @@ def _combine(text: str, buf: list[_Token], hi: float | None) -> tuple[float | No
         if t1.value == 0:
             return None, 2
         return t0.value / t1.value, 2
-    if len(buf) >= 3 and t0.integer and not t1.signed and _SPACE_GAP.fullmatch(text, t0.end, t1.start):
+    if (
+        len(buf) >= 3
+        and t0.integer
+        and not t1.signed
+        and _SPACE_GAP.fullmatch(text, t0.end, t1.start)
+    ):
         t2 = buf[2]
         if (
             t1.integer
@@ -272,7 +294,9 @@ def _cue_regex(cue: str) -> str:
 def _cue_pattern(cues: tuple[str, ...]) -> re.Pattern[str] | None:
     if not cues:
         return None
-    ordered = sorted(set(cues), key=lambda c: (-len(c), c))  # longest first: "final answer" before "answer:"
+    ordered = sorted(
+        set(cues), key=lambda c: (-len(c), c)
+    )  # longest first: "final answer" before "answer:"
     return re.compile("|".join(_cue_regex(c) for c in ordered), re.IGNORECASE)
 
 
@@ -351,7 +375,10 @@ def _cue_segments(text: str, cues: tuple[str, ...]) -> tuple[list[str], bool]:
     if not matches:
         return [], False
     stops = [m.start() for m in matches[1:]] + [len(text)]
-    segments = [_cue_segment(text, m, stop) for m, stop in zip(reversed(matches), reversed(stops), strict=True)]
+    segments = [
+        _cue_segment(text, m, stop)
+        for m, stop in zip(reversed(matches), reversed(stops), strict=True)
+    ]
     return [s for s in segments if s], True
 
 
@@ -388,7 +415,9 @@ def _check_choice(value: Any, name: str, where: str, choices: tuple[str, ...]) -
 
 def _check_text(text: Any, where: str) -> str:
     if not isinstance(text, str):
-        raise InvalidParameterError(f"The 'text' parameter of {where} must be a str. Got {text!r} instead.")
+        raise InvalidParameterError(
+            f"The 'text' parameter of {where} must be a str. Got {text!r} instead."
+        )
     return text
 
 
@@ -487,7 +516,9 @@ def clip(value: float, valid_range: tuple[float, float]) -> float:
     """
     lo, hi = check_range(valid_range, "clip")
     if not _is_number(value):
-        raise InvalidParameterError(f"The 'value' parameter of clip must be a number. Got {value!r} instead.")
+        raise InvalidParameterError(
+            f"The 'value' parameter of clip must be a number. Got {value!r} instead."
+        )
     value = float(value)
     if math.isnan(value):
         return value
@@ -551,7 +582,9 @@ def first_line(text: str) -> str:
     return ""
 
 
-def regex_extract(text: str, pattern: str | re.Pattern[str], *, group: int | str = 1, flags: int = 0) -> str | None:
+def regex_extract(
+    text: str, pattern: str | re.Pattern[str], *, group: int | str = 1, flags: int = 0
+) -> str | None:
     """The given group of the first match of ``pattern`` in ``text``, or ``None``.
 
     Parameters
@@ -611,9 +644,9 @@ def _compile_pattern(pattern: Any, flags: int, where: str) -> re.Pattern[str]:
 
 
 def _check_group(compiled: re.Pattern[str], group: Any, where: str) -> None:
-    ok = (isinstance(group, int) and not isinstance(group, bool) and 0 <= group <= compiled.groups) or (
-        isinstance(group, str) and group in compiled.groupindex
-    )
+    ok = (
+        isinstance(group, int) and not isinstance(group, bool) and 0 <= group <= compiled.groups
+    ) or (isinstance(group, str) and group in compiled.groupindex)
     if not ok:
         raise InvalidParameterError(
             f"The 'group' parameter of {where} must name a group of {compiled.pattern!r} "
@@ -699,7 +732,9 @@ class Extractor:
 
     def __post_init__(self) -> None:
         if self.kind not in EXTRACTOR_KINDS:
-            hint = did_you_mean(self.kind, list(EXTRACTOR_KINDS)) if isinstance(self.kind, str) else ""
+            hint = (
+                did_you_mean(self.kind, list(EXTRACTOR_KINDS)) if isinstance(self.kind, str) else ""
+            )
             raise UnknownNameError(
                 f"The 'kind' parameter of Extractor must be one of {', '.join(map(repr, EXTRACTOR_KINDS))}. "
                 f"Got {self.kind!r} instead.{hint}"
@@ -814,7 +849,16 @@ class Extractor:
         )
 
 
-_SPECS: tuple[str, ...] = ("number", "number:first", "number:last", "number:answer", "first_line", "answer", "text", "regex")
+_SPECS: tuple[str, ...] = (
+    "number",
+    "number:first",
+    "number:last",
+    "number:answer",
+    "first_line",
+    "answer",
+    "text",
+    "regex",
+)
 
 
 def _spec_list() -> str:

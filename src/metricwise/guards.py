@@ -40,10 +40,14 @@ class Guards:
 
     def __post_init__(self) -> None:
         if self.max_seconds is not None and not self.max_seconds > 0:
-            raise InvalidParameterError(f"The 'max_seconds' parameter of Guards must be > 0 or None. Got {self.max_seconds!r} instead.")
+            raise InvalidParameterError(
+                f"The 'max_seconds' parameter of Guards must be > 0 or None. Got {self.max_seconds!r} instead."
+            )
         for name in ("max_period", "min_repeated_tokens", "min_repeats"):
             if getattr(self, name) < 1:
-                raise InvalidParameterError(f"The '{name}' parameter of Guards must be >= 1. Got {getattr(self, name)!r} instead.")
+                raise InvalidParameterError(
+                    f"The '{name}' parameter of Guards must be >= 1. Got {getattr(self, name)!r} instead."
+                )
 
     def deadline(self) -> float:
         """Monotonic time after which the request in progress must stop."""

@@ -33,20 +33,27 @@ def iter_jsonl(path: str | Path) -> Iterator[JsonLine]:
     name = "<stdin>" if str(path) == "-" else str(path)
     if str(path) == "-":
         # A text stream without bytes underneath (a test's StringIO) is read as its UTF-8 bytes.
-        stream: IO[bytes] = getattr(sys.stdin, "buffer", None) or io.BytesIO(sys.stdin.read().encode("utf-8"))
+        stream: IO[bytes] = getattr(sys.stdin, "buffer", None) or io.BytesIO(
+            sys.stdin.read().encode("utf-8")
+        )
     else:
         try:
             stream = open(path, "rb")  # noqa: SIM115 (closed below; stdin is not ours to close)
         except FileNotFoundError:
             raise InvalidParameterError(f"The input file {name!r} does not exist.") from None
         except IsADirectoryError:
-            raise InvalidParameterError(f"The input {name!r} is a directory; expected a JSON Lines file.") from None
+            raise InvalidParameterError(
+                f"The input {name!r} is a directory; expected a JSON Lines file."
+            ) from None
     try:
         for number, raw in enumerate(stream, start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield JsonLine(number, error=f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})")
+                yield JsonLine(
+                    number,
+                    error=f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1})",
+                )
                 continue
             if not line.strip():
                 continue
@@ -73,7 +80,9 @@ def read_jsonl(path: str | Path) -> list[JsonLine]:
     lines = []
     for line in iter_jsonl(path):
         if line.error is None and not isinstance(line.value, dict):
-            line = JsonLine(line.number, error=f"expected a JSON object, got {type(line.value).__name__}")
+            line = JsonLine(
+                line.number, error=f"expected a JSON object, got {type(line.value).__name__}"
+            )
         if line.error is not None:
             raise InvalidParameterError(f"{name}: line {line.number}: {line.error}")
         lines.append(line)

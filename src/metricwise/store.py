@@ -68,7 +68,9 @@ def config_key_fields(config: SamplingConfig) -> dict[str, Any]:
 
 
 def set_key(model: str, prompt: str, config: SamplingConfig) -> str:
-    payload = json.dumps({"model": model, "prompt": prompt, "config": config_key_fields(config)}, sort_keys=True)
+    payload = json.dumps(
+        {"model": model, "prompt": prompt, "config": config_key_fields(config)}, sort_keys=True
+    )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
@@ -87,14 +89,18 @@ class SampleStore:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise InvalidParameterError(f"The sample store {self.path!r} cannot be created: {exc}.") from None
+            raise InvalidParameterError(
+                f"The sample store {self.path!r} cannot be created: {exc}."
+            ) from None
         try:
             self._db = sqlite3.connect(self.path, timeout=60.0)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise InvalidParameterError(f"The sample store {self.path!r} cannot be opened as SQLite: {exc}.") from None
+            raise InvalidParameterError(
+                f"The sample store {self.path!r} cannot be opened as SQLite: {exc}."
+            ) from None
 
     # -- reading -------------------------------------------------------------------------------
     def lookup(self, model: str, prompt: str, config: SamplingConfig) -> dict[int, Candidate]:
@@ -104,7 +110,9 @@ class SampleStore:
             (set_key(model, prompt, config), config.n),
         ).fetchall()
         return {
-            row[0]: Candidate(text=row[1], logp=row[2], logq=row[3], n_tokens=row[4], finish_reason=row[5])
+            row[0]: Candidate(
+                text=row[1], logp=row[2], logq=row[3], n_tokens=row[4], finish_reason=row[5]
+            )
             for row in rows
         }
 
@@ -116,7 +124,13 @@ class SampleStore:
         return [p for p in dict.fromkeys(prompts) if len(self.lookup(model, p, config)) < config.n]
 
     # -- writing -------------------------------------------------------------------------------
-    def add(self, model: str, prompt: str, config: SamplingConfig, candidates: Sequence[tuple[int, Candidate]]) -> None:
+    def add(
+        self,
+        model: str,
+        prompt: str,
+        config: SamplingConfig,
+        candidates: Sequence[tuple[int, Candidate]],
+    ) -> None:
         """Store ``(index, candidate)`` pairs in one transaction; existing indices are kept.
 
         Raises :class:`~metricwise.errors.BackendError`, storing nothing, when any candidate is a
@@ -125,17 +139,28 @@ class SampleStore:
         for i, candidate in candidates:
             problem = sample_problem(candidate)
             if problem is not None:
-                raise BackendError(f"Sample {i} of a prompt is not a valid sample and was not stored: {problem}.")
+                raise BackendError(
+                    f"Sample {i} of a prompt is not a valid sample and was not stored: {problem}."
+                )
         key = set_key(model, prompt, config)
         with self._db:
             self._db.execute(
                 "INSERT OR IGNORE INTO sample_sets (set_key, model, prompt, config, created) VALUES (?, ?, ?, ?, ?)",
-                (key, model, prompt, json.dumps(config_key_fields(config), sort_keys=True), time.time()),
+                (
+                    key,
+                    model,
+                    prompt,
+                    json.dumps(config_key_fields(config), sort_keys=True),
+                    time.time(),
+                ),
             )
             self._db.executemany(
                 "INSERT OR IGNORE INTO samples (set_key, idx, text, logp, logq, n_tokens, finish_reason) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(key, i, c.text, c.logp, c.logq, c.n_tokens, c.finish_reason) for i, c in candidates],
+                [
+                    (key, i, c.text, c.logp, c.logq, c.n_tokens, c.finish_reason)
+                    for i, c in candidates
+                ],
             )
 
     # -- sampling through the store ----------------------------------------------------------
@@ -154,7 +179,9 @@ class SampleStore:
         next starts. Identical prompts are sampled once.
         """
         if batch_size < 1:
-            raise InvalidParameterError(f"The 'batch_size' parameter of SampleStore.sample must be >= 1. Got {batch_size} instead.")
+            raise InvalidParameterError(
+                f"The 'batch_size' parameter of SampleStore.sample must be >= 1. Got {batch_size} instead."
+            )
         model = backend.signature
         distinct = list(dict.fromkeys(prompts))
         stored = {p: self.lookup(model, p, config) for p in distinct}
@@ -163,7 +190,9 @@ class SampleStore:
         done = len(distinct) - len(todo)
         if progress:
             progress(done, len(distinct))
-        todo.sort(key=lambda p: _first_missing(stored[p], config.n))  # one start per batch where possible
+        todo.sort(
+            key=lambda p: _first_missing(stored[p], config.n)
+        )  # one start per batch where possible
         for batch in _chunks(todo, batch_size):
             # Another process may have committed some of these since: look again, right before sampling.
             by_start: dict[int, list[str]] = {}
@@ -175,9 +204,13 @@ class SampleStore:
             for start, group in sorted(by_start.items()):
                 sets = backend.sample(group, config, start=start)
                 if len(sets) != len(group):
-                    raise BackendError(f"The backend returned {len(sets)} sample sets for {len(group)} prompts.")
+                    raise BackendError(
+                        f"The backend returned {len(sets)} sample sets for {len(group)} prompts."
+                    )
                 for prompt, sample_set in zip(group, sets, strict=True):
-                    self.add(model, prompt, config, list(enumerate(sample_set.candidates, start=start)))
+                    self.add(
+                        model, prompt, config, list(enumerate(sample_set.candidates, start=start))
+                    )
                 for prompt in group:
                     # What the store holds (the first writer's sample, where two drew it) is the result.
                     stored[prompt] = self.lookup(model, prompt, config)
@@ -208,26 +241,43 @@ class SampleStore:
         class _GreedyAsSampler:
             signature = backend.signature
 
-            def sample(self, batch: Sequence[str], cfg: SamplingConfig, *, start: int = 0) -> list[SampleSet]:
-                return [SampleSet(candidates=(c,), prompt=p) for p, c in zip(batch, backend.greedy(batch, cfg), strict=True)]
+            def sample(
+                self, batch: Sequence[str], cfg: SamplingConfig, *, start: int = 0
+            ) -> list[SampleSet]:
+                return [
+                    SampleSet(candidates=(c,), prompt=p)
+                    for p, c in zip(batch, backend.greedy(batch, cfg), strict=True)
+                ]
 
-        sets = self.sample(_GreedyAsSampler(), prompts, greedy_config, batch_size=batch_size, progress=progress)  # type: ignore[arg-type]
+        sets = self.sample(
+            _GreedyAsSampler(),  # type: ignore[arg-type]
+            prompts,
+            greedy_config,
+            batch_size=batch_size,
+            progress=progress,
+        )
         return [s.candidates[0] for s in sets]
 
     # -- export --------------------------------------------------------------------------------
     def iter_sets(self) -> Iterator[dict[str, Any]]:
         """Every stored set as ``{"model", "prompt", "config", "candidates": [...]}``, by creation time."""
-        sets = self._db.execute("SELECT set_key, model, prompt, config FROM sample_sets ORDER BY created, set_key").fetchall()
+        sets = self._db.execute(
+            "SELECT set_key, model, prompt, config FROM sample_sets ORDER BY created, set_key"
+        ).fetchall()
         for key, model, prompt, config in sets:
             rows = self._db.execute(
-                "SELECT text, logp, logq, n_tokens, finish_reason FROM samples WHERE set_key = ? ORDER BY idx", (key,)
+                "SELECT text, logp, logq, n_tokens, finish_reason FROM samples WHERE set_key = ? ORDER BY idx",
+                (key,),
             ).fetchall()
             yield {
                 "model": model,
                 "prompt": prompt,
                 "config": json.loads(config),
                 "candidates": [
-                    Candidate(text=r[0], logp=r[1], logq=r[2], n_tokens=r[3], finish_reason=r[4]).to_dict() for r in rows
+                    Candidate(
+                        text=r[0], logp=r[1], logq=r[2], n_tokens=r[3], finish_reason=r[4]
+                    ).to_dict()
+                    for r in rows
                 ],
             }
 
@@ -251,7 +301,9 @@ class SampleStore:
 
 def greedy_sampling_config(config: SamplingConfig) -> SamplingConfig:
     """The key greedy continuations are stored under: temperature 0, ``config``'s length and stops."""
-    return SamplingConfig(n=1, temperature=0.0, max_tokens=config.max_tokens, stop=config.stop, seed=0)
+    return SamplingConfig(
+        n=1, temperature=0.0, max_tokens=config.max_tokens, stop=config.stop, seed=0
+    )
 
 
 def _first_missing(stored: dict[int, Candidate], n: int) -> int:

@@ -63,7 +63,9 @@ class Candidate:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Candidate:
         if "text" not in data:
-            raise InvalidParameterError("A candidate must have a 'text' field. Got keys " f"{sorted(data)} instead.")
+            raise InvalidParameterError(
+                f"A candidate must have a 'text' field. Got keys {sorted(data)} instead."
+            )
         return cls(
             text=str(data["text"]),
             logp=_optional_float(data.get("logp"), "logp"),
@@ -90,7 +92,9 @@ def sample_problem(candidate: Any) -> str | None:
         value = getattr(candidate, name)
         if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
             return f"its {name} {value!r} is not a finite log-probability or None"
-    if candidate.n_tokens is not None and not (isinstance(candidate.n_tokens, int) and candidate.n_tokens >= 0):
+    if candidate.n_tokens is not None and not (
+        isinstance(candidate.n_tokens, int) and candidate.n_tokens >= 0
+    ):
         return f"its n_tokens {candidate.n_tokens!r} is not a count"
     return None
 
@@ -101,7 +105,9 @@ def _optional_float(value: Any, name: str) -> float | None:
     try:
         result = float(value)
     except (TypeError, ValueError):
-        raise InvalidParameterError(f"The '{name}' field must be a number or null. Got {value!r} instead.") from None
+        raise InvalidParameterError(
+            f"The '{name}' field must be a number or null. Got {value!r} instead."
+        ) from None
     if math.isnan(result):
         raise InvalidParameterError(f"The '{name}' field must not be NaN.")
     return result
@@ -259,7 +265,9 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.n, int) or self.n < 1:
-            raise InvalidParameterError(f"The 'n' parameter of SamplingConfig must be an int >= 1. Got {self.n!r} instead.")
+            raise InvalidParameterError(
+                f"The 'n' parameter of SamplingConfig must be an int >= 1. Got {self.n!r} instead."
+            )
         if not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
             raise InvalidParameterError(
                 f"The 'max_tokens' parameter of SamplingConfig must be an int > 0. Got {self.max_tokens!r} instead."
@@ -269,11 +277,17 @@ class SamplingConfig:
                 f"The 'temperature' parameter of SamplingConfig must be a finite float >= 0. Got {self.temperature!r} instead."
             )
         if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise InvalidParameterError(f"The 'top_k' parameter of SamplingConfig must be an int >= 0 (0 = off). Got {self.top_k!r} instead.")
+            raise InvalidParameterError(
+                f"The 'top_k' parameter of SamplingConfig must be an int >= 0 (0 = off). Got {self.top_k!r} instead."
+            )
         if not 0 < self.top_p <= 1:
-            raise InvalidParameterError(f"The 'top_p' parameter of SamplingConfig must be in (0, 1]. Got {self.top_p!r} instead.")
+            raise InvalidParameterError(
+                f"The 'top_p' parameter of SamplingConfig must be in (0, 1]. Got {self.top_p!r} instead."
+            )
         if not 0 <= self.min_p < 1:
-            raise InvalidParameterError(f"The 'min_p' parameter of SamplingConfig must be in [0, 1). Got {self.min_p!r} instead.")
+            raise InvalidParameterError(
+                f"The 'min_p' parameter of SamplingConfig must be in [0, 1). Got {self.min_p!r} instead."
+            )
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         else:

@@ -29,7 +29,9 @@ class Backend(Protocol):
     #: Identifies the model and backend for the sample store and result signatures.
     signature: str
 
-    def sample(self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0) -> list[SampleSet]:
+    def sample(
+        self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0
+    ) -> list[SampleSet]:
         """Draw samples ``start .. config.n - 1`` for every prompt (seeds ``config.seed + i``).
 
         Returns one :class:`SampleSet` per prompt holding ``config.n - start`` candidates.
@@ -77,7 +79,9 @@ def sample_sets(
     else:
         rows = draw(list(prompts), m)
     check_samples(rows, len(prompts), m)
-    return [SampleSet(candidates=tuple(row), prompt=p) for p, row in zip(prompts, rows, strict=True)]
+    return [
+        SampleSet(candidates=tuple(row), prompt=p) for p, row in zip(prompts, rows, strict=True)
+    ]
 
 
 def check_samples(rows: Sequence[Sequence[Candidate]], n_prompts: int, per_prompt: int) -> None:
@@ -86,14 +90,20 @@ def check_samples(rows: Sequence[Sequence[Candidate]], n_prompts: int, per_promp
     Validity is :func:`metricwise.types.sample_problem`, the one definition of a failed sample.
     """
     if len(rows) != n_prompts:
-        raise BackendError(f"The backend returned samples for {len(rows)} prompts; {n_prompts} were asked for.")
+        raise BackendError(
+            f"The backend returned samples for {len(rows)} prompts; {n_prompts} were asked for."
+        )
     for p, row in enumerate(rows):
         if len(row) != per_prompt:
-            raise BackendError(f"The backend returned {len(row)} samples for prompt {p}; {per_prompt} were asked for.")
+            raise BackendError(
+                f"The backend returned {len(row)} samples for prompt {p}; {per_prompt} were asked for."
+            )
         for i, candidate in enumerate(row):
             problem = sample_problem(candidate)
             if problem is not None:
-                raise BackendError(f"The backend returned a failed sample {i} for prompt {p}: {problem}.")
+                raise BackendError(
+                    f"The backend returned a failed sample {i} for prompt {p}: {problem}."
+                )
 
 
 _CONTROL_TOKEN = re.compile(r"<[^<>\s]+>|\[[^\[\]\s]+\]")
@@ -154,7 +164,13 @@ class DecodeState:
         self.stop_texts: list[str] = [""] * total
 
     def advance(
-        self, active: Sequence[int], chosen: Sequence[int], logp: Sequence[float], logq: Sequence[float], step: int, deadline: float
+        self,
+        active: Sequence[int],
+        chosen: Sequence[int],
+        logp: Sequence[float],
+        logq: Sequence[float],
+        step: int,
+        deadline: float,
     ) -> list[int]:
         """Record step ``step``'s token for each sequence in ``active`` (row r is ``active[r]``).
 

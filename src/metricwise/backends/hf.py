@@ -130,7 +130,12 @@ class TokenSelector:
         width = self.blocks * _CDF_BLOCK
         # The padding past V stays zero: padded ids have no weight and are never drawn.
         self.raw = torch.zeros(rows, width, device=device)
-        self.ancestral = config.temperature == 1.0 and config.top_k == 0 and config.top_p >= 1.0 and config.min_p <= 0.0
+        self.ancestral = (
+            config.temperature == 1.0
+            and config.top_k == 0
+            and config.top_p >= 1.0
+            and config.min_p <= 0.0
+        )
         self.q: Any = None  # allocated on the first sampled step that needs it (greedy never does)
 
     def _weights(self, scores: Any, buffer: Any) -> tuple[Any, Any, Any]:
@@ -182,7 +187,9 @@ class TokenSelector:
         cum = block_sums.cumsum(dim=-1)
         targets = uniforms * cum[:, -1]
         block = (cum < targets[:, None]).sum(dim=-1).clamp(max=self.blocks - 1)
-        inside = weights.view(rows, self.blocks, _CDF_BLOCK)[torch.arange(rows, device=weights.device), block]
+        inside = weights.view(rows, self.blocks, _CDF_BLOCK)[
+            torch.arange(rows, device=weights.device), block
+        ]
         before = (cum.gather(1, block[:, None]) - block_sums.gather(1, block[:, None])).squeeze(-1)
         inner = inside.double().cumsum(dim=-1) + before[:, None]
         position = torch.searchsorted(inner, targets[:, None]).squeeze(-1).clamp(max=_CDF_BLOCK - 1)
@@ -238,9 +245,13 @@ class HFBackend:
             default_signature = f"hf:{getattr(resolved, 'signature', model)}"
         else:
             if tokenizer is None:
-                raise InvalidParameterError("The 'tokenizer' parameter of HFBackend is required when 'model' is a model object.")
+                raise InvalidParameterError(
+                    "The 'tokenizer' parameter of HFBackend is required when 'model' is a model object."
+                )
             self.model, self.tokenizer = model, tokenizer
-            default_signature = f"hf:{getattr(model.config, '_name_or_path', '') or type(model).__name__}"
+            default_signature = (
+                f"hf:{getattr(model.config, '_name_or_path', '') or type(model).__name__}"
+            )
         self.model.eval()
         self.device = torch.device(device)
         self.guards = guards or Guards()
@@ -256,7 +267,9 @@ class HFBackend:
         self.reuse_prefill = reuse_prefill
 
     # -- protocol --------------------------------------------------------------------------
-    def sample(self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0) -> list[SampleSet]:
+    def sample(
+        self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0
+    ) -> list[SampleSet]:
         def draw(batch: list[str], m: int) -> list[list[Candidate]]:
             seeds = [sample_seed(config.seed, start + j, p) for p in batch for j in range(m)]
             cands = self._decode(batch, m, config, seeds)
@@ -318,12 +331,19 @@ class HFBackend:
         self.prefill_calls += 1
         result = (out.logits[:, -1, :].float(), cache, attention, positions)
         if self.reuse_prefill:
-            self._kept_prefill = (key, (result[0].clone(), copy.deepcopy(cache), attention, positions))
+            self._kept_prefill = (
+                key,
+                (result[0].clone(), copy.deepcopy(cache), attention, positions),
+            )
         return result
 
     # -- decoding ------------------------------------------------------------------------------
     def _decode(
-        self, prompts: list[str], m: int, config: SamplingConfig, seeds: Sequence[tuple[int, ...]] | None
+        self,
+        prompts: list[str],
+        m: int,
+        config: SamplingConfig,
+        seeds: Sequence[tuple[int, ...]] | None,
     ) -> list[Candidate]:
         """Decode ``m`` continuations of every prompt; ``seeds=None`` is greedy."""
         torch = _torch()
@@ -341,15 +361,33 @@ class HFBackend:
 
         total = len(prompts) * m
         rngs = None if seeds is None else [np.random.default_rng(list(s)) for s in seeds]
-        state = DecodeState(total, config, self.guards, self.end_ids.__contains__, self._detokenize, sampled=rngs is not None)
+        state = DecodeState(
+            total,
+            config,
+            self.guards,
+            self.end_ids.__contains__,
+            self._detokenize,
+            sampled=rngs is not None,
+        )
         active = np.arange(total)
 
         select = TokenSelector(total, logits.shape[-1], config, logits.device)
         with torch.inference_mode():
             for step in range(config.max_tokens):
-                uniforms = None if rngs is None else torch.tensor([1.0 - rngs[i].random() for i in active], dtype=torch.float64)
+                uniforms = (
+                    None
+                    if rngs is None
+                    else torch.tensor([1.0 - rngs[i].random() for i in active], dtype=torch.float64)
+                )
                 chosen, p_chosen, q_chosen = select(logits, uniforms)
-                still = state.advance(active.tolist(), chosen.tolist(), p_chosen.tolist(), q_chosen.tolist(), step, deadline)
+                still = state.advance(
+                    active.tolist(),
+                    chosen.tolist(),
+                    p_chosen.tolist(),
+                    q_chosen.tolist(),
+                    step,
+                    deadline,
+                )
                 if not still:
                     break
                 if len(still) < len(active):
@@ -408,6 +446,8 @@ def _end_ids(model: Any, tokenizer: Any) -> frozenset[int]:
         ids.update(value if isinstance(value, (list, tuple, set)) else [value])
     ids.update(getattr(tokenizer, "all_special_ids", ()))
     for token_id, added in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items():
-        if getattr(added, "special", False) or looks_like_control_token(str(getattr(added, "content", ""))):
+        if getattr(added, "special", False) or looks_like_control_token(
+            str(getattr(added, "content", ""))
+        ):
             ids.add(token_id)
     return frozenset(int(i) for i in ids)

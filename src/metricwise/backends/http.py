@@ -129,12 +129,30 @@ class RetryPolicy:
     backoff: float = 0.5
 
     def __post_init__(self) -> None:
-        if isinstance(self.timeout, bool) or not isinstance(self.timeout, (int, float)) or not self.timeout > 0:
-            raise InvalidParameterError(f"The 'timeout' parameter must be a number > 0 (seconds). Got {self.timeout!r} instead.")
-        if isinstance(self.backoff, bool) or not isinstance(self.backoff, (int, float)) or not self.backoff >= 0:
-            raise InvalidParameterError(f"The 'backoff' parameter must be a number >= 0 (seconds). Got {self.backoff!r} instead.")
-        if not isinstance(self.max_retries, int) or isinstance(self.max_retries, bool) or self.max_retries < 0:
-            raise InvalidParameterError(f"The 'max_retries' parameter must be an int >= 0. Got {self.max_retries!r} instead.")
+        if (
+            isinstance(self.timeout, bool)
+            or not isinstance(self.timeout, (int, float))
+            or not self.timeout > 0
+        ):
+            raise InvalidParameterError(
+                f"The 'timeout' parameter must be a number > 0 (seconds). Got {self.timeout!r} instead."
+            )
+        if (
+            isinstance(self.backoff, bool)
+            or not isinstance(self.backoff, (int, float))
+            or not self.backoff >= 0
+        ):
+            raise InvalidParameterError(
+                f"The 'backoff' parameter must be a number >= 0 (seconds). Got {self.backoff!r} instead."
+            )
+        if (
+            not isinstance(self.max_retries, int)
+            or isinstance(self.max_retries, bool)
+            or self.max_retries < 0
+        ):
+            raise InvalidParameterError(
+                f"The 'max_retries' parameter must be an int >= 0. Got {self.max_retries!r} instead."
+            )
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait after failed attempt ``attempt`` (0-based)."""
@@ -172,7 +190,9 @@ class RetryPolicy:
                 if deadline - time.monotonic() <= 0:
                     raise SamplingTimeout(_deadline_message(budget, errors)) from None
                 if attempt < self.max_retries:
-                    wait = min(self.delay(attempt, exc.retry_after), max(0.0, deadline - time.monotonic()))
+                    wait = min(
+                        self.delay(attempt, exc.retry_after), max(0.0, deadline - time.monotonic())
+                    )
                     if cancel is not None:
                         cancel.wait(wait)
                     else:
@@ -230,7 +250,14 @@ def request_json(
         if cancel is not None:
             cancel.check()
         reason = getattr(exc, "reason", None) or exc
-        what = "dropped the connection" if isinstance(exc, (http.client.IncompleteRead, http.client.RemoteDisconnected, ConnectionResetError)) else "connection failed"
+        what = (
+            "dropped the connection"
+            if isinstance(
+                exc,
+                (http.client.IncompleteRead, http.client.RemoteDisconnected, ConnectionResetError),
+            )
+            else "connection failed"
+        )
         raise RetryableError(f"{what} ({type(exc).__name__}: {reason})") from None
     finally:
         if cancel is not None:
@@ -247,7 +274,12 @@ def request_json(
         raise RetryableError(f"answered HTTP {status} with {kind}: {body[:200]!r}") from None
 
 
-def _read_body(connection: http.client.HTTPConnection, response: http.client.HTTPResponse, deadline: float, timeout: float) -> bytes:
+def _read_body(
+    connection: http.client.HTTPConnection,
+    response: http.client.HTTPResponse,
+    deadline: float,
+    timeout: float,
+) -> bytes:
     """The whole body, or a timeout when it has not all arrived by ``deadline`` (slow trickles too)."""
     chunks = []
     while True:

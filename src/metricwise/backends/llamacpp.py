@@ -68,7 +68,9 @@ def _llama_cpp() -> Any:
     try:
         import llama_cpp
     except ImportError:
-        raise MissingDependencyError(f"The llamacpp backend needs llama-cpp-python: {LLAMA_CPP_INSTALL}") from None
+        raise MissingDependencyError(
+            f"The llamacpp backend needs llama-cpp-python: {LLAMA_CPP_INSTALL}"
+        ) from None
     with _init_lock:
         if not _initialised:
             if not os.environ.get("METRICWISE_LLAMA_LOG"):
@@ -107,7 +109,11 @@ def process_logits(logits: np.ndarray, config: SamplingConfig) -> np.ndarray:
         Cost O(B V) for temperature, top-k (``np.partition``) and min-p; top-p adds a sort of
         ``_TOP_P_PARTIAL`` values per row (O(V log V) only for rows whose nucleus is larger).
     """
-    scores = logits / np.float32(config.temperature) if config.temperature != 1.0 else logits.astype(np.float32, copy=True)
+    scores = (
+        logits / np.float32(config.temperature)
+        if config.temperature != 1.0
+        else logits.astype(np.float32, copy=True)
+    )
     vocab = scores.shape[1]
     neg_inf = np.float32(-np.inf)
     if 0 < config.top_k < vocab:
@@ -146,7 +152,10 @@ def _top_p(scores: np.ndarray, top_p: float) -> None:
 
 
 def sample_step(
-    logits: np.ndarray, config: SamplingConfig, uniforms: np.ndarray | None, rows: np.ndarray | None = None
+    logits: np.ndarray,
+    config: SamplingConfig,
+    uniforms: np.ndarray | None,
+    rows: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Choose one token per row and return its raw and sampling log-probabilities.
 
@@ -175,7 +184,12 @@ def sample_step(
     tokens = np.empty(n_rows, dtype=np.int64)
     logp = np.empty(n_rows)
     logq = np.zeros(n_rows)
-    ancestral = config.temperature == 1.0 and config.top_k == 0 and config.top_p >= 1.0 and config.min_p <= 0.0
+    ancestral = (
+        config.temperature == 1.0
+        and config.top_k == 0
+        and config.top_p >= 1.0
+        and config.min_p <= 0.0
+    )
     for lo in range(0, n_rows, _ROW_CHUNK):
         x = logits[lo : lo + _ROW_CHUNK] if rows is None else logits[rows[lo : lo + _ROW_CHUNK]]
         idx = np.arange(x.shape[0])
@@ -194,7 +208,9 @@ def sample_step(
                 q_weights = np.subtract(q_scores, q_top[:, None])
                 np.exp(q_weights, out=q_weights)
                 lse_q = np.log(q_weights.sum(axis=1, dtype=np.float64)) + q_top
-            chosen = _inverse_cdf(q_weights, np.asarray(uniforms[lo : lo + x.shape[0]], dtype=np.float64))
+            chosen = _inverse_cdf(
+                q_weights, np.asarray(uniforms[lo : lo + x.shape[0]], dtype=np.float64)
+            )
             logq[lo : lo + x.shape[0]] = q_scores[idx, chosen].astype(np.float64) - lse_q
         tokens[lo : lo + x.shape[0]] = chosen
         logp[lo : lo + x.shape[0]] = x[idx, chosen].astype(np.float64) - lse_raw
@@ -285,11 +301,19 @@ class LlamaCppBackend:
         guards: Guards | None = None,
         signature: str | None = None,
     ) -> None:
-        for name, value, low, high in (("n_ctx", n_ctx, 16, 1 << 24), ("n_batch", n_batch, 1, 1 << 20), ("max_sequences", max_sequences, 1, 256)):
+        for name, value, low, high in (
+            ("n_ctx", n_ctx, 16, 1 << 24),
+            ("n_batch", n_batch, 1, 1 << 20),
+            ("max_sequences", max_sequences, 1, 256),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-                raise InvalidParameterError(f"The '{name}' parameter of LlamaCppBackend must be an int in [{low}, {high}]. Got {value!r} instead.")
+                raise InvalidParameterError(
+                    f"The '{name}' parameter of LlamaCppBackend must be an int in [{low}, {high}]. Got {value!r} instead."
+                )
         if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
-            raise InvalidParameterError(f"The 'n_threads' parameter of LlamaCppBackend must be an int >= 1 or None. Got {n_threads!r} instead.")
+            raise InvalidParameterError(
+                f"The 'n_threads' parameter of LlamaCppBackend must be an int >= 1 or None. Got {n_threads!r} instead."
+            )
         from metricwise.models import resolve_model
 
         resolved = resolve_model(model)
@@ -323,7 +347,9 @@ class LlamaCppBackend:
         if not self._ctx:
             lib.llama_model_free(self._model)
             self._model = None
-            raise BackendError(f"llama.cpp could not create a context (n_ctx={n_ctx}, max_sequences={max_sequences}) for {self.path}.")
+            raise BackendError(
+                f"llama.cpp could not create a context (n_ctx={n_ctx}, max_sequences={max_sequences}) for {self.path}."
+            )
         self._vocab = lib.llama_model_get_vocab(self._model)
         self.n_vocab = int(lib.llama_vocab_n_tokens(self._vocab))
         self.n_ctx = int(lib.llama_n_ctx(self._ctx))
@@ -336,8 +362,16 @@ class LlamaCppBackend:
         self.prompt_evaluations = 0
 
     # -- protocol ------------------------------------------------------------------------------
-    def sample(self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0) -> list[SampleSet]:
-        return sample_sets(prompts, config, start, self.greedy, lambda batch, m: self._generate(batch, start, m, config, greedy=False))
+    def sample(
+        self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0
+    ) -> list[SampleSet]:
+        return sample_sets(
+            prompts,
+            config,
+            start,
+            self.greedy,
+            lambda batch, m: self._generate(batch, start, m, config, greedy=False),
+        )
 
     def greedy(self, prompts: Sequence[str], config: SamplingConfig) -> list[Candidate]:
         return [row[0] for row in self._generate(list(prompts), 0, 1, config, greedy=True)]
@@ -397,7 +431,13 @@ class LlamaCppBackend:
     def _memory(self) -> Any:
         return self._lib.llama_get_memory(self._ctx)
 
-    def _decode(self, tokens: Sequence[int], positions: Sequence[int], seqs: Sequence[int], logits: Sequence[bool]) -> None:
+    def _decode(
+        self,
+        tokens: Sequence[int],
+        positions: Sequence[int],
+        seqs: Sequence[int],
+        logits: Sequence[bool],
+    ) -> None:
         if self._ctx is None:
             raise BackendError("The llamacpp backend is closed.")
         batch = self._batch
@@ -427,7 +467,12 @@ class LlamaCppBackend:
         for lo in range(0, len(tokens), self.n_batch):
             chunk = tokens[lo : lo + self.n_batch]
             last = lo + len(chunk) == len(tokens)
-            self._decode(chunk, range(lo, lo + len(chunk)), [seq] * len(chunk), [last and i == len(chunk) - 1 for i in range(len(chunk))])
+            self._decode(
+                chunk,
+                range(lo, lo + len(chunk)),
+                [seq] * len(chunk),
+                [last and i == len(chunk) - 1 for i in range(len(chunk))],
+            )
         self.prompt_evaluations += 1
         return self._logits(1)[0].copy()
 
@@ -441,7 +486,9 @@ class LlamaCppBackend:
                     f"Prompt {p} has {length} tokens; with max_tokens={max_tokens} it needs more than the "
                     f"n_ctx={self.n_ctx} cells of the llamacpp backend. Pass a larger n_ctx."
                 )
-            per_item = min(self.max_sequences, m, max(1, (self.n_ctx - margin - length) // max_tokens))
+            per_item = min(
+                self.max_sequences, m, max(1, (self.n_ctx - margin - length) // max_tokens)
+            )
             for first in range(start, start + m, per_item):
                 items.append(_Item(p, first, min(per_item, start + m - first)))
         groups: list[list[_Item]] = []
@@ -449,7 +496,9 @@ class LlamaCppBackend:
         seqs = cells = 0
         for item in items:
             need = lengths[item.prompt_index] + item.count * max_tokens
-            if current and (seqs + item.count > self.max_sequences or cells + need + margin > self.n_ctx):
+            if current and (
+                seqs + item.count > self.max_sequences or cells + need + margin > self.n_ctx
+            ):
                 groups.append(current)
                 current, seqs, cells = [], 0, 0
             current.append(item)
@@ -459,14 +508,18 @@ class LlamaCppBackend:
             groups.append(current)
         return groups
 
-    def _generate(self, prompts: list[str], start: int, m: int, config: SamplingConfig, *, greedy: bool) -> list[list[Candidate]]:
+    def _generate(
+        self, prompts: list[str], start: int, m: int, config: SamplingConfig, *, greedy: bool
+    ) -> list[list[Candidate]]:
         if not prompts:
             return []
         deadline = self.guards.deadline()
         encoded = [self.tokenize(p) for p in prompts]
         for p, tokens in enumerate(encoded):
             if not tokens:
-                raise InvalidParameterError(f"Prompt {p} produced no tokens: the prompts must not be empty.")
+                raise InvalidParameterError(
+                    f"Prompt {p} produced no tokens: the prompts must not be empty."
+                )
         results: list[list[Candidate | None]] = [[None] * m for _ in prompts]
         for group in self._plan([len(t) for t in encoded], start, m, config.max_tokens):
             self._run_group(group, prompts, encoded, start, config, greedy, deadline, results)
@@ -501,15 +554,26 @@ class LlamaCppBackend:
                 positions.append(len(encoded[item.prompt_index]))
                 first_rows.append(len(prompt_logits) - 1)
         total = len(owners)
-        rngs = None if greedy else [np.random.default_rng(list(sample_seed(config.seed, i, prompts[p]))) for p, i in owners]
-        state = DecodeState(total, config, self.guards, self._is_eog, self.detokenize, sampled=not greedy)
+        rngs = (
+            None
+            if greedy
+            else [
+                np.random.default_rng(list(sample_seed(config.seed, i, prompts[p])))
+                for p, i in owners
+            ]
+        )
+        state = DecodeState(
+            total, config, self.guards, self._is_eog, self.detokenize, sampled=not greedy
+        )
         active = list(range(total))
         logits = np.stack(prompt_logits)
         rows: np.ndarray | None = np.array(first_rows)
         for step in range(config.max_tokens):
             uniforms = None if rngs is None else np.array([1.0 - rngs[s].random() for s in active])
             chosen, step_p, step_q = sample_step(logits, config, uniforms, rows)
-            going = state.advance(active, chosen.tolist(), step_p.tolist(), step_q.tolist(), step, deadline)
+            going = state.advance(
+                active, chosen.tolist(), step_p.tolist(), step_q.tolist(), step, deadline
+            )
             still = [active[r] for r in going]
             for seq in set(active).difference(still):  # finished: free their KV cells
                 lib.llama_memory_seq_rm(memory, seq, -1, -1)
@@ -533,14 +597,21 @@ class LlamaCppBackend:
         eog = self._eog.get(token)
         if eog is None:
             lib = self._lib
-            eog = bool(lib.llama_vocab_is_eog(self._vocab, token)) or bool(lib.llama_vocab_is_control(self._vocab, token))
-            if not eog and lib.llama_vocab_get_attr(self._vocab, token) & lib.LLAMA_TOKEN_ATTR_USER_DEFINED:
+            eog = bool(lib.llama_vocab_is_eog(self._vocab, token)) or bool(
+                lib.llama_vocab_is_control(self._vocab, token)
+            )
+            if (
+                not eog
+                and lib.llama_vocab_get_attr(self._vocab, token) & lib.LLAMA_TOKEN_ATTR_USER_DEFINED
+            ):
                 eog = looks_like_control_token(self.piece(token).decode("utf-8", "replace"))
             self._eog[token] = eog
         return eog
 
     # -- rescoring ---------------------------------------------------------------------------------
-    def score(self, prompt: str, continuation: Sequence[int], config: SamplingConfig) -> tuple[float, float]:
+    def score(
+        self, prompt: str, continuation: Sequence[int], config: SamplingConfig
+    ) -> tuple[float, float]:
         """Teacher-forced ``(logp, logq)`` in nats of ``continuation`` (token ids) after ``prompt``.
 
         One evaluation of prompt + continuation with logits at the positions that predict the
@@ -552,7 +623,9 @@ class LlamaCppBackend:
         if not continuation:
             return 0.0, 0.0
         if len(ids) + 8 > self.n_ctx:
-            raise InvalidParameterError(f"The prompt and continuation ({len(ids)} tokens) exceed n_ctx={self.n_ctx}.")
+            raise InvalidParameterError(
+                f"The prompt and continuation ({len(ids)} tokens) exceed n_ctx={self.n_ctx}."
+            )
         memory = self._memory()
         self._lib.llama_memory_clear(memory, True)
         first_scored = len(prompt_tokens) - 1
@@ -572,4 +645,3 @@ class LlamaCppBackend:
         processed = process_logits(logits, config)
         q = processed[np.arange(len(target)), target].astype(np.float64) - _row_logsumexp(processed)
         return float(raw.sum()), float(q.sum())
-

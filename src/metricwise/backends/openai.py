@@ -142,7 +142,9 @@ def _logsumexp(values: np.ndarray, extra: float = -math.inf) -> float:
     top = max(float(values.max()) if values.size else -math.inf, extra)
     if top == -math.inf:
         return -math.inf
-    total = float(np.exp(values - top).sum()) + (math.exp(extra - top) if extra > -math.inf else 0.0)
+    total = float(np.exp(values - top).sum()) + (
+        math.exp(extra - top) if extra > -math.inf else 0.0
+    )
     return top + math.log(total)
 
 
@@ -287,29 +289,55 @@ def _parse_steps(logprobs: Any, where: str) -> list[_Step] | None:
             if not isinstance(entry, dict):
                 raise _malformed(f"{at} is {type(entry).__name__}, not an object")
             top_entries = entry.get("top_logprobs") or []
-            if not isinstance(top_entries, list) or not all(isinstance(e, dict) for e in top_entries):
+            if not isinstance(top_entries, list) or not all(
+                isinstance(e, dict) for e in top_entries
+            ):
                 raise _malformed(f"the top_logprobs of {at} are not a list of objects")
-            top = [(e.get("id", e.get("token")), _logprob(e.get("logprob"), f"an alternative of {at}", chosen=False)) for e in top_entries]
+            top = [
+                (
+                    e.get("id", e.get("token")),
+                    _logprob(e.get("logprob"), f"an alternative of {at}", chosen=False),
+                )
+                for e in top_entries
+            ]
             key = entry.get("id", entry.get("token"))
-            steps.append(_Step(key, _entry_bytes(entry), _logprob(entry.get("logprob"), at, chosen=True), top))
+            steps.append(
+                _Step(
+                    key, _entry_bytes(entry), _logprob(entry.get("logprob"), at, chosen=True), top
+                )
+            )
         return steps
     tokens = logprobs.get("tokens")
     values = logprobs.get("token_logprobs")
     if isinstance(tokens, list) and isinstance(values, list):
         tops = logprobs.get("top_logprobs") or [None] * len(tokens)
         if len(values) != len(tokens) or not isinstance(tops, list):
-            raise _malformed(f"the logprobs of {where} have {len(tokens)} tokens but {len(values)} log-probabilities")
+            raise _malformed(
+                f"the logprobs of {where} have {len(tokens)} tokens but {len(values)} log-probabilities"
+            )
         steps = []
         for t, (token, value, top) in enumerate(zip(tokens, values, tops, strict=False)):
             at = f"token {t} of {where}"
             if top is not None and not isinstance(top, dict):
                 raise _malformed(f"the top_logprobs of {at} are not an object")
-            alternatives = [(k, _logprob(v, f"an alternative of {at}", chosen=False)) for k, v in (top or {}).items()]
-            steps.append(_Step(token, str(token).encode("utf-8"), _logprob(value, at, chosen=True), alternatives))
+            alternatives = [
+                (k, _logprob(v, f"an alternative of {at}", chosen=False))
+                for k, v in (top or {}).items()
+            ]
+            steps.append(
+                _Step(
+                    token,
+                    str(token).encode("utf-8"),
+                    _logprob(value, at, chosen=True),
+                    alternatives,
+                )
+            )
         return steps
     if content is None and tokens is None:
         return None  # an empty logprobs object: none were given
-    raise _malformed(f"the logprobs of {where} are neither {{'content': [...]}} nor the legacy token lists")
+    raise _malformed(
+        f"the logprobs of {where} are neither {{'content': [...]}} nor the legacy token lists"
+    )
 
 
 @dataclass
@@ -348,7 +376,9 @@ def _split_urls(base_url: str | Sequence[str]) -> list[str]:
     else:
         parts = [base_url]
     if not parts:
-        raise InvalidParameterError(f"The 'base_url' parameter of OpenAIBackend must name at least one URL. Got {base_url!r} instead.")
+        raise InvalidParameterError(
+            f"The 'base_url' parameter of OpenAIBackend must name at least one URL. Got {base_url!r} instead."
+        )
     return [_normalise_url(p) for p in parts]
 
 
@@ -416,15 +446,26 @@ class OpenAIBackend:
         signature: str | None = None,
     ) -> None:
         if endpoint not in _ENDPOINTS:
-            raise InvalidParameterError(f"The 'endpoint' parameter of OpenAIBackend must be one of {_ENDPOINTS}. Got {endpoint!r} instead.")
+            raise InvalidParameterError(
+                f"The 'endpoint' parameter of OpenAIBackend must be one of {_ENDPOINTS}. Got {endpoint!r} instead."
+            )
         if server not in _SERVER_KINDS:
-            raise InvalidParameterError(f"The 'server' parameter of OpenAIBackend must be one of {_SERVER_KINDS}. Got {server!r} instead.")
+            raise InvalidParameterError(
+                f"The 'server' parameter of OpenAIBackend must be one of {_SERVER_KINDS}. Got {server!r} instead."
+            )
         self.retry = RetryPolicy(timeout=timeout, max_retries=max_retries, backoff=backoff)
-        for name, value, low in (("concurrency", concurrency, 1), ("top_logprobs", top_logprobs, 1)):
+        for name, value, low in (
+            ("concurrency", concurrency, 1),
+            ("top_logprobs", top_logprobs, 1),
+        ):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise InvalidParameterError(f"The '{name}' parameter of OpenAIBackend must be an int >= {low}. Got {value!r} instead.")
+                raise InvalidParameterError(
+                    f"The '{name}' parameter of OpenAIBackend must be an int >= {low}. Got {value!r} instead."
+                )
         if extra_body is not None and not isinstance(extra_body, dict):
-            raise InvalidParameterError(f"The 'extra_body' parameter of OpenAIBackend must be a dict. Got {extra_body!r} instead.")
+            raise InvalidParameterError(
+                f"The 'extra_body' parameter of OpenAIBackend must be a dict. Got {extra_body!r} instead."
+            )
         self.servers = [_Server(url) for url in _split_urls(base_url)]
         self.endpoint = endpoint
         self.concurrency = concurrency
@@ -446,8 +487,16 @@ class OpenAIBackend:
         self.signature = signature or f"openai:{self.model}"
 
     # -- protocol --------------------------------------------------------------------------------
-    def sample(self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0) -> list[SampleSet]:
-        return sample_sets(prompts, config, start, self.greedy, lambda batch, m: self._run(batch, config, start, m, greedy=False))
+    def sample(
+        self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0
+    ) -> list[SampleSet]:
+        return sample_sets(
+            prompts,
+            config,
+            start,
+            self.greedy,
+            lambda batch, m: self._run(batch, config, start, m, greedy=False),
+        )
 
     def greedy(self, prompts: Sequence[str], config: SamplingConfig) -> list[Candidate]:
         results = self._run(list(prompts), config, 0, 1, greedy=True)
@@ -465,7 +514,9 @@ class OpenAIBackend:
         self.close()
 
     # -- scheduling ------------------------------------------------------------------------------
-    def _run(self, prompts: list[str], config: SamplingConfig, start: int, m: int, *, greedy: bool) -> list[list[Candidate]]:
+    def _run(
+        self, prompts: list[str], config: SamplingConfig, start: int, m: int, *, greedy: bool
+    ) -> list[list[Candidate]]:
         self.requests_sent = 0
         self.logq_exact = {"exact": 0, "approximate": 0}
         if not prompts:
@@ -479,11 +530,15 @@ class OpenAIBackend:
                 self._detect(server, cancel)
             limit = min((s.max_n or m) for s in self.servers) if not greedy else 1
             if self._executor is None:
-                self._executor = cf.ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="metricwise-openai")
+                self._executor = cf.ThreadPoolExecutor(
+                    max_workers=self.concurrency, thread_name_prefix="metricwise-openai"
+                )
             executor = self._executor
 
             def submit(job: _Job) -> None:
-                future = executor.submit(self._request, prompts[job.prompt_index], job, config, greedy, deadline, cancel)
+                future = executor.submit(
+                    self._request, prompts[job.prompt_index], job, config, greedy, deadline, cancel
+                )
                 pending[future] = job
 
             for p in range(len(prompts)):
@@ -522,7 +577,9 @@ class OpenAIBackend:
     def _acquire(self, avoid: set[str]) -> _Server:
         with self._pool_lock:
             turn = next(self._rotation)
-            order = self.servers[turn % len(self.servers) :] + self.servers[: turn % len(self.servers)]
+            order = (
+                self.servers[turn % len(self.servers) :] + self.servers[: turn % len(self.servers)]
+            )
             choices = [s for s in order if s.url not in avoid] or order
             server = min(choices, key=lambda s: s.in_flight)
             server.in_flight += 1
@@ -537,7 +594,13 @@ class OpenAIBackend:
 
     # -- one request -----------------------------------------------------------------------------
     def _request(
-        self, prompt: str, job: _Job, config: SamplingConfig, greedy: bool, deadline: float, cancel: Cancellation
+        self,
+        prompt: str,
+        job: _Job,
+        config: SamplingConfig,
+        greedy: bool,
+        deadline: float,
+        cancel: Cancellation,
     ) -> list[Candidate]:
         """The choices of one job; fewer than asked only when the server does not honour ``n``."""
         avoid: set[str] = set()
@@ -569,12 +632,18 @@ class OpenAIBackend:
             if job.count > 1 and exc.status in (400, 422):
                 return []  # the missing choices are asked for one by one
             url, _, detail = str(exc).partition(": ")
-            raise BackendError(f"The OpenAI-compatible server at {url} refused the request: {detail}") from None
+            raise BackendError(
+                f"The OpenAI-compatible server at {url} refused the request: {detail}"
+            ) from None
         except SamplingTimeout as exc:
-            raise SamplingTimeout(f"The OpenAI-compatible server at {self._urls()} gave {exc}.") from None
+            raise SamplingTimeout(
+                f"The OpenAI-compatible server at {self._urls()} gave {exc}."
+            ) from None
         except RetriesExhausted as exc:
             failed = sorted({e.split(": ")[0] for e in exc.errors})
-            state = "unreachable" if all("connection failed" in e for e in exc.errors) else "failing"
+            state = (
+                "unreachable" if all("connection failed" in e for e in exc.errors) else "failing"
+            )
             raise BackendError(
                 f"The OpenAI-compatible server at {', '.join(failed)} is {state} after {len(exc.errors)} attempts: "
                 f"{exc.errors[-1].partition(': ')[2]}"
@@ -582,7 +651,11 @@ class OpenAIBackend:
 
     def _budget(self) -> str:
         seconds = self.guards.max_seconds
-        return "the wall-clock budget" if seconds is None else f"the wall-clock budget of {seconds:g} s for one batch (--max_seconds)"
+        return (
+            "the wall-clock budget"
+            if seconds is None
+            else f"the wall-clock budget of {seconds:g} s for one batch (--max_seconds)"
+        )
 
     def _top_n(self, config: SamplingConfig) -> int:
         n = self.top_logprobs
@@ -590,7 +663,9 @@ class OpenAIBackend:
             n = max(n, config.top_k)
         return n
 
-    def _payload(self, server: _Server, prompt: str, job: _Job, config: SamplingConfig, greedy: bool) -> dict[str, Any]:
+    def _payload(
+        self, server: _Server, prompt: str, job: _Job, config: SamplingConfig, greedy: bool
+    ) -> dict[str, Any]:
         kind = server.kind or "generic"
         top_n = self._top_n(config) if not greedy else 1
         body: dict[str, Any] = {
@@ -599,7 +674,9 @@ class OpenAIBackend:
             "max_tokens": config.max_tokens,
             "temperature": 0.0 if greedy else config.temperature,
             "top_p": 1.0 if greedy else config.top_p,
-            "top_k": (0 if kind == "llama.cpp" else -1) if greedy or config.top_k == 0 else config.top_k,
+            "top_k": (0 if kind == "llama.cpp" else -1)
+            if greedy or config.top_k == 0
+            else config.top_k,
             "min_p": 0.0 if greedy else config.min_p,
             "seed": request_seed(config.seed, prompt) + job.first,
             "stop": list(config.stop) if config.stop or kind != "generic" else None,
@@ -640,7 +717,9 @@ class OpenAIBackend:
         body.update(self.extra_body)
         return body
 
-    def _parse(self, answer: Any, server: _Server, job: _Job, config: SamplingConfig, greedy: bool) -> list[Candidate]:
+    def _parse(
+        self, answer: Any, server: _Server, job: _Job, config: SamplingConfig, greedy: bool
+    ) -> list[Candidate]:
         choices = answer.get("choices") if isinstance(answer, dict) else None
         if not isinstance(choices, list):
             raise _malformed(f"no 'choices' list in {str(answer)[:200]}")
@@ -656,9 +735,19 @@ class OpenAIBackend:
             server.max_n = len(choices)  # it does not honour n: ask for the rest one by one
         choices = sorted(choices, key=lambda c: int(c.get("index", 0)))
         order = VLLM_ORDER if server.kind == "vllm" else HF_ORDER
-        return [self._candidate(choice, k, config, greedy, order) for k, choice in enumerate(choices[: job.count])]
+        return [
+            self._candidate(choice, k, config, greedy, order)
+            for k, choice in enumerate(choices[: job.count])
+        ]
 
-    def _candidate(self, choice: dict[str, Any], k: int, config: SamplingConfig, greedy: bool, order: Sequence[str]) -> Candidate:
+    def _candidate(
+        self,
+        choice: dict[str, Any],
+        k: int,
+        config: SamplingConfig,
+        greedy: bool,
+        order: Sequence[str],
+    ) -> Candidate:
         where = f"choice {k}"
         if self.endpoint == "chat":
             message = choice.get("message")
@@ -691,15 +780,26 @@ class OpenAIBackend:
             logq, exact = 0.0, True
             for s in steps:
                 keys_top = {k for k, _ in s.top}
-                value, ok = step_logq([v for _, v in s.top], s.logprob, s.key in keys_top, config, order)
+                value, ok = step_logq(
+                    [v for _, v in s.top], s.logprob, s.key in keys_top, config, order
+                )
                 logq += value
                 exact = exact and ok
         with self._pool_lock:
             self.logq_exact["exact" if exact else "approximate"] += 1
-        return Candidate(text=text, logp=logp, logq=logq, n_tokens=len(steps), finish_reason=reason, token_ids=_ids(steps))
+        return Candidate(
+            text=text,
+            logp=logp,
+            logq=logq,
+            n_tokens=len(steps),
+            finish_reason=reason,
+            token_ids=_ids(steps),
+        )
 
     @staticmethod
-    def _finish_reason(choice: dict[str, Any], steps: list[_Step] | None, config: SamplingConfig, where: str) -> str:
+    def _finish_reason(
+        choice: dict[str, Any], steps: list[_Step] | None, config: SamplingConfig, where: str
+    ) -> str:
         reason = choice.get("finish_reason")
         if reason == "length":
             return "length"
@@ -725,16 +825,30 @@ class OpenAIBackend:
             if isinstance(data, list) and data and isinstance(data[0], dict) and data[0].get("id"):
                 return str(data[0]["id"])
             errors.append(f"{server.url}: /models listed no model")
-        state = "is unreachable" if all("connection failed" in e for e in errors) else "did not say which model it serves"
+        state = (
+            "is unreachable"
+            if all("connection failed" in e for e in errors)
+            else "did not say which model it serves"
+        )
         raise BackendError(
             f"The OpenAI-compatible server at {self._urls()} {state} "
             f"(asked GET /v1/models; pass model=... to skip): {'; '.join(errors)}"
         )
 
-    def _get(self, url: str, cancel: Cancellation | None = None, *, timeout: float = 30.0, retries: bool = True) -> Any:
+    def _get(
+        self,
+        url: str,
+        cancel: Cancellation | None = None,
+        *,
+        timeout: float = 30.0,
+        retries: bool = True,
+    ) -> Any:
         """GET through the retry policy, each attempt bounded by ``timeout`` seconds as well."""
         policy = self.retry if retries else RetryPolicy(self.retry.timeout, 0, 0.0)
-        return policy.run(lambda attempt, t: request_json(url, None, self.headers, min(t, timeout), cancel), cancel=cancel)
+        return policy.run(
+            lambda attempt, t: request_json(url, None, self.headers, min(t, timeout), cancel),
+            cancel=cancel,
+        )
 
     def _detect(self, server: _Server, cancel: Cancellation | None = None) -> None:
         """Learn the server's kind (and llama-server's slot count) once per URL."""
@@ -751,12 +865,18 @@ class OpenAIBackend:
                         answer = self._get(server.root + path, cancel, timeout=10.0, retries=False)
                     except (RetriesExhausted, HTTPStatusError, SamplingTimeout):
                         continue
-                    if candidate == "llama.cpp" and isinstance(answer, dict) and (
-                        "default_generation_settings" in answer or "total_slots" in answer
+                    if (
+                        candidate == "llama.cpp"
+                        and isinstance(answer, dict)
+                        and ("default_generation_settings" in answer or "total_slots" in answer)
                     ):
                         kind = candidate
                         break
-                    if candidate == "vllm" and isinstance(answer, dict) and set(answer) == {"version"}:
+                    if (
+                        candidate == "vllm"
+                        and isinstance(answer, dict)
+                        and set(answer) == {"version"}
+                    ):
                         kind = candidate
                         break
             if kind == "llama.cpp" and server.max_n is None:

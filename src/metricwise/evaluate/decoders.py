@@ -65,11 +65,17 @@ def default_decoders(task: Task, *, prior: bool = False) -> list[Decoder]:
         decoders.append(Decoder("prior", primary))
     decoders += [Decoder("first"), Decoder("max_logprob")]
     if task.answer_type == "number":
-        rules = [Decoder("mode", "absolute_error"), Decoder("mean", "squared_error"), Decoder("median", "absolute_error")]
+        rules = [
+            Decoder("mode", "absolute_error"),
+            Decoder("mean", "squared_error"),
+            Decoder("median", "absolute_error"),
+        ]
         rules.append(Decoder("mbr", primary))
     else:
         rules = [Decoder("mode", "exact_match")]
-        rules += [Decoder("mbr", m) for m in dict.fromkeys([primary, "token_f1"]) if m != "exact_match"]
+        rules += [
+            Decoder("mbr", m) for m in dict.fromkeys([primary, "token_f1"]) if m != "exact_match"
+        ]
     decoders += rules
     decoders += [Decoder(d.kind, d.metric, "model") for d in rules]
     decoders.append(Decoder("oracle"))
@@ -140,20 +146,31 @@ def predict(
         return extract_answer(greedy.text, task)
     if decoder.kind == "prior":
         if prior is None:
-            raise ValueError("the prior decoder needs its constant: pass prior=prior_prediction(task, references)")
+            raise ValueError(
+                "the prior decoder needs its constant: pass prior=prior_prediction(task, references)"
+            )
         return prior
     if decoder.kind == "first":
         return extract_answer(pool.candidates[0].text, task) if len(pool) else None
     if decoder.kind == "max_logprob":
-        complete = [c for c in pool.candidates if c.finish_reason in COMPLETE_FINISH_REASONS or c.finish_reason is None]
+        complete = [
+            c
+            for c in pool.candidates
+            if c.finish_reason in COMPLETE_FINISH_REASONS or c.finish_reason is None
+        ]
         if not complete:
             return None
-        top = max(complete, key=lambda c: (c.logp if c.logp is not None else -np.inf, -len(c.text), c.text))
+        top = max(
+            complete,
+            key=lambda c: (c.logp if c.logp is not None else -np.inf, -len(c.text), c.text),
+        )
         return extract_answer(top.text, task)
     if decoder.kind == "oracle":
         if oracle_metric is None:
             raise ValueError("the oracle decoder needs the metric it is the best for")
-        values = [v for v in (extract_answer(c.text, task) for c in pool.candidates) if v is not None]
+        values = [
+            v for v in (extract_answer(c.text, task) for c in pool.candidates) if v is not None
+        ]
         if not values:
             return None
         scores = np.array([oracle_metric.score(v, list(references)) for v in values])

@@ -50,7 +50,11 @@ def render_markdown(results: dict[str, Any]) -> str:
             )
     corpus = [(run, row) for run in results.get("runs", []) for row in run.get("corpus", [])]
     if corpus:
-        lines += ["", "| Task | Decoder | T | Statistic | Value | 95% CI |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "| Task | Decoder | T | Statistic | Value | 95% CI |",
+            "|---|---|---|---|---|---|",
+        ]
         for run, row in corpus:
             lines.append(
                 f"| {run['task']} | {row['decoder']} | {run.get('temperature', '')} | {row['metric']} | {_fmt(row['value'])} | "
@@ -79,7 +83,9 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise MissingDependencyError("Plots need matplotlib: pip install 'metricwise[plot]' (or pass --no_plots).") from None
+        raise MissingDependencyError(
+            "Plots need matplotlib: pip install 'metricwise[plot]' (or pass --no_plots)."
+        ) from None
 
     written: list[Path] = []
     runs = results.get("runs", [])
@@ -93,21 +99,36 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         several = len(temperatures_by_task[run["task"]]) > 1
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         for label, values in curves["values"].items():
-            ax.plot(curves["k"], values, marker="o", markersize=3, label=label, **_line_style(label))
+            ax.plot(
+                curves["k"], values, marker="o", markersize=3, label=label, **_line_style(label)
+            )
         for constant in ("greedy", "prior"):  # decoders that use no samples: flat lines
-            value = next((r["value"] for r in run["scores"] if r["decoder"] == constant and r["metric"] == curves["metric"]), None)
+            value = next(
+                (
+                    r["value"]
+                    for r in run["scores"]
+                    if r["decoder"] == constant and r["metric"] == curves["metric"]
+                ),
+                None,
+            )
             if value is not None:
                 ax.axhline(value, linewidth=1, label=constant, **_line_style(constant))
         ax.set_xscale("log", base=2)
         ax.set_xticks(curves["k"], [str(k) for k in curves["k"]])
-        direction = next((r["direction"] for r in run["scores"] if r["metric"] == curves["metric"]), "")
+        direction = next(
+            (r["direction"] for r in run["scores"] if r["metric"] == curves["metric"]), ""
+        )
         ax.set_xlabel("k (samples used out of N)")
-        ax.set_ylabel(f"{curves['metric']} ({'higher' if direction == 'higher' else 'lower'} is better)")
+        ax.set_ylabel(
+            f"{curves['metric']} ({'higher' if direction == 'higher' else 'lower'} is better)"
+        )
         ax.set_title(f"{run['task']}: decoder@k, T={run['temperature']:g}, {run['n_items']} items")
         ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        name = f"plot_{run['task']}_k{'_t' + format(run['temperature'], 'g') if several else ''}.png"
+        name = (
+            f"plot_{run['task']}_k{'_t' + format(run['temperature'], 'g') if several else ''}.png"
+        )
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
         written.append(out / name)
@@ -116,13 +137,20 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         if len(temps) < 2:
             continue
         task_runs = sorted((r for r in runs if r["task"] == task), key=lambda r: r["temperature"])
-        metric = task_runs[0]["curves"]["metric"] if task_runs[0].get("curves") else task_runs[0]["scores"][0]["metric"]
+        metric = (
+            task_runs[0]["curves"]["metric"]
+            if task_runs[0].get("curves")
+            else task_runs[0]["scores"][0]["metric"]
+        )
         fig, ax = plt.subplots(figsize=(7, 4.5))
         labels = [r["decoder"] for r in task_runs[0]["scores"] if r["metric"] == metric]
         for label in labels:
             xs, ys = [], []
             for r in task_runs:
-                row = next((s for s in r["scores"] if s["decoder"] == label and s["metric"] == metric), None)
+                row = next(
+                    (s for s in r["scores"] if s["decoder"] == label and s["metric"] == metric),
+                    None,
+                )
                 if row is not None:
                     xs.append(r["temperature"])
                     ys.append(row["value"])
@@ -143,7 +171,9 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
 def load_results(directory: Path) -> dict[str, Any]:
     path = directory / "results.json" if directory.is_dir() else directory
     if not path.exists():
-        raise InvalidParameterError(f"No results.json in {directory}: run `metricwise eval --output_path {directory}` first.")
+        raise InvalidParameterError(
+            f"No results.json in {directory}: run `metricwise eval --output_path {directory}` first."
+        )
     try:
         results: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:

@@ -58,18 +58,31 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
-            raise InvalidParameterError(f"The 'limit' parameter of eval must be an int >= 1. Got {self.limit} instead.")
+            raise InvalidParameterError(
+                f"The 'limit' parameter of eval must be an int >= 1. Got {self.limit} instead."
+            )
         if self.num_fewshot < 0:
-            raise InvalidParameterError(f"The 'num_fewshot' parameter of eval must be an int >= 0. Got {self.num_fewshot} instead.")
+            raise InvalidParameterError(
+                f"The 'num_fewshot' parameter of eval must be an int >= 0. Got {self.num_fewshot} instead."
+            )
         if not self.temperatures or any(t <= 0 for t in self.temperatures):
             raise InvalidParameterError(
                 f"The 'temperatures' parameter of eval must be one or more floats > 0 (greedy is always run). Got {self.temperatures} instead."
             )
         if not self.tasks:
-            raise InvalidParameterError("The 'tasks' parameter of eval must name at least one task.")
+            raise InvalidParameterError(
+                "The 'tasks' parameter of eval must name at least one task."
+            )
 
 
-def signature_string(config: EvalConfig, model_signature: str, task: Any, temperature: float, decoder: Decoder, metric: str) -> str:
+def signature_string(
+    config: EvalConfig,
+    model_signature: str,
+    task: Any,
+    temperature: float,
+    decoder: Decoder,
+    metric: str,
+) -> str:
     """A sacrebleu-style signature that lets a reader reproduce one number."""
     from metricwise import __version__
 
@@ -115,10 +128,17 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
         pool = _fewshot_split(task, data_dir, required=config.num_fewshot > 0)
         if pool is not None and config.num_fewshot > 0:
             shots = select_shots(
-                pool, items, config.num_fewshot, strategy=config.fewshot_strategy, seed=config.seed, text=task.similarity_text
+                pool,
+                items,
+                config.num_fewshot,
+                strategy=config.fewshot_strategy,
+                seed=config.seed,
+                text=task.similarity_text,
             )
         prompts = [task.format_prompt(item, s) for item, s in zip(items, shots, strict=True)]
-        prior_references = None if pool is None else [item.references[0] for item in pool if item.references]
+        prior_references = (
+            None if pool is None else [item.references[0] for item in pool if item.references]
+        )
         prepared.append((task, items, prompts, prior_references))
 
     store_path = config.store or str(cache_dir() / "samples.sqlite")
@@ -152,7 +172,9 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                     stop=task.stop,
                     seed=config.seed,
                 )
-                first = SamplingConfig(**{**asdict(base), "temperature": config.temperatures[0], "stop": base.stop})
+                first = SamplingConfig(
+                    **{**asdict(base), "temperature": config.temperatures[0], "stop": base.stop}
+                )
                 distinct = list(dict.fromkeys(prompts))
                 greedy_config = greedy_sampling_config(base)
                 todo = set(store.missing(backend.signature, distinct, greedy_config))
@@ -160,7 +182,9 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                 pending = [p for p in distinct if p in todo]
                 label = f"{task.name}: greedy + n={config.n} samples (t={config.temperatures[0]:g})"
                 done = len(distinct) - len(pending)
-                with Progress(len(distinct), label, unit="prompt", enabled=not config.quiet, initial=done) as bar:
+                with Progress(
+                    len(distinct), label, unit="prompt", enabled=not config.quiet, initial=done
+                ) as bar:
                     # Batch by batch, greedy then samples: the hf backend reuses the batch's prefill.
                     for lo in range(0, len(pending), config.batch_size):
                         chunk = pending[lo : lo + config.batch_size]
@@ -169,12 +193,33 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                         bar.update(done + lo + len(chunk))
                 greedy = store.greedy(backend, prompts, base, batch_size=config.batch_size)
                 for temperature in config.temperatures:
-                    sampling = SamplingConfig(**{**asdict(base), "temperature": temperature, "stop": base.stop})
-                    resumed = len(set(prompts)) - len(store.missing(backend.signature, prompts, sampling))
-                    with Progress(len(set(prompts)), f"{task.name}: n={config.n} samples (t={temperature:g})", unit="prompt", enabled=not config.quiet, initial=resumed) as bar:
-                        pools = store.sample(backend, prompts, sampling, batch_size=config.batch_size, progress=lambda d, t: bar.update(d))
+                    sampling = SamplingConfig(
+                        **{**asdict(base), "temperature": temperature, "stop": base.stop}
+                    )
+                    resumed = len(set(prompts)) - len(
+                        store.missing(backend.signature, prompts, sampling)
+                    )
+                    with Progress(
+                        len(set(prompts)),
+                        f"{task.name}: n={config.n} samples (t={temperature:g})",
+                        unit="prompt",
+                        enabled=not config.quiet,
+                        initial=resumed,
+                    ) as bar:
+                        pools = store.sample(
+                            backend,
+                            prompts,
+                            sampling,
+                            batch_size=config.batch_size,
+                            progress=lambda d, t: bar.update(d),
+                        )
                     n_decoders = len(default_decoders(task, prior=prior_references is not None))
-                    with Progress(n_decoders, f"{task.name}: scoring decoders", unit="decoder", enabled=not config.quiet) as bar:
+                    with Progress(
+                        n_decoders,
+                        f"{task.name}: scoring decoders",
+                        unit="decoder",
+                        enabled=not config.quiet,
+                    ) as bar:
                         run, records = score_task(
                             task,
                             items,
@@ -184,19 +229,36 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                             n_resamples=config.n_resamples,
                             seed=config.seed,
                             curve_subsets=config.curve_subsets,
-                            signature=functools.partial(signature_string, config, backend.signature, task, temperature),
+                            signature=functools.partial(
+                                signature_string, config, backend.signature, task, temperature
+                            ),
                             progress=lambda d, t: bar.update(d),
                             prior_references=prior_references,
                         )
-                    run.update({"temperature": temperature, "n": config.n, "num_fewshot": config.num_fewshot})
+                    run.update(
+                        {
+                            "temperature": temperature,
+                            "n": config.n,
+                            "num_fewshot": config.num_fewshot,
+                        }
+                    )
                     results["runs"].append(run)
-                    all_records[f"{task.name}_t{temperature:g}" if len(config.temperatures) > 1 else task.name] = records
+                    all_records[
+                        f"{task.name}_t{temperature:g}"
+                        if len(config.temperatures) > 1
+                        else task.name
+                    ] = records
     finally:
         if owned:
             backend.close()
 
     if config.output_path:
-        write_outputs(results, all_records if config.log_samples else {}, Path(config.output_path), plots=config.plots)
+        write_outputs(
+            results,
+            all_records if config.log_samples else {},
+            Path(config.output_path),
+            plots=config.plots,
+        )
     return results
 
 
@@ -213,13 +275,21 @@ def _fewshot_split(task: Any, data_dir: Path | None, *, required: bool) -> list[
         return None
 
 
-def write_outputs(results: dict[str, Any], records: dict[str, Sequence[ItemRecord]], out: Path, *, plots: bool = True) -> list[Path]:
+def write_outputs(
+    results: dict[str, Any],
+    records: dict[str, Sequence[ItemRecord]],
+    out: Path,
+    *,
+    plots: bool = True,
+) -> list[Path]:
     """results.json, samples_<task>.jsonl, results.md and PNG plots under ``out``."""
     from metricwise.evaluate.report import render_markdown, write_plots
 
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "results.json"]
-    (out / "results.json").write_text(json.dumps(json_safe(results), indent=2) + "\n", encoding="utf-8")
+    (out / "results.json").write_text(
+        json.dumps(json_safe(results), indent=2) + "\n", encoding="utf-8"
+    )
     for name, task_records in records.items():
         path = out / f"samples_{name}.jsonl"
         with path.open("w", encoding="utf-8") as fh:

@@ -118,7 +118,9 @@ def score_task(
     prior = None
     if any(d.kind == "prior" for d in decoders):
         if prior_references is None:
-            raise ValueError("the prior decoder needs prior_references (the few-shot split's references)")
+            raise ValueError(
+                "the prior decoder needs prior_references (the few-shot split's references)"
+            )
         prior = prior_prediction(task, prior_references)
     metric_objs = {m: get_metric(m) for m in task.metrics}
     n_items = len(items)
@@ -144,10 +146,16 @@ def score_task(
         predictions[decoder.label] = []
         for i, (item, g, pool) in enumerate(zip(items, greedy, pools, strict=True)):
             refs = list(item.references)
-            shared = None if decoder.kind == "oracle" else predict(decoder, task, g, pool, prior=prior)
+            shared = (
+                None if decoder.kind == "oracle" else predict(decoder, task, g, pool, prior=prior)
+            )
             for metric_name, metric in metric_objs.items():
                 # The oracle is the best candidate for each metric; every other decoder predicts once.
-                pred = predict(decoder, task, g, pool, references=refs, oracle_metric=metric) if shared is None and decoder.kind == "oracle" else shared
+                pred = (
+                    predict(decoder, task, g, pool, references=refs, oracle_metric=metric)
+                    if shared is None and decoder.kind == "oracle"
+                    else shared
+                )
                 if metric_name == task.metrics[0]:
                     parsed[decoder.label][i] = pred is not None
                     predictions[decoder.label].append(pred)
@@ -158,7 +166,13 @@ def score_task(
         if progress:
             progress(d_index + 1, len(decoders))
 
-    results: dict[str, Any] = {"task": task.name, "version": task.version, "n_items": n_items, "scores": [], "corpus": []}
+    results: dict[str, Any] = {
+        "task": task.name,
+        "version": task.version,
+        "n_items": n_items,
+        "scores": [],
+        "corpus": [],
+    }
     greedy_label = Decoder("greedy").label
     for decoder in decoders:
         for metric_name, metric in metric_objs.items():
@@ -175,38 +189,60 @@ def score_task(
             }
             if decoder.label != greedy_label and greedy_label in scores:
                 cmp = paired_bootstrap(values, scores[greedy_label][metric_name], indices=indices)
-                row["vs_greedy"] = {"difference": cmp.difference, "ci": [cmp.low, cmp.high], "p_value": cmp.p_value}
+                row["vs_greedy"] = {
+                    "difference": cmp.difference,
+                    "ci": [cmp.low, cmp.high],
+                    "p_value": cmp.p_value,
+                }
             if signature is not None:
                 row["signature"] = signature(decoder, metric_name)
             results["scores"].append(row)
-        results["corpus"].extend(_corpus_rows(task, decoder, predictions[decoder.label], items, indices))
+        results["corpus"].extend(
+            _corpus_rows(task, decoder, predictions[decoder.label], items, indices)
+        )
 
     if curve_subsets > 0 and len(pools[0]) > 1:
         results["curves"] = _curves(task, decoders, items, greedy, pools, curve_subsets, seed)
     return results, records
 
 
-def _corpus_rows(task: Task, decoder: Decoder, preds: list[Any], items: Sequence[Item], indices: np.ndarray) -> list[dict[str, Any]]:
+def _corpus_rows(
+    task: Task, decoder: Decoder, preds: list[Any], items: Sequence[Item], indices: np.ndarray
+) -> list[dict[str, Any]]:
     if task.answer_type != "number" or decoder.kind == "oracle":
         return []
     # A constant has no correlation with anything; its accuracy is still informative.
     names = [n for n in task.corpus_metrics if decoder.kind != "prior" or n == "accuracy"]
     fallback = fallback_prediction(task)
     pairs = np.array(
-        [[p if p is not None else fallback, float(item.references[0])] for p, item in zip(preds, items, strict=True)],
+        [
+            [p if p is not None else fallback, float(item.references[0])]
+            for p, item in zip(preds, items, strict=True)
+        ],
         dtype=np.float64,
     )
     rows = []
     ordinal = is_ordinal(task, items)
     for name in names:
         if name == "accuracy":
-            estimate = bootstrap(np.array([numeric_accuracy(p, r, ordinal=ordinal) for p, r in pairs]), indices=indices)
+            estimate = bootstrap(
+                np.array([numeric_accuracy(p, r, ordinal=ordinal) for p, r in pairs]),
+                indices=indices,
+            )
         elif name in ("pearson", "spearman"):
             statistic = pearson_rows if name == "pearson" else spearman_rows
             estimate = bootstrap(pairs, statistic=statistic, indices=indices)
         else:
             raise ValueError(f"unknown corpus metric {name!r} in task {task.name!r}")
-        rows.append({"decoder": decoder.label, "metric": name, "direction": "higher", "value": estimate.value, "ci": [estimate.low, estimate.high]})
+        rows.append(
+            {
+                "decoder": decoder.label,
+                "metric": name,
+                "direction": "higher",
+                "value": estimate.value,
+                "ci": [estimate.low, estimate.high],
+            }
+        )
     return rows
 
 
@@ -234,11 +270,17 @@ def _curves(
             draws = 1 if k == n else min(subsets, math.comb(n, k))
             for _ in range(draws):
                 chosen = np.sort(rng.choice(n, size=k, replace=False)) if k < n else np.arange(n)
-                subset = SampleSet(candidates=tuple(pool.candidates[j] for j in chosen), prompt=pool.prompt)
+                subset = SampleSet(
+                    candidates=tuple(pool.candidates[j] for j in chosen), prompt=pool.prompt
+                )
                 for decoder in sampling:
-                    pred = predict(decoder, task, g, subset, references=item.references, oracle_metric=metric)
+                    pred = predict(
+                        decoder, task, g, subset, references=item.references, oracle_metric=metric
+                    )
                     value = pred if pred is not None else fallback
-                    totals[decoder.label][k_index] += metric.score(value, list(item.references)) / draws
+                    totals[decoder.label][k_index] += (
+                        metric.score(value, list(item.references)) / draws
+                    )
     for label, total in totals.items():
         curves["values"][label] = (total / len(items)).tolist()
     return curves

@@ -41,12 +41,18 @@ class PairedComparison:
     p_value: float
 
 
-def resample_indices(n_items: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> np.ndarray:
+def resample_indices(
+    n_items: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+) -> np.ndarray:
     """(n_resamples, n_items) item indices drawn with replacement."""
     if n_items < 1:
-        raise InvalidParameterError(f"The bootstrap needs at least one item. Got {n_items} instead.")
+        raise InvalidParameterError(
+            f"The bootstrap needs at least one item. Got {n_items} instead."
+        )
     if n_resamples < 1:
-        raise InvalidParameterError(f"The 'n_resamples' parameter must be >= 1. Got {n_resamples} instead.")
+        raise InvalidParameterError(
+            f"The 'n_resamples' parameter must be >= 1. Got {n_resamples} instead."
+        )
     return np.random.default_rng(seed).integers(0, n_items, size=(n_resamples, n_items))
 
 
@@ -83,7 +89,12 @@ def bootstrap(
     point = float(statistic(values, np.arange(n)[None, :])[0])
     replicates = statistic(values, idx)
     lo, hi = _percentiles(replicates, confidence)
-    return Estimate(value=point, low=lo, high=hi, stderr=float(np.nanstd(replicates, ddof=1)) if len(replicates) > 1 else 0.0)
+    return Estimate(
+        value=point,
+        low=lo,
+        high=hi,
+        stderr=float(np.nanstd(replicates, ddof=1)) if len(replicates) > 1 else 0.0,
+    )
 
 
 def paired_bootstrap(
@@ -98,7 +109,9 @@ def paired_bootstrap(
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
-        raise InvalidParameterError(f"A paired comparison needs scores of the same items. Got shapes {a.shape} and {b.shape} instead.")
+        raise InvalidParameterError(
+            f"A paired comparison needs scores of the same items. Got shapes {a.shape} and {b.shape} instead."
+        )
     diff = a - b
     idx = resample_indices(len(diff), seed=seed) if indices is None else indices
     replicates = diff[idx].mean(axis=1)
@@ -113,7 +126,9 @@ def paired_bootstrap(
 
 def _percentiles(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
     if not 0 < confidence < 1:
-        raise InvalidParameterError(f"The 'confidence' parameter must be in (0, 1). Got {confidence!r} instead.")
+        raise InvalidParameterError(
+            f"The 'confidence' parameter must be in (0, 1). Got {confidence!r} instead."
+        )
     alpha = (1 - confidence) / 2
     finite = replicates[np.isfinite(replicates)]
     if finite.size == 0:

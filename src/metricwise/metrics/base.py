@@ -54,7 +54,9 @@ class Metric:
         """
         if isinstance(ref, (list, tuple)):
             if not ref:
-                raise InvalidParameterError(f"The 'ref' parameter of {self.name}.score must not be an empty list.")
+                raise InvalidParameterError(
+                    f"The 'ref' parameter of {self.name}.score must not be an empty list."
+                )
             values = [self._score_one(pred, r) for r in ref]
             return max(values) if self.higher_is_better else min(values)
         return self._score_one(pred, ref)
@@ -72,7 +74,10 @@ class Metric:
         return out
 
     def _pairwise_deduplicated(
-        self, cands: Sequence[Any], refs: Sequence[Any], unique_fn: Callable[[list[Any], list[Any]], np.ndarray]
+        self,
+        cands: Sequence[Any],
+        refs: Sequence[Any],
+        unique_fn: Callable[[list[Any], list[Any]], np.ndarray],
     ) -> np.ndarray:
         """Compute ``unique_fn`` on the distinct inputs only, then expand to the full (C, R) matrix.
 
@@ -125,7 +130,9 @@ class CallableMetric(Metric):
         symmetric: bool = False,
     ) -> None:
         if not callable(fn):
-            raise InvalidParameterError(f"The 'fn' parameter of CallableMetric must be callable. Got {fn!r} instead.")
+            raise InvalidParameterError(
+                f"The 'fn' parameter of CallableMetric must be callable. Got {fn!r} instead."
+            )
         if not isinstance(higher_is_better, bool):
             raise InvalidParameterError(
                 "The 'higher_is_better' parameter must be given as True or False when the metric is a "
@@ -174,7 +181,9 @@ def get(name: str, **kwargs: Any) -> Metric:
     """Instantiate the registered metric ``name`` with its keyword arguments."""
     _load_builtin_metrics()
     if name not in _REGISTRY:
-        raise UnknownNameError(f"Unknown metric {name!r}.{did_you_mean(name, list(_REGISTRY))} Known metrics: {', '.join(sorted(_REGISTRY))}.")
+        raise UnknownNameError(
+            f"Unknown metric {name!r}.{did_you_mean(name, list(_REGISTRY))} Known metrics: {', '.join(sorted(_REGISTRY))}."
+        )
     try:
         return _REGISTRY[name](**kwargs)
     except TypeError as exc:

@@ -39,7 +39,14 @@ _LOG_ZERO = -9999999999.0
 # mteval-v13a.pl tokenisation (the "language-dependent part", for Western languages).
 # ASCII symbols  { | } ~  [ \ ] ^ _ `  space ! " # $ % &  ( ) * +  : ; < = > ? @  /  are split off:
 # mteval's regex replaces each one c by " c ", which is a per-character translation.
-_13A_SYMBOLS = [*range(0x7B, 0x7F), *range(0x5B, 0x61), *range(0x20, 0x27), *range(0x28, 0x2C), *range(0x3A, 0x41), ord("/")]
+_13A_SYMBOLS = [
+    *range(0x7B, 0x7F),
+    *range(0x5B, 0x61),
+    *range(0x20, 0x27),
+    *range(0x28, 0x2C),
+    *range(0x3A, 0x41),
+    ord("/"),
+]
 _13A_SPLIT_SYMBOLS = {code: f" {chr(code)} " for code in _13A_SYMBOLS}
 _13A_POINT_AFTER_NONDIGIT = re.compile(r"([^0-9])([.,])")
 _13A_POINT_BEFORE_NONDIGIT = re.compile(r"([.,])([^0-9])")
@@ -88,7 +95,9 @@ class _Features(NamedTuple):
 
 
 def _ngram_bags(tokens: list[str], max_order: int) -> list[Counter]:
-    return [Counter(zip(*(tokens[k:] for k in range(n)), strict=False)) for n in range(1, max_order + 1)]
+    return [
+        Counter(zip(*(tokens[k:] for k in range(n)), strict=False)) for n in range(1, max_order + 1)
+    ]
 
 
 @register("bleu")
@@ -166,13 +175,19 @@ class BLEU(Metric):
                 "The 'smooth_value' parameter of bleu must be a finite number >= 0 or None. "
                 f"Got {smooth_value!r} instead."
             )
-        if isinstance(max_ngram_order, bool) or not isinstance(max_ngram_order, int) or max_ngram_order < 1:
+        if (
+            isinstance(max_ngram_order, bool)
+            or not isinstance(max_ngram_order, int)
+            or max_ngram_order < 1
+        ):
             raise InvalidParameterError(
                 f"The 'max_ngram_order' parameter of bleu must be an int >= 1. Got {max_ngram_order!r} instead."
             )
         for flag, value in (("lowercase", lowercase), ("effective_order", effective_order)):
             if not isinstance(value, bool):
-                raise InvalidParameterError(f"The {flag!r} parameter of bleu must be True or False. Got {value!r} instead.")
+                raise InvalidParameterError(
+                    f"The {flag!r} parameter of bleu must be True or False. Got {value!r} instead."
+                )
         self.tokenize = tokenize
         self.lowercase = lowercase
         self.smooth_method = smooth_method
@@ -210,7 +225,9 @@ class BLEU(Metric):
         """
         if isinstance(ref, (list, tuple)):
             if not ref:
-                raise InvalidParameterError("The 'ref' parameter of bleu.score must not be an empty list.")
+                raise InvalidParameterError(
+                    "The 'ref' parameter of bleu.score must not be an empty list."
+                )
             return self.multi_reference_score(pred, ref)
         return self._score_one(pred, ref)
 
@@ -281,11 +298,15 @@ class BLEU(Metric):
         value = float(self.smooth_value) if self.smooth_value is not None else (default or 0.0)
         any_match = np.zeros(shape, dtype=bool)
         stopped = np.zeros(shape, dtype=bool)  # an order with no hypothesis n-grams ends the loop
-        halvings = np.zeros(shape, dtype=np.float64)  # "exp": 2**k for the k-th order without a match
+        halvings = np.zeros(
+            shape, dtype=np.float64
+        )  # "exp": 2**k for the k-th order without a match
         n_orders = np.zeros(shape, dtype=np.float64)
         log_sum = np.zeros(shape, dtype=np.float64)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            bp = np.where(sys_len < ref_len, np.where(sys_len > 0, np.exp(1.0 - ref_len / sys_len), 0.0), 1.0)
+            bp = np.where(
+                sys_len < ref_len, np.where(sys_len > 0, np.exp(1.0 - ref_len / sys_len), 0.0), 1.0
+            )
             for n in range(self.max_ngram_order):
                 c = np.broadcast_to(np.asarray(correct[n], dtype=np.float64), shape)
                 t = np.broadcast_to(np.asarray(totals[n], dtype=np.float64), shape)
@@ -297,11 +318,15 @@ class BLEU(Metric):
                 precision = 100.0 * c / t
                 if method == "exp":
                     halvings = halvings + (active & (c == 0))
-                    precision = np.where(c == 0, 100.0 / (np.ldexp(1.0, halvings.astype(np.int64)) * t), precision)
+                    precision = np.where(
+                        c == 0, 100.0 / (np.ldexp(1.0, halvings.astype(np.int64)) * t), precision
+                    )
                 elif method == "floor":
                     precision = np.where(c == 0, 100.0 * value / t, precision)
                 precision = np.where(active, precision, 0.0)
-                log_p = np.where(precision == 0.0, _LOG_ZERO, np.log(np.where(precision > 0, precision, 1.0)))
+                log_p = np.where(
+                    precision == 0.0, _LOG_ZERO, np.log(np.where(precision > 0, precision, 1.0))
+                )
                 if self.effective_order:
                     log_sum = log_sum + np.where(active, log_p, 0.0)
                     n_orders = n_orders + active

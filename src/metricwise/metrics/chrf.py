@@ -64,7 +64,9 @@ def _as_text(value: Any, metric: str) -> str:
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise InvalidParameterError(f"The {name!r} parameter of chrf must be an int >= {minimum}. Got {value!r} instead.")
+        raise InvalidParameterError(
+            f"The {name!r} parameter of chrf must be an int >= {minimum}. Got {value!r} instead."
+        )
     return int(value)
 
 
@@ -130,11 +132,23 @@ class CHRF(Metric):
                 "The 'char_order' and 'word_order' parameters of chrf must not both be 0. "
                 f"Got char_order={char_order!r}, word_order={word_order!r} instead."
             )
-        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (0 <= beta < float("inf")):
-            raise InvalidParameterError(f"The 'beta' parameter of chrf must be a finite number >= 0. Got {beta!r} instead.")
-        for flag, value in (("lowercase", lowercase), ("whitespace", whitespace), ("eps_smoothing", eps_smoothing)):
+        if (
+            isinstance(beta, bool)
+            or not isinstance(beta, numbers.Real)
+            or not (0 <= beta < float("inf"))
+        ):
+            raise InvalidParameterError(
+                f"The 'beta' parameter of chrf must be a finite number >= 0. Got {beta!r} instead."
+            )
+        for flag, value in (
+            ("lowercase", lowercase),
+            ("whitespace", whitespace),
+            ("eps_smoothing", eps_smoothing),
+        ):
             if not isinstance(value, bool):
-                raise InvalidParameterError(f"The {flag!r} parameter of chrf must be True or False. Got {value!r} instead.")
+                raise InvalidParameterError(
+                    f"The {flag!r} parameter of chrf must be True or False. Got {value!r} instead."
+                )
         self.beta: float = beta
         self.lowercase: bool = lowercase
         self.whitespace: bool = whitespace
@@ -146,10 +160,16 @@ class CHRF(Metric):
         if self.lowercase:
             text = text.lower()
         chars = text if self.whitespace else "".join(text.split())
-        bags: list[Counter[Any]] = [Counter(chars[i : i + n] for i in range(len(chars) - n + 1)) for n in range(1, self.char_order + 1)]
+        bags: list[Counter[Any]] = [
+            Counter(chars[i : i + n] for i in range(len(chars) - n + 1))
+            for n in range(1, self.char_order + 1)
+        ]
         if self.word_order:
             words = words_for_chrf(text)
-            bags += [Counter(zip(*(words[k:] for k in range(n)), strict=False)) for n in range(1, self.word_order + 1)]
+            bags += [
+                Counter(zip(*(words[k:] for k in range(n)), strict=False))
+                for n in range(1, self.word_order + 1)
+            ]
         return _Features(bags, bag_sizes(bags))
 
     # -- the metric -----------------------------------------------------------------------------
@@ -165,8 +185,12 @@ class CHRF(Metric):
         if cands == refs:
             r_feats = c_feats
         n_orders = self.char_order + self.word_order
-        c_sizes = np.array([f.sizes for f in c_feats], dtype=np.float64).reshape(len(c_feats), n_orders)
-        r_sizes = np.array([f.sizes for f in r_feats], dtype=np.float64).reshape(len(r_feats), n_orders)
+        c_sizes = np.array([f.sizes for f in c_feats], dtype=np.float64).reshape(
+            len(c_feats), n_orders
+        )
+        r_sizes = np.array([f.sizes for f in r_feats], dtype=np.float64).reshape(
+            len(r_feats), n_orders
+        )
         matches = []
         for k in range(n_orders):
             c_bags = [f.bags[k] for f in c_feats]
@@ -175,7 +199,9 @@ class CHRF(Metric):
             matches.append(clipped_overlap(c_bags, r_bags))
         return self.from_statistics(matches, c_sizes.T[:, :, None], r_sizes.T[:, None, :])
 
-    def from_statistics(self, matches: Sequence[np.ndarray], hyp_counts: Any, ref_counts: Any) -> np.ndarray:
+    def from_statistics(
+        self, matches: Sequence[np.ndarray], hyp_counts: Any, ref_counts: Any
+    ) -> np.ndarray:
         """chrF (0-100) from per-order statistics, elementwise over broadcastable arrays.
 
         Parameters
@@ -196,14 +222,20 @@ class CHRF(Metric):
             for k, match in enumerate(matches):
                 n_ref = np.broadcast_to(np.asarray(ref_counts[k], dtype=np.float64), shape)
                 # sacrebleu counts no hypothesis n-grams of an order the reference lacks.
-                n_hyp = np.where(n_ref > 0, np.broadcast_to(np.asarray(hyp_counts[k], dtype=np.float64), shape), 0.0)
+                n_hyp = np.where(
+                    n_ref > 0,
+                    np.broadcast_to(np.asarray(hyp_counts[k], dtype=np.float64), shape),
+                    0.0,
+                )
                 prec = match / n_hyp
                 rec = match / n_ref
                 if self.eps_smoothing:
                     prec = np.where(n_hyp > 0, prec, _EPS)
                     rec = np.where(n_ref > 0, rec, _EPS)
                     denom = factor * prec + rec
-                    eps_score = eps_score + np.where(denom > 0, (1 + factor) * prec * rec / denom, _EPS)
+                    eps_score = eps_score + np.where(
+                        denom > 0, (1 + factor) * prec * rec / denom, _EPS
+                    )
                     continue
                 effective = (n_hyp > 0) & (n_ref > 0)
                 sum_prec = sum_prec + np.where(effective, prec, 0.0)

@@ -134,6 +134,10 @@ class MathExactMatch(Metric):
     def pairwise(self, cands: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
         """(C, R) equality matrix of normalised answers by integer codes; O(C x R) array work."""
         codes: dict[str, int] = {}
-        c = np.array([codes.setdefault(self.normalize(x), len(codes)) for x in cands], dtype=np.int64)
-        r = np.array([codes.setdefault(self.normalize(x), len(codes)) for x in refs], dtype=np.int64)
+        c = np.array(
+            [codes.setdefault(self.normalize(x), len(codes)) for x in cands], dtype=np.int64
+        )
+        r = np.array(
+            [codes.setdefault(self.normalize(x), len(codes)) for x in refs], dtype=np.int64
+        )
         return (c[:, None] == r[None, :]).astype(np.float64)

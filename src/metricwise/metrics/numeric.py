@@ -20,7 +20,9 @@ def _as_float(value: Any, role: str) -> float:
     try:
         result = float(value)
     except (TypeError, ValueError):
-        raise InvalidParameterError(f"The {role!r} of a numeric metric must be a number. Got {value!r} instead.") from None
+        raise InvalidParameterError(
+            f"The {role!r} of a numeric metric must be a number. Got {value!r} instead."
+        ) from None
     return result
 
 
@@ -32,7 +34,11 @@ class _NumericLoss(Metric):
         raise NotImplementedError
 
     def _score_one(self, pred: Any, ref: Any) -> float:
-        return float(self._loss(np.float64(_as_float(pred, "prediction")), np.float64(_as_float(ref, "reference"))))
+        return float(
+            self._loss(
+                np.float64(_as_float(pred, "prediction")), np.float64(_as_float(ref, "reference"))
+            )
+        )
 
     def pairwise(self, cands: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
         """(C, R) losses by broadcasting; O(C x R) array work, no Python loop."""
@@ -78,7 +84,9 @@ class Pinball(_NumericLoss):
     def __init__(self, tau: float = 0.5) -> None:
         tau = _as_float(tau, "tau")
         if not (0.0 < tau < 1.0) or math.isnan(tau):
-            raise InvalidParameterError(f"The 'tau' parameter of pinball must be in (0, 1). Got {tau!r} instead.")
+            raise InvalidParameterError(
+                f"The 'tau' parameter of pinball must be in (0, 1). Got {tau!r} instead."
+            )
         self.tau = tau
 
     def _loss(self, pred: np.ndarray, ref: np.ndarray) -> np.ndarray:

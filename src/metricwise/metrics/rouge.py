@@ -84,12 +84,16 @@ def lcs_matrix(a_seqs: Sequence[np.ndarray], b_seqs: Sequence[np.ndarray]) -> np
     if a_len.max() == 0 or b_len.max() == 0:
         return out
     # The bit side is the one that needs fewer words per step x steps.
-    if -(-int(b_len.max()) // 64) * int(a_len.max()) < -(-int(a_len.max()) // 64) * int(b_len.max()):
+    if -(-int(b_len.max()) // 64) * int(a_len.max()) < -(-int(a_len.max()) // 64) * int(
+        b_len.max()
+    ):
         return lcs_matrix(b_seqs, a_seqs).T.copy()
 
     n_words = -(-int(a_len.max()) // 64)
     # Token ids of the b side, renumbered 0..V-1; V is the padding id with an all-zero mask.
-    b_tokens, b_local = np.unique(np.concatenate([np.asarray(s, dtype=np.int64) for s in b_seqs]), return_inverse=True)
+    b_tokens, b_local = np.unique(
+        np.concatenate([np.asarray(s, dtype=np.int64) for s in b_seqs]), return_inverse=True
+    )
     n_vocab = len(b_tokens)
     order = np.argsort(-b_len, kind="stable")
     sorted_len = b_len[order]
@@ -219,7 +223,9 @@ class RougeL(Metric):
 
         def ids(text: str) -> np.ndarray:
             toks = self.tokens(text)
-            return np.fromiter((vocab.setdefault(t, len(vocab)) for t in toks), dtype=np.int64, count=len(toks))
+            return np.fromiter(
+                (vocab.setdefault(t, len(vocab)) for t in toks), dtype=np.int64, count=len(toks)
+            )
 
         c_ids, r_ids = featurize(cands, refs, ids)
         lcs = lcs_matrix(c_ids, r_ids).astype(np.float64)

@@ -48,8 +48,16 @@ class ExactMatch(Metric):
     def pairwise(self, cands: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
         """(C, R) equality matrix of normalised answers, by integer codes; O(C x R) array work."""
         codes: dict[str, int] = {}
-        c = np.fromiter((codes.setdefault(normalize_answer(x), len(codes)) for x in cands), dtype=np.int64, count=len(cands))
-        r = np.fromiter((codes.setdefault(normalize_answer(x), len(codes)) for x in refs), dtype=np.int64, count=len(refs))
+        c = np.fromiter(
+            (codes.setdefault(normalize_answer(x), len(codes)) for x in cands),
+            dtype=np.int64,
+            count=len(cands),
+        )
+        r = np.fromiter(
+            (codes.setdefault(normalize_answer(x), len(codes)) for x in refs),
+            dtype=np.int64,
+            count=len(refs),
+        )
         return (c[:, None] == r[None, :]).astype(np.float64)
 
 
@@ -79,7 +87,9 @@ class TokenF1(Metric):
     def _score_one(self, pred: Any, ref: Any) -> float:
         p, r = _token_bag(pred), _token_bag(ref)
         overlap = np.array([[sum((p & r).values())]], dtype=np.float64)
-        return float(_f1_from_counts(overlap, bag_sizes([p])[:, None], bag_sizes([r])[None, :])[0, 0])
+        return float(
+            _f1_from_counts(overlap, bag_sizes([p])[:, None], bag_sizes([r])[None, :])[0, 0]
+        )
 
     def pairwise(self, cands: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
         return self._pairwise_deduplicated(cands, refs, self._pairwise_unique)

@@ -41,7 +41,9 @@ examples:
 
 def add_mnn_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``mnn`` subcommand to an argparse subparsers object; returns its parser."""
-    formatter = type("_Fmt", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {})
+    formatter = type(
+        "_Fmt", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {}
+    )
     p = subparsers.add_parser(
         "mnn",
         help="evaluate models by Matrix Nuclear-Norm / Matrix Entropy of their hidden states",
@@ -51,35 +53,139 @@ def add_mnn_parser(subparsers: Any) -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=formatter,
     )
-    p.add_argument("--model", default="gemma-3-270m",
-                   help="named model (gemma-3-270m, smollm2-135m-instruct), local transformers dir, .gguf file or hub id; "
-                   "several comma-separated models are scored one after another on the same texts")
-    p.add_argument("--data", default=None, metavar="FILE|TASK", help="texts: a file, or a task (see `metricwise tasks`: squad contexts, gsm8k questions, ...)")
-    p.add_argument("--field", default=None, help="field of JSON records holding the text (default: text; tasks have their own)")
+    p.add_argument(
+        "--model",
+        default="gemma-3-270m",
+        help="named model (gemma-3-270m, smollm2-135m-instruct), local transformers dir, .gguf file or hub id; "
+        "several comma-separated models are scored one after another on the same texts",
+    )
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="FILE|TASK",
+        help="texts: a file, or a task (see `metricwise tasks`: squad contexts, gsm8k questions, ...)",
+    )
+    p.add_argument(
+        "--field",
+        default=None,
+        help="field of JSON records holding the text (default: text; tasks have their own)",
+    )
     p.add_argument("--limit", type=int, default=None, help="use the first N texts")
-    p.add_argument("--data_dir", "--data-dir", dest="data_dir", default=None, help="data directory for tasks (default: $METRICWISE_DATA_DIR)")
-    p.add_argument("--max_length", "--max-length", dest="max_length", type=int, default=512, help="tokens per text fed to the model (BOS included)")
-    p.add_argument("--metrics", default="mnn,entropy,nuclear", help="comma-separated: mnn, entropy, nuclear")
-    p.add_argument("--batch_size", "--batch-size", dest="batch_size", type=int, default=8, help="texts per forward pass (1 = one at a time, as the authors)")
+    p.add_argument(
+        "--data_dir",
+        "--data-dir",
+        dest="data_dir",
+        default=None,
+        help="data directory for tasks (default: $METRICWISE_DATA_DIR)",
+    )
+    p.add_argument(
+        "--max_length",
+        "--max-length",
+        dest="max_length",
+        type=int,
+        default=512,
+        help="tokens per text fed to the model (BOS included)",
+    )
+    p.add_argument(
+        "--metrics", default="mnn,entropy,nuclear", help="comma-separated: mnn, entropy, nuclear"
+    )
+    p.add_argument(
+        "--batch_size",
+        "--batch-size",
+        dest="batch_size",
+        type=int,
+        default=8,
+        help="texts per forward pass (1 = one at a time, as the authors)",
+    )
     bos = p.add_mutually_exclusive_group()
-    bos.add_argument("--keep_bos", "--keep-bos", dest="keep_bos", action="store_true", default=False,
-                     help="keep the BOS token's row in the matrix (the authors' code does)")
-    bos.add_argument("--drop_bos", "--drop-bos", dest="keep_bos", action="store_false",
-                     help="drop the BOS row (the model still reads BOS); the default")
-    p.add_argument("--min_tokens", "--min-tokens", dest="min_tokens", type=int, default=2, help="skip (and count) texts with fewer matrix rows")
-    p.add_argument("--layer", type=int, default=-1, help="hidden states to use: -1 the last (after the final norm), else an index of hidden_states")
-    p.add_argument("--precision", choices=("float64", "float32"), default="float64", help="precision of the metric computation")
+    bos.add_argument(
+        "--keep_bos",
+        "--keep-bos",
+        dest="keep_bos",
+        action="store_true",
+        default=False,
+        help="keep the BOS token's row in the matrix (the authors' code does)",
+    )
+    bos.add_argument(
+        "--drop_bos",
+        "--drop-bos",
+        dest="keep_bos",
+        action="store_false",
+        help="drop the BOS row (the model still reads BOS); the default",
+    )
+    p.add_argument(
+        "--min_tokens",
+        "--min-tokens",
+        dest="min_tokens",
+        type=int,
+        default=2,
+        help="skip (and count) texts with fewer matrix rows",
+    )
+    p.add_argument(
+        "--layer",
+        type=int,
+        default=-1,
+        help="hidden states to use: -1 the last (after the final norm), else an index of hidden_states",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("float64", "float32"),
+        default="float64",
+        help="precision of the metric computation",
+    )
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1)")
-    p.add_argument("--dtype", default=None, help="model weights dtype: float32 (default), bfloat16, float16")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the intervals (0 = none)")
-    p.add_argument("--no_baseline", "--no-baseline", dest="baseline", action="store_false", help="skip the Gaussian baseline")
-    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and of the Gaussian baseline")
-    p.add_argument("--responses", action="store_true", help="FILE is a JSONL of {prompt, response} records; score the responses")
-    p.add_argument("--group_field", "--group-field", dest="group_field", default="model", help="with --responses: field naming the system that wrote each response")
-    p.add_argument("--response_context", "--response-context", dest="response_context", choices=("prompt", "none"), default="prompt",
-                   help="with --responses: read the prompt before the response, or the response alone")
-    p.add_argument("--output", "-o", default=None, help="write the results (with per-text values) as JSON to this path")
-    p.add_argument("--list_models", "--list-models", dest="list_models", action="store_true", help="list the named models and exit")
+    p.add_argument(
+        "--dtype", default=None, help="model weights dtype: float32 (default), bfloat16, float16"
+    )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="bootstrap resamples for the intervals (0 = none)",
+    )
+    p.add_argument(
+        "--no_baseline",
+        "--no-baseline",
+        dest="baseline",
+        action="store_false",
+        help="skip the Gaussian baseline",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the bootstrap and of the Gaussian baseline"
+    )
+    p.add_argument(
+        "--responses",
+        action="store_true",
+        help="FILE is a JSONL of {prompt, response} records; score the responses",
+    )
+    p.add_argument(
+        "--group_field",
+        "--group-field",
+        dest="group_field",
+        default="model",
+        help="with --responses: field naming the system that wrote each response",
+    )
+    p.add_argument(
+        "--response_context",
+        "--response-context",
+        dest="response_context",
+        choices=("prompt", "none"),
+        default="prompt",
+        help="with --responses: read the prompt before the response, or the response alone",
+    )
+    p.add_argument(
+        "--output",
+        "-o",
+        default=None,
+        help="write the results (with per-text values) as JSON to this path",
+    )
+    p.add_argument(
+        "--list_models",
+        "--list-models",
+        dest="list_models",
+        action="store_true",
+        help="list the named models and exit",
+    )
     p.add_argument("--quiet", "-q", action="store_true", help="no progress messages on stderr")
     p.set_defaults(handler=run_mnn)
     return p
@@ -91,14 +197,26 @@ def _log(args: argparse.Namespace, message: str) -> None:
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    for name, lo in (("max_length", 2), ("batch_size", 1), ("min_tokens", 2), ("bootstrap", 0), ("seed", 0)):
+    for name, lo in (
+        ("max_length", 2),
+        ("batch_size", 1),
+        ("min_tokens", 2),
+        ("bootstrap", 0),
+        ("seed", 0),
+    ):
         value = getattr(args, name)
         if value < lo:
-            raise InvalidParameterError(f"The '--{name}' option must be an int >= {lo}. Got {value} instead.")
+            raise InvalidParameterError(
+                f"The '--{name}' option must be an int >= {lo}. Got {value} instead."
+            )
     if args.limit is not None and args.limit < 1:
-        raise InvalidParameterError(f"The '--limit' option must be an int >= 1. Got {args.limit} instead.")
+        raise InvalidParameterError(
+            f"The '--limit' option must be an int >= 1. Got {args.limit} instead."
+        )
     if not args.data:
-        raise InvalidParameterError("The '--data' option is required: a file (.jsonl, .json, .txt) or a task (see `metricwise tasks`). Got nothing instead.")
+        raise InvalidParameterError(
+            "The '--data' option is required: a file (.jsonl, .json, .txt) or a task (see `metricwise tasks`). Got nothing instead."
+        )
 
 
 def run_mnn(args: argparse.Namespace) -> int:
@@ -124,7 +242,9 @@ def run_mnn(args: argparse.Namespace) -> int:
     metrics = resolve_metric_names(args.metrics, "metricwise mnn")
     models = [m.strip() for m in str(args.model).split(",") if m.strip()]
     if not models:
-        raise InvalidParameterError(f"The '--model' option must name at least one model. Got {args.model!r} instead.")
+        raise InvalidParameterError(
+            f"The '--model' option must name at least one model. Got {args.model!r} instead."
+        )
     resolved = [resolve_model(m) for m in models]  # fail on a bad name before loading anything
 
     records: list[dict[str, Any]] = []
@@ -161,10 +281,21 @@ def run_mnn(args: argparse.Namespace) -> int:
         _log(args, f"loading {name} on {args.device} ...")
         t0 = time.perf_counter()
         model, tokenizer = load_hf_causal_lm(spec, device=args.device, dtype=args.dtype)
-        _log(args, f"loaded {name} in {time.perf_counter() - t0:.1f} s; extracting hidden states ...")
+        _log(
+            args, f"loaded {name} in {time.perf_counter() - t0:.1f} s; extracting hidden states ..."
+        )
         if args.responses:
-            scores.extend(score_responses(model, tokenizer, records, group_field=args.group_field or None,
-                                          context=args.response_context, model_name=name, **common))
+            scores.extend(
+                score_responses(
+                    model,
+                    tokenizer,
+                    records,
+                    group_field=args.group_field or None,
+                    context=args.response_context,
+                    model_name=name,
+                    **common,
+                )
+            )
         else:
             scores.append(score_texts(model, tokenizer, texts, model_name=name, **common))
         _log(args, f"{name} done ({scores[-1].extraction_seconds:.1f} s in forward passes)")
@@ -177,7 +308,9 @@ def run_mnn(args: argparse.Namespace) -> int:
     if len(scores) > 1 and args.baseline:
         for other in scores[1:]:
             for m in metrics:
-                d = paired_difference(other, scores[0], m, ratio=True, n_bootstrap=args.bootstrap, seed=args.seed)
+                d = paired_difference(
+                    other, scores[0], m, ratio=True, n_bootstrap=args.bootstrap, seed=args.seed
+                )
                 d.update({"a": _label(other), "b": _label(scores[0])})
                 comparisons.append(d)
         print()
@@ -186,11 +319,16 @@ def run_mnn(args: argparse.Namespace) -> int:
         print("| A | B | Metric | N | mean(A - B) | 95% CI |")
         print("|---|---|---|---:|---:|---|")
         for d in comparisons:
-            print(f"| {d['a']} | {d['b']} | {d['metric']} | {d['n']} | {d['mean']:+.4f} | [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] |")
+            print(
+                f"| {d['a']} | {d['b']} | {d['metric']} | {d['n']} | {d['mean']:+.4f} | [{d['ci'][0]:+.4f}, {d['ci'][1]:+.4f}] |"
+            )
     skipped = {k: v for s in scores for k, v in s.skipped.items() if v}
     if skipped:
         print()
-        print("Skipped texts: " + "; ".join(f"{_label(s)}: {dict(s.skipped)}" for s in scores if s.skipped))
+        print(
+            "Skipped texts: "
+            + "; ".join(f"{_label(s)}: {dict(s.skipped)}" for s in scores if s.skipped)
+        )
     if args.output:
         payload = {
             "argv": list(sys.argv),

@@ -110,7 +110,9 @@ class MetricSummary:
             "seconds": self.seconds,
             "baseline": self.baseline,
             "ratio": self.ratio,
-            "ratio_ci": None if self.ratio_ci_low is None else [self.ratio_ci_low, self.ratio_ci_high],
+            "ratio_ci": None
+            if self.ratio_ci_low is None
+            else [self.ratio_ci_low, self.ratio_ci_high],
             "baseline_seconds": self.baseline_seconds,
             "lower_is_better": self.lower_is_better,
         }
@@ -190,7 +192,13 @@ class CorpusScore:
 
 
 # -- statistics -----------------------------------------------------------------------------------
-def bootstrap_mean_ci(values: Sequence[float] | np.ndarray, *, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_mean_ci(
+    values: Sequence[float] | np.ndarray,
+    *,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean of ``values`` (resampling texts with replacement).
 
     The harness's :func:`metricwise.evaluate.stats.bootstrap`, with the corpus edge cases: no
@@ -203,7 +211,9 @@ def bootstrap_mean_ci(values: Sequence[float] | np.ndarray, *, n_bootstrap: int 
         return (math.nan, math.nan)
     if x.size == 1 or n_bootstrap == 0:
         return (float(x.mean()), float(x.mean()))
-    estimate = bootstrap(x, indices=resample_indices(x.size, n_bootstrap, seed=seed), confidence=confidence)
+    estimate = bootstrap(
+        x, indices=resample_indices(x.size, n_bootstrap, seed=seed), confidence=confidence
+    )
     return (estimate.low, estimate.high)
 
 
@@ -215,7 +225,15 @@ def _stderr(x: np.ndarray) -> float:
 class _Scorer:
     """Compute metrics and baselines text by text, then summarise."""
 
-    def __init__(self, metrics: tuple[str, ...], *, baseline: bool, dtype: str, seed: int, baseline_draws: int) -> None:
+    def __init__(
+        self,
+        metrics: tuple[str, ...],
+        *,
+        baseline: bool,
+        dtype: str,
+        seed: int,
+        baseline_draws: int,
+    ) -> None:
         self.metrics = metrics
         self.baseline = baseline
         self.dtype = dtype
@@ -229,9 +247,16 @@ class _Scorer:
         self.hidden_size: int | None = None
         self.skipped: dict[str, int] = {}
 
-    def skip(self, index: int, n_tokens: int, truncated: bool, reason: str, detail: str | None = None) -> None:
+    def skip(
+        self, index: int, n_tokens: int, truncated: bool, reason: str, detail: str | None = None
+    ) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
-        row: dict[str, Any] = {"index": index, "n_tokens": n_tokens, "truncated": truncated, "skipped": reason}
+        row: dict[str, Any] = {
+            "index": index,
+            "n_tokens": n_tokens,
+            "truncated": truncated,
+            "skipped": reason,
+        }
         if detail:
             row["detail"] = detail
         self.rows[index] = row
@@ -239,7 +264,9 @@ class _Scorer:
     def add(self, index: int, matrix: Any, truncated: bool = False) -> None:
         shape = tuple(matrix.shape)
         if len(shape) != 2:
-            raise InvalidParameterError(f"Every hidden-state matrix must be 2-D (L, d). Got shape {shape} at index {index} instead.")
+            raise InvalidParameterError(
+                f"Every hidden-state matrix must be 2-D (L, d). Got shape {shape} at index {index} instead."
+            )
         L, d = shape
         if self.hidden_size is None:
             self.hidden_size = d
@@ -262,7 +289,9 @@ class _Scorer:
                 start = time.perf_counter()
                 key = (m, L, d)
                 if key not in self.cache:
-                    self.cache[key] = gaussian_baseline(m, L, d, seed=self.seed, draws=self.baseline_draws, dtype=self.dtype)
+                    self.cache[key] = gaussian_baseline(
+                        m, L, d, seed=self.seed, draws=self.baseline_draws, dtype=self.dtype
+                    )
                 base = self.cache[key]
                 self.baseline_seconds[m] += time.perf_counter() - start
                 row[f"{m}_baseline"] = base
@@ -287,13 +316,17 @@ class _Scorer:
         for k, m in enumerate(self.metrics):
             x = np.asarray([r[m] for r in scored], dtype=np.float64)
             boot_seed = self.seed * 1000 + k
-            lo, hi = bootstrap_mean_ci(x, n_bootstrap=n_bootstrap, confidence=confidence, seed=boot_seed)
+            lo, hi = bootstrap_mean_ci(
+                x, n_bootstrap=n_bootstrap, confidence=confidence, seed=boot_seed
+            )
             baseline = ratio = rlo = rhi = None
             if self.baseline and scored:
                 b = np.asarray([r[f"{m}_baseline"] for r in scored])
                 q = np.asarray([r[f"{m}_ratio"] for r in scored])
                 baseline, ratio = float(b.mean()), float(q.mean())
-                rlo, rhi = bootstrap_mean_ci(q, n_bootstrap=n_bootstrap, confidence=confidence, seed=boot_seed)
+                rlo, rhi = bootstrap_mean_ci(
+                    q, n_bootstrap=n_bootstrap, confidence=confidence, seed=boot_seed
+                )
             summaries[m] = MetricSummary(
                 name=m,
                 title=METRIC_TITLES[m],
@@ -326,7 +359,9 @@ class _Scorer:
             skipped=skipped,
             n_truncated=sum(1 for r in rows if r.get("truncated")),
             tokens=sum(int(r["n_tokens"]) for r in scored),
-            input_tokens=stats.input_tokens if stats is not None else sum(int(r["n_tokens"]) for r in scored),
+            input_tokens=stats.input_tokens
+            if stats is not None
+            else sum(int(r["n_tokens"]) for r in scored),
             extraction_seconds=stats.forward_seconds if stats is not None else 0.0,
             metrics=summaries,
             per_text=rows,
@@ -335,17 +370,33 @@ class _Scorer:
         )
 
 
-def _check_common(fn: str, n_bootstrap: int, confidence: float, seed: int, dtype: str, baseline_draws: int) -> None:
+def _check_common(
+    fn: str, n_bootstrap: int, confidence: float, seed: int, dtype: str, baseline_draws: int
+) -> None:
     if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 0:
-        raise InvalidParameterError(f"The 'n_bootstrap' parameter of {fn} must be an int >= 0. Got {n_bootstrap!r} instead.")
+        raise InvalidParameterError(
+            f"The 'n_bootstrap' parameter of {fn} must be an int >= 0. Got {n_bootstrap!r} instead."
+        )
     if not (isinstance(confidence, (int, float)) and 0 < confidence < 1):
-        raise InvalidParameterError(f"The 'confidence' parameter of {fn} must be in (0, 1). Got {confidence!r} instead.")
+        raise InvalidParameterError(
+            f"The 'confidence' parameter of {fn} must be in (0, 1). Got {confidence!r} instead."
+        )
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise InvalidParameterError(f"The 'seed' parameter of {fn} must be an int >= 0. Got {seed!r} instead.")
+        raise InvalidParameterError(
+            f"The 'seed' parameter of {fn} must be an int >= 0. Got {seed!r} instead."
+        )
     if dtype not in ("float64", "float32"):
-        raise InvalidParameterError(f"The 'dtype' parameter of {fn} must be 'float64' or 'float32'. Got {dtype!r} instead.")
-    if isinstance(baseline_draws, bool) or not isinstance(baseline_draws, int) or baseline_draws < 1:
-        raise InvalidParameterError(f"The 'baseline_draws' parameter of {fn} must be an int >= 1. Got {baseline_draws!r} instead.")
+        raise InvalidParameterError(
+            f"The 'dtype' parameter of {fn} must be 'float64' or 'float32'. Got {dtype!r} instead."
+        )
+    if (
+        isinstance(baseline_draws, bool)
+        or not isinstance(baseline_draws, int)
+        or baseline_draws < 1
+    ):
+        raise InvalidParameterError(
+            f"The 'baseline_draws' parameter of {fn} must be an int >= 1. Got {baseline_draws!r} instead."
+        )
 
 
 def score_matrices(
@@ -392,10 +443,20 @@ def score_matrices(
     names = resolve_metric_names(metrics, fn)
     _check_common(fn, n_bootstrap, confidence, seed, dtype, baseline_draws)
     if isinstance(min_tokens, bool) or not isinstance(min_tokens, int) or min_tokens < 2:
-        raise InvalidParameterError(f"The 'min_tokens' parameter of {fn} must be an int >= 2. Got {min_tokens!r} instead.")
-    if isinstance(matrices, (str, bytes)) or not isinstance(matrices, Sequence) or len(matrices) == 0:
-        raise InvalidParameterError(f"The 'matrices' parameter of {fn} must be a non-empty list of (L, d) matrices. Got {matrices!r:.60} instead.")
-    scorer = _Scorer(names, baseline=baseline, dtype=dtype, seed=seed, baseline_draws=baseline_draws)
+        raise InvalidParameterError(
+            f"The 'min_tokens' parameter of {fn} must be an int >= 2. Got {min_tokens!r} instead."
+        )
+    if (
+        isinstance(matrices, (str, bytes))
+        or not isinstance(matrices, Sequence)
+        or len(matrices) == 0
+    ):
+        raise InvalidParameterError(
+            f"The 'matrices' parameter of {fn} must be a non-empty list of (L, d) matrices. Got {matrices!r:.60} instead."
+        )
+    scorer = _Scorer(
+        names, baseline=baseline, dtype=dtype, seed=seed, baseline_draws=baseline_draws
+    )
     for i, R in enumerate(matrices):
         shape = tuple(getattr(R, "shape", np.shape(R)))
         if len(shape) == 2 and shape[0] == 0:
@@ -404,10 +465,24 @@ def score_matrices(
             scorer.skip(i, shape[0], False, "too_short")
         else:
             scorer.add(i, R if hasattr(R, "shape") else np.asarray(R))
-    settings = {"min_tokens": min_tokens, "dtype": dtype, "baseline": _baseline_label(baseline, seed, baseline_draws),
-                "bootstrap": n_bootstrap, "confidence": confidence, "seed": seed}
-    return scorer.summarise(n_texts=len(matrices), model=model, data=data, group=None, settings=settings, stats=None,
-                            n_bootstrap=n_bootstrap, confidence=confidence)
+    settings = {
+        "min_tokens": min_tokens,
+        "dtype": dtype,
+        "baseline": _baseline_label(baseline, seed, baseline_draws),
+        "bootstrap": n_bootstrap,
+        "confidence": confidence,
+        "seed": seed,
+    }
+    return scorer.summarise(
+        n_texts=len(matrices),
+        model=model,
+        data=data,
+        group=None,
+        settings=settings,
+        stats=None,
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+    )
 
 
 def _baseline_label(baseline: bool, seed: int, draws: int) -> str:
@@ -445,7 +520,9 @@ def _score_encoded(
     progress: bool,
 ) -> CorpusScore:
     stats = ExtractionStats()
-    scorer = _Scorer(names, baseline=baseline, dtype=dtype, seed=seed, baseline_draws=baseline_draws)
+    scorer = _Scorer(
+        names, baseline=baseline, dtype=dtype, seed=seed, baseline_draws=baseline_draws
+    )
     rec: TextHiddenStates
     for rec in iter_encoded_hidden_states(
         model,
@@ -463,8 +540,16 @@ def _score_encoded(
             scorer.add(rec.index, rec.hidden, rec.truncated)
     if scorer.hidden_size is None:
         scorer.hidden_size = _model_width(model)
-    return scorer.summarise(n_texts=len(encoded), model=model_name, data=data_name, group=group, settings=settings, stats=stats,
-                            n_bootstrap=n_bootstrap, confidence=confidence)
+    return scorer.summarise(
+        n_texts=len(encoded),
+        model=model_name,
+        data=data_name,
+        group=group,
+        settings=settings,
+        stats=stats,
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+    )
 
 
 def score_texts(
@@ -514,7 +599,9 @@ def score_texts(
     names = resolve_metric_names(metrics, fn)
     _check_common(fn, n_bootstrap, confidence, seed, dtype, baseline_draws)
     if isinstance(texts, str) or not isinstance(texts, Sequence) or len(texts) == 0:
-        raise InvalidParameterError(f"The 'texts' parameter of {fn} must be a non-empty list of strings. Got {texts!r:.60} instead.")
+        raise InvalidParameterError(
+            f"The 'texts' parameter of {fn} must be a non-empty list of strings. Got {texts!r:.60} instead."
+        )
     encoded = encode_texts(tokenizer, texts, max_length=max_length, keep_bos=keep_bos)
     settings = {
         "bos": "keep" if keep_bos else "drop",
@@ -531,10 +618,27 @@ def score_texts(
         "confidence": confidence,
         "seed": seed,
     }
-    return _score_encoded(model, tokenizer, encoded, fn=fn, names=names, model_name=model_name, data_name=data_name, group=None,
-                          settings=settings, batch_size=batch_size, min_tokens=min_tokens, layer=layer, baseline=baseline,
-                          baseline_draws=baseline_draws, dtype=dtype, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed,
-                          progress=progress)
+    return _score_encoded(
+        model,
+        tokenizer,
+        encoded,
+        fn=fn,
+        names=names,
+        model_name=model_name,
+        data_name=data_name,
+        group=None,
+        settings=settings,
+        batch_size=batch_size,
+        min_tokens=min_tokens,
+        layer=layer,
+        baseline=baseline,
+        baseline_draws=baseline_draws,
+        dtype=dtype,
+        n_bootstrap=n_bootstrap,
+        confidence=confidence,
+        seed=seed,
+        progress=progress,
+    )
 
 
 def score_responses(
@@ -601,20 +705,44 @@ def score_responses(
     out = []
     for g, idx in groups.items():
         encoded = encode_responses(
-            tokenizer, [records[i]["prompt"] for i in idx], [records[i]["response"] for i in idx],
-            max_length=max_length, keep_bos=keep_bos, context=context,
+            tokenizer,
+            [records[i]["prompt"] for i in idx],
+            [records[i]["response"] for i in idx],
+            max_length=max_length,
+            keep_bos=keep_bos,
+            context=context,
         )
-        score = _score_encoded(model, tokenizer, encoded, fn=fn, names=names, model_name=model_name, data_name=data_name, group=g,
-                               settings=settings, batch_size=batch_size, min_tokens=min_tokens, layer=layer, baseline=baseline,
-                               baseline_draws=baseline_draws, dtype=dtype, n_bootstrap=n_bootstrap, confidence=confidence,
-                               seed=seed, progress=progress)
+        score = _score_encoded(
+            model,
+            tokenizer,
+            encoded,
+            fn=fn,
+            names=names,
+            model_name=model_name,
+            data_name=data_name,
+            group=g,
+            settings=settings,
+            batch_size=batch_size,
+            min_tokens=min_tokens,
+            layer=layer,
+            baseline=baseline,
+            baseline_draws=baseline_draws,
+            dtype=dtype,
+            n_bootstrap=n_bootstrap,
+            confidence=confidence,
+            seed=seed,
+            progress=progress,
+        )
         seen: dict[str, int] = {}
         keys = []
         for i in idx:  # pair systems by prompt text (and occurrence), not by record position
             prompt = records[i]["prompt"]
             seen[prompt] = seen.get(prompt, 0) + 1
             keys.append(hashlib.sha1(f"{seen[prompt]}:{prompt}".encode()).hexdigest()[:12])
-        rows = tuple({**row, "index": idx[row["index"]], "pair_key": keys[row["index"]]} for row in score.per_text)
+        rows = tuple(
+            {**row, "index": idx[row["index"]], "pair_key": keys[row["index"]]}
+            for row in score.per_text
+        )
         out.append(_replace_rows(score, rows))
     return out
 
@@ -627,9 +755,15 @@ def _replace_rows(score: CorpusScore, rows: tuple[dict[str, Any], ...]) -> Corpu
 
 def _check_records(records: Any, fn: str) -> list[dict[str, Any]]:
     if isinstance(records, (str, bytes)) or not isinstance(records, Sequence) or len(records) == 0:
-        raise InvalidParameterError(f"The 'records' parameter of {fn} must be a non-empty list of dicts. Got {records!r:.60} instead.")
+        raise InvalidParameterError(
+            f"The 'records' parameter of {fn} must be a non-empty list of dicts. Got {records!r:.60} instead."
+        )
     for i, r in enumerate(records):
-        if not isinstance(r, dict) or not isinstance(r.get("prompt"), str) or not isinstance(r.get("response"), str):
+        if (
+            not isinstance(r, dict)
+            or not isinstance(r.get("prompt"), str)
+            or not isinstance(r.get("response"), str)
+        ):
             got = sorted(r) if isinstance(r, dict) else type(r).__name__
             raise InvalidParameterError(
                 f"The 'records' parameter of {fn} must hold dicts with string 'prompt' and 'response' fields. Got {got} at index {i} instead."
@@ -638,7 +772,14 @@ def _check_records(records: Any, fn: str) -> list[dict[str, Any]]:
 
 
 def paired_difference(
-    a: CorpusScore, b: CorpusScore, metric: str, *, ratio: bool = True, n_bootstrap: int = 1000, confidence: float = 0.95, seed: int = 0
+    a: CorpusScore,
+    b: CorpusScore,
+    metric: str,
+    *,
+    ratio: bool = True,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Mean of ``a - b`` over texts both scored, with a bootstrap interval.
 
@@ -652,12 +793,19 @@ def paired_difference(
     common = sorted(set(va) & set(vb))
     diffs = np.asarray([va[i] - vb[i] for i in common], dtype=np.float64)
     lo, hi = bootstrap_mean_ci(diffs, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
-    return {"metric": metric, "ratio": ratio, "n": len(common), "mean": float(diffs.mean()) if diffs.size else math.nan,
-            "ci": [lo, hi]}
+    return {
+        "metric": metric,
+        "ratio": ratio,
+        "n": len(common),
+        "mean": float(diffs.mean()) if diffs.size else math.nan,
+        "ci": [lo, hi],
+    }
 
 
 # -- data -----------------------------------------------------------------------------------------
-def _task_texts(name: str, field_name: str | None, data_dir: str | os.PathLike[str] | None, fn: str) -> list[str]:
+def _task_texts(
+    name: str, field_name: str | None, data_dir: str | os.PathLike[str] | None, fn: str
+) -> list[str]:
     """Distinct values of one field of a task's evaluated items, in order (SQuAD: its contexts).
 
     The default field is ``context`` when the task has one, else ``question``.
@@ -668,9 +816,13 @@ def _task_texts(name: str, field_name: str | None, data_dir: str | os.PathLike[s
     task = get_task(name)
     items = task.load(resolve_data_dir(data_dir), split="eval")
     fields = list(items[0].fields) if items else []
-    chosen = field_name or next((f for f in ("context", "question") if f in fields), fields[0] if fields else "text")
+    chosen = field_name or next(
+        (f for f in ("context", "question") if f in fields), fields[0] if fields else "text"
+    )
     if chosen not in fields:
-        raise InvalidParameterError(f"The 'field' parameter of {fn} must be one of {fields} for task {name!r}. Got {chosen!r} instead.")
+        raise InvalidParameterError(
+            f"The 'field' parameter of {fn} must be one of {fields} for task {name!r}. Got {chosen!r} instead."
+        )
     return list(dict.fromkeys(str(item.fields[chosen]) for item in items))
 
 
@@ -681,19 +833,27 @@ def _iter_jsonl(path: Path) -> Iterable[tuple[int, Any]]:
                 try:
                     yield lineno, json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise InvalidParameterError(f"Line {lineno} of {path} must be JSON. Got a parse error instead: {exc}.") from None
+                    raise InvalidParameterError(
+                        f"Line {lineno} of {path} must be JSON. Got a parse error instead: {exc}."
+                    ) from None
 
 
 def _field_of(record: Any, field_name: str, where: str) -> str:
     if isinstance(record, str):
         return record
     if not isinstance(record, dict):
-        raise InvalidParameterError(f"{where} must be a JSON object or string. Got {type(record).__name__} instead.")
+        raise InvalidParameterError(
+            f"{where} must be a JSON object or string. Got {type(record).__name__} instead."
+        )
     if field_name not in record:
-        raise InvalidParameterError(f"{where} must have the field {field_name!r} (choose one with --field). Got fields {sorted(record)} instead.")
+        raise InvalidParameterError(
+            f"{where} must have the field {field_name!r} (choose one with --field). Got fields {sorted(record)} instead."
+        )
     value = record[field_name]
     if not isinstance(value, str):
-        raise InvalidParameterError(f"The field {field_name!r} of {where} must be a string. Got {type(value).__name__} instead.")
+        raise InvalidParameterError(
+            f"The field {field_name!r} of {where} must be a string. Got {type(value).__name__} instead."
+        )
     return value
 
 
@@ -730,7 +890,9 @@ def load_texts(
     """
     fn = "load_texts"
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise InvalidParameterError(f"The 'limit' parameter of {fn} must be an int >= 1 or None. Got {limit!r} instead.")
+        raise InvalidParameterError(
+            f"The 'limit' parameter of {fn} must be an int >= 1 or None. Got {limit!r} instead."
+        )
     path = Path(data).expanduser()
     texts: list[str]
     if path.is_file():
@@ -738,7 +900,9 @@ def load_texts(
     else:
         texts = _task_texts(str(data).strip().lower(), field, data_dir, fn)
     if not texts:
-        raise InvalidParameterError(f"The 'data' parameter of {fn} must give at least one text. Got none from {str(data)!r} instead.")
+        raise InvalidParameterError(
+            f"The 'data' parameter of {fn} must give at least one text. Got none from {str(data)!r} instead."
+        )
     return texts[:limit] if limit is not None else texts
 
 
@@ -750,14 +914,25 @@ def _texts_from_file(path: Path, field_name: str, *, has_field: bool) -> list[st
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise InvalidParameterError(f"The file {path} must be JSON. Got a parse error instead: {exc}.") from None
-        if isinstance(payload, dict) and isinstance(payload.get("data"), list) and payload["data"] and "paragraphs" in payload["data"][0]:
+            raise InvalidParameterError(
+                f"The file {path} must be JSON. Got a parse error instead: {exc}."
+            ) from None
+        if (
+            isinstance(payload, dict)
+            and isinstance(payload.get("data"), list)
+            and payload["data"]
+            and "paragraphs" in payload["data"][0]
+        ):
             return _squad_texts(path, field_name if has_field else "context")
         if not isinstance(payload, list):
-            raise InvalidParameterError(f"The file {path} must hold a JSON list of texts or objects. Got {type(payload).__name__} instead.")
+            raise InvalidParameterError(
+                f"The file {path} must hold a JSON list of texts or objects. Got {type(payload).__name__} instead."
+            )
         return [_field_of(rec, field_name, f"item {i} of {path}") for i, rec in enumerate(payload)]
     if has_field:
-        raise InvalidParameterError(f"The 'field' parameter applies to .jsonl and .json files. Got --field {field_name!r} with {path} instead.")
+        raise InvalidParameterError(
+            f"The 'field' parameter applies to .jsonl and .json files. Got --field {field_name!r} with {path} instead."
+        )
     with path.open(encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f if line.strip()]
 
@@ -773,7 +948,9 @@ def _squad_texts(path: Path, field_name: str) -> list[str]:
             elif field_name == "question":
                 items = [qa.get("question", "") for qa in paragraph.get("qas", [])]
             else:
-                raise InvalidParameterError(f"The 'field' parameter for SQuAD must be 'context' or 'question'. Got {field_name!r} instead.")
+                raise InvalidParameterError(
+                    f"The 'field' parameter for SQuAD must be 'context' or 'question'. Got {field_name!r} instead."
+                )
             for text in items:
                 if text not in seen:
                     seen.add(text)
@@ -781,11 +958,15 @@ def _squad_texts(path: Path, field_name: str) -> list[str]:
     return out
 
 
-def load_responses(path: str | os.PathLike[str], *, limit: int | None = None) -> list[dict[str, Any]]:
+def load_responses(
+    path: str | os.PathLike[str], *, limit: int | None = None
+) -> list[dict[str, Any]]:
     """Records ``{"prompt", "response", ...}`` from a JSONL file, validated."""
     file = Path(path).expanduser()
     if not file.is_file():
-        raise InvalidParameterError(f"The 'path' parameter of load_responses must be an existing JSONL file. Got {str(file)!r}, which does not exist, instead.")
+        raise InvalidParameterError(
+            f"The 'path' parameter of load_responses must be an existing JSONL file. Got {str(file)!r}, which does not exist, instead."
+        )
     records = [rec for _, rec in _iter_jsonl(file)]
     records = _check_records(records, "load_responses")
     return records[:limit] if limit is not None else records
@@ -809,7 +990,11 @@ def format_table(scores: Sequence[CorpusScore]) -> str:
         skipped = sum(s.skipped.values())
         for m in s.metrics.values():
             ci = f"[{_fmt(m.ci_low)}, {_fmt(m.ci_high)}]"
-            rci = "-" if m.ratio_ci_low is None else f"[{_fmt(m.ratio_ci_low, 3)}, {_fmt(m.ratio_ci_high, 3)}]"
+            rci = (
+                "-"
+                if m.ratio_ci_low is None
+                else f"[{_fmt(m.ratio_ci_low, 3)}, {_fmt(m.ratio_ci_high, 3)}]"
+            )
             lines.append(
                 f"| {name} | {s.data} | {s.hidden_size or '-'} | {s.n_scored} | {skipped} | {s.tokens} | {m.title} | "
                 f"{'↓' if m.lower_is_better else '↑'} | {_fmt(m.value)} | {ci} | {_fmt(m.baseline)} | {_fmt(m.ratio, 3)} | {rci} | "

@@ -119,7 +119,9 @@ class ExtractionStats:
 
 def _check_int(value: Any, name: str, fn: str, lo: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise InvalidParameterError(f"The '{name}' parameter of {fn} must be an int >= {lo}. Got {value!r} instead.")
+        raise InvalidParameterError(
+            f"The '{name}' parameter of {fn} must be an int >= {lo}. Got {value!r} instead."
+        )
     return value
 
 
@@ -136,7 +138,9 @@ def _check_texts(texts: Any, fn: str, name: str = "texts") -> list[str]:
     return list(texts)
 
 
-def _token_ids(tokenizer: Any, texts: list[str], add_special_tokens: bool, fn: str) -> list[list[int]]:
+def _token_ids(
+    tokenizer: Any, texts: list[str], add_special_tokens: bool, fn: str
+) -> list[list[int]]:
     if not texts:
         return []
     if not callable(tokenizer):
@@ -153,7 +157,9 @@ def _token_ids(tokenizer: Any, texts: list[str], add_special_tokens: bool, fn: s
     return [list(map(int, row)) for row in ids]
 
 
-def encode_texts(tokenizer: Any, texts: Sequence[str], *, max_length: int = 512, keep_bos: bool = False) -> list[EncodedText]:
+def encode_texts(
+    tokenizer: Any, texts: Sequence[str], *, max_length: int = 512, keep_bos: bool = False
+) -> list[EncodedText]:
     """Tokenize texts (special tokens added as the tokenizer does) and mark the rows to keep.
 
     Parameters
@@ -224,7 +230,9 @@ def encode_responses(
             f"The 'responses' parameter of {fn} must have one response per prompt ({len(prompts)}). Got {len(responses)} instead."
         )
     if context not in ("prompt", "none"):
-        raise InvalidParameterError(f"The 'context' parameter of {fn} must be 'prompt' or 'none'. Got {context!r} instead.")
+        raise InvalidParameterError(
+            f"The 'context' parameter of {fn} must be 'prompt' or 'none'. Got {context!r} instead."
+        )
     _check_int(max_length, "max_length", fn, 4)
     bos = getattr(tokenizer, "bos_token_id", None)
     heads = _token_ids(tokenizer, [p if context == "prompt" else "" for p in prompts], True, fn)
@@ -238,12 +246,24 @@ def encode_responses(
             body_keep = min(len(body), max(max_length - len(head), max_length // 2))
             head_keep = max_length - body_keep
             if len(head) > head_keep:
-                head = [head[0], *head[len(head) - head_keep + 1 :]] if has_bos else head[len(head) - head_keep :]
+                head = (
+                    [head[0], *head[len(head) - head_keep + 1 :]]
+                    if has_bos
+                    else head[len(head) - head_keep :]
+                )
             body = body[:body_keep]
         start = len(head)
         if context == "none" and has_bos and keep_bos:
             start = 0
-        out.append(EncodedText(ids=tuple(head + body), start=start, n_text_tokens=len(full_body), truncated=truncated, has_bos=has_bos))
+        out.append(
+            EncodedText(
+                ids=tuple(head + body),
+                start=start,
+                n_text_tokens=len(full_body),
+                truncated=truncated,
+                has_bos=has_bos,
+            )
+        )
     return out
 
 
@@ -354,7 +374,13 @@ def iter_encoded_hidden_states(
     todo: list[int] = []
     for i, enc in enumerate(encoded):
         stats.n_truncated += int(enc.truncated)
-        reason = SKIP_EMPTY if enc.n_text_tokens == 0 or enc.n_rows <= 0 else SKIP_TOO_SHORT if enc.n_rows < min_tokens else None
+        reason = (
+            SKIP_EMPTY
+            if enc.n_text_tokens == 0 or enc.n_rows <= 0
+            else SKIP_TOO_SHORT
+            if enc.n_rows < min_tokens
+            else None
+        )
         if reason is not None:
             stats.skipped[reason] = stats.skipped.get(reason, 0) + 1
             yield TextHiddenStates(i, None, max(enc.n_rows, 0), len(enc.ids), enc.truncated, reason)
@@ -492,10 +518,21 @@ def extract_hidden_states(
     texts = _check_texts(texts, "extract_hidden_states")
     out: list[Any] = [None] * len(texts)
     for rec in iter_hidden_states(
-        model, tokenizer, texts, batch_size=batch_size, max_length=max_length, keep_bos=keep_bos, min_tokens=min_tokens, layer=layer
+        model,
+        tokenizer,
+        texts,
+        batch_size=batch_size,
+        max_length=max_length,
+        keep_bos=keep_bos,
+        min_tokens=min_tokens,
+        layer=layer,
     ):
         if rec.skipped is not None:
-            what = "has no tokens" if rec.skipped == SKIP_EMPTY else f"gives {rec.n_tokens} row(s), fewer than min_tokens={min_tokens}"
+            what = (
+                "has no tokens"
+                if rec.skipped == SKIP_EMPTY
+                else f"gives {rec.n_tokens} row(s), fewer than min_tokens={min_tokens}"
+            )
             raise InvalidParameterError(
                 f"The 'texts' parameter of extract_hidden_states must hold texts of at least {min_tokens} tokens. "
                 f"Got a text at index {rec.index} that {what} instead ({texts[rec.index][:40]!r})."

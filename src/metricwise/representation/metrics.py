@@ -108,7 +108,11 @@ def _as_matrix(R: Any, fn: str, dtype: str) -> Any:
                 f"The 'R' parameter of {fn} must be a 2-D array of shape (L, d). Got {type(R).__name__} that "
                 "numpy cannot turn into a matrix instead."
             ) from None
-        if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool) or np.iscomplexobj(X):
+        if (
+            X.dtype == object
+            or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool)
+            or np.iscomplexobj(X)
+        ):
             raise InvalidParameterError(
                 f"The 'R' parameter of {fn} must be a real-valued matrix. Got an array of dtype {X.dtype} instead."
             )
@@ -127,7 +131,9 @@ def _as_matrix(R: Any, fn: str, dtype: str) -> Any:
             "matrix instead: the text produced no tokens."
         )
     if d == 0:
-        raise InvalidParameterError(f"The 'R' parameter of {fn} must have at least one column. Got shape {shape} instead.")
+        raise InvalidParameterError(
+            f"The 'R' parameter of {fn} must have at least one column. Got shape {shape} instead."
+        )
     if L == 1:
         raise InvalidParameterError(
             f"The 'R' parameter of {fn} must have at least 2 rows (tokens). Got 1 instead: a single "
@@ -245,7 +251,9 @@ def _nuclear_unit(Z: Any) -> float:
         return float(np.linalg.svd(Z, compute_uv=False).sum()) / L
     G = Z @ Z.T if d >= L else Z.T @ Z
     eig = np.linalg.eigvalsh(G)
-    eig = np.where(eig > eig.max() * max(L, d) * _EPS64, eig, 0.0)  # rounding noise of zero eigenvalues
+    eig = np.where(
+        eig > eig.max() * max(L, d) * _EPS64, eig, 0.0
+    )  # rounding noise of zero eigenvalues
     return float(np.sqrt(eig).sum()) / L
 
 
@@ -290,7 +298,9 @@ def matrix_nuclear_norm(R: Any, *, center: bool = True, dtype: str = "float64") 
     return _mnn_unit(_normalize(_as_matrix(R, fn, dtype), center, fn))
 
 
-def matrix_entropy(R: Any, *, center: bool = True, dtype: str = "float64", side: str = "auto") -> float:
+def matrix_entropy(
+    R: Any, *, center: bool = True, dtype: str = "float64", side: str = "auto"
+) -> float:
     """Matrix Entropy of one text's hidden states (Wei et al. 2024), divided by ``log d``; lower is better.
 
     Eigenvalues ``lambda`` of ``A / trace(A)`` with ``A = Z^T Z / L`` (``Z``: ``R`` centred over
@@ -322,7 +332,9 @@ def matrix_entropy(R: Any, *, center: bool = True, dtype: str = "float64", side:
     """
     fn = "matrix_entropy"
     if side not in _SIDES:
-        raise InvalidParameterError(f"The 'side' parameter of {fn} must be one of {list(_SIDES)}. Got {side!r} instead.")
+        raise InvalidParameterError(
+            f"The 'side' parameter of {fn} must be one of {list(_SIDES)}. Got {side!r} instead."
+        )
     X = _as_matrix(R, fn, dtype)
     if X.shape[1] < 2:
         raise InvalidParameterError(
@@ -366,9 +378,15 @@ _FUNCTIONS: dict[str, Callable[..., float]] = {
 }
 
 
-def resolve_metric_names(metrics: str | Iterable[str], fn: str = "representation_metrics") -> tuple[str, ...]:
+def resolve_metric_names(
+    metrics: str | Iterable[str], fn: str = "representation_metrics"
+) -> tuple[str, ...]:
     """Turn ``"mnn,entropy"`` or ``["mnn", "matrix_entropy"]`` into canonical, de-duplicated names."""
-    items = [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else [str(m).strip() for m in metrics]
+    items = (
+        [m.strip() for m in metrics.split(",")]
+        if isinstance(metrics, str)
+        else [str(m).strip() for m in metrics]
+    )
     out: list[str] = []
     for item in items:
         if not item:
@@ -394,7 +412,11 @@ def metric_function(name: str) -> Callable[..., float]:
 
 
 def representation_metrics(
-    R: Any, metrics: str | Iterable[str] = METRIC_NAMES, *, center: bool = True, dtype: str = "float64"
+    R: Any,
+    metrics: str | Iterable[str] = METRIC_NAMES,
+    *,
+    center: bool = True,
+    dtype: str = "float64",
 ) -> dict[str, float]:
     """Several metrics of one matrix, normalising it once.
 
@@ -413,7 +435,9 @@ def representation_metrics(
     names = resolve_metric_names(metrics, fn)
     X = _as_matrix(R, fn, dtype)
     if "entropy" in names and X.shape[1] < 2:
-        raise InvalidParameterError(f"The 'R' parameter of {fn} must have at least 2 columns for the entropy. Got shape {tuple(X.shape)} instead.")
+        raise InvalidParameterError(
+            f"The 'R' parameter of {fn} must have at least 2 columns for the entropy. Got shape {tuple(X.shape)} instead."
+        )
     Z = _normalize(X, center, fn)
     out: dict[str, float] = {}
     for name in names:
@@ -465,6 +489,15 @@ def gaussian_baseline(
     fn = "gaussian_baseline"
     for pname, value, lo in (("n_rows", n_rows, 2), ("n_cols", n_cols, 2), ("draws", draws, 1)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < lo:
-            raise InvalidParameterError(f"The '{pname}' parameter of {fn} must be an int >= {lo}. Got {value!r} instead.")
+            raise InvalidParameterError(
+                f"The '{pname}' parameter of {fn} must be an int >= {lo}. Got {value!r} instead."
+            )
     f = metric_function(metric)
-    return float(np.mean([f(gaussian_matrix(n_rows, n_cols, seed=seed, draw=k), dtype=dtype) for k in range(draws)]))
+    return float(
+        np.mean(
+            [
+                f(gaussian_matrix(n_rows, n_cols, seed=seed, draw=k), dtype=dtype)
+                for k in range(draws)
+            ]
+        )
+    )

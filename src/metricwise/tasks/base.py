@@ -124,7 +124,9 @@ class Task:
         The values of :attr:`similarity_fields` (every string field when empty), one per line.
         Pass it as ``text=task.similarity_text`` to :func:`metricwise.tasks.fewshot.select_shots`.
         """
-        names = self.similarity_fields or tuple(k for k, v in item.fields.items() if isinstance(v, str))
+        names = self.similarity_fields or tuple(
+            k for k, v in item.fields.items() if isinstance(v, str)
+        )
         return "\n".join(str(item.fields[k]) for k in names if k in item.fields)
 
     def format_example(self, item: Item, *, with_answer: bool) -> str:

@@ -251,10 +251,14 @@ def read_jsonl(path: Path, required: Sequence[str] = ()) -> list[Record]:
             raise InvalidParameterError(f"{where} is {line.error}.")
         obj = line.value
         if not isinstance(obj, dict):
-            raise InvalidParameterError(f"{where} must be a JSON object. Got {type(obj).__name__} instead.")
+            raise InvalidParameterError(
+                f"{where} must be a JSON object. Got {type(obj).__name__} instead."
+            )
         missing = [k for k in required if k not in obj]
         if missing:
-            raise InvalidParameterError(f"{where} has no {', '.join(map(repr, missing))} field (it has {sorted(obj)}).")
+            raise InvalidParameterError(
+                f"{where} has no {', '.join(map(repr, missing))} field (it has {sorted(obj)})."
+            )
         obj["_line"] = line.number
         records.append(obj)
     return records
