@@ -54,7 +54,7 @@ _TOP_P_PARTIAL = 1024
 #: Rows processed together: bounds the temporaries at rows x vocabulary float32.
 _ROW_CHUNK = 16
 #: Token ids per block of the blockwise inverse CDF.
-_CDF_BLOCK = 512
+_CDF_BLOCK = 1024
 LLAMA_CPP_INSTALL = "CMAKE_BUILD_PARALLEL_LEVEL=2 pip install 'llama-cpp-python==0.3.36'  (builds from source, about 8 minutes on 2 cores)"
 
 _init_lock = threading.Lock()
