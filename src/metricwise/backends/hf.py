@@ -35,14 +35,10 @@ from typing import Any
 import numpy as np
 
 from metricwise.backends.base import DecodeState, looks_like_control_token, sample_seed, sample_sets
+from metricwise.backends.sampling import CDF_BLOCK, TOP_P_PARTIAL, is_ancestral
 from metricwise.errors import BackendError, InvalidParameterError, MissingDependencyError
 from metricwise.guards import Guards
 from metricwise.types import Candidate, SampleSet, SamplingConfig
-
-#: Candidates of the top-p nucleus searched with a partial sort before falling back to a full one.
-_TOP_P_PARTIAL = 1024
-#: Vocabulary ids per block of the two-level inverse-CDF search in :class:`TokenSelector`.
-_CDF_BLOCK = 1024
 
 
 def _torch() -> Any:
@@ -81,12 +77,12 @@ def _top_p(scores: Any, top_p: float) -> Any:
     """Keep the smallest set of most probable tokens whose mass reaches ``top_p``.
 
     A token is kept when the mass of the tokens ranked before it is below ``top_p`` (at least
-    one token is always kept). Rows whose nucleus lies within the top ``_TOP_P_PARTIAL`` tokens
+    one token is always kept). Rows whose nucleus lies within the top ``TOP_P_PARTIAL`` tokens
     (nearly all of them) need only a partial sort.
     """
     torch = _torch()
     probs = torch.softmax(scores, dim=-1)
-    k = min(_TOP_P_PARTIAL, scores.shape[-1])
+    k = min(TOP_P_PARTIAL, scores.shape[-1])
     top_probs, top_idx = torch.topk(probs, k, dim=-1)
     before = top_probs.cumsum(dim=-1) - top_probs
     keep_top = before < top_p
@@ -126,16 +122,11 @@ class TokenSelector:
         torch = _torch()
         self.config = config
         self.vocab = vocab
-        self.blocks = -(-vocab // _CDF_BLOCK)
-        width = self.blocks * _CDF_BLOCK
+        self.blocks = -(-vocab // CDF_BLOCK)
+        width = self.blocks * CDF_BLOCK
         # The padding past V stays zero: padded ids have no weight and are never drawn.
         self.raw = torch.zeros(rows, width, device=device)
-        self.ancestral = (
-            config.temperature == 1.0
-            and config.top_k == 0
-            and config.top_p >= 1.0
-            and config.min_p <= 0.0
-        )
+        self.ancestral = is_ancestral(config)
         self.q: Any = None  # allocated on the first sampled step that needs it (greedy never does)
 
     def _weights(self, scores: Any, buffer: Any) -> tuple[Any, Any, Any]:
@@ -147,7 +138,7 @@ class TokenSelector:
         torch.sub(scores, top, out=weights[:, : self.vocab])
         weights[:, : self.vocab].exp_()
         # float32 sums of 1024 values (relative error ~1e-6), accumulated across blocks in float64.
-        block_sums = weights.view(rows, self.blocks, _CDF_BLOCK).sum(dim=-1).double()
+        block_sums = weights.view(rows, self.blocks, CDF_BLOCK).sum(dim=-1).double()
         lse = top.squeeze(-1).double() + block_sums.sum(dim=-1).log()
         return weights, block_sums, lse
 
@@ -187,13 +178,13 @@ class TokenSelector:
         cum = block_sums.cumsum(dim=-1)
         targets = uniforms * cum[:, -1]
         block = (cum < targets[:, None]).sum(dim=-1).clamp(max=self.blocks - 1)
-        inside = weights.view(rows, self.blocks, _CDF_BLOCK)[
+        inside = weights.view(rows, self.blocks, CDF_BLOCK)[
             torch.arange(rows, device=weights.device), block
         ]
         before = (cum.gather(1, block[:, None]) - block_sums.gather(1, block[:, None])).squeeze(-1)
         inner = inside.double().cumsum(dim=-1) + before[:, None]
-        position = torch.searchsorted(inner, targets[:, None]).squeeze(-1).clamp(max=_CDF_BLOCK - 1)
-        tokens = block * _CDF_BLOCK + position
+        position = torch.searchsorted(inner, targets[:, None]).squeeze(-1).clamp(max=CDF_BLOCK - 1)
+        tokens = block * CDF_BLOCK + position
         # Rounding at a block edge can land on an id with no weight: take the nearest one that has.
         empty = weights.gather(1, tokens[:, None]).squeeze(-1) <= 0
         for row in empty.nonzero(as_tuple=True)[0].tolist():

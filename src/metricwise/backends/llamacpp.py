@@ -12,7 +12,7 @@ Per step, for the ``B`` active sequences at once, on the logits matrix of shape 
 - ``logp += log_softmax(raw logits)[token]``: the raw model;
 - ``logq += log_softmax(processed logits)[token]``: the distribution actually sampled, after
   temperature, then top-k (``np.partition``), then top-p (a partial sort of the top
-  ``_TOP_P_PARTIAL`` tokens, a full sort only for rows whose nucleus is larger), then min-p:
+  ``TOP_P_PARTIAL`` tokens, a full sort only for rows whose nucleus is larger), then min-p:
   the definition and order of :func:`metricwise.backends.hf.process_logits`;
 - the token is drawn by inverse-CDF sampling with one uniform number from the sequence's own
   stream ``np.random.default_rng(list(sample_seed(seed, i, prompt)))``, as in the hf backend,
@@ -45,16 +45,13 @@ from typing import Any
 import numpy as np
 
 from metricwise.backends.base import DecodeState, looks_like_control_token, sample_seed, sample_sets
+from metricwise.backends.sampling import CDF_BLOCK, TOP_P_PARTIAL, is_ancestral
 from metricwise.errors import BackendError, InvalidParameterError, MissingDependencyError
 from metricwise.guards import Guards
 from metricwise.types import Candidate, SampleSet, SamplingConfig
 
-#: Candidates of the top-p nucleus found by a partial sort before falling back to a full one.
-_TOP_P_PARTIAL = 1024
 #: Rows processed together: bounds the temporaries at rows x vocabulary float32.
 _ROW_CHUNK = 16
-#: Token ids per block of the blockwise inverse CDF.
-_CDF_BLOCK = 1024
 LLAMA_CPP_INSTALL = "CMAKE_BUILD_PARALLEL_LEVEL=2 pip install 'llama-cpp-python==0.3.36'  (builds from source, about 8 minutes on 2 cores)"
 
 _init_lock = threading.Lock()
@@ -107,7 +104,7 @@ def process_logits(logits: np.ndarray, config: SamplingConfig) -> np.ndarray:
         Processed scores; ``log_softmax`` of a row is the sampling distribution q. The numpy twin of
         :func:`metricwise.backends.hf.process_logits` (transformers' warpers, in that order).
         Cost O(B V) for temperature, top-k (``np.partition``) and min-p; top-p adds a sort of
-        ``_TOP_P_PARTIAL`` values per row (O(V log V) only for rows whose nucleus is larger).
+        ``TOP_P_PARTIAL`` values per row (O(V log V) only for rows whose nucleus is larger).
     """
     scores = (
         logits / np.float32(config.temperature)
@@ -132,7 +129,7 @@ def _top_p(scores: np.ndarray, top_p: float) -> None:
     """Keep, per row, the most probable tokens until the mass before a token reaches ``top_p`` (in place)."""
     rows, vocab = scores.shape
     lse = _row_logsumexp(scores)
-    k = min(_TOP_P_PARTIAL, vocab)
+    k = min(TOP_P_PARTIAL, vocab)
     for r in range(rows):
         row = scores[r]
         if k < vocab:
@@ -184,12 +181,7 @@ def sample_step(
     tokens = np.empty(n_rows, dtype=np.int64)
     logp = np.empty(n_rows)
     logq = np.zeros(n_rows)
-    ancestral = (
-        config.temperature == 1.0
-        and config.top_k == 0
-        and config.top_p >= 1.0
-        and config.min_p <= 0.0
-    )
+    ancestral = is_ancestral(config)
     for lo in range(0, n_rows, _ROW_CHUNK):
         x = logits[lo : lo + _ROW_CHUNK] if rows is None else logits[rows[lo : lo + _ROW_CHUNK]]
         idx = np.arange(x.shape[0])
@@ -220,12 +212,12 @@ def sample_step(
 def _inverse_cdf(weights: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     """Per row, the first token id whose cumulative weight reaches ``u * total`` (inverse CDF).
 
-    ``weights`` (shape (R, V), >= 0, unnormalised) are summed in blocks of ``_CDF_BLOCK`` ids
+    ``weights`` (shape (R, V), >= 0, unnormalised) are summed in blocks of ``CDF_BLOCK`` ids
     (float64), the block is found from the block sums, and only that block is scanned: O(V) of
     vectorised sums per row instead of a sequential cumulative sum over the whole vocabulary.
     """
     rows, vocab = weights.shape
-    starts = np.arange(0, vocab, _CDF_BLOCK)
+    starts = np.arange(0, vocab, CDF_BLOCK)
     # Block sums in float32 (relative error ~1e-5, far below the logits' own), cumulated in float64.
     cum = np.cumsum(np.add.reduceat(weights, starts, axis=1).astype(np.float64), axis=1)
     targets = uniforms * cum[:, -1]
@@ -234,7 +226,7 @@ def _inverse_cdf(weights: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
     for r in range(rows):
         b = int(blocks[r])
         lo = int(starts[b])
-        inner = np.cumsum(weights[r, lo : lo + _CDF_BLOCK], dtype=np.float64)
+        inner = np.cumsum(weights[r, lo : lo + CDF_BLOCK], dtype=np.float64)
         if b:
             inner += cum[r, b - 1]
         token = lo + min(int(np.searchsorted(inner, targets[r], side="left")), inner.size - 1)

@@ -110,12 +110,13 @@ from metricwise.backends.http import (
     RetryPolicy,
     request_json,
 )
+from metricwise.backends.sampling import SAMPLER_ORDER, is_ancestral
 from metricwise.errors import BackendError, InvalidParameterError, SamplingTimeout
 from metricwise.guards import Guards, is_repeating
 from metricwise.types import Candidate, SampleSet, SamplingConfig
 
 #: Sampler orders used to rebuild q: hf's (llama-server is told to use it) and vLLM's.
-HF_ORDER: tuple[str, ...] = ("temperature", "top_k", "top_p", "min_p")
+HF_ORDER: tuple[str, ...] = SAMPLER_ORDER
 VLLM_ORDER: tuple[str, ...] = ("temperature", "min_p", "top_k", "top_p")
 #: Seeds stay below 2**31 - 1 (llama-server parses them as int32; -1 means "random").
 _SEED_RANGE = 2**31 - 2**24
@@ -184,8 +185,7 @@ def step_logq(
     else:  # listed apart from the top-N (or its value differs in rounding): add it
         known = np.sort(np.append(top, chosen_logprob))[::-1]
     chosen_pos = int(np.flatnonzero(known == chosen_logprob)[0])
-    truncating = config.top_k > 0 or config.top_p < 1.0 or config.min_p > 0.0
-    if temperature == 1.0 and not truncating:
+    if is_ancestral(config):
         return float(chosen_logprob), True
     scaled = known / temperature
     # The unlisted tail: its raw mass is exact; its tempered weight is not unless T == 1.
