@@ -22,10 +22,10 @@ import os
 from typing import Any
 
 from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
-from metricwise.tasks.base import SPLITS, Item, Task, resolve_data_dir
+from metricwise.tasks.base import SPLITS, Item, Task, check_task, resolve_data_dir
 from metricwise.tasks.builtin import BUILTIN_TASKS
 from metricwise.tasks.fewshot import STRATEGIES, select_shots
-from metricwise.tasks.yaml_task import check_task, load_task_file
+from metricwise.tasks.yaml_task import load_task_file
 
 __all__ = [
     "SPLITS",

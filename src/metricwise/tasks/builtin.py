@@ -53,13 +53,12 @@ from typing import Any
 
 from metricwise.errors import InvalidParameterError
 from metricwise.extract import last_boxed
-from metricwise.tasks.base import Item, Task
+from metricwise.tasks.base import Item, Task, format_number
 from metricwise.tasks.fewshot import fields_key
 
 __all__ = [
     "BUILTIN_TASKS",
     "HubSource",
-    "format_number",
     "generate_arith",
 ]
 
@@ -79,20 +78,6 @@ ARITH_SHOT_SIZE = 100
 
 
 # -- numbers ------------------------------------------------------------------------------------
-def format_number(value: float) -> str:
-    """The canonical text of a reference number: ``18``, ``-3``, ``9.43`` (shortest repr).
-
-    Examples
-    --------
-    >>> format_number(18.0), format_number(9.43), format_number(-0.5)
-    ('18', '9.43', '-0.5')
-    """
-    value = float(value)
-    if value.is_integer() and abs(value) < 1e16:
-        return str(int(value))
-    return repr(value)
-
-
 def _to_float(text: Any, where: str) -> float:
     if isinstance(text, bool):
         raise InvalidParameterError(f"{where}: expected a number. Got {text!r} instead.")

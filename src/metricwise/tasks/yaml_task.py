@@ -47,7 +47,6 @@ from __future__ import annotations
 import csv
 import numbers
 import os
-import string
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -58,12 +57,16 @@ from metricwise.errors import (
     UnknownNameError,
     did_you_mean,
 )
-from metricwise.tasks.base import Item, Task
+from metricwise.tasks.base import (
+    Item,
+    Task,
+    check_strings,
+    check_task,
+    format_number,
+    template_fields,
+)
 
-__all__ = ["CORPUS_METRICS", "TASK_FILE_KEYS", "check_task", "load_task_file"]
-
-#: Corpus-level statistics the evaluation runner computes (number tasks only).
-CORPUS_METRICS: tuple[str, ...] = ("accuracy", "pearson", "spearman")
+__all__ = ["TASK_FILE_KEYS", "load_task_file"]
 
 #: Keys a YAML task file may use.
 TASK_FILE_KEYS: tuple[str, ...] = (
@@ -97,132 +100,6 @@ _DEFAULT_METRICS = {
     "text": ("exact_match", "token_f1"),
 }
 _DEFAULT_EXTRACTOR = {"number": "number", "text": "first_line"}
-
-
-# -- validation of a Task (built-in, overridden or from a file) --------------------------------
-def _strings(value: Any, key: str, where: str, *, allow_empty: bool = True) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
-    if (
-        not isinstance(value, (list, tuple))
-        or not all(isinstance(v, str) for v in value)
-        or (not allow_empty and not value)
-    ):
-        need = "a non-empty list of strings" if not allow_empty else "a list of strings"
-        raise InvalidParameterError(
-            f"The {key!r} field of {where} must be {need}. Got {value!r} instead."
-        )
-    return tuple(value)
-
-
-def check_task(task: Task, where: str | None = None) -> Task:
-    """Check a task's settings; return it unchanged, or raise a clear error.
-
-    Checks the answer type, that every metric is registered (with a suggestion), the corpus
-    metrics, the extractor spec, the valid range, the stop strings, ``max_tokens`` and that the
-    template is a valid format string.
-
-    Raises
-    ------
-    InvalidParameterError
-        (or :class:`~metricwise.errors.UnknownNameError` for unknown names) naming the task.
-    """
-    from metricwise.extract import Extractor, check_range
-    from metricwise.metrics import names as metric_names
-
-    where = where or f"task {task.name!r}"
-    if not isinstance(task.name, str) or not task.name.strip():
-        raise InvalidParameterError(
-            f"The 'name' field of {where} must be a non-empty string. Got {task.name!r} instead."
-        )
-    if task.answer_type not in ("number", "text"):
-        raise InvalidParameterError(
-            f"The 'answer_type' field of {where} must be 'number' or 'text'. Got {task.answer_type!r} instead."
-            + (
-                did_you_mean(task.answer_type, ["number", "text"])
-                if isinstance(task.answer_type, str)
-                else ""
-            )
-        )
-    metrics = _strings(task.metrics, "metrics", where, allow_empty=False)
-    known = metric_names()
-    for m in metrics:
-        if m not in known:
-            raise UnknownNameError(
-                f"The 'metrics' field of {where} must name registered metrics ({', '.join(known)}). "
-                f"Got {m!r} instead.{did_you_mean(m, known)}"
-            )
-    for c in _strings(task.corpus_metrics, "corpus_metrics", where):
-        if c not in CORPUS_METRICS:
-            raise UnknownNameError(
-                f"The 'corpus_metrics' field of {where} must name {', '.join(map(repr, CORPUS_METRICS))}. "
-                f"Got {c!r} instead.{did_you_mean(c, list(CORPUS_METRICS))}"
-            )
-        if task.answer_type != "number":
-            raise InvalidParameterError(
-                f"The 'corpus_metrics' field of {where} applies to answer_type 'number' only. Got {c!r} for a text task instead."
-            )
-    if not isinstance(task.extractor, str):
-        raise InvalidParameterError(
-            f"The 'extractor' field of {where} must be a spec string such as 'number'. Got {task.extractor!r} instead."
-        )
-    try:
-        Extractor.from_spec(task.extractor)
-    except InvalidParameterError as exc:
-        raise type(exc)(f"In {where}: {exc}") from None
-    if task.valid_range is not None:
-        check_range(task.valid_range, where)
-    _strings(task.stop, "stop", where)
-    if any(not s for s in task.stop):
-        raise InvalidParameterError(
-            f"The 'stop' field of {where} must not contain empty strings. Got {list(task.stop)!r} instead."
-        )
-    if (
-        not isinstance(task.max_tokens, int)
-        or isinstance(task.max_tokens, bool)
-        or task.max_tokens < 1
-    ):
-        raise InvalidParameterError(
-            f"The 'max_tokens' field of {where} must be an int >= 1. Got {task.max_tokens!r} instead."
-        )
-    for key in (
-        "template",
-        "answer_prefix",
-        "instruction",
-        "example_separator",
-        "description",
-        "version",
-    ):
-        if not isinstance(getattr(task, key), str):
-            raise InvalidParameterError(
-                f"The {key!r} field of {where} must be a string. Got {getattr(task, key)!r} instead."
-            )
-    template_fields(task.template, where)
-    _strings(task.similarity_fields, "similarity_fields", where)
-    return task
-
-
-def template_fields(template: str, where: str) -> list[str]:
-    """The field names a ``str.format`` template reads, in order; raises on a malformed one."""
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise InvalidParameterError(
-            f"The 'template' field of {where} must be a str.format template (write literal braces as {{{{ and }}}}). "
-            f"Got {template!r} instead ({exc})."
-        ) from None
-    names: list[str] = []
-    for _, field_name, _, _ in parsed:
-        if field_name is None:
-            continue
-        base = field_name.split(".")[0].split("[")[0]
-        if not base or base.isdigit():
-            raise InvalidParameterError(
-                f"The 'template' field of {where} must name its fields ({{question}}), not use positional ones. Got {template!r} instead."
-            )
-        if base not in names:
-            names.append(base)
-    return names
 
 
 # -- reading a task file ------------------------------------------------------------------------
@@ -355,8 +232,6 @@ class _RowReader:
                 raise InvalidParameterError(
                     f"{where}: the reference {self.reference!r} must be a string, a number or a list of them. Got {value!r} instead."
                 )
-            from metricwise.tasks.builtin import format_number
-
             text = v.strip() if isinstance(v, str) else format_number(float(v))
             if text:
                 refs.append(text)
@@ -365,8 +240,6 @@ class _RowReader:
         return tuple(dict.fromkeys(refs))
 
     def item(self, row: Mapping[str, Any], line: int, path: Path, default_id: str) -> Item:
-        from metricwise.tasks.builtin import format_number
-
         where = f"Line {line} of {path.absolute()}"
         needed = (
             [*self.inputs, self.reference]
@@ -442,7 +315,7 @@ def load_task_file(path: str | os.PathLike[str]) -> Task:
         )
     template = _field(config, "template", str, "a string such as 'Question: {question}'", where)
     inputs = (
-        list(_strings(config["input"], "input", where, allow_empty=False))
+        list(check_strings(config["input"], "input", where, allow_empty=False))
         if config.get("input") is not None
         else None
     )
@@ -545,13 +418,13 @@ def load_task_file(path: str | os.PathLike[str]) -> Task:
             config, "description", str, "a string", where, f"User task from {file.name} ({data})."
         ),
         answer_type=answer_type,
-        metrics=_strings(
+        metrics=check_strings(
             config.get("metrics", _DEFAULT_METRICS[answer_type]),
             "metrics",
             where,
             allow_empty=False,
         ),
-        corpus_metrics=_strings(config.get("corpus_metrics") or (), "corpus_metrics", where),
+        corpus_metrics=check_strings(config.get("corpus_metrics") or (), "corpus_metrics", where),
         extractor=_field(
             config,
             "extractor",
@@ -565,10 +438,12 @@ def load_task_file(path: str | os.PathLike[str]) -> Task:
         instruction=_field(config, "instruction", str, "a string", where, ""),
         example_separator=_field(config, "example_separator", str, "a string", where, "\n\n"),
         valid_range=valid_range,
-        stop=_strings(config["stop"], "stop", where) if config.get("stop") is not None else ("\n",),
+        stop=check_strings(config["stop"], "stop", where)
+        if config.get("stop") is not None
+        else ("\n",),
         max_tokens=max_tokens,
         version=str(version),
-        similarity_fields=_strings(
+        similarity_fields=check_strings(
             config.get("similarity_fields") or (), "similarity_fields", where
         ),
         loader=load,
