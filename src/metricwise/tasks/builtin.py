@@ -41,13 +41,10 @@ plain arithmetic).
 from __future__ import annotations
 
 import csv
-import importlib.util
-import json
 import math
 import random
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +52,16 @@ from metricwise.errors import InvalidParameterError
 from metricwise.extract import last_boxed
 from metricwise.tasks.base import Item, Task, format_number
 from metricwise.tasks.fewshot import fields_key
+from metricwise.tasks.readers import (
+    HubSource,
+    Record,
+    line_of,
+    read_json,
+    read_jsonl_records,
+    read_records,
+    read_text,
+    to_float,
+)
 
 __all__ = [
     "BUILTIN_TASKS",
@@ -62,7 +69,6 @@ __all__ = [
     "generate_arith",
 ]
 
-Record = dict[str, Any]
 Loader = Callable[[Path | None, str], list[Item]]
 
 #: One row in every ``HOLDOUT_EVERY`` rows of a single-file benchmark is held apart for shots.
@@ -78,193 +84,6 @@ ARITH_SHOT_SIZE = 100
 
 
 # -- numbers ------------------------------------------------------------------------------------
-def _to_float(text: Any, where: str) -> float:
-    if isinstance(text, bool):
-        raise InvalidParameterError(f"{where}: expected a number. Got {text!r} instead.")
-    if isinstance(text, (int, float)):
-        value = float(text)
-    else:
-        try:
-            value = float(str(text).strip().replace(",", ""))
-        except ValueError:
-            raise InvalidParameterError(
-                f"{where}: expected a number. Got {text!r} instead."
-            ) from None
-    if not math.isfinite(value):
-        raise InvalidParameterError(f"{where}: expected a finite number. Got {text!r} instead.")
-    return value
-
-
-# -- data sources -------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class HubSource:
-    """The Hugging Face hub copy of a data file.
-
-    ``parts`` lists ``(config name or None, split)`` pairs whose rows are concatenated in
-    order: ``datasets.load_dataset(path, name, split=split)`` for each. ``note`` says how the
-    copy differs from the file (it is shown in the warning issued when the copy is used).
-    """
-
-    path: str
-    parts: tuple[tuple[str | None, str], ...]
-    note: str = ""
-
-    def describe(self) -> str:
-        parts = ", ".join(f"{name}/{split}" if name else split for name, split in self.parts)
-        return f"{self.path} ({parts})"
-
-
-def _data_problem(task: str, data_dir: Path | None, relpath: str) -> str:
-    if data_dir is None:
-        return (
-            f"Task {task!r} reads the file {relpath} from a data directory, and none is set. Set it with "
-            f"--data_dir DIR or the METRICWISE_DATA_DIR environment variable (DIR/{relpath} must exist)."
-        )
-    where = Path(data_dir).expanduser().absolute()
-    if not where.is_dir():
-        return (
-            f"Task {task!r} reads {where / relpath}, but the data directory {where} does not exist. Set the "
-            f"directory with --data_dir DIR or the METRICWISE_DATA_DIR environment variable (DIR/{relpath} must exist)."
-        )
-    return (
-        f"Task {task!r} reads {where / relpath}, which does not exist. Set the data directory with --data_dir DIR "
-        f"or the METRICWISE_DATA_DIR environment variable (DIR/{relpath} must exist)."
-    )
-
-
-def _load_hub(hub: HubSource) -> list[Mapping[str, Any]]:
-    import datasets  # optional; only reached when the package is importable
-
-    rows: list[Mapping[str, Any]] = []
-    for name, split in hub.parts:
-        rows.extend(datasets.load_dataset(hub.path, name, split=split))
-    return rows
-
-
-def read_records(
-    task: str,
-    data_dir: Path | None,
-    relpath: str,
-    parse: Callable[[Path], list[Record]],
-    hub: HubSource | None = None,
-    hub_record: Callable[[Mapping[str, Any]], Record] | None = None,
-) -> list[Record]:
-    """The records of ``data_dir / relpath``, falling back to the dataset hub.
-
-    Raises
-    ------
-    InvalidParameterError
-        When the file is missing and the hub cannot be used (the message names the expected
-        path, how to set the data directory and what the hub fallback needs), or when the file
-        is empty or malformed (the parser names the file and line).
-    """
-    if data_dir is not None:
-        path = Path(data_dir).expanduser() / relpath
-        if path.is_file():
-            records = parse(path)
-            if not records:
-                raise InvalidParameterError(
-                    f"The data file {path.absolute()} of task {task!r} is empty: it has no rows."
-                )
-            return records
-    problem = _data_problem(task, data_dir, relpath)
-    if hub is None or hub_record is None:
-        raise InvalidParameterError(
-            problem + " This file has no dataset hub copy that metricwise can load."
-        )
-    if importlib.util.find_spec("datasets") is None:
-        raise InvalidParameterError(
-            problem
-            + f" Without it, metricwise can fetch {hub.describe()} from the Hugging Face hub: "
-            "that needs `pip install datasets` and network access."
-        )
-    try:
-        rows = _load_hub(hub)
-    except Exception as exc:  # any failure of the hub (network, missing dataset, changed schema)
-        raise InvalidParameterError(
-            problem
-            + f" Fetching {hub.describe()} from the Hugging Face hub failed too: {type(exc).__name__}: {exc}"
-        ) from exc
-    import warnings
-
-    note = f" ({hub.note})" if hub.note else ""
-    warnings.warn(
-        f"Task {task!r}: {relpath} is not in the data directory, so it was read from the Hugging Face "
-        f"hub copy {hub.describe()}{note}.",
-        stacklevel=2,
-    )
-    records = []
-    for i, row in enumerate(rows):
-        try:
-            records.append(hub_record(row))
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise InvalidParameterError(
-                f"Row {i} of {hub.describe()} from the Hugging Face hub does not have the expected fields "
-                f"({type(exc).__name__}: {exc})."
-            ) from None
-    if not records:
-        raise InvalidParameterError(f"{hub.describe()} from the Hugging Face hub has no rows.")
-    return records
-
-
-# -- file formats -------------------------------------------------------------------------------
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidParameterError(
-            f"The data file {path.absolute()} is not UTF-8 text ({exc})."
-        ) from None
-
-
-def read_jsonl(path: Path, required: Sequence[str] = ()) -> list[Record]:
-    """Objects of a JSON Lines file, one per non-blank line, with ``required`` keys checked.
-
-    Lines are read by :func:`metricwise.io.iter_jsonl`, the reader of every command's input.
-
-    Raises
-    ------
-    InvalidParameterError
-        Naming the file and the (1-based) line of the first malformed row.
-    """
-    from metricwise.io import iter_jsonl
-
-    records = []
-    for line in iter_jsonl(path):
-        where = f"Line {line.number} of {path.absolute()}"
-        if line.error is not None:
-            raise InvalidParameterError(f"{where} is {line.error}.")
-        obj = line.value
-        if not isinstance(obj, dict):
-            raise InvalidParameterError(
-                f"{where} must be a JSON object. Got {type(obj).__name__} instead."
-            )
-        missing = [k for k in required if k not in obj]
-        if missing:
-            raise InvalidParameterError(
-                f"{where} has no {', '.join(map(repr, missing))} field (it has {sorted(obj)})."
-            )
-        obj["_line"] = line.number
-        records.append(obj)
-    return records
-
-
-def read_json(path: Path) -> Any:
-    text = _read_text(path)
-    if not text.strip():
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidParameterError(
-            f"The data file {path.absolute()} is not valid JSON: {exc.msg} at line {exc.lineno}."
-        ) from None
-
-
-def _where(path: Path, line: int) -> str:
-    return f"Line {line} of {path.absolute()}"
-
-
 # -- STS-B --------------------------------------------------------------------------------------
 def _parse_stsb(path: Path) -> list[Record]:
     records = []
@@ -275,13 +94,13 @@ def _parse_stsb(path: Path) -> list[Record]:
                 continue
             if len(row) < 7:
                 raise InvalidParameterError(
-                    f"{_where(path, line_no)} has {len(row)} tab-separated fields; expected at least 7 "
+                    f"{line_of(path, line_no)} has {len(row)} tab-separated fields; expected at least 7 "
                     "(genre, file, year, id, score, sentence1, sentence2)."
                 )
-            score = _to_float(row[4], f"{_where(path, line_no)}, field 5 (the score)")
+            score = to_float(row[4], f"{line_of(path, line_no)}, field 5 (the score)")
             if not 0.0 <= score <= 5.0:
                 raise InvalidParameterError(
-                    f"{_where(path, line_no)}: the score must be in [0, 5]. Got {row[4]!r} instead."
+                    f"{line_of(path, line_no)}: the score must be in [0, 5]. Got {row[4]!r} instead."
                 )
             records.append(
                 {"sentence1": row[5].strip(), "sentence2": row[6].strip(), "score": score}
@@ -310,13 +129,13 @@ def _stsb_item(r: Record, item_id: str) -> Item:
 # -- SST-5 --------------------------------------------------------------------------------------
 def _parse_sst5(path: Path) -> list[Record]:
     records = []
-    for line_no, line in enumerate(_read_text(path).split("\n"), 1):
+    for line_no, line in enumerate(read_text(path).split("\n"), 1):
         if not line.strip():
             continue
         label, _, text = line.strip().partition(" ")
         if label not in ("0", "1", "2", "3", "4") or not text.strip():
             raise InvalidParameterError(
-                f"{_where(path, line_no)} must be a label 0-4, a space and the text. Got {line[:60]!r} instead."
+                f"{line_of(path, line_no)} must be a label 0-4, a space and the text. Got {line[:60]!r} instead."
             )
         records.append({"text": text.strip(), "label": int(label)})
     return records
@@ -344,8 +163,8 @@ def _unique(values: Iterable[str]) -> tuple[str, ...]:
 
 def _parse_triviaqa(path: Path) -> list[Record]:
     records = []
-    for obj in read_jsonl(path, ("context", "answer", "aliases")):
-        where = _where(path, obj["_line"])
+    for obj in read_jsonl_records(path, ("context", "answer", "aliases")):
+        where = line_of(path, obj["_line"])
         if not isinstance(obj["aliases"], list) or not all(
             isinstance(a, str) for a in obj["aliases"]
         ):
@@ -381,7 +200,7 @@ def _triviaqa_item(r: Record, item_id: str) -> Item:
 # -- NQ-open ------------------------------------------------------------------------------------
 def _parse_nq(path: Path) -> list[Record]:
     records = []
-    for obj in read_jsonl(path, ("question", "answer")):
+    for obj in read_jsonl_records(path, ("question", "answer")):
         answers = obj["answer"]
         if (
             not isinstance(answers, list)
@@ -389,7 +208,7 @@ def _parse_nq(path: Path) -> list[Record]:
             or not all(isinstance(a, str) and a.strip() for a in answers)
         ):
             raise InvalidParameterError(
-                f"{_where(path, obj['_line'])}: 'answer' must be a non-empty list of strings. Got {answers!r} instead."
+                f"{line_of(path, obj['_line'])}: 'answer' must be a non-empty list of strings. Got {answers!r} instead."
             )
         records.append(
             {"question": str(obj["question"]).strip(), "answers": [a.strip() for a in answers]}
@@ -477,7 +296,7 @@ def _gsm8k_record(question: Any, answer: Any, where: str) -> Record:
             f"{where}: the answer must end with '#### <number>'. Got {answer[-60:]!r} instead."
         )
     reasoning, _, final = answer.rpartition("####")
-    value = _to_float(final, f"{where}, the number after '####'")
+    value = to_float(final, f"{where}, the number after '####'")
     steps = " ".join(
         line.strip() for line in _CALC_ANNOTATION.sub("", reasoning).splitlines() if line.strip()
     )
@@ -486,8 +305,8 @@ def _gsm8k_record(question: Any, answer: Any, where: str) -> Record:
 
 def _parse_gsm8k(path: Path) -> list[Record]:
     return [
-        _gsm8k_record(o["question"], o["answer"], _where(path, o["_line"]))
-        for o in read_jsonl(path, ("question", "answer"))
+        _gsm8k_record(o["question"], o["answer"], line_of(path, o["_line"]))
+        for o in read_jsonl_records(path, ("question", "answer"))
     ]
 
 
@@ -581,7 +400,7 @@ def _parse_math_json(path: Path) -> list[Record]:
         records.append(
             {
                 "question": " ".join(str(obj["sQuestion"]).split()),
-                "answer": _to_float(solutions[0], f"{where}, 'lSolutions'"),
+                "answer": to_float(solutions[0], f"{where}, 'lSolutions'"),
                 "equation": equations[0],
             }
         )
@@ -591,7 +410,7 @@ def _parse_math_json(path: Path) -> list[Record]:
 def _multiarith_hub(row: Mapping[str, Any]) -> Record:
     return {
         "question": " ".join(str(row["question"]).split()),
-        "answer": _to_float(row["final_ans"], "final_ans"),
+        "answer": to_float(row["final_ans"], "final_ans"),
         "equation": None,
     }
 
@@ -623,7 +442,7 @@ def asdiv_answer(text: str) -> float | None:
 def _parse_asdiv(path: Path) -> list[Record]:
     import xml.etree.ElementTree as ET
 
-    text = _read_text(path)
+    text = read_text(path)
     if not text.strip():
         return []
     try:
@@ -694,9 +513,9 @@ def _math_record(problem: Any, answer: Any, solution: Any, where: str) -> Record
 def _parse_math(path: Path) -> list[Record]:
     return [
         _math_record(
-            o["context"], o["answer"], o.get("chain_of_thought", ""), _where(path, o["_line"])
+            o["context"], o["answer"], o.get("chain_of_thought", ""), line_of(path, o["_line"])
         )
-        for o in read_jsonl(path, ("context", "answer"))
+        for o in read_jsonl_records(path, ("context", "answer"))
     ]
 
 

@@ -44,7 +44,6 @@ a "did you mean" suggestion.
 
 from __future__ import annotations
 
-import csv
 import numbers
 import os
 from collections.abc import Mapping
@@ -65,6 +64,7 @@ from metricwise.tasks.base import (
     format_number,
     template_fields,
 )
+from metricwise.tasks.readers import read_rows
 
 __all__ = ["TASK_FILE_KEYS", "load_task_file"]
 
@@ -139,54 +139,6 @@ def _field(
 def _resolve(base: Path, name: str) -> Path:
     path = Path(os.path.expanduser(name))
     return path if path.is_absolute() else base / path
-
-
-def _read_rows(path: Path, delimiter: str | None, where: str) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, row) pairs of a JSONL, CSV or TSV file."""
-    from metricwise.tasks.builtin import read_jsonl
-
-    if not path.is_file():
-        raise InvalidParameterError(
-            f"The data file {path.absolute()} named by {where} does not exist."
-        )
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        rows = [(r.pop("_line"), r) for r in read_jsonl(path)]
-    elif suffix in (".csv", ".tsv"):
-        sep = delimiter or ("\t" if suffix == ".tsv" else ",")
-        rows = []
-        try:
-            with path.open(encoding="utf-8", newline="") as f:
-                reader = csv.DictReader(f, delimiter=sep)
-                if reader.fieldnames is None:
-                    rows = []
-                else:
-                    for row in reader:
-                        if None in row:
-                            raise InvalidParameterError(
-                                f"Line {reader.line_num} of {path.absolute()} has more fields than the header "
-                                f"({len(reader.fieldnames)}: {reader.fieldnames})."
-                            )
-                        if all(v is None or not str(v).strip() for v in row.values()):
-                            continue
-                        rows.append((reader.line_num, dict(row)))
-        except UnicodeDecodeError as exc:
-            raise InvalidParameterError(
-                f"The data file {path.absolute()} is not UTF-8 text ({exc})."
-            ) from None
-        except csv.Error as exc:
-            raise InvalidParameterError(
-                f"The data file {path.absolute()} is not valid CSV ({exc})."
-            ) from None
-    else:
-        raise InvalidParameterError(
-            f"The data file of {where} must end in .jsonl, .csv or .tsv. Got {path.name!r} instead."
-        )
-    if not rows:
-        raise InvalidParameterError(
-            f"The data file {path.absolute()} named by {where} is empty: it has no rows."
-        )
-    return rows
 
 
 class _RowReader:
@@ -387,7 +339,7 @@ def load_task_file(path: str | os.PathLike[str]) -> Task:
     )
 
     def load(data_dir: Path | None, split: str) -> list[Item]:
-        rows = _read_rows(data_path, delimiter, where)
+        rows = read_rows(data_path, delimiter, where)
         items = [
             reader.item(row, line, data_path, f"row-{i}") for i, (line, row) in enumerate(rows)
         ]
@@ -402,7 +354,7 @@ def load_task_file(path: str | os.PathLike[str]) -> Task:
         if holdout is not None:
             return items[cut:]
         if shots_file is not None:
-            shot_rows = _read_rows(shots_file, delimiter, where)
+            shot_rows = read_rows(shots_file, delimiter, where)
             return [
                 reader.item(row, line, shots_file, f"shot-{i}")
                 for i, (line, row) in enumerate(shot_rows)
