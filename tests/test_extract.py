@@ -3,17 +3,21 @@ the Extractor spec, and property tests (round trips, never raising, always in ra
 
 from __future__ import annotations
 
+import ast
 import doctest
 import math
 import re
 import string
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metricwise import extract
+from metricwise import extract, text
 from metricwise.errors import InvalidParameterError, UnknownNameError
 from metricwise.extract import (
     DEFAULT_CUES,
@@ -260,8 +264,40 @@ def test_extract_number(text: str, kwargs: dict, expected: float | None) -> None
 
 # -- text extractors --------------------------------------------------------------------------
 def test_normalize_answer_is_the_squad_one() -> None:
-    assert normalize_answer is squad.normalize_answer
+    assert normalize_answer is squad.normalize_answer is text.normalize_answer
     assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
+
+
+def _metricwise_imports(path: Path) -> set[str]:
+    """The metricwise modules that one source file imports (at module level or inside a function)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m.split(".")[0] == "metricwise"}
+
+
+def test_extract_and_metrics_do_not_import_each_other() -> None:
+    # Both sit above metricwise.text; an edge between them would make a package cycle
+    # (extract -> metrics -> math_answer -> extract), as there was before text.py.
+    package = Path(extract.__file__).parent
+    assert not {
+        m for m in _metricwise_imports(package / "extract.py") if m.startswith("metricwise.metrics")
+    }
+    for path in sorted((package / "metrics").glob("*.py")):
+        assert not {m for m in _metricwise_imports(path) if m.startswith("metricwise.extract")}, (
+            path
+        )
+    assert _metricwise_imports(package / "text.py") <= {"metricwise.errors"}
+
+
+@pytest.mark.parametrize(
+    "module", ["metricwise.extract", "metricwise.metrics.squad", "metricwise.text"]
+)
+def test_each_module_imports_first_in_a_fresh_interpreter(module: str) -> None:
+    subprocess.run([sys.executable, "-c", f"import {module}"], check=True)
 
 
 @pytest.mark.parametrize(
@@ -445,8 +481,9 @@ def test_extractor_bad_parameters() -> None:
         Extractor(kind="first_line")(3)  # type: ignore[arg-type]
 
 
-def test_doctests() -> None:
-    result = doctest.testmod(extract, optionflags=doctest.ELLIPSIS)
+@pytest.mark.parametrize("module", [extract, text], ids=lambda m: m.__name__)
+def test_doctests(module) -> None:
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0
     assert result.failed == 0
 

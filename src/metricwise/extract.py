@@ -64,8 +64,10 @@ from functools import lru_cache
 from typing import Any, Literal, NamedTuple
 
 from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
-from metricwise.metrics.squad import normalize_answer
+from metricwise.text import last_boxed, matching_brace, normalize_answer
 
+# normalize_answer (in the README) and last_boxed (used by tasks) live in metricwise.text, below
+# both extract and metrics; they stay importable from here.
 __all__ = [
     "DEFAULT_CUES",
     "EXTRACTOR_KINDS",
@@ -74,6 +76,7 @@ __all__ = [
     "clip",
     "extract_number",
     "first_line",
+    "last_boxed",
     "normalize_answer",
     "parse_number",
     "regex_extract",
@@ -316,47 +319,12 @@ def _check_cues(cues: Iterable[str], where: str) -> tuple[str, ...]:
     return result
 
 
-def _matching_brace(text: str, start: int) -> int:
-    depth = 1
-    for i in range(start, len(text)):
-        ch = text[i]
-        if ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-    return -1
-
-
-def last_boxed(text: str) -> str | None:
-    """The brace-balanced content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``.
-
-    Examples
-    --------
-    >>> last_boxed("so $x = \\\\boxed{\\\\frac{1}{2}}$.")
-    '\\\\frac{1}{2}'
-    >>> last_boxed("no box") is None
-    True
-    """
-    start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
-    if start < 0:
-        m = _BOXED_BARE.search(text)
-        return m.group(1) if m else None
-    opening = text.index("{", start) + 1
-    close = _matching_brace(text, opening)
-    return text[opening:close] if close >= 0 else None
-
-
-_BOXED_BARE = re.compile(r"\\boxed ([^\s$]+)")
-
-
 def _cue_segment(text: str, m: re.Match[str], stop: int) -> str:
     """The answer after one cue match: the brace content for ``\\boxed{``, else the rest of the
     line, up to ``stop`` (where the next cue starts)."""
     end = m.end()
     if m.group().endswith("{"):
-        close = _matching_brace(text, end)
+        close = matching_brace(text, end)
         if close >= 0:
             return text[end:close].strip()
     lead = _CUE_LEAD.match(text, end, stop)

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from metricwise.extract import last_boxed
 from metricwise.metrics.base import Metric, register
+from metricwise.text import last_boxed
 
 
 def _strip_text_commands(s: str) -> str:

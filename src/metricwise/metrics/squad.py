@@ -9,8 +9,6 @@ empty string.
 
 from __future__ import annotations
 
-import re
-import string
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -19,17 +17,7 @@ import numpy as np
 
 from metricwise.metrics.base import Metric, register
 from metricwise.metrics.overlap import bag_sizes, clipped_overlap
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = frozenset(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD v1.1 answer normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = str(text).lower()
-    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
+from metricwise.text import normalize_answer
 
 
 @register("exact_match")
