@@ -297,9 +297,10 @@ def test_bad_input(backend, tmp_path):
 
 
 def test_load_backend_factory(backend, monkeypatch):
-    from metricwise.backends import BACKENDS, load_backend
+    from metricwise.backends import BACKENDS, backend_names, load_backend
+    from metricwise.backends.llamacpp import LlamaCppBackend
 
-    monkeypatch.setitem(BACKENDS, "llamacpp", "metricwise.backends.llamacpp:LlamaCppBackend")
+    assert "llamacpp" in backend_names() and BACKENDS["llamacpp"] is LlamaCppBackend
     with load_backend("llamacpp", MODEL, n_ctx=512, max_sequences=2, n_threads=THREADS) as b:
         assert b.signature == "llamacpp:smollm2-135m-instruct:Q4_1"
         assert len(b.sample(["Hi"], SamplingConfig(n=2, max_tokens=3))[0]) == 2

@@ -1,5 +1,15 @@
-"""Sampling backends behind one small protocol (see :mod:`metricwise.backends.base`)."""
+"""Sampling backends behind one small protocol (see :mod:`metricwise.backends.base`).
 
-from metricwise.backends.base import BACKENDS, Backend, load_backend
+A backend is one module here whose class (or factory) is decorated with
+:func:`register_backend`; modules are discovered on first use.
+"""
 
-__all__ = ["BACKENDS", "Backend", "load_backend"]
+from metricwise.backends.base import (
+    BACKENDS,
+    Backend,
+    backend_names,
+    load_backend,
+    register_backend,
+)
+
+__all__ = ["BACKENDS", "Backend", "backend_names", "load_backend", "register_backend"]

@@ -17,7 +17,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from metricwise.errors import BackendError, SamplingTimeout, UnknownNameError, did_you_mean
+from metricwise.errors import (
+    BackendError,
+    InvalidParameterError,
+    SamplingTimeout,
+    UnknownNameError,
+    did_you_mean,
+)
 from metricwise.guards import Guards, is_repeating, truncate_at_stop
 from metricwise.types import Candidate, SampleSet, SamplingConfig, sample_problem
 
@@ -229,32 +235,62 @@ class DecodeState:
         )
 
 
-#: Backend name -> "module:factory"; modules import their heavy dependencies lazily.
-BACKENDS: dict[str, str] = {
-    "hf": "metricwise.backends.hf:HFBackend",
-    "llamacpp": "metricwise.backends.llamacpp:LlamaCppBackend",
-    "openai": "metricwise.backends.openai:create_backend",
-}
+#: A backend's constructor: ``factory(model, **options)``; ``model=None`` is its default model.
+BackendFactory = Callable[..., Backend]
+#: Backend name -> factory, filled by :func:`register_backend` as the backend modules are imported.
+BACKENDS: dict[str, BackendFactory] = {}
+_DISCOVERED = False
+
+
+def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
+    """Register a backend class or factory under ``name`` (``--backend name``); refuses duplicates.
+
+    A backend is one module in ``metricwise/backends/`` whose class carries this decorator: the
+    package's modules are imported on first use, so adding a module is all it takes. Modules
+    import their heavy dependencies (torch, llama.cpp) inside functions, so discovery is cheap.
+    """
+
+    def decorator(factory: BackendFactory) -> BackendFactory:
+        if BACKENDS.get(name, factory) is not factory:
+            raise InvalidParameterError(f"A backend named {name!r} is already registered.")
+        BACKENDS[name] = factory
+        return factory
+
+    return decorator
+
+
+def backend_names() -> list[str]:
+    """Sorted names of the registered backends."""
+    _discover_backends()
+    return sorted(BACKENDS)
+
+
+def _discover_backends() -> None:
+    global _DISCOVERED
+    if _DISCOVERED:
+        return
+    _DISCOVERED = True
+    import importlib
+    import pkgutil
+
+    import metricwise.backends as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{module.name}")
 
 
 def load_backend(name: str, model: str | None, **options: Any) -> Backend:
     """Instantiate backend ``name`` for ``model`` (a named model, a path, a hub id or a URL).
 
-    ``model=None`` is the default model for a local backend, and for ``openai`` the model the
-    server says it serves (``GET /v1/models``), never a local model's name.
+    ``model=None`` is the backend's default: the default model for a local backend, and for
+    ``openai`` the model the server says it serves (``GET /v1/models``), never a local model's name.
     """
+    names = backend_names()
     if name not in BACKENDS:
         raise UnknownNameError(
-            f"The 'backend' parameter must be one of {', '.join(sorted(BACKENDS))}. Got {name!r} instead."
-            f"{did_you_mean(name, list(BACKENDS))}"
+            f"The 'backend' parameter must be one of {', '.join(names)}. Got {name!r} instead."
+            f"{did_you_mean(name, names)}"
         )
-    import importlib
-
-    if model is None and name != "openai":
-        from metricwise.models import DEFAULT_MODEL
-
-        model = DEFAULT_MODEL
-    module_name, _, factory_name = BACKENDS[name].partition(":")
-    factory = getattr(importlib.import_module(module_name), factory_name)
-    backend: Backend = factory(model, **options)
+    backend: Backend = BACKENDS[name](model, **options)
     return backend

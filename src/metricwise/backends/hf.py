@@ -34,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from metricwise.backends.base import DecodeState, looks_like_control_token, sample_seed, sample_sets
+from metricwise.backends.base import (
+    DecodeState,
+    looks_like_control_token,
+    register_backend,
+    sample_seed,
+    sample_sets,
+)
 from metricwise.backends.sampling import CDF_BLOCK, TOP_P_PARTIAL, is_ancestral
 from metricwise.errors import BackendError, InvalidParameterError, MissingDependencyError
 from metricwise.guards import Guards
@@ -194,6 +200,7 @@ class TokenSelector:
         return tokens
 
 
+@register_backend("hf")
 class HFBackend:
     """Sample from a transformers causal LM (a named model, a local directory, a GGUF file or a hub id).
 
@@ -228,6 +235,10 @@ class HFBackend:
         reuse_prefill: bool = True,
     ) -> None:
         torch = _torch()
+        if model is None:
+            from metricwise.models import DEFAULT_MODEL
+
+            model = DEFAULT_MODEL
         if isinstance(model, str):
             from metricwise.models import load_hf_causal_lm, resolve_model
 

@@ -44,7 +44,13 @@ from typing import Any
 
 import numpy as np
 
-from metricwise.backends.base import DecodeState, looks_like_control_token, sample_seed, sample_sets
+from metricwise.backends.base import (
+    DecodeState,
+    looks_like_control_token,
+    register_backend,
+    sample_seed,
+    sample_sets,
+)
 from metricwise.backends.sampling import CDF_BLOCK, TOP_P_PARTIAL, is_ancestral
 from metricwise.errors import BackendError, InvalidParameterError, MissingDependencyError
 from metricwise.guards import Guards
@@ -247,6 +253,7 @@ class _Item:
     count: int
 
 
+@register_backend("llamacpp")
 class LlamaCppBackend:
     """Sample from a GGUF model with llama.cpp in this process.
 
@@ -283,7 +290,7 @@ class LlamaCppBackend:
 
     def __init__(
         self,
-        model: str | os.PathLike[str],
+        model: str | os.PathLike[str] | None = None,
         *,
         n_ctx: int = 8192,
         n_threads: int | None = None,
@@ -306,9 +313,9 @@ class LlamaCppBackend:
             raise InvalidParameterError(
                 f"The 'n_threads' parameter of LlamaCppBackend must be an int >= 1 or None. Got {n_threads!r} instead."
             )
-        from metricwise.models import resolve_model
+        from metricwise.models import DEFAULT_MODEL, resolve_model
 
-        resolved = resolve_model(model)
+        resolved = resolve_model(DEFAULT_MODEL if model is None else model)
         if resolved.kind != "gguf" or resolved.path is None:
             raise InvalidParameterError(
                 f"The 'model' parameter of LlamaCppBackend must be a named model or a .gguf file. Got {str(model)!r} "

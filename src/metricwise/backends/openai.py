@@ -101,7 +101,7 @@ from typing import Any
 
 import numpy as np
 
-from metricwise.backends.base import sample_seed, sample_sets
+from metricwise.backends.base import register_backend, sample_seed, sample_sets
 from metricwise.backends.http import (
     Cancellation,
     HTTPStatusError,
@@ -897,6 +897,7 @@ def _ids(steps: list[_Step]) -> tuple[int, ...] | None:
     return None
 
 
+@register_backend("openai")
 def create_backend(model: str | None = None, **options: Any) -> OpenAIBackend:
     """Factory for :func:`metricwise.backends.load_backend`: ``load_backend("openai", model, base_url=...)``.
 
