@@ -18,13 +18,15 @@ A YAML file works wherever a task name does: ``get_task("examples/my_task.yaml")
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
+import pkgutil
 from typing import Any
 
 from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
 from metricwise.tasks.base import SPLITS, Item, Task, check_task, resolve_data_dir
-from metricwise.tasks.builtin import BUILTIN_TASKS
 from metricwise.tasks.fewshot import STRATEGIES, select_shots
+from metricwise.tasks.registry import registered
 from metricwise.tasks.yaml_task import load_task_file
 
 __all__ = [
@@ -41,7 +43,13 @@ __all__ = [
     "task_names",
 ]
 
-_REGISTRY: dict[str, Task] = dict(BUILTIN_TASKS)
+# Every module of the package is imported once, so that each task family module registers its
+# tasks: adding a family is adding a file, with no list to update. Generic modules (base, readers,
+# fewshot, yaml_task, ...) register nothing.
+for _module in pkgutil.iter_modules(__path__, f"{__name__}."):
+    importlib.import_module(_module.name)
+
+_REGISTRY: dict[str, Task] = registered()
 _TUPLE_FIELDS = ("metrics", "corpus_metrics", "stop", "similarity_fields", "valid_range")
 _OVERRIDABLE = tuple(f.name for f in dataclasses.fields(Task) if f.name != "loader")
 

@@ -62,9 +62,9 @@ from metricwise.tasks.readers import (
     read_text,
     to_float,
 )
+from metricwise.tasks.registry import builtin_task
 
 __all__ = [
-    "BUILTIN_TASKS",
     "HubSource",
     "generate_arith",
 ]
@@ -959,5 +959,5 @@ def _builtin_tasks() -> dict[str, Task]:
     return {t.name: t for t in tasks}
 
 
-#: The built-in tasks by name.
-BUILTIN_TASKS: dict[str, Task] = _builtin_tasks()
+for _task in _builtin_tasks().values():
+    builtin_task(_task)
