@@ -178,11 +178,25 @@ class SampleStore:
         Prompts are sampled ``batch_size`` at a time and every batch is committed before the
         next starts. Identical prompts are sampled once.
         """
+        return self._draw_missing(
+            backend.signature, backend.sample, prompts, config, batch_size, progress
+        )
+
+    def _draw_missing(
+        self,
+        model: str,
+        draw: Callable[..., list[SampleSet]],
+        prompts: Sequence[str],
+        config: SamplingConfig,
+        batch_size: int,
+        progress: ProgressCallback | None,
+    ) -> list[SampleSet]:
+        """The body of :meth:`sample` and :meth:`greedy`: ``draw(prompts, config, start=i)``
+        returns samples ``i .. config.n - 1`` of each prompt."""
         if batch_size < 1:
             raise InvalidParameterError(
                 f"The 'batch_size' parameter of SampleStore.sample must be >= 1. Got {batch_size} instead."
             )
-        model = backend.signature
         distinct = list(dict.fromkeys(prompts))
         stored = {p: self.lookup(model, p, config) for p in distinct}
         # Whole prompts are committed at once, so what is missing is always a suffix start..n-1.
@@ -202,7 +216,7 @@ class SampleStore:
                 if start < config.n:
                     by_start.setdefault(start, []).append(prompt)
             for start, group in sorted(by_start.items()):
-                sets = backend.sample(group, config, start=start)
+                sets = draw(group, config, start=start)
                 if len(sets) != len(group):
                     raise BackendError(
                         f"The backend returned {len(sets)} sample sets for {len(group)} prompts."
@@ -236,25 +250,22 @@ class SampleStore:
         progress: ProgressCallback | None = None,
     ) -> list[Candidate]:
         """One greedy continuation per prompt, stored under :func:`greedy_sampling_config`."""
-        greedy_config = greedy_sampling_config(config)
 
-        class _GreedyAsSampler:
-            signature = backend.signature
+        def draw_greedy(
+            batch: Sequence[str], cfg: SamplingConfig, *, start: int = 0
+        ) -> list[SampleSet]:
+            return [
+                SampleSet(candidates=(c,), prompt=p)
+                for p, c in zip(batch, backend.greedy(batch, cfg), strict=True)
+            ]
 
-            def sample(
-                self, batch: Sequence[str], cfg: SamplingConfig, *, start: int = 0
-            ) -> list[SampleSet]:
-                return [
-                    SampleSet(candidates=(c,), prompt=p)
-                    for p, c in zip(batch, backend.greedy(batch, cfg), strict=True)
-                ]
-
-        sets = self.sample(
-            _GreedyAsSampler(),  # type: ignore[arg-type]
+        sets = self._draw_missing(
+            backend.signature,
+            draw_greedy,
             prompts,
-            greedy_config,
-            batch_size=batch_size,
-            progress=progress,
+            greedy_sampling_config(config),
+            batch_size,
+            progress,
         )
         return [s.candidates[0] for s in sets]
 
