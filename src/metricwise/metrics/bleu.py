@@ -29,6 +29,7 @@ import numpy as np
 from metricwise.errors import InvalidParameterError
 from metricwise.metrics.base import Metric, register
 from metricwise.metrics.overlap import clipped_overlap, featurize
+from metricwise.text import as_text
 
 #: Default smoothing values (Chen and Cherry 2014), as in sacrebleu; ``None``: no value used.
 SMOOTH_DEFAULTS: dict[str, float | None] = {"none": None, "floor": 0.1, "add-k": 1.0, "exp": None}
@@ -78,15 +79,6 @@ def tokenize_13a(line: str) -> list[str]:
 def _tokenize_char(line: str) -> list[str]:
     """sacrebleu's ``tokenize="char"``: every non-whitespace character is a token."""
     return [ch for ch in line if not ch.isspace()]
-
-
-def _as_text(value: Any, metric: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidParameterError(
-            f"The candidates and references of {metric} must be strings. "
-            f"Got {value!r} ({type(value).__name__}) instead."
-        )
-    return value
 
 
 class _Features(NamedTuple):
@@ -198,7 +190,7 @@ class BLEU(Metric):
     # -- per-string features ------------------------------------------------------------------
     def tokens(self, text: str) -> list[str]:
         """The tokens BLEU counts: lower-cased if asked, right-stripped, then tokenised."""
-        text = _as_text(text, self.name)
+        text = as_text(text, self.name)
         if self.lowercase:
             text = text.lower()
         text = text.rstrip()

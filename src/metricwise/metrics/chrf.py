@@ -25,6 +25,7 @@ import numpy as np
 from metricwise.errors import InvalidParameterError
 from metricwise.metrics.base import Metric, register
 from metricwise.metrics.overlap import bag_sizes, clipped_overlap, featurize
+from metricwise.text import as_text
 
 #: ASCII punctuation that chrF++ splits off the start or end of a word (``string.punctuation``).
 _PUNCTUATION = frozenset("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
@@ -51,15 +52,6 @@ def words_for_chrf(text: str) -> list[str]:
         else:
             words.append(word)
     return words
-
-
-def _as_text(value: Any, metric: str) -> str:
-    if not isinstance(value, str):
-        raise InvalidParameterError(
-            f"The candidates and references of {metric} must be strings. "
-            f"Got {value!r} ({type(value).__name__}) instead."
-        )
-    return value
 
 
 def _check_int(value: Any, name: str, minimum: int) -> int:
@@ -156,7 +148,7 @@ class CHRF(Metric):
 
     # -- per-string features ------------------------------------------------------------------
     def _features(self, text: str) -> _Features:
-        text = _as_text(text, self.name)
+        text = as_text(text, self.name)
         if self.lowercase:
             text = text.lower()
         chars = text if self.whitespace else "".join(text.split())

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from metricwise.metrics.base import Metric, register
-from metricwise.text import last_boxed
+from metricwise.text import equality_pairwise, last_boxed
 
 
 def _strip_text_commands(s: str) -> str:
@@ -133,11 +133,4 @@ class MathExactMatch(Metric):
 
     def pairwise(self, cands: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
         """(C, R) equality matrix of normalised answers by integer codes; O(C x R) array work."""
-        codes: dict[str, int] = {}
-        c = np.array(
-            [codes.setdefault(self.normalize(x), len(codes)) for x in cands], dtype=np.int64
-        )
-        r = np.array(
-            [codes.setdefault(self.normalize(x), len(codes)) for x in refs], dtype=np.int64
-        )
-        return (c[:, None] == r[None, :]).astype(np.float64)
+        return equality_pairwise(cands, refs, self.normalize)

@@ -25,6 +25,7 @@ import numpy as np
 from metricwise.errors import InvalidParameterError, MissingDependencyError
 from metricwise.metrics.base import Metric, register
 from metricwise.metrics.overlap import featurize
+from metricwise.text import as_text, f1_from_counts
 
 _ALNUM_RUN = re.compile(r"[a-z0-9]+")
 _NON_ALNUM = re.compile(r"[^a-z0-9]+")
@@ -204,12 +205,7 @@ class RougeL(Metric):
 
     def tokens(self, text: str) -> list[str]:
         """The tokens ROUGE-L compares (rouge-score's default tokenizer)."""
-        if not isinstance(text, str):
-            raise InvalidParameterError(
-                f"The candidates and references of {self.name} must be strings. "
-                f"Got {text!r} ({type(text).__name__}) instead."
-            )
-        return tokenize_rouge(text, self._stem)
+        return tokenize_rouge(as_text(text, self.name), self._stem)
 
     def _score_one(self, pred: Any, ref: Any) -> float:
         return float(self._pairwise_unique([pred], [ref])[0, 0])
@@ -231,11 +227,7 @@ class RougeL(Metric):
         lcs = lcs_matrix(c_ids, r_ids).astype(np.float64)
         pred_len = np.array([len(x) for x in c_ids], dtype=np.float64)[:, None]
         ref_len = np.array([len(x) for x in r_ids], dtype=np.float64)[None, :]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            precision = lcs / pred_len
-            recall = lcs / ref_len
-            f = 2 * precision * recall / (precision + recall)
-        return np.where(lcs > 0, f, 0.0)
+        return f1_from_counts(lcs, pred_len, ref_len)
 
     def signature(self) -> str:
         return f"rouge_l(stemmer={'yes' if self.use_stemmer else 'no'})"

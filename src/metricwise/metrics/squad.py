@@ -17,7 +17,7 @@ import numpy as np
 
 from metricwise.metrics.base import Metric, register
 from metricwise.metrics.overlap import bag_sizes, clipped_overlap
-from metricwise.text import normalize_answer
+from metricwise.text import equality_pairwise, f1_from_counts, normalize_answer
 
 
 @register("exact_match")
@@ -35,30 +35,11 @@ class ExactMatch(Metric):
 
     def pairwise(self, cands: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
         """(C, R) equality matrix of normalised answers, by integer codes; O(C x R) array work."""
-        codes: dict[str, int] = {}
-        c = np.fromiter(
-            (codes.setdefault(normalize_answer(x), len(codes)) for x in cands),
-            dtype=np.int64,
-            count=len(cands),
-        )
-        r = np.fromiter(
-            (codes.setdefault(normalize_answer(x), len(codes)) for x in refs),
-            dtype=np.int64,
-            count=len(refs),
-        )
-        return (c[:, None] == r[None, :]).astype(np.float64)
+        return equality_pairwise(cands, refs, self.normalize)
 
 
 def _token_bag(text: Any) -> Counter:
     return Counter(normalize_answer(text).split())
-
-
-def _f1_from_counts(overlap: np.ndarray, pred_len: np.ndarray, ref_len: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = overlap / pred_len
-        recall = overlap / ref_len
-        f1 = 2 * precision * recall / (precision + recall)
-    return np.where(overlap > 0, f1, 0.0)
 
 
 @register("token_f1")
@@ -76,7 +57,7 @@ class TokenF1(Metric):
         p, r = _token_bag(pred), _token_bag(ref)
         overlap = np.array([[sum((p & r).values())]], dtype=np.float64)
         return float(
-            _f1_from_counts(overlap, bag_sizes([p])[:, None], bag_sizes([r])[None, :])[0, 0]
+            f1_from_counts(overlap, bag_sizes([p])[:, None], bag_sizes([r])[None, :])[0, 0]
         )
 
     def pairwise(self, cands: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
@@ -86,4 +67,4 @@ class TokenF1(Metric):
         c_bags = [_token_bag(x) for x in cands]
         r_bags = c_bags if cands == refs else [_token_bag(x) for x in refs]
         overlap = clipped_overlap(c_bags, r_bags)
-        return _f1_from_counts(overlap, bag_sizes(c_bags)[:, None], bag_sizes(r_bags)[None, :])
+        return f1_from_counts(overlap, bag_sizes(c_bags)[:, None], bag_sizes(r_bags)[None, :])
