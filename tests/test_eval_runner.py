@@ -31,7 +31,7 @@ def config(tmp_path, **overrides):
         output_path=str(tmp_path / "out"),
         log_samples=True,
         store=str(tmp_path / "samples.sqlite"),
-        n_resamples=50,
+        bootstrap_iters=50,
         curve_subsets=2,
         quiet=True,
     )

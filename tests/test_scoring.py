@@ -66,7 +66,7 @@ def by(results, decoder, metric):
 
 def test_every_decoder_is_scored_on_the_same_samples():
     items, prompts, greedy, pools = rating_fixture()
-    results, records = score_task(RATING, items, prompts, greedy, pools, n_resamples=200)
+    results, records = score_task(RATING, items, prompts, greedy, pools, bootstrap_iters=200)
     labels = {r["decoder"] for r in results["scores"]}
     assert labels == {d.label for d in default_decoders(RATING)}
     # Recompute the mean decoder's squared error by hand.
@@ -95,7 +95,7 @@ def test_every_decoder_is_scored_on_the_same_samples():
 def test_model_weights_use_logprobs_and_curves_cover_powers_of_two():
     items, prompts, greedy, pools = rating_fixture()
     results, records = score_task(
-        RATING, items, prompts, greedy, pools, n_resamples=50, curve_subsets=4
+        RATING, items, prompts, greedy, pools, bootstrap_iters=50, curve_subsets=4
     )
     # Item 3: the improbable "1" and "2" get almost no model weight.
     assert records[3].predictions["mean+model"] < records[3].predictions["mean"]
@@ -115,7 +115,7 @@ def test_the_prior_is_the_primary_metrics_bayes_rule_over_fewshot_references():
     items, prompts, greedy, pools = rating_fixture()
     train = [0.0, 1.0, 1.0, 2.0, 7.0]  # 7 is outside 0..5: clipped like any answer
     results, records = score_task(
-        RATING, items, prompts, greedy, pools, n_resamples=100, prior_references=train
+        RATING, items, prompts, greedy, pools, bootstrap_iters=100, prior_references=train
     )
     assert [r.predictions["prior"] for r in records] == pytest.approx(
         [9 / 5] * 4
@@ -165,7 +165,7 @@ def test_text_task_decoders_and_fallback_for_missing_answers():
         Candidate("Lyon", logp=-1.0, logq=0.0, finish_reason="eos"),
         Candidate("", logp=-1.0, logq=0.0, finish_reason="eos"),
     ]
-    results, _ = score_task(QA, items, ["p1", "p2"], greedy, pools, n_resamples=100)
+    results, _ = score_task(QA, items, ["p1", "p2"], greedy, pools, bootstrap_iters=100)
     assert by(results, "mode", "exact_match")["value"] == 1.0
     assert by(results, "greedy", "exact_match")["value"] == 0.0
     assert by(results, "oracle", "token_f1")["value"] == 1.0
@@ -174,7 +174,7 @@ def test_text_task_decoders_and_fallback_for_missing_answers():
 
 def test_outputs_and_report_round_trip(tmp_path):
     items, prompts, greedy, pools = rating_fixture()
-    run, records = score_task(RATING, items, prompts, greedy, pools, n_resamples=100)
+    run, records = score_task(RATING, items, prompts, greedy, pools, bootstrap_iters=100)
     run.update({"temperature": 1.0, "n": 8, "num_fewshot": 0})
     results = {"config": {}, "runs": [run]}
     written = write_outputs(results, {"rating": records}, tmp_path)

@@ -1,7 +1,8 @@
 """Decoders compared on one pool of samples: baselines, Bayes rules, and the oracle.
 
-Every decoder maps (greedy candidate, sampled candidates) to a prediction, so that all of them
-are scored on exactly the same samples:
+Every decoder maps what it may read of one item (the greedy candidate, the sampled candidates,
+and for some the references or a constant from the few-shot split) to a prediction, so that all
+of them are scored on exactly the same samples:
 
 - ``greedy``: the greedy continuation (a separate, real argmax decode);
 - ``prior``: one constant answer for every item, the Bayes rule for the task's primary metric
@@ -15,70 +16,477 @@ are scored on exactly the same samples:
 - ``mbr[m]``: minimum Bayes risk for metric ``m`` over the candidates;
 - each of the Bayes rules also with ``+model`` weights (softmax of sequence log-probabilities);
 - ``oracle``: the best candidate in hindsight for each metric, an upper bound of any selector.
+
+A decoder is a registered class (:func:`register_decoder`) that declares what it reads
+(:attr:`Decoder.uses_samples`, ``uses_greedy``, ``uses_references``, ``uses_logprobs``,
+``uses_prior``) and implements :meth:`Decoder.predict`. Scoring, the report and the plots ask
+the decoder, never its name, so a new decoder is one class here (and one line in
+:func:`default_decoders` to run it by default).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from metricwise.decide import decide
+from metricwise.decide import WEIGHTINGS, decide
+from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
 from metricwise.extract import Extractor
 from metricwise.metrics import get as get_metric
 from metricwise.metrics.base import Metric
 from metricwise.tasks.base import Task
 from metricwise.types import COMPLETE_FINISH_REASONS, Candidate, SampleSet
 
+__all__ = [
+    "BayesRule",
+    "Decoder",
+    "DecoderInput",
+    "decoder_names",
+    "default_decoders",
+    "extract_answer",
+    "extractor_for",
+    "fallback_prediction",
+    "get_decoder_class",
+    "make_decoder",
+    "predict",
+    "prior_prediction",
+    "register_decoder",
+]
+
 
 @dataclass(frozen=True)
-class Decoder:
-    """One way of turning a pool of samples into a prediction.
+class DecoderInput:
+    """What a decoder may read for one item.
 
-    ``kind`` is ``greedy``, ``prior``, ``first``, ``max_logprob``, ``oracle``, or a rule of
-    :func:`metricwise.decide` (``mode``, ``mean``, ``median``, ``mbr``); ``metric`` names the
-    metric a rule optimises; ``weights`` is ``uniform`` or ``model``.
+    Attributes
+    ----------
+    task:
+        The task (its extractor, answer type and valid range).
+    greedy:
+        The greedy candidate (``None`` where none was decoded, as in a decoder@k curve).
+    pool:
+        The N sampled candidates.
+    references:
+        The item's references: given only to decoders with ``uses_references`` (the oracle).
+    metric:
+        The metric being scored: the oracle is the best candidate for each metric in turn.
+    prior:
+        The constant of decoders with ``uses_prior`` (:func:`prior_prediction`).
     """
 
-    kind: str
-    metric: str | None = None
-    weights: str = "uniform"
+    task: Task
+    greedy: Candidate | None
+    pool: SampleSet
+    references: Sequence[Any] = ()
+    metric: Metric | None = None
+    prior: Any = None
+
+    def answer(self, candidate: Candidate) -> Any:
+        """The answer in ``candidate`` as the task's metrics read it, or None."""
+        return extract_answer(candidate.text, self.task)
+
+
+class _DecoderType(type):
+    """Lets ``Decoder("mbr", "token_f1", "model")`` build the registered class for a name.
+
+    That was the spelling of decoders before they were classes (and is how labels read); the
+    base class itself is never instantiated.
+    """
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if cls is Decoder:
+            return make_decoder(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
+
+class Decoder(metaclass=_DecoderType):
+    """One way of turning what the model produced for an item into a prediction.
+
+    Subclasses are registered with :func:`register_decoder` and set the class attributes below
+    to say what they read; scoring, the report and the plots act on those attributes.
+
+    Attributes
+    ----------
+    name:
+        The registered name (set by :func:`register_decoder`); the label's stem.
+    uses_samples:
+        Reads the N samples: it gets a decoder@k curve and the sampling temperature.
+    uses_greedy:
+        Reads the greedy decode.
+    uses_references:
+        Reads the item's references, so it is not a decoder one could deploy (the oracle): it
+        is predicted once per metric and left out of corpus statistics.
+    uses_logprobs:
+        Reads the model's sequence log-probabilities (``+model`` weights, ``max_logprob``).
+    uses_prior:
+        Reads the constant fitted on the few-shot split's references (``prior``).
+    """
+
+    name: ClassVar[str] = ""
+    uses_samples: bool = False
+    uses_greedy: bool = False
+    uses_references: bool = False
+    uses_logprobs: bool = False
+    uses_prior: bool = False
 
     @property
     def label(self) -> str:
-        name = f"mbr[{self.metric}]" if self.kind == "mbr" else self.kind
+        """The decoder's name in results and tables (``mbr[token_f1]+model``)."""
+        return self.name
+
+    @property
+    def kind(self) -> str:
+        """The registered name (the ``kind`` of the earlier string decoders)."""
+        return self.name
+
+    @property
+    def is_constant(self) -> bool:
+        """Predicts the same answer for every item: it reads nothing of the item."""
+        return not (self.uses_samples or self.uses_greedy or self.uses_references)
+
+    @property
+    def weighting(self) -> str | None:
+        """How samples are weighted (``uniform``, ``model``), or None for a decoder that does
+        not weigh samples."""
+        return None
+
+    def predict(self, x: DecoderInput) -> Any:
+        """The prediction for one item, or None when the decoder has no usable answer."""
+        raise NotImplementedError
+
+    def reads(self, x: DecoderInput) -> Sequence[Candidate]:
+        """The candidates whose answers the prediction is drawn from (for parse statistics)."""
+        if self.uses_samples:
+            return x.pool.candidates
+        if self.uses_greedy and x.greedy is not None:
+            return (x.greedy,)
+        return ()
+
+    @classmethod
+    def from_parts(cls, metric: str | None = None, weights: str = "uniform") -> Decoder:
+        """Build the decoder from a metric and a weighting, as parsed from a label.
+
+        Decoders without parameters refuse both, so that a typo is not silently dropped.
+        """
+        if metric is not None or weights != "uniform":
+            raise InvalidParameterError(
+                f"The {cls.name!r} decoder takes no metric and no weighting. Got metric={metric!r}, weights={weights!r} instead."
+            )
+        return cls()
+
+    @classmethod
+    def from_label(cls, label: str) -> Decoder:
+        """The decoder a label names: ``greedy``, ``mean+model``, ``mbr[token_f1]``, ...
+
+        Raises
+        ------
+        UnknownNameError
+            When the label's name is not a registered decoder.
+        """
+        match = _LABEL.fullmatch(label) if isinstance(label, str) else None
+        if match is None:
+            raise InvalidParameterError(
+                f"A decoder label must read name, name[metric] or name+weights. Got {label!r} instead."
+            )
+        weights = match["weights"] or "uniform"
+        return get_decoder_class(match["name"]).from_parts(match["metric"], weights)
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.label == getattr(other, "label", None)
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.label))
+
+    def __repr__(self) -> str:
+        return f"<decoder {self.label}>"
+
+
+_LABEL = re.compile(
+    r"(?P<name>[^\[\]+]+)(?:\[(?P<metric>[^\]]+)\])?(?:\+(?P<weights>"
+    + "|".join(WEIGHTINGS)
+    + r"))?"
+)
+_REGISTRY: dict[str, type[Decoder]] = {}
+D = TypeVar("D", bound=type[Decoder])
+
+
+def register_decoder(name: str) -> Callable[[D], D]:
+    """Class decorator: register a :class:`Decoder` subclass under ``name``.
+
+    Raises
+    ------
+    InvalidParameterError
+        When ``name`` is not a plain name or is already registered.
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        raise InvalidParameterError(
+            f"The 'name' parameter of register_decoder must be an identifier such as 'median'. Got {name!r} instead."
+        )
+
+    def wrap(cls: D) -> D:
+        if name in _REGISTRY:
+            raise InvalidParameterError(
+                f"The decoder {name!r} is already registered (by {_REGISTRY[name].__qualname__})."
+            )
+        if not (isinstance(cls, type) and issubclass(cls, Decoder)):
+            raise InvalidParameterError(
+                f"register_decoder registers Decoder subclasses. Got {cls!r} instead."
+            )
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_decoder_class(name: str) -> type[Decoder]:
+    """The decoder class registered as ``name``.
+
+    Raises
+    ------
+    UnknownNameError
+        For an unregistered name, with the closest registered one.
+    """
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        names = decoder_names()
+        raise UnknownNameError(
+            f"The decoder must be one of {', '.join(map(repr, names))}. Got {name!r} instead."
+            f"{did_you_mean(str(name), names)}"
+        ) from None
+
+
+def decoder_names() -> list[str]:
+    """The registered decoder names, in registration order."""
+    return list(_REGISTRY)
+
+
+def make_decoder(kind: str, metric: str | None = None, weights: str = "uniform") -> Decoder:
+    """The registered decoder ``kind`` for ``metric`` and ``weights`` (``make_decoder("mean",
+    "squared_error", "model")``)."""
+    return get_decoder_class(kind).from_parts(metric, weights)
+
+
+# -- the registered decoders ------------------------------------------------------------------
+
+
+@register_decoder("greedy")
+class Greedy(Decoder):
+    """The greedy continuation: the usual single-answer inference, and the baseline."""
+
+    uses_greedy = True
+
+    def predict(self, x: DecoderInput) -> Any:
+        if x.greedy is None:
+            raise InvalidParameterError("The greedy decoder needs the greedy candidate.")
+        return x.answer(x.greedy)
+
+
+@register_decoder("prior")
+class Prior(Decoder):
+    """One constant for every item: the primary metric's Bayes rule over the few-shot split's
+    references (:func:`prior_prediction`). No model: what beats it learnt from the item."""
+
+    uses_prior = True
+
+    @classmethod
+    def from_parts(cls, metric: str | None = None, weights: str = "uniform") -> Decoder:
+        # The metric is the task's primary one, named by older callers as Decoder("prior", m).
+        return super().from_parts(None, weights)
+
+    def predict(self, x: DecoderInput) -> Any:
+        if x.prior is None:
+            raise InvalidParameterError(
+                "The prior decoder needs its constant: pass prior=prior_prediction(task, references)."
+            )
+        return x.prior
+
+
+@register_decoder("first")
+class First(Decoder):
+    """The first sample: what a single sampled answer scores."""
+
+    uses_samples = True
+
+    def reads(self, x: DecoderInput) -> Sequence[Candidate]:
+        return x.pool.candidates[:1]
+
+    def predict(self, x: DecoderInput) -> Any:
+        return x.answer(x.pool.candidates[0]) if len(x.pool) else None
+
+
+@register_decoder("max_logprob")
+class MaxLogprob(Decoder):
+    """The complete sample with the highest sequence log-probability (ties: shorter, then
+    lexicographically smaller text)."""
+
+    uses_samples = True
+    uses_logprobs = True
+
+    def _top(self, pool: SampleSet) -> Candidate | None:
+        complete = [
+            c
+            for c in pool.candidates
+            if c.finish_reason in COMPLETE_FINISH_REASONS or c.finish_reason is None
+        ]
+        if not complete:
+            return None
+        return max(
+            complete,
+            key=lambda c: (c.logp if c.logp is not None else -np.inf, -len(c.text), c.text),
+        )
+
+    def reads(self, x: DecoderInput) -> Sequence[Candidate]:
+        top = self._top(x.pool)
+        return () if top is None else (top,)
+
+    def predict(self, x: DecoderInput) -> Any:
+        top = self._top(x.pool)
+        return None if top is None else x.answer(top)
+
+
+@register_decoder("oracle")
+class Oracle(Decoder):
+    """The best candidate in hindsight for the metric being scored: an upper bound of any
+    selector over the samples, not a decoder one can deploy."""
+
+    uses_samples = True
+    uses_references = True
+
+    def predict(self, x: DecoderInput) -> Any:
+        if x.metric is None:
+            raise InvalidParameterError(
+                "The oracle decoder needs the metric it is the best for (DecoderInput.metric)."
+            )
+        values = [v for v in (x.answer(c) for c in x.pool.candidates) if v is not None]
+        if not values:
+            return None
+        scores = np.array([x.metric.score(v, list(x.references)) for v in values])
+        best = int(np.argmax(scores) if x.metric.higher_is_better else np.argmin(scores))
+        return values[best]
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class BayesRule(Decoder):
+    """A decision rule of :func:`metricwise.decide` over the samples, for ``metric``.
+
+    Subclasses set ``rule`` (the name :func:`~metricwise.decide` knows) and ``default_metric``
+    (what a bare label such as ``mean`` means); they need no ``@dataclass`` of their own. ``weights`` is ``uniform`` or ``model``
+    (softmax of the samples' sequence log-probabilities; uniform when a pool has none).
+    """
+
+    metric: str
+    weights: str = "uniform"
+
+    rule: ClassVar[str] = ""
+    default_metric: ClassVar[str] = ""
+    #: Whether the label names the metric (``mbr[token_f1]``); closed forms name only the rule.
+    label_names_metric: ClassVar[bool] = False
+    uses_samples = True
+
+    def __post_init__(self) -> None:
+        if self.weights not in WEIGHTINGS:
+            raise InvalidParameterError(
+                f"The 'weights' parameter of the {self.name} decoder must be one of {', '.join(map(repr, WEIGHTINGS))}. "
+                f"Got {self.weights!r} instead.{did_you_mean(str(self.weights), list(WEIGHTINGS))}"
+            )
+        # Declared per instance: only the non-uniform weightings read log-probabilities.
+        object.__setattr__(self, "uses_logprobs", self.weights != "uniform")
+
+    @classmethod
+    def from_parts(cls, metric: str | None = None, weights: str = "uniform") -> Decoder:
+        metric = metric or cls.default_metric
+        if not metric:
+            raise InvalidParameterError(
+                f"The {cls.name} decoder needs the metric it optimises. Got None instead."
+            )
+        return cls(metric, weights)
+
+    @property
+    def label(self) -> str:
+        name = f"{self.name}[{self.metric}]" if self.label_names_metric else self.name
         return name if self.weights == "uniform" else f"{name}+{self.weights}"
 
     @property
-    def uses_samples(self) -> bool:
-        return self.kind not in ("greedy", "prior")
+    def weighting(self) -> str | None:
+        return self.weights
+
+    def predict(self, x: DecoderInput) -> Any:
+        weights = (
+            self.weights
+            if self.weights == "uniform" or _has_logprobs(x.pool)
+            else "uniform"  # a pool without log-probabilities (a server that gives none)
+        )
+        decision = decide(
+            x.pool,
+            self.metric,
+            rule=self.rule,
+            weights=weights,
+            extractor=extractor_for(x.task),
+            valid_range=x.task.valid_range,
+        )
+        return decision.output
+
+
+@register_decoder("mode")
+class Mode(BayesRule):
+    """The weighted majority answer: the Bayes rule for exact match."""
+
+    rule: ClassVar[str] = "mode"
+    default_metric: ClassVar[str] = "exact_match"
+
+
+@register_decoder("mean")
+class Mean(BayesRule):
+    """The weighted mean of the parsed numbers: the Bayes rule for squared error."""
+
+    rule: ClassVar[str] = "mean"
+    default_metric: ClassVar[str] = "squared_error"
+
+
+@register_decoder("median")
+class Median(BayesRule):
+    """The weighted median of the parsed numbers: the Bayes rule for absolute error."""
+
+    rule: ClassVar[str] = "median"
+    default_metric: ClassVar[str] = "absolute_error"
+
+
+@register_decoder("mbr")
+class MBR(BayesRule):
+    """Minimum Bayes risk: the candidate with the best expected ``metric`` against the samples."""
+
+    rule: ClassVar[str] = "mbr"
+    label_names_metric: ClassVar[bool] = True
+
+
+def _has_logprobs(pool: SampleSet) -> bool:
+    return all(c.logp is not None for c in pool.candidates)
 
 
 def default_decoders(task: Task, *, prior: bool = False) -> list[Decoder]:
     """The decoders the harness compares for ``task``; ``prior`` adds the no-model constant."""
     primary = task.metrics[0]
-    decoders = [Decoder("greedy")]
+    decoders: list[Decoder] = [Greedy()]
     if prior:
-        decoders.append(Decoder("prior", primary))
-    decoders += [Decoder("first"), Decoder("max_logprob")]
+        decoders.append(Prior())
+    decoders += [First(), MaxLogprob()]
+    rules: list[BayesRule]
     if task.answer_type == "number":
-        rules = [
-            Decoder("mode", "absolute_error"),
-            Decoder("mean", "squared_error"),
-            Decoder("median", "absolute_error"),
-        ]
-        rules.append(Decoder("mbr", primary))
+        rules = [Mode("absolute_error"), Mean("squared_error"), Median("absolute_error")]
+        rules.append(MBR(primary))
     else:
-        rules = [Decoder("mode", "exact_match")]
-        rules += [
-            Decoder("mbr", m) for m in dict.fromkeys([primary, "token_f1"]) if m != "exact_match"
-        ]
+        rules = [Mode("exact_match")]
+        rules += [MBR(m) for m in dict.fromkeys([primary, "token_f1"]) if m != "exact_match"]
     decoders += rules
-    decoders += [Decoder(d.kind, d.metric, "model") for d in rules]
-    decoders.append(Decoder("oracle"))
+    decoders += [type(d)(d.metric, "model") for d in rules]
+    decoders.append(Oracle())
     return decoders
 
 
@@ -131,7 +539,7 @@ def prior_prediction(task: Task, references: Sequence[Any]) -> Any:
 def predict(
     decoder: Decoder,
     task: Task,
-    greedy: Candidate,
+    greedy: Candidate | None,
     pool: SampleSet,
     *,
     references: Sequence[Any] = (),
@@ -140,55 +548,16 @@ def predict(
 ) -> Any:
     """The decoder's prediction for one item, or None when it has no usable answer.
 
-    ``prior`` is the constant the ``prior`` decoder predicts (:func:`prior_prediction`).
+    A shorthand for ``decoder.predict(DecoderInput(...))``. ``prior`` is the constant the
+    ``prior`` decoder predicts (:func:`prior_prediction`).
     """
-    if decoder.kind == "greedy":
-        return extract_answer(greedy.text, task)
-    if decoder.kind == "prior":
-        if prior is None:
-            raise ValueError(
-                "the prior decoder needs its constant: pass prior=prior_prediction(task, references)"
-            )
-        return prior
-    if decoder.kind == "first":
-        return extract_answer(pool.candidates[0].text, task) if len(pool) else None
-    if decoder.kind == "max_logprob":
-        complete = [
-            c
-            for c in pool.candidates
-            if c.finish_reason in COMPLETE_FINISH_REASONS or c.finish_reason is None
-        ]
-        if not complete:
-            return None
-        top = max(
-            complete,
-            key=lambda c: (c.logp if c.logp is not None else -np.inf, -len(c.text), c.text),
+    return decoder.predict(
+        DecoderInput(
+            task=task,
+            greedy=greedy,
+            pool=pool,
+            references=references,
+            metric=oracle_metric,
+            prior=prior,
         )
-        return extract_answer(top.text, task)
-    if decoder.kind == "oracle":
-        if oracle_metric is None:
-            raise ValueError("the oracle decoder needs the metric it is the best for")
-        values = [
-            v for v in (extract_answer(c.text, task) for c in pool.candidates) if v is not None
-        ]
-        if not values:
-            return None
-        scores = np.array([oracle_metric.score(v, list(references)) for v in values])
-        best_index = int(np.argmax(scores) if oracle_metric.higher_is_better else np.argmin(scores))
-        return values[best_index]
-    weights = decoder.weights if decoder.weights != "model" or _has_logprobs(pool) else "uniform"
-    if decoder.metric is None:
-        raise ValueError(f"the {decoder.kind} decoder needs the metric it optimises")
-    decision = decide(
-        pool,
-        decoder.metric,
-        rule=decoder.kind,
-        weights=weights,
-        extractor=extractor_for(task),
-        valid_range=task.valid_range,
     )
-    return decision.output
-
-
-def _has_logprobs(pool: SampleSet) -> bool:
-    return all(c.logp is not None for c in pool.candidates)

@@ -10,7 +10,26 @@ import math
 from pathlib import Path
 from typing import Any
 
-from metricwise.errors import InvalidParameterError, MissingDependencyError
+from metricwise.errors import InvalidParameterError, MissingDependencyError, UnknownNameError
+from metricwise.evaluate.decoders import Decoder
+
+
+def _decoder(label: str) -> Decoder | None:
+    """The decoder a results row names, or None for one not registered here (a results file
+    written with a user's own decoder is still rendered, as a decoder that reads the samples)."""
+    try:
+        return Decoder.from_label(label)
+    except (InvalidParameterError, UnknownNameError):
+        return None
+
+
+def _n_read(label: str, n: Any) -> str:
+    """The number of model calls a decoder reads: 1 for the greedy decode alone, 0 for a
+    constant, else the N samples."""
+    decoder = _decoder(label)
+    if decoder is None or decoder.uses_samples:
+        return str(n)
+    return "0" if decoder.is_constant else "1"
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -42,7 +61,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 vs_text = f"{vs['difference']:+.4f} [{_fmt(low)}, {_fmt(high)}]{' *' if excludes_zero else ''}"
             else:
                 vs_text = ""
-            n_text = {"greedy": "1", "prior": "0"}.get(row["decoder"], str(n))
+            n_text = _n_read(row["decoder"], n)
             lines.append(
                 f"| {run['task']} | {run['version']} | {row['decoder']} | {n_text} | {temperature} | {row['metric']} | "
                 f"{'↑' if row['direction'] == 'higher' else '↓'} | {_fmt(row['value'])} | {_fmt(row['stderr'])} | "
@@ -63,15 +82,17 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _line_style(decoder: str) -> dict[str, Any]:
-    """Line style by decoder kind, so that the 12 decoders stay apart when the colours repeat."""
-    if decoder == "greedy":
+def _line_style(label: str) -> dict[str, Any]:
+    """Line style by what the decoder reads, so that the 12 decoders stay apart when the
+    colours repeat."""
+    decoder = _decoder(label)
+    if decoder is not None and not decoder.uses_samples:
+        if decoder.is_constant:
+            return {"color": "grey", "linestyle": (0, (1, 3))}
         return {"color": "black", "linestyle": ":"}
-    if decoder == "prior":
-        return {"color": "grey", "linestyle": (0, (1, 3))}
-    if decoder == "oracle":
+    if decoder is not None and decoder.uses_references:
         return {"linestyle": "-."}
-    return {"linestyle": "--" if decoder.endswith("+model") else "-"}
+    return {"linestyle": "--" if label.endswith("+model") else "-"}
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
@@ -102,17 +123,16 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
             ax.plot(
                 curves["k"], values, marker="o", markersize=3, label=label, **_line_style(label)
             )
-        for constant in ("greedy", "prior"):  # decoders that use no samples: flat lines
-            value = next(
-                (
-                    r["value"]
-                    for r in run["scores"]
-                    if r["decoder"] == constant and r["metric"] == curves["metric"]
-                ),
-                None,
-            )
-            if value is not None:
-                ax.axhline(value, linewidth=1, label=constant, **_line_style(constant))
+        # Decoders that read no samples have no curve: flat lines at their score.
+        for r in run["scores"]:
+            decoder = _decoder(r["decoder"])
+            if (
+                decoder is not None
+                and not decoder.uses_samples
+                and r["metric"] == curves["metric"]
+                and r["decoder"] not in curves["values"]
+            ):
+                ax.axhline(r["value"], linewidth=1, label=r["decoder"], **_line_style(r["decoder"]))
         ax.set_xscale("log", base=2)
         ax.set_xticks(curves["k"], [str(k) for k in curves["k"]])
         direction = next(

@@ -10,14 +10,16 @@ import functools
 import json
 import sys
 import time
+import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from metricwise.errors import InvalidParameterError
 from metricwise.evaluate.decoders import Decoder, default_decoders
 from metricwise.evaluate.scoring import ItemRecord, score_task
+from metricwise.evaluate.stats import DEFAULT_BOOTSTRAP_ITERS
 from metricwise.io import json_safe, write_json_line
 from metricwise.progress import Progress
 from metricwise.tasks.base import Item
@@ -29,7 +31,9 @@ class EvalConfig:
     """Everything that defines an evaluation run (and its results' signatures).
 
     ``temperatures`` runs the whole pool once per temperature (a sweep); ``max_tokens=None``
-    uses each task's own budget.
+    uses each task's own budget. ``bootstrap_iters`` is the number of bootstrap resamples
+    (``--bootstrap_iters``); ``n_resamples`` is its former name, accepted with a
+    ``DeprecationWarning`` and not stored.
     """
 
     model: str | None
@@ -51,12 +55,22 @@ class EvalConfig:
     log_samples: bool = False
     store: str | None = None
     batch_size: int = 8
-    n_resamples: int = 1000
+    bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS
     curve_subsets: int = 8
     plots: bool = True
     quiet: bool = False
+    n_resamples: InitVar[int | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, n_resamples: int | None) -> None:
+        if n_resamples is not None:
+            # The earlier spelling, kept until every caller says bootstrap_iters like the CLI.
+            warnings.warn(
+                "EvalConfig(n_resamples=...) is deprecated: use bootstrap_iters=... "
+                "(the --bootstrap_iters flag).",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            self.bootstrap_iters = n_resamples
         if self.limit is not None and self.limit < 1:
             raise InvalidParameterError(
                 f"The 'limit' parameter of eval must be an int >= 1. Got {self.limit} instead."
@@ -226,7 +240,7 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                             prompts,
                             greedy,
                             pools,
-                            n_resamples=config.n_resamples,
+                            bootstrap_iters=config.bootstrap_iters,
                             seed=config.seed,
                             curve_subsets=config.curve_subsets,
                             signature=functools.partial(

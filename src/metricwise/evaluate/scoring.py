@@ -8,6 +8,7 @@ greedy, the parse rate, corpus statistics (Pearson, Spearman, accuracy) and deco
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,27 +16,42 @@ from typing import Any
 
 import numpy as np
 
+from metricwise.errors import InvalidParameterError
+from metricwise.evaluate.corpus import (
+    ACCURACY_RTOL,
+    CorpusStatistic,
+    get_corpus_statistic,
+    is_ordinal,
+    numeric_accuracy,
+)
 from metricwise.evaluate.decoders import (
     Decoder,
+    DecoderInput,
+    Greedy,
     default_decoders,
     fallback_prediction,
-    predict,
     prior_prediction,
 )
 from metricwise.evaluate.stats import (
-    DEFAULT_RESAMPLES,
+    DEFAULT_BOOTSTRAP_ITERS,
     bootstrap,
     paired_bootstrap,
-    pearson_rows,
     resample_indices,
-    spearman_rows,
 )
 from metricwise.metrics import get as get_metric
 from metricwise.tasks.base import Item, Task
 from metricwise.types import Candidate, SampleSet
 
-#: Numbers within this relative tolerance count as the same answer for "accuracy".
-ACCURACY_RTOL = 1e-6
+# Accuracy and the ordinal-scale test live with the corpus statistics; re-exported here, where
+# they were first defined.
+__all__ = [
+    "ACCURACY_RTOL",
+    "ItemRecord",
+    "is_ordinal",
+    "numeric_accuracy",
+    "powers_of_two_up_to",
+    "score_task",
+]
 
 
 @dataclass
@@ -61,21 +77,6 @@ def powers_of_two_up_to(n: int) -> list[int]:
     return ks
 
 
-def numeric_accuracy(prediction: float, reference: float, *, ordinal: bool = False) -> float:
-    """1.0 when the prediction is the reference: after rounding half up on an ordinal scale
-    (a mean rating of 3.4 on 1..5 reads as 3), else within ``ACCURACY_RTOL``."""
-    if ordinal:
-        prediction = float(np.floor(prediction + 0.5))
-    return float(abs(prediction - reference) <= ACCURACY_RTOL * max(1.0, abs(reference)))
-
-
-def is_ordinal(task: Task, items: Sequence[Item]) -> bool:
-    """An integer scale: an integer valid range and integer references (SST-5's 1..5)."""
-    if task.valid_range is None or not all(float(b).is_integer() for b in task.valid_range):
-        return False
-    return all(float(item.references[0]).is_integer() for item in items)
-
-
 def score_task(
     task: Task,
     items: Sequence[Item],
@@ -84,7 +85,7 @@ def score_task(
     pools: Sequence[SampleSet],
     *,
     decoders: Sequence[Decoder] | None = None,
-    n_resamples: int = DEFAULT_RESAMPLES,
+    bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
     seed: int = 0,
     curve_subsets: int = 8,
     signature: Callable[[Decoder, str], str] | None = None,
@@ -100,7 +101,7 @@ def score_task(
     decoders:
         Default: :func:`~metricwise.evaluate.decoders.default_decoders`, with the ``prior``
         decoder when ``prior_references`` is given.
-    n_resamples:
+    bootstrap_iters:
         Bootstrap resamples (shared by every score, so comparisons are paired).
     curve_subsets:
         Random size-k subsets averaged per item for the decoder@k curves (0 disables them).
@@ -111,20 +112,30 @@ def score_task(
         decoder's constant is the primary metric's Bayes rule over them.
     """
     if not (len(items) == len(prompts) == len(greedy) == len(pools)):
-        raise ValueError("items, prompts, greedy and pools must be aligned")
+        raise InvalidParameterError(
+            "The 'items', 'prompts', 'greedy' and 'pools' parameters of score_task must be aligned "
+            f"(one per item). Got {len(items)}, {len(prompts)}, {len(greedy)} and {len(pools)} instead."
+        )
     if not items:
-        raise ValueError(f"task {task.name!r} has no items to score")
+        raise InvalidParameterError(f"Task {task.name!r} has no items to score.")
     decoders = list(decoders or default_decoders(task, prior=prior_references is not None))
     prior = None
-    if any(d.kind == "prior" for d in decoders):
+    if any(d.uses_prior for d in decoders):
         if prior_references is None:
-            raise ValueError(
-                "the prior decoder needs prior_references (the few-shot split's references)"
+            raise InvalidParameterError(
+                "The prior decoder needs the 'prior_references' parameter of score_task "
+                "(the few-shot split's references). Got None instead."
             )
         prior = prior_prediction(task, prior_references)
     metric_objs = {m: get_metric(m) for m in task.metrics}
+    # Resolved before any decoder runs, so that a misspelt statistic fails in a second.
+    corpus_statistics = (
+        [get_corpus_statistic(name) for name in task.corpus_metrics]
+        if task.answer_type == "number"
+        else []
+    )
     n_items = len(items)
-    indices = resample_indices(n_items, n_resamples, seed=seed)
+    indices = resample_indices(n_items, bootstrap_iters, seed=seed)
 
     records = [
         ItemRecord(
@@ -146,14 +157,18 @@ def score_task(
         predictions[decoder.label] = []
         for i, (item, g, pool) in enumerate(zip(items, greedy, pools, strict=True)):
             refs = list(item.references)
-            shared = (
-                None if decoder.kind == "oracle" else predict(decoder, task, g, pool, prior=prior)
+            x = DecoderInput(
+                task=task, greedy=g, pool=pool, prior=prior if decoder.uses_prior else None
             )
+            # A decoder that reads the references (the oracle) is the best candidate for each
+            # metric in turn; every other decoder predicts once for all metrics.
+            shared = None if decoder.uses_references else decoder.predict(x)
             for metric_name, metric in metric_objs.items():
-                # The oracle is the best candidate for each metric; every other decoder predicts once.
                 pred = (
-                    predict(decoder, task, g, pool, references=refs, oracle_metric=metric)
-                    if shared is None and decoder.kind == "oracle"
+                    decoder.predict(
+                        DecoderInput(task=task, greedy=g, pool=pool, references=refs, metric=metric)
+                    )
+                    if decoder.uses_references
                     else shared
                 )
                 if metric_name == task.metrics[0]:
@@ -173,7 +188,8 @@ def score_task(
         "scores": [],
         "corpus": [],
     }
-    greedy_label = Decoder("greedy").label
+    # Greedy is the baseline of every paired comparison: the usual single-answer inference.
+    greedy_label = Greedy().label
     for decoder in decoders:
         for metric_name, metric in metric_objs.items():
             values = scores[decoder.label][metric_name]
@@ -198,7 +214,9 @@ def score_task(
                 row["signature"] = signature(decoder, metric_name)
             results["scores"].append(row)
         results["corpus"].extend(
-            _corpus_rows(task, decoder, predictions[decoder.label], items, indices)
+            _corpus_rows(
+                task, decoder, predictions[decoder.label], items, indices, corpus_statistics
+            )
         )
 
     if curve_subsets > 0 and len(pools[0]) > 1:
@@ -207,12 +225,18 @@ def score_task(
 
 
 def _corpus_rows(
-    task: Task, decoder: Decoder, preds: list[Any], items: Sequence[Item], indices: np.ndarray
+    task: Task,
+    decoder: Decoder,
+    preds: list[Any],
+    items: Sequence[Item],
+    indices: np.ndarray,
+    statistics: Sequence[CorpusStatistic],
 ) -> list[dict[str, Any]]:
-    if task.answer_type != "number" or decoder.kind == "oracle":
+    # A decoder that reads the references has one prediction per metric, none for the corpus.
+    if not statistics or decoder.uses_references:
         return []
     # A constant has no correlation with anything; its accuracy is still informative.
-    names = [n for n in task.corpus_metrics if decoder.kind != "prior" or n == "accuracy"]
+    chosen = [s for s in statistics if s.defined_for_constant or not decoder.is_constant]
     fallback = fallback_prediction(task)
     pairs = np.array(
         [
@@ -223,22 +247,17 @@ def _corpus_rows(
     )
     rows = []
     ordinal = is_ordinal(task, items)
-    for name in names:
-        if name == "accuracy":
-            estimate = bootstrap(
-                np.array([numeric_accuracy(p, r, ordinal=ordinal) for p, r in pairs]),
-                indices=indices,
-            )
-        elif name in ("pearson", "spearman"):
-            statistic = pearson_rows if name == "pearson" else spearman_rows
-            estimate = bootstrap(pairs, statistic=statistic, indices=indices)
-        else:
-            raise ValueError(f"unknown corpus metric {name!r} in task {task.name!r}")
+    for stat in chosen:
+        estimate = bootstrap(
+            pairs,
+            statistic=functools.partial(stat.__call__, ordinal=ordinal),
+            indices=indices,
+        )
         rows.append(
             {
                 "decoder": decoder.label,
-                "metric": name,
-                "direction": "higher",
+                "metric": stat.name,
+                "direction": "higher" if stat.higher_is_better else "lower",
                 "value": estimate.value,
                 "ci": [estimate.low, estimate.high],
             }
@@ -273,10 +292,12 @@ def _curves(
                 subset = SampleSet(
                     candidates=tuple(pool.candidates[j] for j in chosen), prompt=pool.prompt
                 )
+                x = DecoderInput(task=task, greedy=g, pool=subset)
+                x_refs = DecoderInput(
+                    task=task, greedy=g, pool=subset, references=item.references, metric=metric
+                )
                 for decoder in sampling:
-                    pred = predict(
-                        decoder, task, g, subset, references=item.references, oracle_metric=metric
-                    )
+                    pred = decoder.predict(x_refs if decoder.uses_references else x)
                     value = pred if pred is not None else fallback
                     totals[decoder.label][k_index] += (
                         metric.score(value, list(item.references)) / draws

@@ -14,7 +14,8 @@ import numpy as np
 
 from metricwise.errors import InvalidParameterError
 
-DEFAULT_RESAMPLES = 1000
+#: Bootstrap resamples when none are asked for (``--bootstrap_iters``).
+DEFAULT_BOOTSTRAP_ITERS = 1000
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class PairedComparison:
     """``statistic(a) - statistic(b)`` on the same items, with its interval and a two-sided p-value.
 
     ``p_value`` is twice the smaller share of resamples on either side of 0 (floored at
-    ``1 / n_resamples``): how often the sign of the difference would flip.
+    ``1 / bootstrap_iters``): how often the sign of the difference would flip.
     """
 
     difference: float
@@ -42,18 +43,18 @@ class PairedComparison:
 
 
 def resample_indices(
-    n_items: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = 0
+    n_items: int, bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS, seed: int = 0
 ) -> np.ndarray:
-    """(n_resamples, n_items) item indices drawn with replacement."""
+    """(bootstrap_iters, n_items) item indices drawn with replacement."""
     if n_items < 1:
         raise InvalidParameterError(
             f"The bootstrap needs at least one item. Got {n_items} instead."
         )
-    if n_resamples < 1:
+    if bootstrap_iters < 1:
         raise InvalidParameterError(
-            f"The 'n_resamples' parameter must be >= 1. Got {n_resamples} instead."
+            f"The 'bootstrap_iters' parameter must be an int >= 1. Got {bootstrap_iters} instead."
         )
-    return np.random.default_rng(seed).integers(0, n_items, size=(n_resamples, n_items))
+    return np.random.default_rng(seed).integers(0, n_items, size=(bootstrap_iters, n_items))
 
 
 def _mean_rows(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
