@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -69,6 +70,8 @@ def test_runner_writes_results_table_plots_and_sample_logs(backend, tmp_path):
         r for r in run["scores"] if r["decoder"] == "mean" and r["metric"] == "absolute_error"
     )
     assert "signature" in row and "task:arith@" in row["signature"] and "n:4" in row["signature"]
+    # How answers were read is part of what makes a number reproducible (as in sacrebleu).
+    assert "|extract:number|" in row["signature"]
     assert len(results["runs"]) == 1
     records = [json.loads(line) for line in (out / "samples_arith.jsonl").read_text().splitlines()]
     assert len(records) == 4 and all(len(r["candidates"]) == 4 for r in records)
@@ -163,3 +166,29 @@ def test_report_rerenders_a_results_directory(backend, tmp_path, capsys):
     assert main(["report", str(tmp_path / "out")]) == 0
     assert "| arith |" in capsys.readouterr().out
     assert (tmp_path / "out" / "results.md").exists()
+
+
+def test_signatures_name_the_extractor_and_escape_its_separators():
+    from metricwise.evaluate.decoders import Greedy
+    from metricwise.evaluate.runner import signature_string
+    from metricwise.tasks.base import Task
+
+    def task(extractor, **kw):
+        return Task(
+            name="t",
+            description="",
+            answer_type=kw.pop("answer_type", "text"),
+            metrics=("exact_match",),
+            extractor=extractor,
+            template="{q}",
+            **kw,
+        )
+
+    settings = EvalConfig(model="m", tasks=["t"])
+    anchored = task("number:answer", answer_type="number", valid_range=(0.0, 5.0))
+    signature = signature_string(settings, "hf:m", anchored, 1.0, Greedy(), "absolute_error")
+    assert "|extract:number:answer[range=0..5]|" in signature
+    regex = signature_string(settings, "hf:m", task("regex:(yes|no)"), 1.0, Greedy(), "exact_match")
+    assert "|extract:regex:(yes\\|no)|" in regex
+    fields = [f.replace("\\|", "|") for f in re.split(r"(?<!\\)\|", regex)]
+    assert "extract:regex:(yes|no)" in fields and fields[-1].startswith("version:")

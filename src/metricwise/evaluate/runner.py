@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from metricwise.errors import InvalidParameterError
-from metricwise.evaluate.decoders import Decoder, default_decoders
+from metricwise.evaluate.decoders import Decoder, default_decoders, extractor_for
 from metricwise.evaluate.scoring import ItemRecord, score_task
 from metricwise.evaluate.stats import DEFAULT_BOOTSTRAP_ITERS
 from metricwise.io import json_safe, write_json_line
@@ -97,7 +97,13 @@ def signature_string(
     decoder: Decoder,
     metric: str,
 ) -> str:
-    """A sacrebleu-style signature that lets a reader reproduce one number."""
+    """A sacrebleu-style signature that lets a reader reproduce one number.
+
+    Fields are ``key:value`` joined by ``|``: model, backend, task@version, the extractor's
+    signature (how answers were read: ``number:answer``, its range and cues), shots, n,
+    sampling settings, seed, decoder, metric and metricwise version. A ``|`` or ``\\`` inside a
+    value (a regex extractor's pattern) is escaped with a backslash, so the fields split back.
+    """
     from metricwise import __version__
 
     return "|".join(
@@ -105,6 +111,7 @@ def signature_string(
             f"model:{model_signature}",
             f"backend:{config.backend}",
             f"task:{task.name}@{task.version}",
+            f"extract:{_escape_field(extractor_for(task).signature())}",
             f"shots:{config.num_fewshot}/{config.fewshot_strategy}",
             f"n:{config.n}",
             f"t:{temperature:g}",
@@ -117,6 +124,10 @@ def signature_string(
             f"version:{__version__}",
         ]
     )
+
+
+def _escape_field(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("|", "\\|")
 
 
 def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
