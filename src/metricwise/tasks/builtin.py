@@ -51,28 +51,22 @@ from typing import Any
 from metricwise.errors import InvalidParameterError
 from metricwise.extract import last_boxed
 from metricwise.tasks.base import Item, Task, format_number
-from metricwise.tasks.fewshot import fields_key
 from metricwise.tasks.readers import (
     HubSource,
     Record,
     line_of,
     read_json,
     read_jsonl_records,
-    read_records,
     read_text,
     to_float,
 )
 from metricwise.tasks.registry import builtin_task
+from metricwise.tasks.splits import MakeItem, holdout_loader, split_loader
 
 __all__ = [
     "HubSource",
     "generate_arith",
 ]
-
-Loader = Callable[[Path | None, str], list[Item]]
-
-#: One row in every ``HOLDOUT_EVERY`` rows of a single-file benchmark is held apart for shots.
-HOLDOUT_EVERY = 10
 
 #: MATH shots: held-apart rows whose worked solution is at most this long (keeps prompts short).
 MATH_SHOT_MAX_CHARS = 800
@@ -597,82 +591,6 @@ def _load_arith(data_dir: Path | None, split: str) -> list[Item]:
     )
 
 
-# -- loaders ------------------------------------------------------------------------------------
-MakeItem = Callable[[Record, str], Item]
-
-
-def _split_loader(
-    task: str,
-    files: Mapping[str, tuple[str, str, HubSource | None]],
-    parse: Callable[[Path], list[Record]],
-    hub_record: Callable[[Mapping[str, Any]], Record] | None,
-    make_item: MakeItem,
-) -> Loader:
-    """A task with a file per split: ``files[split] = (relpath, id tag, hub copy)``."""
-
-    def items(data_dir: Path | None, split: str) -> list[Item]:
-        relpath, tag, hub = files[split]
-        records = read_records(task, data_dir, relpath, parse, hub, hub_record)
-        return [make_item(r, f"{tag}-{i}") for i, r in enumerate(records)]
-
-    def load(data_dir: Path | None, split: str) -> list[Item]:
-        if split == "eval":
-            return items(data_dir, "eval")
-        return _without(items(data_dir, "fewshot"), items(data_dir, "eval"))
-
-    return load
-
-
-def _without(pool: list[Item], evaluated: list[Item]) -> list[Item]:
-    """The pool items whose fields do not repeat an evaluated item's (see ``fields_key``)."""
-    seen = {fields_key(it) for it in evaluated}
-    return [it for it in pool if fields_key(it) not in seen]
-
-
-def _holdout_loader(
-    task: str,
-    relpath: str,
-    parse: Callable[[Path], list[Record]],
-    hub: HubSource | None,
-    hub_record: Callable[[Mapping[str, Any]], Record] | None,
-    make_item: MakeItem,
-    *,
-    group: Callable[[list[Record]], list[int]] | None = None,
-    prepare: Callable[[list[Record]], list[Record]] | None = None,
-    shot_filter: Callable[[Record], bool] | None = None,
-) -> Loader:
-    """A single-file task: every ``HOLDOUT_EVERY``-th row (or group of rows) is the shot pool.
-
-    ``group`` maps the records to group numbers (SQuAD: articles) held apart together;
-    ``prepare`` filters or rewrites the records first (ASDiv: numeric answers only);
-    ``shot_filter`` keeps only some held-apart rows as shots (MATH: short solutions).
-    """
-
-    def load(data_dir: Path | None, split: str) -> list[Item]:
-        records = read_records(task, data_dir, relpath, parse, hub, hub_record)
-        if prepare is not None:
-            records = prepare(records)
-            if not records:
-                raise InvalidParameterError(f"Task {task!r} found no usable rows in {relpath}.")
-        groups = group(records) if group is not None else list(range(len(records)))
-        held = [g % HOLDOUT_EVERY == HOLDOUT_EVERY - 1 for g in groups]
-        evaluated = [
-            make_item(r, str(i))
-            for i, (r, h) in enumerate(zip(records, held, strict=True))
-            if not h
-        ]
-        if split == "eval":
-            return evaluated
-        pool = [
-            make_item(r, str(i))
-            for i, (r, h) in enumerate(zip(records, held, strict=True))
-            if h and (shot_filter is None or shot_filter(r))
-        ]
-        return _without(pool, evaluated)
-
-    return load
-
-
 def _article_groups(records: list[Record]) -> list[int]:
     order: dict[str, int] = {}
     return [order.setdefault(r["title"], len(order)) for r in records]
@@ -705,7 +623,7 @@ def _word_task(
         template=template,
         stop=_REASONING_STOP,
         max_tokens=96,
-        loader=_holdout_loader(name, relpath, parse, hub, hub_record, make_item, prepare=prepare),
+        loader=holdout_loader(name, relpath, parse, hub, hub_record, make_item, prepare=prepare),
     )
 
 
@@ -723,7 +641,7 @@ def _builtin_tasks() -> dict[str, Task]:
             template="Sentence 1: {sentence1}\nSentence 2: {sentence2}",
             answer_prefix="\nSimilarity (0-5):",
             max_tokens=8,
-            loader=_split_loader(
+            loader=split_loader(
                 "stsb",
                 {
                     "eval": (
@@ -754,7 +672,7 @@ def _builtin_tasks() -> dict[str, Task]:
             template="Review: {text}",
             answer_prefix="\nRating (1-5):",
             max_tokens=8,
-            loader=_split_loader(
+            loader=split_loader(
                 "sst5",
                 {
                     "eval": (
@@ -782,7 +700,7 @@ def _builtin_tasks() -> dict[str, Task]:
             instruction="Answer each trivia question with a short answer.",
             template="Question: {question}",
             max_tokens=24,
-            loader=_holdout_loader(
+            loader=holdout_loader(
                 "triviaqa",
                 "triviaqa/triviaqa_sm_sub.jsonl",
                 _parse_triviaqa,
@@ -804,7 +722,7 @@ def _builtin_tasks() -> dict[str, Task]:
             instruction="Answer each question with a short answer.",
             template="Question: {question}?",
             max_tokens=24,
-            loader=_holdout_loader(
+            loader=holdout_loader(
                 "nq_open",
                 "nq_open/NQ-open.dev.jsonl",
                 _parse_nq,
@@ -823,7 +741,7 @@ def _builtin_tasks() -> dict[str, Task]:
             template="Title: {title}\nPassage: {context}\nQuestion: {question}",
             max_tokens=32,
             similarity_fields=("question",),
-            loader=_holdout_loader(
+            loader=holdout_loader(
                 "squad",
                 "squad/dev-v1.1.json",
                 _parse_squad,
@@ -844,7 +762,7 @@ def _builtin_tasks() -> dict[str, Task]:
             template="Question: {question}",
             stop=_REASONING_STOP,
             max_tokens=192,
-            loader=_split_loader(
+            loader=split_loader(
                 "gsm8k",
                 {
                     "eval": (
@@ -919,7 +837,7 @@ def _builtin_tasks() -> dict[str, Task]:
             answer_prefix="\nSolution:",
             stop=("Problem:",),
             max_tokens=384,
-            loader=_holdout_loader(
+            loader=holdout_loader(
                 "math",
                 "math/math.jsonl",
                 _parse_math,
