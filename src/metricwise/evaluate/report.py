@@ -32,6 +32,15 @@ def _n_read(label: str, n: Any) -> str:
     return "0" if decoder.is_constant else "1"
 
 
+def _temperature(label: str, temperature: Any) -> str:
+    """The sampling temperature a decoder's answers come from: "-" for one that reads no
+    samples (greedy is an argmax decode, the prior a constant), whatever the run's T."""
+    decoder = _decoder(label)
+    if decoder is not None and not decoder.uses_samples:
+        return "-"
+    return str(temperature)
+
+
 def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "nan"
@@ -44,7 +53,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     ``+-`` is the bootstrap standard error; ``vs greedy`` is the paired mean difference with its
     95% interval, marked ``*`` when the interval excludes 0. ``parsed`` is the share of items
     where the decoder produced an answer at all. ``N`` is the number of model calls a decoder
-    reads: 1 for greedy, 0 for the prior (a constant from the few-shot split).
+    reads: 1 for greedy, 0 for the prior (a constant from the few-shot split). ``T`` is the
+    sampling temperature, "-" for decoders that read no samples.
     """
     lines = [
         "| Task | Version | Decoder | N | T | Metric | direction | Value | +- | 95% CI | vs greedy | parsed |",
@@ -63,7 +73,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 vs_text = ""
             n_text = _n_read(row["decoder"], n)
             lines.append(
-                f"| {run['task']} | {run['version']} | {row['decoder']} | {n_text} | {temperature} | {row['metric']} | "
+                f"| {run['task']} | {run['version']} | {row['decoder']} | {n_text} | {_temperature(row['decoder'], temperature)} | {row['metric']} | "
                 f"{'↑' if row['direction'] == 'higher' else '↓'} | {_fmt(row['value'])} | {_fmt(row['stderr'])} | "
                 f"[{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] | {vs_text} | {row['parse_rate']:.0%} |"
             )
@@ -76,7 +86,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         ]
         for run, row in corpus:
             lines.append(
-                f"| {run['task']} | {row['decoder']} | {run.get('temperature', '')} | {row['metric']} | {_fmt(row['value'])} | "
+                f"| {run['task']} | {row['decoder']} | {_temperature(row['decoder'], run.get('temperature', ''))} | {row['metric']} | {_fmt(row['value'])} | "
                 f"[{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] |"
             )
     return "\n".join(lines)
