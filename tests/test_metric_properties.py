@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -9,6 +14,7 @@ from hypothesis import strategies as st
 
 from metricwise import metrics
 from metricwise.errors import InvalidParameterError, MetricwiseError
+from metricwise.metrics import base as metrics_base
 
 WORDS = [
     "the",
@@ -146,3 +152,71 @@ def test_registry_refuses_duplicates_and_unknown_arguments():
         metrics.get("pinball", tau=1.5)
     with pytest.raises(InvalidParameterError, match="Bad arguments"):
         metrics.get("squared_error", tau=0.2)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_metric_is_named_by_its_registration(name):
+    """The name is written once (``@register``); results are signed with that name."""
+    metric = metrics.get(name)
+    assert metric.name == name
+    assert metric.signature().startswith(name)
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """A copy of the registry that the test may add to; the real one is left as it was."""
+    metrics.names()  # discover the built-in metrics before copying
+    monkeypatch.setattr(metrics_base, "_REGISTRY", dict(metrics_base._REGISTRY))
+
+
+def test_a_third_party_metric_registers_with_the_decorator(scratch_registry):
+    @metrics.register("length_gap_test")
+    class LengthGap(metrics.Metric):
+        higher_is_better = False
+
+        def _score_one(self, pred, ref):
+            return float(abs(len(pred) - len(ref)))
+
+    assert LengthGap.name == "length_gap_test"
+    metric = metrics.get("length_gap_test")
+    assert metric.name == "length_gap_test" and metric.signature() == "length_gap_test"
+    assert metric.score("abc", "a") == 2.0
+    assert "length_gap_test" in metrics.names()
+
+
+def test_register_refuses_a_class_that_names_itself_otherwise(scratch_registry):
+    with pytest.raises(InvalidParameterError, match="sets name = 'other' but is registered as"):
+
+        @metrics.register("named_test")
+        class Named(metrics.Metric):
+            name = "other"
+
+    assert "named_test" not in metrics.names()
+    # A subclass of a registered metric gets its own name, not its parent's.
+    squad = importlib.import_module("metricwise.metrics.squad")
+
+    @metrics.register("token_f1_subclass_test")
+    class Sub(squad.TokenF1):
+        pass
+
+    assert Sub.name == "token_f1_subclass_test" and squad.TokenF1.name == "token_f1"
+    with pytest.raises(InvalidParameterError, match="non-empty string"):
+        metrics.register("")
+
+
+def test_every_metric_module_is_discovered_without_a_list():
+    package = Path(metrics.__file__).parent
+    modules = {p.stem for p in package.glob("*.py")} - {"__init__", "base"}
+    metrics.names()
+    assert {m for m in modules if f"metricwise.metrics.{m}" not in sys.modules} == set()
+
+
+def test_discovery_imports_no_heavy_dependency():
+    # embedding_cosine needs torch, but only once the metric is built: listing the metrics and
+    # using the others must work, and stay fast, without it.
+    code = (
+        "import sys; from metricwise import metrics; metrics.names(); metrics.get('bleu'); "
+        "heavy = {'torch', 'transformers', 'sentence_transformers'} & set(sys.modules); "
+        "assert not heavy, heavy"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -8,7 +8,7 @@ decisions use, fills a whole matrix at once (``pairwise``). Subclasses that can 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -23,7 +23,7 @@ class Metric:
     Class attributes
     ----------------
     name:
-        Registry name.
+        Registry name, set by :func:`register` (a subclass does not write it).
     higher_is_better:
         Direction; decision rules read it and never guess a sign.
     kind:
@@ -152,19 +152,43 @@ class CallableMetric(Metric):
 
 
 MetricFactory = Callable[..., Metric]
+_Factory = TypeVar("_Factory", bound=MetricFactory)
 _REGISTRY: dict[str, MetricFactory] = {}
 
 
-def register(name: str) -> Callable[[MetricFactory], MetricFactory]:
-    """Class decorator that registers a metric factory under ``name``; refuses duplicates.
+def register(name: str) -> Callable[[_Factory], _Factory]:
+    """Decorator that registers a metric class (or factory) under ``name``; refuses duplicates.
 
-    The factory is called with the metric's keyword arguments (for example ``tau`` for
-    ``pinball``) by :func:`get`.
+    On a :class:`Metric` subclass it also sets the class attribute ``name``, so the name is
+    written once: a class that sets a different ``name`` itself is refused (the report would
+    otherwise sign its results with a name that :func:`get` does not know). The factory is
+    called with the metric's keyword arguments (for example ``tau`` for ``pinball``) by
+    :func:`get`.
+
+    Examples
+    --------
+    >>> @register("doc_length_gap")  # doctest: +SKIP
+    ... class LengthGap(Metric):
+    ...     higher_is_better = False
+    ...     def _score_one(self, pred, ref):
+    ...         return abs(len(pred) - len(ref))
     """
+    if not isinstance(name, str) or not name:
+        raise InvalidParameterError(
+            f"The 'name' parameter of register must be a non-empty string. Got {name!r} instead."
+        )
 
-    def decorator(factory: MetricFactory) -> MetricFactory:
+    def decorator(factory: _Factory) -> _Factory:
         if name in _REGISTRY:
             raise InvalidParameterError(f"A metric named {name!r} is already registered.")
+        if isinstance(factory, type) and issubclass(factory, Metric):
+            own = factory.__dict__.get("name")
+            if own is not None and own != name:
+                raise InvalidParameterError(
+                    f"The metric class {factory.__qualname__} sets name = {own!r} but is registered "
+                    f"as {name!r}. Remove its name attribute: register sets it."
+                )
+            factory.name = name
         _REGISTRY[name] = factory
         return factory
 
@@ -222,12 +246,21 @@ _BUILTINS_LOADED = False
 
 
 def _load_builtin_metrics() -> None:
-    """Import the built-in metric modules (they register themselves) on first use."""
+    """Import every module of :mod:`metricwise.metrics` but this one, once, on first use.
+
+    The modules register their metrics themselves, so adding a metric is adding a module: no
+    list to update. Discovery imports them all, so a metric module imports its heavy
+    dependencies (torch for ``embedding_cosine``) when the metric is built, not at import.
+    """
     global _BUILTINS_LOADED
     if _BUILTINS_LOADED:
         return
+    # Set first: a module that asks for the registry while it is imported must not recurse.
     _BUILTINS_LOADED = True
     import importlib
+    import pkgutil
 
-    for module in ("numeric", "squad", "bleu", "chrf", "rouge", "math_answer", "embedding"):
-        importlib.import_module(f"metricwise.metrics.{module}")
+    package = importlib.import_module("metricwise.metrics")
+    for module in pkgutil.iter_modules(package.__path__, prefix="metricwise.metrics."):
+        if module.name != __name__:
+            importlib.import_module(module.name)

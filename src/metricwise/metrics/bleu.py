@@ -133,7 +133,6 @@ class BLEU(Metric):
     48.8923
     """
 
-    name = "bleu"
     higher_is_better = True
     symmetric = False
     bayes_rule = None

@@ -102,7 +102,6 @@ class CHRF(Metric):
     71.4225
     """
 
-    name = "chrf"
     higher_is_better = True
     symmetric = False
     bayes_rule = None

@@ -19,8 +19,6 @@ from metricwise.metrics.base import Metric, register
 class EmbeddingCosine(Metric):
     """Cosine similarity (-1..1) of sentence embeddings; 1 for identical texts."""
 
-    name = "embedding_cosine"
-
     def __init__(self, model: str = DEFAULT_EMBEDDER, device: str = "cpu") -> None:
         self.model = model
         self.device = device

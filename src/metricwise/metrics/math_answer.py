@@ -122,7 +122,6 @@ def normalize_math_answer(answer: str) -> str:
 class MathExactMatch(Metric):
     """1.0 when the LaTeX-normalised MATH answers are equal, else 0.0. Bayes decision: the mode."""
 
-    name = "math_exact_match"
     bayes_rule = "mode"
 
     def normalize(self, value: Any) -> Any:

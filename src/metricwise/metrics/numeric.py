@@ -51,7 +51,6 @@ class _NumericLoss(Metric):
 class SquaredError(_NumericLoss):
     """``(pred - ref)^2``; the Bayes decision is the weighted mean."""
 
-    name = "squared_error"
     bayes_rule = "mean"
 
     def _loss(self, pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -62,7 +61,6 @@ class SquaredError(_NumericLoss):
 class AbsoluteError(_NumericLoss):
     """``|pred - ref|``; the Bayes decision is the weighted median."""
 
-    name = "absolute_error"
     bayes_rule = "median"
 
     def _loss(self, pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -77,7 +75,6 @@ class Pinball(_NumericLoss):
     weighted tau-quantile. ``tau = 0.5`` is half the absolute error.
     """
 
-    name = "pinball"
     bayes_rule = "quantile"
     symmetric = False
 

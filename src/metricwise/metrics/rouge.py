@@ -173,7 +173,6 @@ class RougeL(Metric):
     0.8333333333333334
     """
 
-    name = "rouge_l"
     higher_is_better = True
     symmetric = True
     bayes_rule = None

@@ -24,7 +24,6 @@ from metricwise.text import equality_pairwise, f1_from_counts, normalize_answer
 class ExactMatch(Metric):
     """1.0 when the normalised answers are equal, else 0.0. Bayes decision: the weighted mode."""
 
-    name = "exact_match"
     bayes_rule = "mode"
 
     def normalize(self, value: Any) -> Any:
@@ -50,8 +49,6 @@ class TokenF1(Metric):
     :func:`metricwise.metrics.overlap.clipped_overlap` (matrix products), instead of C x R
     ``Counter`` intersections.
     """
-
-    name = "token_f1"
 
     def _score_one(self, pred: Any, ref: Any) -> float:
         p, r = _token_bag(pred), _token_bag(ref)
