@@ -31,6 +31,10 @@ def table_row(table, decoder, metric):
     )
 
 
+def cells(line):
+    return [c.strip() for c in line.split("|")[1:-1]]
+
+
 def test_decoders_that_read_no_samples_have_no_temperature(rating_results):
     table = render_markdown(rating_results)
     assert table_row(table, "greedy", "squared_error").startswith("| rating | 1 | greedy | 1 | - |")
@@ -39,3 +43,18 @@ def test_decoders_that_read_no_samples_have_no_temperature(rating_results):
     corpus = [line for line in table.splitlines() if line.startswith("| rating | greedy |")]
     assert corpus and all(line.startswith("| rating | greedy | - |") for line in corpus)
     assert np.isfinite(rating_results["runs"][0]["scores"][0]["value"])
+
+
+def test_the_table_has_a_vs_prior_column(rating_results):
+    table = render_markdown(rating_results)
+    header = next(line for line in table.splitlines() if line.startswith("| Task | Version"))
+    assert "| vs greedy | vs prior | parsed |" in header
+    columns = cells(header)
+    vs_prior = cells(table_row(table, "mean", "squared_error"))[columns.index("vs prior")]
+    row = next(
+        r
+        for r in rating_results["runs"][0]["scores"]
+        if r["decoder"] == "mean" and r["metric"] == "squared_error"
+    )
+    assert vs_prior.startswith(f"{row['vs_prior']['difference']:+.4f} [")
+    assert cells(table_row(table, "prior", "squared_error"))[columns.index("vs prior")] == ""

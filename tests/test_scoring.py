@@ -221,3 +221,26 @@ def test_accuracy_rounds_on_ordinal_scales_only():
     assert is_ordinal(scale, [Item(id="1", fields={}, references=(3.0,), target="3")])
     assert not is_ordinal(scale, [Item(id="1", fields={}, references=(3.5,), target="3.5")])
     assert not is_ordinal(RATING, [Item(id="1", fields={}, references=(2.75,), target="2.8")])
+
+
+def test_every_decoder_is_compared_with_the_prior_on_the_same_resamples():
+    items, prompts, greedy, pools = rating_fixture()
+    results, _ = score_task(
+        RATING,
+        items,
+        prompts,
+        greedy,
+        pools,
+        bootstrap_iters=200,
+        prior_references=[0.0, 1.0, 1.0, 2.0, 7.0],
+    )
+    prior = by(results, "prior", "absolute_error")
+    assert "vs_prior" not in prior
+    for label in ("greedy", "mean", "median+model", "oracle"):
+        row = by(results, label, "absolute_error")
+        vs = row["vs_prior"]
+        assert vs["difference"] == pytest.approx(row["value"] - prior["value"])
+        assert vs["ci"][0] <= vs["difference"] <= vs["ci"][1]
+    # Without few-shot references there is no prior, and no comparison with it.
+    plain, _ = score_task(RATING, items, prompts, greedy, pools, bootstrap_iters=50)
+    assert all("vs_prior" not in r for r in plain["scores"])

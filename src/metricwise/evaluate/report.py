@@ -47,35 +47,41 @@ def _fmt(value: float | None, digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
-def render_markdown(results: dict[str, Any]) -> str:
-    """The results table: Task | Version | Decoder | N | T | Metric | direction | Value | +- | vs greedy.
+def _vs_text(vs: dict[str, Any] | None) -> str:
+    """A paired difference with its 95% interval, ``*`` when the interval excludes 0."""
+    if not vs:
+        return ""
+    low, high = vs["ci"]
+    excludes_zero = low is not None and high is not None and (low > 0 or high < 0)
+    return f"{vs['difference']:+.4f} [{_fmt(low)}, {_fmt(high)}]{' *' if excludes_zero else ''}"
 
-    ``+-`` is the bootstrap standard error; ``vs greedy`` is the paired mean difference with its
-    95% interval, marked ``*`` when the interval excludes 0. ``parsed`` is the share of items
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The results table: Task | Version | Decoder | N | T | Metric | direction | Value | +- |
+    95% CI | vs greedy | vs prior | parsed.
+
+    ``+-`` is the bootstrap standard error; ``vs greedy`` and ``vs prior`` are the paired mean
+    differences against greedy and against the no-model constant, with their 95% intervals,
+    marked ``*`` when the interval excludes 0 (empty where the run has no such baseline, as in
+    results written before ``vs prior`` existed). ``parsed`` is the share of items
     where the decoder produced an answer at all. ``N`` is the number of model calls a decoder
     reads: 1 for greedy, 0 for the prior (a constant from the few-shot split). ``T`` is the
     sampling temperature, "-" for decoders that read no samples.
     """
     lines = [
-        "| Task | Version | Decoder | N | T | Metric | direction | Value | +- | 95% CI | vs greedy | parsed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Task | Version | Decoder | N | T | Metric | direction | Value | +- | 95% CI | vs greedy | vs prior | parsed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in results.get("runs", []):
         n = run.get("n", "")
         temperature = run.get("temperature", "")
         for row in run["scores"]:
-            vs = row.get("vs_greedy")
-            if vs:
-                low, high = vs["ci"]
-                excludes_zero = low is not None and high is not None and (low > 0 or high < 0)
-                vs_text = f"{vs['difference']:+.4f} [{_fmt(low)}, {_fmt(high)}]{' *' if excludes_zero else ''}"
-            else:
-                vs_text = ""
             n_text = _n_read(row["decoder"], n)
             lines.append(
                 f"| {run['task']} | {run['version']} | {row['decoder']} | {n_text} | {_temperature(row['decoder'], temperature)} | {row['metric']} | "
                 f"{'↑' if row['direction'] == 'higher' else '↓'} | {_fmt(row['value'])} | {_fmt(row['stderr'])} | "
-                f"[{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] | {vs_text} | {row['parse_rate']:.0%} |"
+                f"[{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] | {_vs_text(row.get('vs_greedy'))} | "
+                f"{_vs_text(row.get('vs_prior'))} | {row['parse_rate']:.0%} |"
             )
     corpus = [(run, row) for run in results.get("runs", []) for row in run.get("corpus", [])]
     if corpus:

@@ -1,8 +1,8 @@
 """Score every decoder on one pool of samples per item: no model needed, seconds to re-run.
 
 :func:`score_task` takes the greedy candidate and the sampled pool of every item and returns, for
-each decoder and metric, the mean score with a bootstrap interval, a paired bootstrap against
-greedy, the parse rate, corpus statistics (Pearson, Spearman, accuracy) and decoder@k curves
+each decoder and metric, the mean score with a bootstrap interval, paired bootstraps against
+greedy and (when it is scored) the prior, the parse rate, corpus statistics (Pearson, Spearman, accuracy) and decoder@k curves
 (the score when only k of the N samples are drawn, averaged over random size-k subsets).
 """
 
@@ -188,8 +188,10 @@ def score_task(
         "scores": [],
         "corpus": [],
     }
-    # Greedy is the baseline of every paired comparison: the usual single-answer inference.
+    # Two baselines for paired comparisons: greedy, the usual single-answer inference, and the
+    # prior, which reads nothing of the item (a decoder that does not beat it learnt nothing).
     greedy_label = Greedy().label
+    prior_label = next((d.label for d in decoders if d.uses_prior), None)
     for decoder in decoders:
         for metric_name, metric in metric_objs.items():
             values = scores[decoder.label][metric_name]
@@ -203,13 +205,14 @@ def score_task(
                 "stderr": estimate.stderr,
                 "parse_rate": float(parsed[decoder.label].mean()),
             }
-            if decoder.label != greedy_label and greedy_label in scores:
-                cmp = paired_bootstrap(values, scores[greedy_label][metric_name], indices=indices)
-                row["vs_greedy"] = {
-                    "difference": cmp.difference,
-                    "ci": [cmp.low, cmp.high],
-                    "p_value": cmp.p_value,
-                }
+            for key, baseline in (("vs_greedy", greedy_label), ("vs_prior", prior_label)):
+                if baseline is not None and decoder.label != baseline and baseline in scores:
+                    cmp = paired_bootstrap(values, scores[baseline][metric_name], indices=indices)
+                    row[key] = {
+                        "difference": cmp.difference,
+                        "ci": [cmp.low, cmp.high],
+                        "p_value": cmp.p_value,
+                    }
             if signature is not None:
                 row["signature"] = signature(decoder, metric_name)
             results["scores"].append(row)
