@@ -343,3 +343,13 @@ def test_default_model_logprobs_equal_teacher_forced_rescoring():
             logp, logq = teacher_forced(real, prompt, cand.token_ids, config)
             assert cand.logp == pytest.approx(logp, abs=LOGPROB_TOL)
             assert cand.logq == pytest.approx(logq, abs=LOGPROB_TOL)
+
+
+def test_a_normal_run_shows_the_user_no_library_warning(backend):
+    """transformers 5 warned on every forward call about the renamed cache argument."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        backend.sample(PROMPTS, SamplingConfig(n=2, max_tokens=3))
+        backend.greedy(PROMPTS, SamplingConfig(max_tokens=3))

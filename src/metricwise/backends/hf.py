@@ -28,6 +28,7 @@ EOS and the token that completes a stop string are included in ``logp``/``logq``
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -267,6 +268,10 @@ class HFBackend:
         #: (prompts, prefill result) of the last prompt batch; see :meth:`_prefill`.
         self._kept_prefill: tuple[tuple[str, ...], tuple[Any, Any, Any, Any]] | None = None
         self.reuse_prefill = reuse_prefill
+        # transformers 5.x renamed forward's past_key_values to cache and warns on the old name
+        # (a FutureWarning on every call would reach the user); older versions know only the old one.
+        forward = inspect.signature(self.model.forward).parameters
+        self._cache_argument = "cache" if "cache" in forward else "past_key_values"
 
     # -- protocol --------------------------------------------------------------------------
     def sample(
@@ -324,9 +329,9 @@ class HFBackend:
                     input_ids=input_ids,
                     attention_mask=attention,
                     position_ids=positions,
-                    past_key_values=cache,
                     use_cache=True,
                     logits_to_keep=1,
+                    **{self._cache_argument: cache},
                 )
         except RuntimeError as exc:
             raise BackendError(f"The model failed on the prompt batch: {exc}") from exc
@@ -404,8 +409,8 @@ class HFBackend:
                     input_ids=chosen[:, None],
                     attention_mask=attention,
                     position_ids=next_position,
-                    past_key_values=cache,
                     use_cache=True,
+                    **{self._cache_argument: cache},
                 )
                 logits = out.logits[:, -1, :].float()
                 next_position = next_position + 1
