@@ -16,7 +16,7 @@ from typing import IO, Any
 from metricwise.errors import BackendError, InvalidParameterError, MetricwiseError
 from metricwise.io import iter_jsonl, read_jsonl, write_json_line
 
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_BACKEND = 0, 1, 2, 3
+EXIT_OK = 0
 
 _DECIDE_EXAMPLE = """\
 input: one JSON object per line,

@@ -7,13 +7,11 @@ without defensive copies.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from metricwise.errors import InvalidParameterError
 
-FinishReason = Literal["stop", "eos", "length", "guard"]
 #: How a sampled candidate can end: a stop string, EOS (or a control token), ``max_tokens``, or
 #: the repetition guard. A failure to sample (a timeout, an error, a malformed answer) has no
 #: finish reason because it is never a candidate: the backend raises instead.
@@ -120,33 +118,6 @@ class SampleSet:
     candidates: tuple[Candidate, ...]
     prompt: str | None = None
     id: Any = None
-
-    @classmethod
-    def from_texts(
-        cls,
-        texts: Iterable[str],
-        logp: Sequence[float] | None = None,
-        logq: Sequence[float] | None = None,
-        prompt: str | None = None,
-    ) -> SampleSet:
-        texts = list(texts)
-        for name, column in (("logp", logp), ("logq", logq)):
-            if column is not None and len(column) != len(texts):
-                raise InvalidParameterError(
-                    f"The '{name}' parameter of SampleSet.from_texts must have one value per text "
-                    f"({len(texts)}). Got {len(column)} instead."
-                )
-        return cls(
-            candidates=tuple(
-                Candidate(
-                    text=t,
-                    logp=None if logp is None else float(logp[i]),
-                    logq=None if logq is None else float(logq[i]),
-                )
-                for i, t in enumerate(texts)
-            ),
-            prompt=prompt,
-        )
 
     @property
     def texts(self) -> list[str]:
