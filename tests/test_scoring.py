@@ -12,6 +12,7 @@ from metricwise.evaluate.decoders import Decoder, default_decoders, prior_predic
 from metricwise.evaluate.report import load_results, render_markdown
 from metricwise.evaluate.runner import write_outputs
 from metricwise.evaluate.scoring import powers_of_two_up_to, score_task
+from metricwise.evaluate.stats import resample_indices
 from metricwise.tasks.base import Item, Task
 
 RATING = Task(
@@ -244,3 +245,41 @@ def test_every_decoder_is_compared_with_the_prior_on_the_same_resamples():
     # Without few-shot references there is no prior, and no comparison with it.
     plain, _ = score_task(RATING, items, prompts, greedy, pools, bootstrap_iters=50)
     assert all("vs_prior" not in r for r in plain["scores"])
+
+
+def test_corpus_statistics_get_a_paired_difference_against_greedy():
+    items, prompts, greedy, pools = rating_fixture()
+    results, records = score_task(
+        RATING,
+        items,
+        prompts,
+        greedy,
+        pools,
+        bootstrap_iters=300,
+        seed=3,
+        prior_references=[0.0, 1.0, 1.0, 2.0, 7.0],
+    )
+    corpus = {(r["decoder"], r["metric"]): r for r in results["corpus"]}
+    assert "vs_greedy" not in corpus["greedy", "accuracy"]
+    for label in ("mode", "mean", "prior"):
+        row, base = corpus[label, "accuracy"], corpus["greedy", "accuracy"]
+        assert row["vs_greedy"]["difference"] == pytest.approx(row["value"] - base["value"])
+    # The interval resamples the same items for both decoders (the scores' resamples).
+    refs = np.array([1.0, 4.0, 2.5, 0.0])
+    hits = {
+        label: np.array(
+            [float(r.predictions[label] == ref) for r, ref in zip(records, refs, strict=True)]
+        )
+        for label in ("greedy", "mode")
+    }
+    idx = resample_indices(4, 300, seed=3)
+    replicates = (hits["mode"] - hits["greedy"])[idx].mean(axis=1)
+    assert corpus["mode", "accuracy"]["vs_greedy"]["ci"] == pytest.approx(
+        [np.quantile(replicates, 0.025), np.quantile(replicates, 0.975)]
+    )
+    # Correlations too, but never against a constant (the prior has none).
+    pearson = corpus["mean", "pearson"]
+    assert pearson["vs_greedy"]["difference"] == pytest.approx(
+        pearson["value"] - corpus["greedy", "pearson"]["value"]
+    )
+    assert "vs_prior" not in pearson and "vs_prior" in corpus["mean", "accuracy"]

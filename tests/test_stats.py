@@ -78,3 +78,21 @@ def test_correlation_statistics_equal_their_definitions():
     )
     estimate = bootstrap(pairs, statistic=pearson_rows, indices=resample_indices(50, 500))
     assert estimate.low < estimate.value < estimate.high
+
+
+def test_paired_bootstrap_of_a_corpus_statistic_resamples_both_sides_alike():
+    rng = np.random.default_rng(5)
+    reference = rng.normal(size=80)
+    good = np.stack([reference + rng.normal(scale=0.3, size=80), reference], axis=1)
+    poor = np.stack([reference + rng.normal(scale=2.0, size=80), reference], axis=1)
+    idx = resample_indices(80, 500, seed=6)
+    cmp = paired_bootstrap(good, poor, statistic=pearson_rows, indices=idx)
+    everything = np.arange(80)[None, :]
+    expected = pearson_rows(good, everything)[0] - pearson_rows(poor, everything)[0]
+    assert cmp.difference == pytest.approx(expected)
+    replicates = pearson_rows(good, idx) - pearson_rows(poor, idx)
+    assert (cmp.low, cmp.high) == pytest.approx(
+        (np.quantile(replicates, 0.025), np.quantile(replicates, 0.975))
+    )
+    assert cmp.low > 0 and cmp.p_value < 0.01
+    assert paired_bootstrap(good, good, statistic=pearson_rows, indices=idx).p_value == 1.0

@@ -67,6 +67,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     where the decoder produced an answer at all. ``N`` is the number of model calls a decoder
     reads: 1 for greedy, 0 for the prior (a constant from the few-shot split). ``T`` is the
     sampling temperature, "-" for decoders that read no samples.
+
+    Corpus statistics (accuracy, Pearson, Spearman) follow in a second table, with the same
+    paired differences (the statistic of the decoder minus the baseline's, on the same
+    resampled items).
     """
     lines = [
         "| Task | Version | Decoder | N | T | Metric | direction | Value | +- | 95% CI | vs greedy | vs prior | parsed |",
@@ -87,13 +91,13 @@ def render_markdown(results: dict[str, Any]) -> str:
     if corpus:
         lines += [
             "",
-            "| Task | Decoder | T | Statistic | Value | 95% CI |",
-            "|---|---|---|---|---|---|",
+            "| Task | Decoder | T | Statistic | Value | 95% CI | vs greedy | vs prior |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for run, row in corpus:
             lines.append(
                 f"| {run['task']} | {row['decoder']} | {_temperature(row['decoder'], run.get('temperature', ''))} | {row['metric']} | {_fmt(row['value'])} | "
-                f"[{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] |"
+                f"[{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] | {_vs_text(row.get('vs_greedy'))} | {_vs_text(row.get('vs_prior'))} |"
             )
     return "\n".join(lines)
 

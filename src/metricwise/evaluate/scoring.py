@@ -216,11 +216,15 @@ def score_task(
             if signature is not None:
                 row["signature"] = signature(decoder, metric_name)
             results["scores"].append(row)
-        results["corpus"].extend(
-            _corpus_rows(
-                task, decoder, predictions[decoder.label], items, indices, corpus_statistics
-            )
-        )
+    results["corpus"] = _corpus_rows(
+        task,
+        decoders,
+        predictions,
+        items,
+        indices,
+        corpus_statistics,
+        baselines={"vs_greedy": greedy_label, "vs_prior": prior_label},
+    )
 
     if curve_subsets > 0 and len(pools[0]) > 1:
         results["curves"] = _curves(task, decoders, items, greedy, pools, curve_subsets, seed)
@@ -229,42 +233,69 @@ def score_task(
 
 def _corpus_rows(
     task: Task,
-    decoder: Decoder,
-    preds: list[Any],
+    decoders: Sequence[Decoder],
+    predictions: dict[str, list[Any]],
     items: Sequence[Item],
     indices: np.ndarray,
     statistics: Sequence[CorpusStatistic],
+    *,
+    baselines: dict[str, str | None],
 ) -> list[dict[str, Any]]:
-    # A decoder that reads the references has one prediction per metric, none for the corpus.
-    if not statistics or decoder.uses_references:
+    """Each corpus statistic of each decoder, with paired differences against the baselines.
+
+    A difference resamples the same items for both decoders (the ``indices`` every score
+    shares), so a corpus statistic gets the same paired test as a per-item mean.
+    """
+    if not statistics:
         return []
-    # A constant has no correlation with anything; its accuracy is still informative.
-    chosen = [s for s in statistics if s.defined_for_constant or not decoder.is_constant]
     fallback = fallback_prediction(task)
-    pairs = np.array(
-        [
-            [p if p is not None else fallback, float(item.references[0])]
-            for p, item in zip(preds, items, strict=True)
-        ],
-        dtype=np.float64,
-    )
-    rows = []
-    ordinal = is_ordinal(task, items)
-    for stat in chosen:
-        estimate = bootstrap(
-            pairs,
-            statistic=functools.partial(stat.__call__, ordinal=ordinal),
-            indices=indices,
+    references = [float(item.references[0]) for item in items]
+    # A decoder that reads the references has one prediction per metric, none for the corpus.
+    pairs = {
+        d.label: np.array(
+            [
+                [p if p is not None else fallback, r]
+                for p, r in zip(predictions[d.label], references, strict=True)
+            ],
+            dtype=np.float64,
         )
-        rows.append(
-            {
-                "decoder": decoder.label,
+        for d in decoders
+        if not d.uses_references
+    }
+    constant = {d.label: d.is_constant for d in decoders}
+    ordinal = is_ordinal(task, items)
+    rows = []
+    for label in pairs:
+        for stat in statistics:
+            # A constant has no correlation with anything; its accuracy is still informative.
+            if constant[label] and not stat.defined_for_constant:
+                continue
+            statistic = functools.partial(stat.__call__, ordinal=ordinal)
+            estimate = bootstrap(pairs[label], statistic=statistic, indices=indices)
+            row: dict[str, Any] = {
+                "decoder": label,
                 "metric": stat.name,
                 "direction": "higher" if stat.higher_is_better else "lower",
                 "value": estimate.value,
                 "ci": [estimate.low, estimate.high],
             }
-        )
+            for key, baseline in baselines.items():
+                if (
+                    baseline is None
+                    or baseline == label
+                    or baseline not in pairs
+                    or (constant[baseline] and not stat.defined_for_constant)
+                ):
+                    continue
+                cmp = paired_bootstrap(
+                    pairs[label], pairs[baseline], statistic=statistic, indices=indices
+                )
+                row[key] = {
+                    "difference": cmp.difference,
+                    "ci": [cmp.low, cmp.high],
+                    "p_value": cmp.p_value,
+                }
+            rows.append(row)
     return rows
 
 

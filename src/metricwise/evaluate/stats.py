@@ -102,27 +102,52 @@ def paired_bootstrap(
     a: np.ndarray,
     b: np.ndarray,
     *,
+    statistic: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     indices: np.ndarray | None = None,
     confidence: float = 0.95,
     seed: int = 0,
 ) -> PairedComparison:
-    """Mean of ``a - b`` over the same items, shape (n,) each, with interval and p-value."""
+    """``statistic(a) - statistic(b)`` over the same items, with interval and p-value.
+
+    Parameters
+    ----------
+    a, b:
+        Per-item values of two decoders on the same items: shape (n,) for the mean, or (n, m)
+        for a corpus statistic (Pearson's r of [prediction, reference] columns).
+    statistic:
+        ``statistic(values, idx) -> (B,)`` as in :func:`bootstrap`; ``None`` is the mean, whose
+        difference is the mean of ``a - b``. Each resample draws the same items for both, so
+        what varies between the two is the decoder, not the items.
+    indices, confidence, seed:
+        As in :func:`bootstrap`. Resamples where the statistic is undefined (a correlation of a
+        resample with one distinct prediction) are left out of the interval and the p-value.
+    """
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise InvalidParameterError(
             f"A paired comparison needs scores of the same items. Got shapes {a.shape} and {b.shape} instead."
         )
-    diff = a - b
-    idx = resample_indices(len(diff), seed=seed) if indices is None else indices
-    replicates = diff[idx].mean(axis=1)
+    idx = resample_indices(len(a), seed=seed) if indices is None else indices
+    if statistic is None:
+        diff = a - b
+        difference = float(diff.mean())
+        replicates = diff[idx].mean(axis=1)
+        identical = bool(np.all(diff == 0))
+    else:
+        everything = np.arange(len(a))[None, :]
+        difference = float(statistic(a, everything)[0] - statistic(b, everything)[0])
+        replicates = statistic(a, idx) - statistic(b, idx)
+        identical = bool(np.array_equal(a, b))
     lo, hi = _percentiles(replicates, confidence)
-    n_res = len(replicates)
-    tail = min(np.mean(replicates <= 0), np.mean(replicates >= 0))
+    if statistic is not None:  # the mean of finite scores is finite: nothing to leave out
+        replicates = replicates[np.isfinite(replicates)]
+    n_res = max(len(replicates), 1)
+    tail = min(np.mean(replicates <= 0), np.mean(replicates >= 0)) if len(replicates) else 0.5
     p_value = float(min(1.0, max(2 * tail, 1.0 / n_res)))
-    if np.all(diff == 0):
+    if identical:
         p_value = 1.0
-    return PairedComparison(difference=float(diff.mean()), low=lo, high=hi, p_value=p_value)
+    return PairedComparison(difference=difference, low=lo, high=hi, p_value=p_value)
 
 
 def _percentiles(replicates: np.ndarray, confidence: float) -> tuple[float, float]:
