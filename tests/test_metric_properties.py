@@ -50,12 +50,12 @@ def available_metrics() -> list[str]:
 
 ALL = available_metrics()
 TEXT = [n for n in ALL if metrics.get(n).kind == "text"]
-NUMERIC = [n for n in ALL if metrics.get(n).kind == "numeric"]
+NUMBER = [n for n in ALL if metrics.get(n).kind == "number"]
 FAST_TEXT = [n for n in TEXT if n != "embedding_cosine"]
 
 
 def strategy_for(name: str):
-    return numbers if metrics.get(name).kind == "numeric" else texts
+    return numbers if metrics.get(name).kind == "number" else texts
 
 
 def test_the_registry_has_the_documented_metrics():
@@ -220,3 +220,10 @@ def test_discovery_imports_no_heavy_dependency():
         "assert not heavy, heavy"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_metric_kinds_use_the_tasks_answer_types():
+    # A metric's kind and a task's answer_type are the same vocabulary ("text" or "number").
+    assert {metrics.get(n).kind for n in ALL} == {"text", "number"}
+    assert set(NUMBER) >= {"squared_error", "absolute_error", "pinball"}
+    assert metrics.resolve(abs, higher_is_better=False, numeric=True).kind == "number"

@@ -8,7 +8,7 @@ EMNLP Findings 2024). Closed forms come first:
 ========================  =========================================================
 metric                    rule
 ========================  =========================================================
-exact_match               ``mode``: weighted majority of the normalised answers
+exact_match               ``mode``: weighted majority of the normalized answers
 squared_error             ``mean``: weighted mean (often a value no sample produced)
 absolute_error            ``median``: weighted median
 pinball(tau)              ``quantile``: weighted tau-quantile
@@ -28,7 +28,7 @@ Samples that cannot be an answer are left out before deciding and counted by rea
 ``Decision.excluded``: truncated candidates (their finish reason, e.g. ``"length"``), texts
 with no number for numeric rules (``"unparsable"``), and texts with no letter or digit for
 text rules (``"empty"``: ``""``, ``" /"``, ``"..."``), so that empty answers, which all
-normalise to ``""``, cannot outvote real ones. With none left the decision fails with a reason.
+normalize to ``""``, cannot outvote real ones. With none left the decision fails with a reason.
 
 Memory is bounded whatever N: a candidates x samples matrix (MBR's utilities, the mode's
 closeness) that would not fit in ``_PAIRWISE_BUDGET_BYTES`` (256 MiB) is filled and reduced in
@@ -50,7 +50,7 @@ from metricwise.metrics.base import Metric, resolve
 from metricwise.types import COMPLETE_FINISH_REASONS, Decision, SampleSet, SupportItem
 
 RULES: tuple[str, ...] = ("mode", "mean", "median", "quantile", "grid", "mbr")
-NUMERIC_RULES: frozenset[str] = frozenset({"mean", "median", "quantile", "grid"})
+NUMBER_RULES: frozenset[str] = frozenset({"mean", "median", "quantile", "grid"})
 WEIGHTINGS: tuple[str, ...] = ("uniform", "model", "importance")
 _TIE_RTOL = 1e-9
 #: Memory that one ``metric.pairwise`` call of a rule may use, in bytes. A (C, R) matrix that
@@ -148,7 +148,7 @@ def decide(
     check_weighting(weights)
     metric_obj = resolve(metric, higher_is_better=higher_is_better, **metric_args)
     rule_name = _choose_rule(rule, metric_obj)
-    numeric = metric_obj.kind == "numeric" or rule_name in NUMERIC_RULES
+    numeric = metric_obj.kind == "number" or rule_name in NUMBER_RULES
 
     raw, logp, logq, finish = _unpack_samples(samples, logprobs, proposal_logprobs)
     n_total = len(raw)
@@ -169,7 +169,7 @@ def decide(
             excluded["unparsable"] = excluded.get("unparsable", 0) + 1
             continue
         if not numeric and not _is_answer_text(value):
-            # "", " /" and "..." all normalise to "" for exact match: a few of them would
+            # "", " /" and "..." all normalize to "" for exact match: a few of them would
             # outvote distinct real answers and make "" the decision.
             excluded["empty"] = excluded.get("empty", 0) + 1
             continue
@@ -353,7 +353,7 @@ def _sample_weights(
     logq: np.ndarray | None,
     temperature: float,
 ) -> tuple[str, np.ndarray]:
-    """Unnormalised weights of the kept samples, shape (len(keep),), and the weighting's name."""
+    """Unnormalized weights of the kept samples, shape (len(keep),), and the weighting's name."""
     idx = np.asarray(keep, dtype=np.int64)
     if weights is None or (isinstance(weights, str) and weights == "uniform"):
         return "uniform", np.ones(len(keep))
@@ -381,7 +381,7 @@ def _sample_weights(
             finite = np.isfinite(lp) & np.isfinite(lq)
             log_ratio = np.full(len(idx), -np.inf)
             log_ratio[finite] = lp[finite] - lq[finite]
-            return "importance", _exp_normalised(log_ratio)
+            return "importance", _exp_normalized(log_ratio)
         check_weighting(weights)
     arr = np.asarray(weights, dtype=np.float64)
     if arr.shape != (n_total,):
@@ -412,7 +412,7 @@ def _model_weights(
     # A text has one sequence probability; averaging guards against tiny numeric drift between
     # copies. A copy without one (-inf: a null from the server) does not erase the others'.
     scaled = np.array([_finite_mean(logp[idx[groups[k]]]) for k in keys]) / temperature
-    mass = _exp_normalised(scaled)
+    mass = _exp_normalized(scaled)
     out = np.empty(len(idx))
     for k, m in zip(keys, mass, strict=True):
         members = groups[k]
@@ -426,7 +426,7 @@ def _finite_mean(values: np.ndarray) -> float:
     return float(np.mean(finite)) if len(finite) else -math.inf
 
 
-def _exp_normalised(log_weights: np.ndarray) -> np.ndarray:
+def _exp_normalized(log_weights: np.ndarray) -> np.ndarray:
     """``exp(log_weights - max)``, shape kept; all zeros when no entry is finite.
 
     Subtracting the largest finite entry keeps the exponentials in range; with none finite,
@@ -463,7 +463,7 @@ def _failure_message(
     """Why no decision was made: no samples, none usable, or no usable one with weight > 0.
 
     ``n_inf`` counts the usable samples whose ``logprobs`` (or ``proposal_logprobs``) read by
-    the weighting are -inf; ``total_weight`` is the usable samples' unnormalised weight.
+    the weighting are -inf; ``total_weight`` is the usable samples' unnormalized weight.
     """
     if n_total == 0:
         return "no samples were given"

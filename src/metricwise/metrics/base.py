@@ -14,7 +14,7 @@ import numpy as np
 
 from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
 
-MetricKind = Literal["text", "numeric"]
+MetricKind = Literal["text", "number"]
 
 
 class Metric:
@@ -27,7 +27,7 @@ class Metric:
     higher_is_better:
         Direction; decision rules read it and never guess a sign.
     kind:
-        ``"text"``: inputs are strings. ``"numeric"``: inputs are floats, and string samples are
+        ``"text"``: inputs are strings. ``"number"``: inputs are floats, and string samples are
         parsed with :func:`metricwise.extract.parse_number` before deciding.
     symmetric:
         Whether ``score(a, b) == score(b, a)`` for all inputs (checked by the property tests).
@@ -115,7 +115,7 @@ class CallableMetric(Metric):
     name:
         Name used in reports; defaults to the function's ``__name__``.
     numeric:
-        Parse samples as numbers before calling ``fn``.
+        Parse samples as numbers before calling ``fn`` (the metric's ``kind`` is ``"number"``).
     symmetric:
         Declare ``fn(a, b) == fn(b, a)``. Only halves nothing today; recorded for the tests.
     """
@@ -140,7 +140,7 @@ class CallableMetric(Metric):
             )
         self._fn = fn
         self.higher_is_better = higher_is_better
-        self.kind = "numeric" if numeric else "text"
+        self.kind = "number" if numeric else "text"
         self.symmetric = symmetric
         self.name = str(name or getattr(fn, "__name__", "callable"))
 

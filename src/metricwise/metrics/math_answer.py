@@ -1,6 +1,6 @@
-"""Exact match for MATH answers, after a LaTeX-aware normalisation.
+"""Exact match for MATH answers, after a LaTeX-aware normalization.
 
-SQuAD normalisation drops signs and punctuation, so it would count 5, -5 and 0.5 (or
+SQuAD normalization drops signs and punctuation, so it would count 5, -5 and 0.5 (or
 ``\\frac{1}{33}`` and ``\\frac{13}{3}``) as the same answer. ``normalize_math_answer`` instead
 follows the MATH paper's ``is_equiv`` (Hendrycks et al., 2021): it unwraps ``\\boxed``, drops ``$``,
 ``\\left``/``\\right``, units in ``\\text{}``, degrees and percent signs, ``x =``, thousands
@@ -120,7 +120,7 @@ def normalize_math_answer(answer: str) -> str:
 
 @register("math_exact_match")
 class MathExactMatch(Metric):
-    """1.0 when the LaTeX-normalised MATH answers are equal, else 0.0. Bayes decision: the mode."""
+    """1.0 when the LaTeX-normalized MATH answers are equal, else 0.0. Bayes decision: the mode."""
 
     bayes_rule = "mode"
 
@@ -131,5 +131,5 @@ class MathExactMatch(Metric):
         return float(self.normalize(pred) == self.normalize(ref))
 
     def pairwise(self, cands: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
-        """(C, R) equality matrix of normalised answers by integer codes; O(C x R) array work."""
+        """(C, R) equality matrix of normalized answers by integer codes; O(C x R) array work."""
         return equality_pairwise(cands, refs, self.normalize)

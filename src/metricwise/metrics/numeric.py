@@ -28,7 +28,7 @@ def _as_float(value: Any, role: str) -> float:
 
 class _NumericLoss(Metric):
     higher_is_better = False
-    kind = "numeric"
+    kind = "number"
 
     def _loss(self, pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -1,8 +1,8 @@
 """Exact match and token F1 with the SQuAD v1.1 evaluation script's definitions.
 
-Normalisation (``normalize_answer``): lower-case, drop ASCII punctuation, drop the articles
+Normalization (``normalize_answer``): lower-case, drop ASCII punctuation, drop the articles
 "a", "an", "the", collapse whitespace. Token F1 is the harmonic mean of precision and recall of
-the normalised tokens' multiset overlap; with several references the best one counts. As in
+the normalized tokens' multiset overlap; with several references the best one counts. As in
 v1.1 (unlike the v2.0 script), an empty prediction or reference has F1 0, even against another
 empty string.
 """
@@ -22,7 +22,7 @@ from metricwise.text import equality_pairwise, f1_from_counts, normalize_answer
 
 @register("exact_match")
 class ExactMatch(Metric):
-    """1.0 when the normalised answers are equal, else 0.0. Bayes decision: the weighted mode."""
+    """1.0 when the normalized answers are equal, else 0.0. Bayes decision: the weighted mode."""
 
     bayes_rule = "mode"
 
@@ -33,7 +33,7 @@ class ExactMatch(Metric):
         return float(normalize_answer(pred) == normalize_answer(ref))
 
     def pairwise(self, cands: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
-        """(C, R) equality matrix of normalised answers, by integer codes; O(C x R) array work."""
+        """(C, R) equality matrix of normalized answers, by integer codes; O(C x R) array work."""
         return equality_pairwise(cands, refs, self.normalize)
 
 
@@ -43,7 +43,7 @@ def _token_bag(text: Any) -> Counter:
 
 @register("token_f1")
 class TokenF1(Metric):
-    """SQuAD token F1 between normalised answers (0..1). Decided by MBR.
+    """SQuAD token F1 between normalized answers (0..1). Decided by MBR.
 
     ``pairwise`` scores distinct strings only and computes every pair's token overlap with
     :func:`metricwise.metrics.overlap.clipped_overlap` (matrix products), instead of C x R
