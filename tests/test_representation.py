@@ -130,7 +130,7 @@ def test_precision_is_independent_of_input_dtype():
 )
 def test_torch_input_matches_numpy(torch_kernels, monkeypatch):
     torch = pytest.importorskip("torch")
-    from metricwise.representation import metrics as metrics_module
+    from metricwise.representation import mnn as metrics_module
 
     # the torch code path (used for GPU tensors) is exercised on CPU by this switch
     monkeypatch.setattr(metrics_module, "_TORCH_ON_CPU", torch_kernels)

@@ -1,6 +1,6 @@
 """Model evaluation from hidden representations: Matrix Nuclear-Norm, Matrix Entropy, nuclear norm.
 
-- :mod:`~metricwise.representation.metrics`: the metrics of one ``(L, d)`` matrix (numpy or
+- :mod:`~metricwise.representation.mnn`: the metrics of one ``(L, d)`` matrix (numpy or
   torch), and the isotropic Gaussian baseline of the same shape.
 - :mod:`~metricwise.representation.hidden`: batched, exact hidden-state extraction from any
   transformers causal LM (right padding, attention masks, BOS and minimum-length choices).
@@ -38,7 +38,7 @@ from metricwise.representation.hidden import (
     extract_hidden_states,
     iter_hidden_states,
 )
-from metricwise.representation.metrics import (
+from metricwise.representation.mnn import (
     METRIC_NAMES,
     gaussian_baseline,
     matrix_entropy,

@@ -233,7 +233,7 @@ def run_mnn(args: argparse.Namespace) -> int:
         score_responses,
         score_texts,
     )
-    from metricwise.representation.metrics import resolve_metric_names
+    from metricwise.representation.mnn import resolve_metric_names
 
     if args.list_models:
         print(describe_models())

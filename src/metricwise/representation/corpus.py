@@ -3,7 +3,7 @@
 A corpus score is the mean over scored texts of the per-text metric (texts that are empty or
 shorter than ``min_tokens`` are skipped and counted, as the authors skip texts with no tokens).
 Beside each raw mean, every text's metric is also computed on an isotropic Gaussian matrix of
-the same ``(L_i, d)`` (see :func:`metricwise.representation.metrics.gaussian_baseline`); the
+the same ``(L_i, d)`` (see :func:`metricwise.representation.mnn.gaussian_baseline`); the
 corpus reports the mean baseline and the mean of the per-text ratios ``raw / baseline``, which
 removes the part of the score that only reflects text length and model width.
 
@@ -38,7 +38,7 @@ from metricwise.representation.hidden import (
     iter_encoded_hidden_states,
     pad_token_id_of,
 )
-from metricwise.representation.metrics import (
+from metricwise.representation.mnn import (
     METRIC_NAMES,
     METRIC_TITLES,
     gaussian_baseline,
