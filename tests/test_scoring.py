@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from metricwise import Candidate, SampleSet
-from metricwise.evaluate.decoders import Decoder, default_decoders, prior_prediction
+from metricwise.evaluate.decoders import (
+    Decoder,
+    default_decoders,
+    prior_prediction,
+    rule_decoder,
+)
 from metricwise.evaluate.report import load_results, render_markdown
 from metricwise.evaluate.runner import write_outputs
 from metricwise.evaluate.scoring import powers_of_two_up_to, score_task
@@ -283,3 +288,27 @@ def test_corpus_statistics_get_a_paired_difference_against_greedy():
         pearson["value"] - corpus["greedy", "pearson"]["value"]
     )
     assert "vs_prior" not in pearson and "vs_prior" in corpus["mean", "accuracy"]
+
+
+def test_every_metric_of_a_task_gets_its_own_rule():
+    rating = {d.label for d in default_decoders(RATING)}
+    # Squared error's rule is the mean, absolute error's the median; MBR for each metric too.
+    assert {"mean", "median", "mbr[squared_error]", "mbr[absolute_error]"} <= rating
+    assert {"mbr[squared_error]+model", "mbr[absolute_error]+model"} <= rating
+    answers = Task(
+        name="answers",
+        description="",
+        answer_type="text",
+        metrics=("token_f1", "chrf", "exact_match"),
+        extractor="first_line",
+        template="{q}",
+    )
+    labels = {d.label for d in default_decoders(answers)}
+    assert {"mode", "mbr[token_f1]", "mbr[chrf]", "mbr[chrf]+model"} <= labels
+    assert "mbr[exact_match]" not in labels  # its rule is the mode
+    for task in (RATING, QA, answers):
+        labels = {d.label for d in default_decoders(task)}
+        assert {rule_decoder(m, task.answer_type).label for m in task.metrics} <= labels
+    assert rule_decoder("exact_match", "text").label == "mode"
+    assert rule_decoder("absolute_error", "number").label == "median"
+    assert rule_decoder("token_f1", "text").label == "mbr[token_f1]"

@@ -56,6 +56,7 @@ __all__ = [
     "predict",
     "prior_prediction",
     "register_decoder",
+    "rule_decoder",
 ]
 
 
@@ -471,8 +472,13 @@ def _has_logprobs(pool: SampleSet) -> bool:
 
 
 def default_decoders(task: Task, *, prior: bool = False) -> list[Decoder]:
-    """The decoders the harness compares for ``task``; ``prior`` adds the no-model constant."""
-    primary = task.metrics[0]
+    """The decoders the harness compares for ``task``; ``prior`` adds the no-model constant.
+
+    Every metric of the task gets the decoder of its own Bayes rule (:func:`rule_decoder`):
+    the closed forms (mode, mean, median) and ``mbr[m]`` for each metric ``m`` other than
+    exact match, whose rule is the mode (MBR with a 0-1 utility is a majority vote). Text
+    tasks also get ``mbr[token_f1]``, the usual partial-credit rule for short answers.
+    """
     decoders: list[Decoder] = [Greedy()]
     if prior:
         decoders.append(Prior())
@@ -480,14 +486,37 @@ def default_decoders(task: Task, *, prior: bool = False) -> list[Decoder]:
     rules: list[BayesRule]
     if task.answer_type == "number":
         rules = [Mode("absolute_error"), Mean("squared_error"), Median("absolute_error")]
-        rules.append(MBR(primary))
+        mbr_metrics = list(task.metrics)
     else:
         rules = [Mode("exact_match")]
-        rules += [MBR(m) for m in dict.fromkeys([primary, "token_f1"]) if m != "exact_match"]
+        mbr_metrics = [*task.metrics, "token_f1"]
+    rules += [MBR(m) for m in dict.fromkeys(mbr_metrics) if m != "exact_match"]
     decoders += rules
     decoders += [type(d)(d.metric, "model") for d in rules]
     decoders.append(Oracle())
     return decoders
+
+
+def rule_decoder(metric: str, answer_type: str) -> BayesRule:
+    """The decoder (uniform weights) that implements ``metric``'s Bayes rule in
+    :func:`default_decoders`: ``mean`` for squared error, ``median`` for absolute error,
+    ``mode`` for exact match, ``mbr[metric]`` for any other metric (token F1, BLEU).
+
+    ``answer_type`` is the task's (``number`` or ``text``): the mean and the median are rules
+    over numbers only.
+    """
+    if metric == Mode.default_metric:
+        return Mode(metric)
+    rule = get_metric(metric).bayes_rule
+    for closed_form in (Mean, Median):
+        # Only the metric a closed form's label stands for: "mean" is the mean for squared error.
+        if (
+            answer_type == "number"
+            and rule == closed_form.rule
+            and metric == closed_form.default_metric
+        ):
+            return closed_form(metric)
+    return MBR(metric)
 
 
 @lru_cache(maxsize=64)
