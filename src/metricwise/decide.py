@@ -564,18 +564,6 @@ def weighted_quantile(
 # ---------------------------------------------------------------------------------------------
 # The rules. Each gets the distinct values (canonical order), their weights (sum 1) and counts.
 
-RuleFunction = Callable[
-    [
-        list[Any],
-        np.ndarray,
-        np.ndarray,
-        Metric,
-        "tuple[float, float] | None",
-        "Sequence[float] | None",
-    ],
-    Any,
-]
-
 
 def _rule_mode(
     values: list[Any], weights: np.ndarray, counts: np.ndarray, metric: Metric, *_: Any
