@@ -427,6 +427,45 @@ def test_extractor_is_hashable_and_round_trips() -> None:
     assert Extractor.from_spec("first_line").signature() == "first_line"
 
 
+def test_extractor_signature_is_stable_and_tells_extractors_apart() -> None:
+    # Evaluation signatures embed it: equal extractors, equal strings; different results,
+    # different strings.
+    assert (
+        Extractor.from_spec("number:answer", valid_range=(0, 5)).signature()
+        == Extractor(kind="number", which="answer", valid_range=(0.0, 5.0)).signature()
+        == "number:answer[range=0..5]"
+    )
+    assert Extractor(valid_range=(-0.0, 5)).signature() == "number[range=0..5]"
+    assert Extractor(valid_range=(1, 2.5), clip_to_range=False).signature() == (
+        "number[range=1..2.5,reject]"
+    )
+    assert Extractor.from_spec("answer", cues=("final:", "=>")).signature() == (
+        "answer[cues=['final:', '=>']]"
+    )
+    distinct = [
+        Extractor(),
+        Extractor(which="last"),
+        Extractor(which="answer"),
+        Extractor(valid_range=(0, 1)),
+        Extractor(valid_range=(0, 1.0000001)),
+        Extractor(valid_range=(0, 1), clip_to_range=False),
+        Extractor(percent="fraction"),
+        Extractor(which="answer", cues=("final:",)),
+        Extractor(kind="first_line"),
+        Extractor(kind="answer"),
+        Extractor(kind="answer", cues=("final:",)),
+        Extractor(kind="text"),
+        Extractor(kind="regex", pattern="a(b)"),
+        Extractor(kind="regex", pattern="a(b)", flags=re.IGNORECASE),
+        Extractor(kind="regex", pattern="(a)(b)", group=2),
+    ]
+    signatures = [ex.signature() for ex in distinct]
+    assert len(set(signatures)) == len(signatures), signatures
+    # Options that cannot change the result leave it alone.
+    assert Extractor(clip_to_range=False).signature() == "number"
+    assert Extractor(kind="text", which="last", cues=("x",)).signature() == "text"
+
+
 @pytest.mark.parametrize(
     ("spec", "suggestion"),
     [

@@ -755,11 +755,17 @@ class Extractor:
         return self.kind
 
     def signature(self) -> str:
-        """The spec plus every non-default option, for reproducible reports."""
+        """The spec plus every option that changes the result, for reproducible reports.
+
+        Stable: equal extractors give equal strings in every process (no hashes, no set order),
+        and extractors that can extract differently give different strings, e.g.
+        ``"number:answer[range=0..5,percent=fraction]"``. Evaluation signatures embed it.
+        """
         options = []
         if self.kind == "number":
             if self.valid_range is not None:
-                options.append(f"range={self.valid_range[0]:g}..{self.valid_range[1]:g}")
+                lo, hi = self.valid_range
+                options.append(f"range={_number_text(lo)}..{_number_text(hi)}")
                 if not self.clip_to_range:
                     options.append("reject")
             if self.percent != "keep":
@@ -815,6 +821,17 @@ class Extractor:
         raise UnknownNameError(
             f"The 'spec' parameter of Extractor.from_spec must be one of {_spec_list()}. Got {spec!r} instead.{hint}"
         )
+
+
+def _number_text(value: float) -> str:
+    """``value`` as ``:g`` writes it ("5", "0.5") unless that rounds it; then its ``repr``.
+
+    ``:g`` alone keeps six significant digits, so ranges (0, 1) and (0, 1.0000001) would share a
+    signature; -0.0 is written as 0.0 (the same range).
+    """
+    value = float(value) + 0.0
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 _SPECS: tuple[str, ...] = (
