@@ -3,6 +3,8 @@ by earlier versions."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -58,3 +60,13 @@ def test_the_table_has_a_vs_prior_column(rating_results):
     )
     assert vs_prior.startswith(f"{row['vs_prior']['difference']:+.4f} [")
     assert cells(table_row(table, "prior", "squared_error"))[columns.index("vs prior")] == ""
+
+
+def test_the_parsed_column_splits_strict_from_fallback_answers(rating_results):
+    results = copy.deepcopy(rating_results)
+    row = next(r for r in results["runs"][0]["scores"] if r["decoder"] == "greedy")
+    row.update({"parse_rate": 0.9, "strict_rate": 0.6})
+    line = table_row(render_markdown(results), "greedy", row["metric"])
+    assert line.endswith("| 90% (60% strict, 30% fallback) |")
+    # Rows without a strict rate (no answer cue, or results from earlier versions) as before.
+    assert table_row(render_markdown(results), "mean", "squared_error").endswith("| 100% |")

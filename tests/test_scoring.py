@@ -312,3 +312,48 @@ def test_every_metric_of_a_task_gets_its_own_rule():
     assert rule_decoder("exact_match", "text").label == "mode"
     assert rule_decoder("absolute_error", "number").label == "median"
     assert rule_decoder("token_f1", "text").label == "mbr[token_f1]"
+
+
+WORD_PROBLEMS = Task(
+    name="word_problems",
+    description="answers after 'The answer is'",
+    answer_type="number",
+    metrics=("absolute_error",),
+    extractor="number:answer",
+    template="{q}",
+    corpus_metrics=("accuracy",),
+)
+
+
+def test_answers_found_after_the_cue_and_by_the_fallback_are_counted_apart():
+    items = [
+        Item(id=str(i), fields={"q": str(i)}, references=(ref,), target=str(ref))
+        for i, ref in enumerate([7.0, 1000.0, 5.0])
+    ]
+    greedy = [
+        Candidate(t, logp=-1.0, logq=0.0, finish_reason="eos")
+        for t in [
+            "3 + 4 = 7. The answer is 7.",
+            "... = 1000.000 = 10000000000000000",  # no cue: the last number, 1e16
+            "I do not know.",
+        ]
+    ]
+    pools = [
+        pool(["The answer is 7", "7", "The answer is 8", "so 7"]),
+        pool(["The answer is 1000", "1000", "no idea", "The answer is 999"]),
+        pool(["The answer is 5", "#### 5", "Answer: 5", "5"]),
+    ]
+    results, records = score_task(
+        WORD_PROBLEMS, items, ["p0", "p1", "p2"], greedy, pools, bootstrap_iters=50
+    )
+    assert records[1].predictions["greedy"] == 1e16  # still parsed, and still scored so
+    greedy_row = by(results, "greedy", "absolute_error")
+    assert greedy_row["parse_rate"] == pytest.approx(2 / 3)
+    assert greedy_row["strict_rate"] == pytest.approx(1 / 3)
+    # A rule reads the pool: the share of its parsed samples that were found after a cue.
+    expected = np.mean([2 / 4, 2 / 3, 3 / 4])
+    assert by(results, "median", "absolute_error")["strict_rate"] == pytest.approx(expected)
+    assert by(results, "first", "absolute_error")["strict_rate"] == pytest.approx(1.0)
+    # An extractor without a cue has no strict rate to report.
+    plain, _ = score_task(RATING, *rating_fixture(), bootstrap_iters=50)
+    assert all("strict_rate" not in r for r in plain["scores"])

@@ -36,7 +36,7 @@ import numpy as np
 
 from metricwise.decide import WEIGHTINGS, decide
 from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
-from metricwise.extract import Extractor
+from metricwise.extract import Extractor, answer_after, extract_number
 from metricwise.metrics import get as get_metric
 from metricwise.metrics.base import Metric
 from metricwise.tasks.base import Task
@@ -46,12 +46,14 @@ __all__ = [
     "BayesRule",
     "Decoder",
     "DecoderInput",
+    "anchored",
     "decoder_names",
     "default_decoders",
     "extract_answer",
     "extractor_for",
     "fallback_prediction",
     "get_decoder_class",
+    "has_anchor",
     "make_decoder",
     "predict",
     "prior_prediction",
@@ -525,6 +527,44 @@ def extractor_for(task: Task) -> Extractor:
     if task.answer_type == "number":
         return Extractor.from_spec(task.extractor, valid_range=task.valid_range)
     return Extractor.from_spec(task.extractor)
+
+
+def has_anchor(task: Task) -> bool:
+    """Whether the task's extractor looks for an answer cue first (``number:answer``,
+    ``answer``) and falls back to something else (the last number, the whole text) without one.
+    """
+    extractor = extractor_for(task)
+    return extractor.kind == "answer" or (
+        extractor.kind == "number" and extractor.which == "answer"
+    )
+
+
+def anchored(text: str, task: Task) -> bool:
+    """Whether the answer in ``text`` was found after an answer cue (a strict match) rather
+    than by the extractor's fallback (a flexible match, as lm-evaluation-harness separates
+    strict-match from flexible-extract).
+
+    Built from :func:`metricwise.extract.answer_after` and
+    :func:`~metricwise.extract.extract_number`: the answer after the last cue that has one must
+    hold a number (for numbers). When the last cue's answer has no number but an earlier cue's
+    has, the extractor reads the earlier one and this says False; an ``Extractor`` method that
+    reports which branch it took would remove that rare disagreement.
+    """
+    extractor = extractor_for(task)
+    segment = answer_after(text, extractor.cues)
+    # Without a cue answer_after returns the whole text; a cue's answer never contains the cue.
+    if not segment or segment == text.strip():
+        return False
+    if extractor.kind != "number":
+        return True
+    value = extract_number(
+        segment,
+        valid_range=extractor.valid_range,
+        clip_to_range=extractor.clip_to_range,
+        which="first",
+        percent=extractor.percent,
+    )
+    return value is not None
 
 
 def extract_answer(text: str, task: Task) -> Any:

@@ -56,6 +56,17 @@ def _vs_text(vs: dict[str, Any] | None) -> str:
     return f"{vs['difference']:+.4f} [{_fmt(low)}, {_fmt(high)}]{' *' if excludes_zero else ''}"
 
 
+def _parsed_text(row: dict[str, Any]) -> str:
+    """The parse rate, split into strict and fallback where the extractor has an answer cue."""
+    parse_rate = row.get("parse_rate")
+    if parse_rate is None:
+        return ""
+    strict = row.get("strict_rate")
+    if strict is None:
+        return f"{parse_rate:.0%}"
+    return f"{parse_rate:.0%} ({strict:.0%} strict, {max(parse_rate - strict, 0.0):.0%} fallback)"
+
+
 def render_markdown(results: dict[str, Any]) -> str:
     """The results table: Task | Version | Decoder | N | T | Metric | direction | Value | +- |
     95% CI | vs greedy | vs prior | parsed.
@@ -64,7 +75,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     differences against greedy and against the no-model constant, with their 95% intervals,
     marked ``*`` when the interval excludes 0 (empty where the run has no such baseline, as in
     results written before ``vs prior`` existed). ``parsed`` is the share of items
-    where the decoder produced an answer at all. ``N`` is the number of model calls a decoder
+    where the decoder produced an answer at all; for an extractor with an answer cue
+    (``number:answer``) it is split into strict (found after the cue) and fallback (the last
+    number of a text without one), as lm-evaluation-harness reports strict-match and
+    flexible-extract. ``N`` is the number of model calls a decoder
     reads: 1 for greedy, 0 for the prior (a constant from the few-shot split). ``T`` is the
     sampling temperature, "-" for decoders that read no samples.
 
@@ -85,7 +99,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 f"| {run['task']} | {run['version']} | {row['decoder']} | {n_text} | {_temperature(row['decoder'], temperature)} | {row['metric']} | "
                 f"{'↑' if row['direction'] == 'higher' else '↓'} | {_fmt(row['value'])} | {_fmt(row['stderr'])} | "
                 f"[{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] | {_vs_text(row.get('vs_greedy'))} | "
-                f"{_vs_text(row.get('vs_prior'))} | {row['parse_rate']:.0%} |"
+                f"{_vs_text(row.get('vs_prior'))} | {_parsed_text(row)} |"
             )
     corpus = [(run, row) for run in results.get("runs", []) for row in run.get("corpus", [])]
     if corpus:

@@ -2,8 +2,11 @@
 
 :func:`score_task` takes the greedy candidate and the sampled pool of every item and returns, for
 each decoder and metric, the mean score with a bootstrap interval, paired bootstraps against
-greedy and (when it is scored) the prior, the parse rate, corpus statistics (Pearson, Spearman, accuracy) and decoder@k curves
-(the score when only k of the N samples are drawn, averaged over random size-k subsets).
+greedy and (when it is scored) the prior, the parse rate (and, for extractors with an answer
+cue such as ``number:answer``, the strict rate: answers found after the cue, not by the
+fallback), corpus statistics (Pearson, Spearman, accuracy) with the same paired comparisons, and
+decoder@k curves (the score when only k of the N samples are drawn, averaged over random size-k
+subsets).
 """
 
 from __future__ import annotations
@@ -28,8 +31,11 @@ from metricwise.evaluate.decoders import (
     Decoder,
     DecoderInput,
     Greedy,
+    anchored,
     default_decoders,
+    extract_answer,
     fallback_prediction,
+    has_anchor,
     prior_prediction,
 )
 from metricwise.evaluate.stats import (
@@ -150,11 +156,21 @@ def score_task(
     # scores[decoder label][metric] -> (n_items,) ; parsed[decoder label] -> (n_items,) bool
     scores: dict[str, dict[str, np.ndarray]] = {}
     parsed: dict[str, np.ndarray] = {}
+    # strict[decoder label] -> (n_items,): how much of a parsed answer came from an answer cue
+    # rather than the extractor's fallback (only for extractors with a cue, number:answer).
+    strict: dict[str, np.ndarray] = {}
+    # Per distinct text: None without an answer, else whether it was found after a cue.
+    answer_source = functools.lru_cache(maxsize=None)(
+        lambda text: None if extract_answer(text, task) is None else anchored(text, task)
+    )
     predictions: dict[str, list[Any]] = {}
     for d_index, decoder in enumerate(decoders):
         scores[decoder.label] = {m: np.empty(n_items) for m in task.metrics}
         parsed[decoder.label] = np.zeros(n_items, dtype=bool)
         predictions[decoder.label] = []
+        reads_answers = has_anchor(task) and not decoder.is_constant
+        if reads_answers:
+            strict[decoder.label] = np.zeros(n_items)
         for i, (item, g, pool) in enumerate(zip(items, greedy, pools, strict=True)):
             refs = list(item.references)
             x = DecoderInput(
@@ -163,6 +179,8 @@ def score_task(
             # A decoder that reads the references (the oracle) is the best candidate for each
             # metric in turn; every other decoder predicts once for all metrics.
             shared = None if decoder.uses_references else decoder.predict(x)
+            if reads_answers:
+                strict[decoder.label][i] = _strict_share(decoder, x, answer_source)
             for metric_name, metric in metric_objs.items():
                 pred = (
                     decoder.predict(
@@ -173,6 +191,8 @@ def score_task(
                 )
                 if metric_name == task.metrics[0]:
                     parsed[decoder.label][i] = pred is not None
+                    if pred is None and reads_answers:
+                        strict[decoder.label][i] = 0.0
                     predictions[decoder.label].append(pred)
                     records[i].predictions[decoder.label] = pred
                 score = metric.score(pred if pred is not None else fallback_prediction(task), refs)
@@ -205,6 +225,8 @@ def score_task(
                 "stderr": estimate.stderr,
                 "parse_rate": float(parsed[decoder.label].mean()),
             }
+            if decoder.label in strict:
+                row["strict_rate"] = float(strict[decoder.label].mean())
             for key, baseline in (("vs_greedy", greedy_label), ("vs_prior", prior_label)):
                 if baseline is not None and decoder.label != baseline and baseline in scores:
                     cmp = paired_bootstrap(values, scores[baseline][metric_name], indices=indices)
@@ -229,6 +251,21 @@ def score_task(
     if curve_subsets > 0 and len(pools[0]) > 1:
         results["curves"] = _curves(task, decoders, items, greedy, pools, curve_subsets, seed)
     return results, records
+
+
+def _strict_share(
+    decoder: Decoder, x: DecoderInput, answer_source: Callable[[str], bool | None]
+) -> float:
+    """The share of the answers a decoder read that were found after an answer cue.
+
+    1 or 0 for a decoder that reads one candidate (greedy, first, max_logprob); for one that
+    reads the pool (a Bayes rule, the oracle), the share among the samples that had an answer.
+    ``answer_source(text)`` is None for a text without an answer, else whether it was anchored.
+    The caller sets 0 where the decoder produced no answer at all.
+    """
+    sources = [answer_source(c.text) for c in decoder.reads(x)]
+    answered = [s for s in sources if s is not None]
+    return sum(answered) / len(answered) if answered else 0.0
 
 
 def _corpus_rows(
