@@ -123,7 +123,7 @@ def test_bad_options_exit_2_before_reading(tmp_path, capsys):
         ["decide", "--metric", "squared_error", "--valid-range", "0", "-"], capsys=capsys
     )
     assert code == 2
-    assert "--valid-range" in err
+    assert "--valid_range" in err
 
 
 def test_help_shows_an_example():
@@ -305,3 +305,26 @@ def test_a_resumed_progress_bar_starts_where_the_last_run_stopped():
         assert bar._bar.n == 4  # not 0: the rate and time left count this run's work only
         bar.update(6)
         assert bar._bar.n == 6
+
+
+def test_one_flag_style_in_help_and_hyphens_still_accepted(monkeypatch, capsys):
+    for command in ("decide", "sample", "predict", "eval"):
+        out = subprocess.run(
+            [sys.executable, "-m", "metricwise.cli", command, "--help"],
+            capture_output=True,
+            text=True,
+        ).stdout
+        hyphenated = [
+            w
+            for w in out.split()
+            if w.startswith("--") and "-" in w[2:].split("=")[0].rstrip(",.;)]")
+        ]
+        assert not hyphenated, (command, hyphenated)
+    stdin = '{"id": 1, "samples": ["7", "9"]}\n'
+    code, out, _ = run(
+        ["decide", "--metric", "squared_error", "--valid-range", "0,8", "-"],
+        stdin,
+        monkeypatch,
+        capsys,
+    )
+    assert code == 0 and json.loads(out)["output"] == 7.5

@@ -25,7 +25,7 @@ or the output of `metricwise sample` (a "candidates" list with text, logp, logq,
 
 examples:
   metricwise decide --metric squared_error samples.jsonl
-  metricwise decide --metric pinball --metric-args tau=0.9 samples.jsonl
+  metricwise decide --metric pinball --metric_args tau=0.9 samples.jsonl
   metricwise decide --metric chrf --weights model --output decisions.jsonl samples.jsonl
   echo '{"id": 1, "samples": ["Paris", "paris", "Lyon"]}' | metricwise decide --metric exact_match -
 
@@ -51,7 +51,7 @@ input: one JSON object per line, {"id": "q1", "prompt": "..."}
 output: one JSON decision per line: {"id", "prompt", "output", "rule", "expected_loss", ...}
 
 examples:
-  metricwise predict --model gemma-3-270m --metric squared_error --valid-range 0,5 -n 16 --input prompts.jsonl
+  metricwise predict --model gemma-3-270m --metric squared_error --valid_range 0,5 -n 16 --input prompts.jsonl
   metricwise predict --model gemma-3-270m --metric exact_match --stop '\\n' -n 8 --input questions.jsonl
 """
 
@@ -69,8 +69,27 @@ second run (other decoders, more bootstrap resamples) samples nothing new.
 """
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Examples kept as written, defaults shown, and one flag style: underscores, as in
+    lm-evaluation-harness. The hyphenated spelling of a flag (``--max-tokens``) is still
+    accepted, and left out of the help."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        shown = [s for s in action.option_strings if not _is_hyphen_alias(s, action.option_strings)]
+        if len(shown) == len(action.option_strings):
+            return super()._format_action_invocation(action)
+        hidden = argparse.Action(shown, action.dest, nargs=action.nargs, metavar=action.metavar)
+        hidden.option_strings, hidden.choices = shown, action.choices
+        return super()._format_action_invocation(hidden)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:  # "(default: None)" says nothing; the help says what None means
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _is_hyphen_alias(flag: str, flags: Sequence[str]) -> bool:
+    return flag.startswith("--") and "-" in flag[2:] and "--" + flag[2:].replace("-", "_") in flags
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="metricwise",
         description="Metric-aware LLM inference and evaluation: return the answer that is "
         "Bayes-optimal for your metric from N sampled answers.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -89,21 +108,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="pick the Bayes-optimal answer for each line of sampled answers",
         description="Read sampled answers (JSONL) and write one Bayes-optimal decision per line.",
         epilog=_DECIDE_EXAMPLE,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     d.add_argument("input", metavar="FILE|-", help="JSONL file of samples, or - for standard input")
     _add_decision_arguments(d)
     d.add_argument(
-        "--max-support",
         "--max_support",
+        "--max-support",
         dest="max_support",
         type=int,
         default=20,
         help="support entries written per decision (0 for none, -1 for all)",
     )
     d.add_argument(
-        "--skip-invalid",
         "--skip_invalid",
+        "--skip-invalid",
         dest="skip_invalid",
         action="store_true",
         help="report malformed lines on stderr and go on, instead of stopping with exit code 2",
@@ -118,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="draw N candidates per prompt with their log-probabilities",
         description="Sample N candidates per prompt from a model, with logp, logq and finish reasons.",
         epilog=_SAMPLE_EXAMPLE,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _add_sampling_arguments(s)
     s.add_argument(
@@ -131,13 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="sample N candidates per prompt and return the Bayes-optimal answer for a metric",
         description="Sample N candidates per prompt, then decide: the Bayes-optimal answer for the metric.",
         epilog=_PREDICT_EXAMPLE,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     _add_sampling_arguments(p)
     _add_decision_arguments(p)
     p.add_argument(
-        "--max-support",
         "--max_support",
+        "--max-support",
         dest="max_support",
         type=int,
         default=5,
@@ -148,13 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(handler=_run_predict)
 
-    m = sub.add_parser(
-        "metrics", help="list the registered metrics", formatter_class=_HelpFormatter
-    )
+    m = sub.add_parser("metrics", help="list the registered metrics", formatter_class=HelpFormatter)
     m.set_defaults(handler=_run_metrics)
 
     models = sub.add_parser(
-        "models", help="list the named models that work offline", formatter_class=_HelpFormatter
+        "models", help="list the named models that work offline", formatter_class=HelpFormatter
     )
     models.set_defaults(handler=_run_models)
 
@@ -166,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
         "answer from the few-shot split (prior, no model), with bootstrap "
         "intervals, paired comparisons against greedy, decoder@k curves, a table and plots.",
         epilog=_EVAL_EXAMPLE,
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     e.add_argument(
         "--model",
@@ -285,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser(
         "report",
         help="re-render the table and plots of a results directory",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     r.add_argument("directory", help="an --output_path of `metricwise eval`")
     r.add_argument(
@@ -297,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(handler=_run_report)
 
-    t = sub.add_parser("tasks", help="list the built-in tasks", formatter_class=_HelpFormatter)
+    t = sub.add_parser("tasks", help="list the built-in tasks", formatter_class=HelpFormatter)
     t.set_defaults(handler=_run_tasks)
 
     _add_optional_subcommands(sub)
@@ -318,16 +335,16 @@ def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
         help="uniform, model (softmax of logprobs), or importance (exp(logp - logq))",
     )
     g.add_argument(
-        "--weight-temperature",
         "--weight_temperature",
+        "--weight-temperature",
         dest="weight_temperature",
         type=float,
         default=1.0,
         help="temperature of the 'model' weighting",
     )
     g.add_argument(
-        "--metric-args",
         "--metric_args",
+        "--metric-args",
         dest="metric_args",
         action="append",
         default=[],
@@ -335,8 +352,8 @@ def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
         help="metric arguments, e.g. tau=0.9 for pinball (repeatable)",
     )
     g.add_argument(
-        "--valid-range",
         "--valid_range",
+        "--valid-range",
         dest="valid_range",
         default=None,
         metavar="LO,HI",
@@ -346,7 +363,7 @@ def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
         "--grid",
         default=None,
         metavar="V1,V2,...",
-        help="allowed values for the grid rule (default: the integers of --valid-range)",
+        help="allowed values for the grid rule (default: the integers of --valid_range)",
     )
     g.add_argument(
         "--extractor",
@@ -354,8 +371,8 @@ def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
         help="extract the answer from each text first: number, number:last, answer, first_line, regex:PATTERN",
     )
     g.add_argument(
-        "--include-incomplete",
         "--include_incomplete",
+        "--include-incomplete",
         dest="include_incomplete",
         action="store_true",
         help="keep candidates cut off by max_tokens or a guard",
@@ -570,7 +587,7 @@ def _int_option(value: Any, option: str) -> int:
 
 def _decision_options(args: argparse.Namespace) -> dict[str, Any]:
     """decide() keyword arguments from the decision options, checked before any input is read."""
-    valid_range = _parse_floats(args.valid_range, "--valid-range", count=2)
+    valid_range = _parse_floats(args.valid_range, "--valid_range", count=2)
     options: dict[str, Any] = {
         "metric": args.metric,
         "rule": args.rule,
@@ -580,7 +597,7 @@ def _decision_options(args: argparse.Namespace) -> dict[str, Any]:
         "grid": _parse_floats(args.grid, "--grid"),
         "extractor": args.extractor,
         "include_incomplete": args.include_incomplete,
-        **_parse_key_values(args.metric_args, "--metric-args"),
+        **_parse_key_values(args.metric_args, "--metric_args"),
     }
     # A decision on no samples checks the metric, its arguments, the rule and the extractor
     # (weights need log-probabilities, so they are checked per record).

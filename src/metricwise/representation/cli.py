@@ -41,9 +41,8 @@ examples:
 
 def add_mnn_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Add the ``mnn`` subcommand to an argparse subparsers object; returns its parser."""
-    formatter = type(
-        "_Fmt", (argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter), {}
-    )
+    from metricwise.cli import HelpFormatter
+
     p = subparsers.add_parser(
         "mnn",
         help="evaluate models by Matrix Nuclear-Norm / Matrix Entropy of their hidden states",
@@ -51,7 +50,7 @@ def add_mnn_parser(subparsers: Any) -> argparse.ArgumentParser:
         "Nuclear-Norm (Li et al. 2024), Matrix Entropy (Wei et al. 2024) and the exact nuclear norm, "
         "with bootstrap intervals and an isotropic Gaussian baseline.",
         epilog=_EPILOG,
-        formatter_class=formatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument(
         "--model",
