@@ -8,7 +8,7 @@ import copy
 import numpy as np
 import pytest
 
-from metricwise.evaluate.report import render_markdown
+from metricwise.evaluate.report import render_markdown, write_plots
 from metricwise.evaluate.scoring import score_task
 from test_scoring import RATING, rating_fixture
 
@@ -70,3 +70,29 @@ def test_the_parsed_column_splits_strict_from_fallback_answers(rating_results):
     assert line.endswith("| 90% (60% strict, 30% fallback) |")
     # Rows without a strict rate (no answer cue, or results from earlier versions) as before.
     assert table_row(render_markdown(results), "mean", "squared_error").endswith("| 100% |")
+
+
+def test_plot_colours_follow_the_decoder_family_and_line_styles_the_weighting(
+    rating_results, tmp_path, monkeypatch
+):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from matplotlib.colors import to_hex
+
+    close, figures = plt.close, []
+    monkeypatch.setattr(plt, "close", figures.append)
+    try:
+        write_plots(rating_results, tmp_path)
+        (figure,) = figures
+        lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    finally:
+        for figure in figures:
+            close(figure)
+    looks = {
+        label: (to_hex(line.get_color()), line.get_linestyle()) for label, line in lines.items()
+    }
+    assert len(lines) >= 12 and len(set(looks.values())) == len(lines)  # no two lines alike
+    for family in ("mode", "mean", "median", "mbr[squared_error]", "mbr[absolute_error]"):
+        assert looks[family][0] == looks[f"{family}+model"][0]
+        assert (looks[family][1], looks[f"{family}+model"][1]) == ("-", "--")
+    colours = {label: colour for label, (colour, _) in looks.items() if "+" not in label}
+    assert len(set(colours.values())) == len(colours)  # oracle and first were both blue

@@ -116,17 +116,79 @@ def render_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _line_style(label: str) -> dict[str, Any]:
-    """Line style by what the decoder reads, so that the 12 decoders stay apart when the
-    colours repeat."""
+#: Colours of the built-in decoder families, fixed so that a family looks the same in every
+#: plot; other families (mbr[m] for each metric, a user's decoders) take the unused colours of
+#: tab20 in order. Greedy and the prior are flat reference lines in black and grey.
+FAMILY_COLOURS: dict[str, str] = {
+    "greedy": "black",
+    "prior": "grey",
+    "first": "tab:blue",
+    "max_logprob": "tab:orange",
+    "mode": "tab:green",
+    "mean": "tab:red",
+    "median": "tab:purple",
+    "oracle": "tab:olive",
+}
+#: One line style per weighting of the samples; dotted for decoders that read no samples.
+WEIGHTING_STYLES: dict[str, str] = {"uniform": "-", "model": "--", "importance": "-."}
+NO_SAMPLES_STYLE = ":"
+# tab10's unused colours, then tab20's light ones, then a few named ones: never a fixed one.
+_SPARE_COLOURS: tuple[str, ...] = (
+    "tab:brown",
+    "tab:pink",
+    "tab:cyan",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
+    "#f7b6d2",
+    "#dbdb8d",
+    "#9edae5",
+    "gold",
+    "navy",
+    "teal",
+    "maroon",
+)
+
+
+def _family(label: str) -> tuple[str, str | None]:
+    """(family, weighting) of a label: ``mbr[chrf]+model`` is (``mbr[chrf]``, ``model``)."""
     decoder = _decoder(label)
-    if decoder is not None and not decoder.uses_samples:
-        if decoder.is_constant:
-            return {"color": "grey", "linestyle": (0, (1, 3))}
-        return {"color": "black", "linestyle": ":"}
-    if decoder is not None and decoder.uses_references:
-        return {"linestyle": "-."}
-    return {"linestyle": "--" if label.endswith("+model") else "-"}
+    if decoder is None:
+        stem, plus, suffix = label.rpartition("+")
+        return (stem, suffix) if plus and suffix in WEIGHTING_STYLES else (label, None)
+    weighting = decoder.weighting
+    if weighting is None or weighting == "uniform":
+        return label, weighting
+    return label[: -len(f"+{weighting}")], weighting
+
+
+def line_styles(labels: list[str]) -> dict[str, dict[str, Any]]:
+    """Colour and line style of each decoder of one plot: one colour per decoder family
+    (the label without its weighting) and one line style per weighting, so that no two
+    decoders look alike (12 or more lines share a plot)."""
+    families = {label: _family(label) for label in labels}
+    colours: dict[str, str] = {}
+    n_spare = 0
+    for family, _ in families.values():
+        if family not in colours:
+            colour = FAMILY_COLOURS.get(family)
+            if colour is None:  # past 16 other families colours repeat; line styles still differ
+                colour = _SPARE_COLOURS[n_spare % len(_SPARE_COLOURS)]
+                n_spare += 1
+            colours[family] = colour
+    styles = {}
+    for label, (family, weighting) in families.items():
+        decoder = _decoder(label)
+        reads_samples = decoder is None or decoder.uses_samples
+        style = WEIGHTING_STYLES.get(weighting or "uniform", "-")
+        styles[label] = {
+            "color": colours[family],
+            "linestyle": style if reads_samples else NO_SAMPLES_STYLE,
+        }
+    return styles
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
@@ -153,20 +215,20 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
             continue
         several = len(temperatures_by_task[run["task"]]) > 1
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
-        for label, values in curves["values"].items():
-            ax.plot(
-                curves["k"], values, marker="o", markersize=3, label=label, **_line_style(label)
-            )
         # Decoders that read no samples have no curve: flat lines at their score.
-        for r in run["scores"]:
-            decoder = _decoder(r["decoder"])
-            if (
-                decoder is not None
-                and not decoder.uses_samples
-                and r["metric"] == curves["metric"]
-                and r["decoder"] not in curves["values"]
-            ):
-                ax.axhline(r["value"], linewidth=1, label=r["decoder"], **_line_style(r["decoder"]))
+        flat = [
+            r
+            for r in run["scores"]
+            if r["metric"] == curves["metric"]
+            and r["decoder"] not in curves["values"]
+            and (d := _decoder(r["decoder"])) is not None
+            and not d.uses_samples
+        ]
+        styles = line_styles([*curves["values"], *(r["decoder"] for r in flat)])
+        for label, values in curves["values"].items():
+            ax.plot(curves["k"], values, marker="o", markersize=3, label=label, **styles[label])
+        for r in flat:
+            ax.axhline(r["value"], linewidth=1, label=r["decoder"], **styles[r["decoder"]])
         ax.set_xscale("log", base=2)
         ax.set_xticks(curves["k"], [str(k) for k in curves["k"]])
         direction = next(
@@ -198,6 +260,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         )
         fig, ax = plt.subplots(figsize=(7, 4.5))
         labels = [r["decoder"] for r in task_runs[0]["scores"] if r["metric"] == metric]
+        styles = line_styles(labels)
         for label in labels:
             xs, ys = [], []
             for r in task_runs:
@@ -208,7 +271,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
                 if row is not None:
                     xs.append(r["temperature"])
                     ys.append(row["value"])
-            ax.plot(xs, ys, marker="o", markersize=4, label=label, **_line_style(label))
+            ax.plot(xs, ys, marker="o", markersize=4, label=label, **styles[label])
         ax.set_xlabel("sampling temperature")
         ax.set_ylabel(metric)
         ax.set_title(f"{task}: temperature sweep")
