@@ -328,3 +328,14 @@ def test_one_flag_style_in_help_and_hyphens_still_accepted(monkeypatch, capsys):
         capsys,
     )
     assert code == 0 and json.loads(out)["output"] == 7.5
+
+
+def test_eval_with_no_plots_does_not_claim_plots(tiny_model_dir, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    argv = ["eval", "--model", str(tiny_model_dir), "--tasks", "arith", "--limit", "2", "-n", "2",
+            "--num_fewshot", "0", "--no_plots", "--quiet", "--curve_subsets", "0",
+            "--store", str(tmp_path / "s.sqlite"), "--output_path", str(out_dir)]  # fmt: skip
+    code, _, err = run(argv, capsys=capsys)
+    assert code == 0, err
+    assert "results and table written" in err and "table and plots" not in err
+    assert not list(out_dir.glob("*.png"))

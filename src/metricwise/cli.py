@@ -882,7 +882,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     results = run_eval(config)
     print(render_markdown(results))
     if args.output_path:
-        print(f"\nresults, table and plots written to {args.output_path}", file=sys.stderr)
+        written = "results and table" if args.no_plots else "results, table and plots"
+        print(f"\n{written} written to {args.output_path}", file=sys.stderr)
     return EXIT_OK
 
 
