@@ -582,3 +582,23 @@ def test_numeric_decisions_still_count_empty_texts_as_unparsable():
     assert decision.excluded == {"unparsable": 2}
     failure = decide(["", "-"], "absolute_error").failure
     assert failure == "none of the 2 samples could be used as a number (2 unparsable)"
+
+
+def test_the_grid_rule_gives_its_inner_rule_one_count_per_grid_value(monkeypatch):
+    """_rule_grid passed the counts of the distinct samples (5 here) with the values and weights
+    of the grid (3 here)."""
+    import importlib
+
+    decide_module = importlib.import_module("metricwise.decide")
+
+    seen = {}
+    median = decide_module._RULE_FUNCTIONS["median"]
+
+    def spy(values, weights, counts, *rest):
+        seen.update(values=list(values), counts=list(counts))
+        return median(values, weights, counts, *rest)
+
+    monkeypatch.setitem(decide_module._RULE_FUNCTIONS, "median", spy)
+    d = decide(["1.1", "1.2", "2.9", "3.1", "5"], "absolute_error", rule="grid", valid_range=(1, 5))
+    assert seen == {"values": [1.0, 3.0, 5.0], "counts": [2, 2, 1]}
+    assert d.output == 3.0

@@ -708,6 +708,8 @@ def _rule_grid(
     inner = (
         metric.bayes_rule if metric.bayes_rule in ("mean", "median", "quantile", "mode") else "mbr"
     )
+    # Counts move to the grid with their samples, so that the inner rule gets one count per value.
+    grid_counts = np.bincount(nearest, weights=counts, minlength=len(grid_values)).astype(np.int64)
     present = grid_weights > 0
     g_values = [float(g) for g in grid_values[present]]
     g_weights = grid_weights[present]
@@ -716,7 +718,9 @@ def _rule_grid(
         all_values = [float(g) for g in grid_values]
         expected = _expected_scores(metric, all_values, g_values, g_weights)
         return all_values[_best_index(expected, grid_weights, all_values, metric.higher_is_better)]
-    return _RULE_FUNCTIONS[inner](g_values, g_weights, counts, metric, valid_range, None)
+    return _RULE_FUNCTIONS[inner](
+        g_values, g_weights, grid_counts[present], metric, valid_range, None
+    )
 
 
 def _grid_values(
