@@ -8,7 +8,7 @@ import copy
 import numpy as np
 import pytest
 
-from metricwise.evaluate.report import render_markdown, write_plots
+from metricwise.evaluate.report import render_markdown, render_verdicts, write_plots
 from metricwise.evaluate.scoring import score_task
 from test_scoring import RATING, rating_fixture
 
@@ -96,3 +96,81 @@ def test_plot_colours_follow_the_decoder_family_and_line_styles_the_weighting(
         assert (looks[family][1], looks[f"{family}+model"][1]) == ("-", "--")
     colours = {label: colour for label, (colour, _) in looks.items() if "+" not in label}
     assert len(set(colours.values())) == len(colours)  # oracle and first were both blue
+
+
+def score(decoder, metric, value, vs_greedy=None, direction="lower"):
+    row = {
+        "decoder": decoder,
+        "metric": metric,
+        "direction": direction,
+        "value": value,
+        "ci": [value - 1, value + 1],
+        "stderr": 0.5,
+        "parse_rate": 1.0,
+    }
+    if vs_greedy is not None:
+        row["vs_greedy"] = {"difference": vs_greedy[0], "ci": list(vs_greedy[1:]), "p_value": 0.3}
+    return row
+
+
+# As results.json files written before the verdicts: no answer_type, rule_decoders, vs_prior.
+OLD_ARITH = {
+    "task": "arith",
+    "version": "1",
+    "n_items": 40,
+    "temperature": 1.0,
+    "n": 8,
+    "scores": [
+        score("greedy", "absolute_error", 101.0),
+        score("greedy", "squared_error", 30000.0),
+        score("prior", "absolute_error", 153.3, (52.3, 10.0, 90.0)),
+        score("mean", "absolute_error", 85.0, (-16.0, -50.0, 18.0)),
+        score("median", "absolute_error", 81.9, (-19.1, -53.3, 14.7)),
+        score("median", "squared_error", 20000.0, (-10000.0, -20000.0, -10.0)),
+        score("mbr[absolute_error]", "absolute_error", 90.0, (-11.0, -40.0, 20.0)),
+    ],
+    "corpus": [],
+}
+
+
+def test_a_verdict_per_task_comes_first(rating_results):
+    table = render_markdown({"runs": [OLD_ARITH]})
+    assert table.splitlines()[0] == (
+        "- arith, absolute error: greedy 101.0, median 81.9 (-19.1 [-53.3, +14.7], "
+        "not significant at 40 items), prior 153.3"
+    )
+    assert table.splitlines()[1] == "" and table.splitlines()[2].startswith("| Task |")
+    # The metric's own rule: the mean for squared error, with the interval's verdict.
+    (line,) = render_verdicts(rating_results)
+    run = rating_results["runs"][0]
+    mean = next(r for r in run["scores"] if r["decoder"] == "mean")
+    assert run["rule_decoders"] == {"squared_error": "mean", "absolute_error": "median"}
+    assert line.startswith("rating, squared error: greedy ") and ", mean " in line
+    assert f"{mean['vs_greedy']['difference']:+.2f} [" in line and "at 4 items" in line
+
+
+def test_verdicts_name_the_rule_of_each_kind_of_metric():
+    exact = copy.deepcopy(OLD_ARITH)
+    exact["task"] = "qa"
+    exact["scores"] = [
+        score("greedy", "exact_match", 0.10, direction="higher"),
+        score("mode", "exact_match", 0.30, (0.2, 0.1, 0.3), direction="higher"),
+        score("mbr[token_f1]", "exact_match", 0.25, (0.15, 0.05, 0.25), direction="higher"),
+    ]
+    (line,) = render_verdicts({"runs": [exact]})
+    assert (
+        line
+        == "qa, exact match: greedy 0.100, mode 0.300 (+0.200 [+0.100, +0.300], better than greedy at 40 items)"
+    )
+    f1 = copy.deepcopy(exact)
+    for row in f1["scores"]:
+        row["metric"] = "token_f1"
+    f1["scores"][2]["vs_greedy"].update({"difference": -0.05, "ci": [-0.09, -0.01]})
+    f1["scores"][2]["value"] = 0.05
+    (line,) = render_verdicts({"runs": [f1]})
+    assert ", mbr[token_f1] 0.050 (" in line and "worse than greedy at 40 items" in line
+    sweep = [dict(OLD_ARITH, temperature=t) for t in (0.5, 1.0)]
+    assert [v.split(",")[0] for v in render_verdicts({"runs": sweep})] == [
+        "arith (T=0.5)",
+        "arith (T=1.0)",
+    ]

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from metricwise.errors import InvalidParameterError, MissingDependencyError, UnknownNameError
-from metricwise.evaluate.decoders import Decoder
+from metricwise.evaluate.decoders import Decoder, Greedy, rule_decoder
 
 
 def _decoder(label: str) -> Decoder | None:
@@ -67,9 +67,98 @@ def _parsed_text(row: dict[str, Any]) -> str:
     return f"{parse_rate:.0%} ({strict:.0%} strict, {max(parse_rate - strict, 0.0):.0%} fallback)"
 
 
+def _rule_label(run: dict[str, Any], metric: str, labels: set[str]) -> str | None:
+    """The decoder of ``metric``'s own Bayes rule in ``run``: recorded by the run, or (results
+    written before it was) worked out from the metric's rule and the decoders present."""
+    recorded = run.get("rule_decoders", {}).get(metric)
+    if recorded in labels:
+        return str(recorded)
+    answer_type = run.get("answer_type")
+    if answer_type is None:  # older results: only number tasks have the mean and median rules
+        answer_type = "number" if {"mean", "median"} & labels else "text"
+    try:
+        label = rule_decoder(metric, answer_type).label
+    except InvalidParameterError:  # a metric not registered here
+        label = f"mbr[{metric}]"
+    return label if label in labels else None
+
+
+def _decimals(*values: float | None) -> int:
+    """About three significant figures of the largest value: 101.0, 81.9, 4.85, 0.065."""
+    finite = [abs(v) for v in values if v is not None and math.isfinite(v) and v != 0]
+    if not finite:
+        return 2
+    return max(1, 2 - math.floor(math.log10(max(finite))))
+
+
+def _num(value: float | None, decimals: int, *, sign: bool = False) -> str:
+    if value is None or not math.isfinite(value):
+        return "nan"
+    return f"{value:{'+' if sign else ''}.{decimals}f}"
+
+
+def render_verdicts(results: dict[str, Any]) -> list[str]:
+    """One line per task (and temperature) that says whether the metric's own rule helped.
+
+    The primary metric (the task's first), greedy's score, the score of the metric's Bayes
+    rule decoder (median for absolute error, mean for squared error, mode for exact match,
+    mbr[m] for a metric without a closed form) with its paired difference against greedy and
+    the 95% interval, whether that interval excludes 0 at this many items, and the no-model
+    prior::
+
+        arith, absolute error: greedy 101.0, median 81.9 (-19.1 [-53.3, +14.7], not significant at 40 items), prior 153.3
+    """
+    runs = results.get("runs", [])
+    temperatures: dict[str, set[Any]] = {}
+    for run in runs:
+        temperatures.setdefault(run.get("task", ""), set()).add(run.get("temperature"))
+    verdicts = []
+    for run in runs:
+        rows = run.get("scores") or []
+        if not rows:
+            continue
+        metric = rows[0]["metric"]  # rows follow the task's metrics, the primary one first
+        by_label = {r["decoder"]: r for r in rows if r["metric"] == metric}
+        greedy = by_label.get(Greedy().label)
+        prior = next(
+            (r for label, r in by_label.items() if (d := _decoder(label)) and d.uses_prior), None
+        )
+        rule_label = _rule_label(run, metric, set(by_label))
+        rule = by_label.get(rule_label) if rule_label else None
+        values = [r["value"] for r in (greedy, rule, prior) if r is not None]
+        decimals = _decimals(*values)
+        task = run.get("task", "?")
+        if len(temperatures.get(task, ())) > 1:
+            task += f" (T={run.get('temperature')})"
+        parts = []
+        if greedy is not None:
+            parts.append(f"greedy {_num(greedy['value'], decimals)}")
+        if rule is not None:
+            text = f"{rule_label} {_num(rule['value'], decimals)}"
+            vs = rule.get("vs_greedy")
+            if vs:
+                low, high = vs["ci"]
+                if low is not None and high is not None and (low > 0 or high < 0):
+                    better = (low > 0) == (rule.get("direction") == "higher")
+                    judged = f"{'better' if better else 'worse'} than greedy"
+                else:
+                    judged = "not significant"
+                text += (
+                    f" ({_num(vs['difference'], decimals, sign=True)} "
+                    f"[{_num(low, decimals, sign=True)}, {_num(high, decimals, sign=True)}], "
+                    f"{judged} at {run.get('n_items', '?')} items)"
+                )
+            parts.append(text)
+        if prior is not None:
+            parts.append(f"prior {_num(prior['value'], decimals)}")
+        verdicts.append(f"{task}, {metric.replace('_', ' ')}: {', '.join(parts)}")
+    return verdicts
+
+
 def render_markdown(results: dict[str, Any]) -> str:
-    """The results table: Task | Version | Decoder | N | T | Metric | direction | Value | +- |
-    95% CI | vs greedy | vs prior | parsed.
+    """The verdicts (:func:`render_verdicts`, one line per task), then the results table:
+    Task | Version | Decoder | N | T | Metric | direction | Value | +- | 95% CI | vs greedy |
+    vs prior | parsed.
 
     ``+-`` is the bootstrap standard error; ``vs greedy`` and ``vs prior`` are the paired mean
     differences against greedy and against the no-model constant, with their 95% intervals,
@@ -86,7 +175,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     paired differences (the statistic of the decoder minus the baseline's, on the same
     resampled items).
     """
-    lines = [
+    verdicts = render_verdicts(results)
+    # The verdicts come first, as a list so that results.md keeps one per line.
+    lines = [f"- {v}" for v in verdicts] + ([""] if verdicts else [])
+    lines += [
         "| Task | Version | Decoder | N | T | Metric | direction | Value | +- | 95% CI | vs greedy | vs prior | parsed |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -37,6 +37,7 @@ from metricwise.evaluate.decoders import (
     fallback_prediction,
     has_anchor,
     prior_prediction,
+    rule_decoder,
 )
 from metricwise.evaluate.stats import (
     DEFAULT_BOOTSTRAP_ITERS,
@@ -201,10 +202,15 @@ def score_task(
         if progress:
             progress(d_index + 1, len(decoders))
 
+    labels = {d.label for d in decoders}
+    rules = {m: rule_decoder(m, task.answer_type).label for m in task.metrics}
     results: dict[str, Any] = {
         "task": task.name,
         "version": task.version,
         "n_items": n_items,
+        "answer_type": task.answer_type,
+        # Each metric's own Bayes rule among the scored decoders: the report's verdict line.
+        "rule_decoders": {m: label for m, label in rules.items() if label in labels},
         "scores": [],
         "corpus": [],
     }
