@@ -32,9 +32,10 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.demo-installed
 	$(BIN)/metricwise eval --model gemma-3-270m --tasks arith --limit 40 -n 8 --num_fewshot 3 --output_path out/demo
 
+# ruff format, ruff check and mypy, as configured in .pre-commit-config.yaml (the same hooks
+# `pre-commit install` runs on every commit).
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check src tests bench
-	$(BIN)/mypy
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pre-commit run --all-files --show-diff-on-failure
 
 test: lint
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)

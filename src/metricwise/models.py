@@ -105,8 +105,6 @@ class NamedModel:
     aliases: tuple[str, ...] = field(default=())
 
 
-
-
 @dataclass(frozen=True)
 class ResolvedModel:
     """Where a model's weights are, and how to load them.
