@@ -4,11 +4,17 @@ by earlier versions."""
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from metricwise.evaluate.report import render_markdown, render_verdicts, write_plots
+from metricwise.evaluate.report import (
+    load_results,
+    render_markdown,
+    render_verdicts,
+    write_plots,
+)
 from metricwise.evaluate.scoring import score_task
 from test_scoring import RATING, rating_fixture
 
@@ -174,3 +180,34 @@ def test_verdicts_name_the_rule_of_each_kind_of_metric():
         "arith (T=0.5)",
         "arith (T=1.0)",
     ]
+
+
+RESULTS_IN_DOCS = sorted((Path(__file__).parent.parent / "docs" / "results").glob("*/results.json"))
+
+
+@pytest.mark.parametrize("path", RESULTS_IN_DOCS, ids=lambda p: p.parent.name)
+def test_results_written_by_earlier_versions_still_render(path, tmp_path):
+    results = load_results(path)
+    table = render_markdown(results)
+    assert table.startswith("- ") and "| Task | Version | Decoder |" in table
+    for run in results["runs"]:
+        assert f"- {run['task']}" in table
+    pytest.importorskip("matplotlib")
+    assert write_plots(results, tmp_path)
+
+
+def test_unknown_decoders_and_missing_fields_render():
+    # A user's own decoder (not registered here), no temperature, n, curves or corpus.
+    run = {
+        "task": "mine",
+        "version": "2",
+        "n_items": 3,
+        "scores": [
+            score("greedy", "absolute_error", 2.0),
+            score("trimmed_mean+model", "absolute_error", 1.5, (-0.5, -1.0, 0.1)),
+        ],
+    }
+    table = render_markdown({"runs": [run]})
+    assert table.splitlines()[0] == "- mine, absolute error: greedy 2.00"
+    assert "| mine | 2 | trimmed_mean+model |  |  | absolute_error |" in table
+    assert render_markdown({"runs": []}).startswith("| Task |")
