@@ -192,3 +192,12 @@ def test_signatures_name_the_extractor_and_escape_its_separators():
     assert "|extract:regex:(yes\\|no)|" in regex
     fields = [f.replace("\\|", "|") for f in re.split(r"(?<!\\)\|", regex)]
     assert "extract:regex:(yes|no)" in fields and fields[-1].startswith("version:")
+
+
+def test_a_bad_bootstrap_count_fails_before_any_sampling(tmp_path):
+    from metricwise.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="'bootstrap_iters' parameter of eval"):
+        config(tmp_path, bootstrap_iters=0)
+    with pytest.warns(DeprecationWarning, match="bootstrap_iters"):
+        assert config(tmp_path, n_resamples=7).bootstrap_iters == 7  # the former spelling

@@ -71,6 +71,15 @@ class EvalConfig:
                 stacklevel=3,
             )
             self.bootstrap_iters = n_resamples
+        # Checked here, before the model loads and samples: the bootstrap runs only after.
+        if (
+            isinstance(self.bootstrap_iters, bool)
+            or not isinstance(self.bootstrap_iters, int)
+            or self.bootstrap_iters < 1
+        ):
+            raise InvalidParameterError(
+                f"The 'bootstrap_iters' parameter of eval must be an int >= 1. Got {self.bootstrap_iters!r} instead."
+            )
         if self.limit is not None and self.limit < 1:
             raise InvalidParameterError(
                 f"The 'limit' parameter of eval must be an int >= 1. Got {self.limit} instead."
