@@ -211,3 +211,12 @@ def test_unknown_decoders_and_missing_fields_render():
     assert table.splitlines()[0] == "- mine, absolute error: greedy 2.00"
     assert "| mine | 2 | trimmed_mean+model |  |  | absolute_error |" in table
     assert render_markdown({"runs": []}).startswith("| Task |")
+
+
+def test_a_verdict_says_when_answers_did_not_parse():
+    run = copy.deepcopy(OLD_ARITH)
+    rows = {(r["decoder"], r["metric"]): r for r in run["scores"]}
+    rows["greedy", "absolute_error"].update({"parse_rate": 0.9, "strict_rate": 0.6})
+    rows["median", "absolute_error"]["parse_rate"] = 0.5
+    (line,) = render_verdicts({"runs": [run]})
+    assert line.endswith("prior 153.3; parsed: greedy 90% (60% strict, 30% fallback), median 50%")

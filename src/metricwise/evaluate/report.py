@@ -107,6 +107,9 @@ def render_verdicts(results: dict[str, Any]) -> list[str]:
     prior::
 
         arith, absolute error: greedy 101.0, median 81.9 (-19.1 [-53.3, +14.7], not significant at 40 items), prior 153.3
+
+    When greedy or the rule did not parse every answer (or parsed some only by the extractor's
+    fallback), their parse rates follow: ``; parsed: greedy 90% (60% strict, 30% fallback)``.
     """
     runs = results.get("runs", [])
     temperatures: dict[str, set[Any]] = {}
@@ -151,7 +154,19 @@ def render_verdicts(results: dict[str, Any]) -> list[str]:
             parts.append(text)
         if prior is not None:
             parts.append(f"prior {_num(prior['value'], decimals)}")
-        verdicts.append(f"{task}, {metric.replace('_', ' ')}: {', '.join(parts)}")
+        # Unparsed answers are scored as the task's fallback: say so beside the numbers.
+        unparsed = [
+            f"{label} {_parsed_text(row)}"
+            for label, row in ((Greedy().label, greedy), (rule_label, rule))
+            if row is not None
+            and row.get("parse_rate") is not None
+            and (
+                row["parse_rate"] < 1.0
+                or row.get("strict_rate", row["parse_rate"]) < row["parse_rate"]
+            )
+        ]
+        verdict = f"{task}, {metric.replace('_', ' ')}: {', '.join(parts)}"
+        verdicts.append(verdict + (f"; parsed: {', '.join(unparsed)}" if unparsed else ""))
     return verdicts
 
 
