@@ -357,3 +357,34 @@ def test_answers_found_after_the_cue_and_by_the_fallback_are_counted_apart():
     # An extractor without a cue has no strict rate to report.
     plain, _ = score_task(RATING, *rating_fixture(), bootstrap_iters=50)
     assert all("strict_rate" not in r for r in plain["scores"])
+
+
+def test_a_new_decoder_is_one_registered_class():
+    from metricwise.errors import InvalidParameterError
+    from metricwise.evaluate import Decoder, register_decoder
+    from metricwise.evaluate.report import render_markdown as render
+
+    @register_decoder("middle_sample")
+    class MiddleSample(Decoder):
+        """The middle of the sorted parsed samples."""
+
+        uses_samples = True
+
+        def predict(self, x):
+            answers = sorted(a for a in map(x.answer, x.pool.candidates) if a is not None)
+            return answers[len(answers) // 2] if answers else None
+
+    items, prompts, greedy, pools = rating_fixture()
+    decoders = [*default_decoders(RATING), MiddleSample()]
+    results, records = score_task(
+        RATING, items, prompts, greedy, pools, decoders=decoders, bootstrap_iters=50
+    )
+    assert records[1].predictions["middle_sample"] == 4.0
+    assert "vs_greedy" in by(results, "middle_sample", "absolute_error")
+    assert "middle_sample" in results["curves"]["values"]  # it reads samples: it gets a curve
+    assert ("middle_sample", "pearson") in {(r["decoder"], r["metric"]) for r in results["corpus"]}
+    run = dict(results, temperature=1.0, n=8)
+    assert "| rating | 1 | middle_sample | 8 | 1.0 | squared_error |" in render({"runs": [run]})
+    assert Decoder.from_label("middle_sample") == MiddleSample()
+    with pytest.raises(InvalidParameterError, match="already registered"):
+        register_decoder("middle_sample")(MiddleSample)

@@ -21,7 +21,20 @@ A decoder is a registered class (:func:`register_decoder`) that declares what it
 (:attr:`Decoder.uses_samples`, ``uses_greedy``, ``uses_references``, ``uses_logprobs``,
 ``uses_prior``) and implements :meth:`Decoder.predict`. Scoring, the report and the plots ask
 the decoder, never its name, so a new decoder is one class here (and one line in
-:func:`default_decoders` to run it by default).
+:func:`default_decoders` to run it by default)::
+
+    @register_decoder("middle_sample")
+    class MiddleSample(Decoder):
+        # The middle of the sorted parsed samples. Reading samples gives it a decoder@k
+        # curve and the sampling temperature in the table.
+        uses_samples = True
+
+        def predict(self, x: DecoderInput) -> Any:
+            answers = sorted(a for a in map(x.answer, x.pool.candidates) if a is not None)
+            return answers[len(answers) // 2] if answers else None
+
+A decoder with parameters is a frozen dataclass whose ``label`` names them (see
+:class:`BayesRule`), so that a label in ``results.json`` maps back to the decoder.
 """
 
 from __future__ import annotations
