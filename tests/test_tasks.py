@@ -18,8 +18,8 @@ from metricwise.errors import InvalidParameterError, UnknownNameError
 from metricwise.extract import Extractor, last_boxed
 from metricwise.metrics.math_answer import normalize_math_answer
 from metricwise.tasks import check_task, get_task, load_task_file, select_shots, task_names
+from metricwise.tasks.arith import generate_arith
 from metricwise.tasks.base import Item, format_number
-from metricwise.tasks.builtin import generate_arith
 from metricwise.tasks.fewshot import fields_key
 from metricwise.tasks.math_word import asdiv_answer, equation_target
 
