@@ -602,3 +602,25 @@ def test_the_grid_rule_gives_its_inner_rule_one_count_per_grid_value(monkeypatch
     d = decide(["1.1", "1.2", "2.9", "3.1", "5"], "absolute_error", rule="grid", valid_range=(1, 5))
     assert seen == {"values": [1.0, 3.0, 5.0], "counts": [2, 2, 1]}
     assert d.output == 3.0
+
+
+def test_candidates_are_the_hypotheses_and_the_samples_the_evidence():
+    samples = ["red green blue one", "red green blue two", "red green blue three"]
+    alone = decide(samples, "token_f1")
+    same = decide(samples, "token_f1", candidates=samples)
+    assert (same.output, same.expected_utility) == (alone.output, alone.expected_utility)
+    # A hypothesis no sample produced wins when it is closer to all of them (F1 6/7 each).
+    with_greedy = decide(samples, "token_f1", candidates=[*samples, "red green blue"])
+    assert with_greedy.output == "red green blue" and with_greedy.rule == "mbr"
+    assert with_greedy.expected_utility == pytest.approx(6 / 7)
+    assert with_greedy.n_valid == 3  # the evidence is still the three samples
+
+
+def test_candidates_for_a_number_metric_and_unusable_candidates():
+    d = decide(["4", "5", "6"], "squared_error", candidates=["1", "10", "no number"])
+    assert d.output == 1.0 and d.rule == "mbr"
+    assert d.expected_loss == pytest.approx((9 + 16 + 25) / 3)
+    none = decide(["Paris", "Paris"], "exact_match", candidates=["", "..."])
+    assert none.output is None and "none of the 2 candidates is a usable answer" in none.failure
+    with pytest.raises(InvalidParameterError, match="'candidates'"):
+        decide(["a"], "chrf", candidates="a")

@@ -76,6 +76,7 @@ def decide(
     grid: Sequence[float] | None = None,
     extractor: Callable[[str], Any] | str | None = None,
     include_incomplete: bool = False,
+    candidates: Sequence[Any] | None = None,
     **metric_args: Any,
 ) -> Decision:
     """Return the answer that is Bayes-optimal for ``metric`` under the samples' distribution.
@@ -116,6 +117,13 @@ def decide(
     extractor:
         A callable ``str -> value or None``, or an extractor spec such as ``"number:last"``
         (see :class:`metricwise.extract.Extractor`), applied to every text sample first.
+    candidates:
+        The hypotheses, what may be returned, apart from the evidence: the samples stay the
+        pseudo-references that define the expected metric, and the decision is the hypothesis
+        with the best expected metric (MBR over ``candidates``; ``rule`` is reported as
+        ``"mbr"``). The greedy answer, beam outputs or a user's list can be hypotheses; pass
+        the samples too to keep them eligible. Each hypothesis goes through the same extractor
+        and checks as a sample; unusable ones are left out (as in mbrs, Cheng and Vlachos 2023).
     include_incomplete:
         Keep candidates whose finish reason is ``"length"`` or ``"guard"``
         (truncated or runaway text); they are left out by default.
@@ -184,27 +192,31 @@ def decide(
     if not values or not (total > 0 and math.isfinite(total)):
         n_inf = _count_infinite_logprobs(weighting, keep, logp, logq)
         why = _failure_message(n_total, excluded, numeric, bool(values), weighting, n_inf, total)
-        return Decision(
-            output=None,
-            rule=rule_name,
-            metric=metric_obj.signature(),
-            expected_utility=math.nan if metric_obj.higher_is_better else None,
-            expected_loss=None if metric_obj.higher_is_better else math.nan,
-            n_valid=0,
-            n_total=n_total,
-            support=(),
-            weighting=weighting,
-            effective_sample_size=0.0,
-            excluded=excluded,
-            failure=why,
-        )
+        return _failed(rule_name, metric_obj, n_total, weighting, excluded, why)
     sample_weights = sample_weights / total
     ess = float(1.0 / np.sum(sample_weights**2))
 
     support_values, support_weights, support_counts = _aggregate(values, sample_weights)
-    output = _RULE_FUNCTIONS[rule_name](
-        support_values, support_weights, support_counts, metric_obj, valid_range, grid
-    )
+    if candidates is not None:
+        rule_name = "mbr"
+        output = _best_hypothesis(
+            candidates,
+            support_values,
+            support_weights,
+            metric_obj,
+            numeric,
+            extract_fn,
+            valid_range,
+        )
+    else:
+        output = _RULE_FUNCTIONS[rule_name](
+            support_values, support_weights, support_counts, metric_obj, valid_range, grid
+        )
+    if output is None:
+        return _failed(
+            rule_name, metric_obj, n_total, weighting, excluded,
+            f"none of the {len(candidates or ())} candidates is a usable answer",
+        )  # fmt: skip
     if isinstance(output, _Scored):
         output, expected = output.value, output.expected
     else:
@@ -230,6 +242,59 @@ def decide(
         effective_sample_size=ess,
         excluded=excluded,
     )
+
+
+def _failed(
+    rule: str, metric: Metric, n_total: int, weighting: str, excluded: dict[str, int], why: str
+) -> Decision:
+    """The Decision that says no answer could be given, and why."""
+    return Decision(
+        output=None,
+        rule=rule,
+        metric=metric.signature(),
+        expected_utility=math.nan if metric.higher_is_better else None,
+        expected_loss=None if metric.higher_is_better else math.nan,
+        n_valid=0,
+        n_total=n_total,
+        support=(),
+        weighting=weighting,
+        effective_sample_size=0.0,
+        excluded=excluded,
+        failure=why,
+    )
+
+
+def _best_hypothesis(
+    candidates: Sequence[Any],
+    values: list[Any],
+    weights: np.ndarray,
+    metric: Metric,
+    numeric: bool,
+    extract_fn: Callable[[str], Any] | None,
+    valid_range: tuple[float, float] | None,
+) -> _Scored | None:
+    """The hypothesis with the best expected metric against the weighted samples ``values``.
+
+    Ties go to the hypothesis with more weight among the samples, then the smaller value.
+    None when no hypothesis is a usable answer.
+    """
+    if isinstance(candidates, (str, bytes)):
+        raise InvalidParameterError(
+            f"The 'candidates' parameter of decide must be a sequence of answers. Got {candidates!r} instead."
+        )
+    hypotheses: list[Any] = []
+    for item in candidates:
+        value = _to_value(item, numeric=numeric, extract_fn=extract_fn, valid_range=valid_range)
+        if value is not None and (numeric or _is_answer_text(value)):
+            hypotheses.append(value)
+    if not hypotheses:
+        return None
+    hypotheses = sorted(set(hypotheses), key=_value_key)
+    mass = dict(zip(values, weights, strict=True))
+    evidence = np.array([mass.get(h, 0.0) for h in hypotheses])
+    expected = _expected_scores(metric, hypotheses, values, weights)
+    best = _best_index(expected, evidence, hypotheses, metric.higher_is_better)
+    return _Scored(hypotheses[best], float(expected[best]))
 
 
 # ---------------------------------------------------------------------------------------------
