@@ -13,6 +13,24 @@ True
 A YAML file works wherever a task name does: ``get_task("examples/my_task.yaml")`` (see
 :mod:`metricwise.tasks.yaml_task`). Few-shot examples come from
 :func:`metricwise.tasks.fewshot.select_shots`.
+
+Layout
+------
+Generic modules: :mod:`~metricwise.tasks.base` (the :class:`Task` contract and
+:func:`check_task`), :mod:`~metricwise.tasks.readers` (data files and the dataset-hub fallback),
+:mod:`~metricwise.tasks.splits` (the evaluated items and the few-shot pool from those files),
+:mod:`~metricwise.tasks.registry`, :mod:`~metricwise.tasks.fewshot` and
+:mod:`~metricwise.tasks.yaml_task`. Every other module is a task family that registers its
+tasks beside their parsers, for example :mod:`~metricwise.tasks.qa` (triviaqa, nq_open, squad)
+or :mod:`~metricwise.tasks.arith`; ``metricwise tasks`` lists them all.
+
+Adding a built-in task is adding one module here: parse the data file with the readers, build
+a loader with :func:`~metricwise.tasks.splits.split_loader` or
+:func:`~metricwise.tasks.splits.holdout_loader`, and call
+``builtin_task(Task(name=..., loader=...))`` (:func:`~metricwise.tasks.registry.builtin_task`)
+beside the parser. The package imports every one of its modules, so nothing else lists it;
+``tests/test_tasks.py`` checks every registered task and wants its row counts in
+``EXPECTED_SIZES``.
 """
 
 from __future__ import annotations
@@ -48,6 +66,7 @@ __all__ = [
 # fewshot, yaml_task, ...) register nothing.
 for _module in pkgutil.iter_modules(__path__, f"{__name__}."):
     importlib.import_module(_module.name)
+del _module
 
 _REGISTRY: dict[str, Task] = registered()
 _TUPLE_FIELDS = ("metrics", "corpus_metrics", "stop", "similarity_fields", "valid_range")

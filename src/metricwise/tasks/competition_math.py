@@ -27,7 +27,6 @@ from metricwise.tasks.splits import holdout_loader
 MATH_SHOT_MAX_CHARS = 800
 
 
-# -- MATH ---------------------------------------------------------------------------------------
 def _math_record(problem: Any, answer: Any, solution: Any, where: str) -> Record:
     problem, answer, solution = str(problem).strip(), str(answer).strip(), str(solution).strip()
     if not problem or not answer:
