@@ -167,6 +167,10 @@ class Decision:
         Why samples were left out, as ``{reason: count}`` (``"unparsable"``, ``"length"``, ...).
     failure:
         Set (and ``output`` is ``None``) when no sample could be used; says why.
+    n_used, stopped, settled_probability:
+        Set by adaptive sampling (:mod:`metricwise.adaptive`): the samples drawn, why sampling
+        stopped (``"settled"``, ``"max_n"`` or ``"no_valid_samples"``), and the estimated
+        probability that more samples would not change the decision.
     """
 
     output: Any
@@ -181,6 +185,9 @@ class Decision:
     effective_sample_size: float | None = None
     excluded: dict[str, int] = field(default_factory=dict)
     failure: str | None = None
+    n_used: int | None = None
+    stopped: str | None = None
+    settled_probability: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -214,6 +221,10 @@ class Decision:
             out["excluded"] = dict(self.excluded)
         if self.failure is not None:
             out["failure"] = self.failure
+        if self.n_used is not None:
+            out.update(
+                {"n_used": self.n_used, "stopped": self.stopped, "settled_probability": self.settled_probability}
+            )
         return out
 
 

@@ -1,0 +1,132 @@
+"""Adaptive sampling: the stopping criteria and the rounds through the store."""
+
+from __future__ import annotations
+
+import pytest
+
+from metricwise import Candidate, SampleSet, SamplingConfig, decide
+from metricwise.adaptive import Adaptive, sample_and_decide, settled_probability
+from metricwise.errors import InvalidParameterError
+from metricwise.store import SampleStore
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"min_n": 8, "max_n": 4}, "'min_n'"),
+        ({"confidence": 1.0}, "'confidence'"),
+        ({"confidence": 0.0}, "'confidence'"),
+        ({"tolerance": -0.1}, "'tolerance'"),
+        ({"round": 0}, "'round'"),
+    ],
+)
+def test_bad_settings_name_what_is_wrong(kwargs, message):
+    with pytest.raises(InvalidParameterError, match=message):
+        Adaptive(**kwargs)
+
+
+def test_schedule_reaches_max_n_exactly():
+    assert Adaptive(min_n=4, max_n=16, round=4).schedule() == [4, 8, 12, 16]
+    assert Adaptive(min_n=3, max_n=10, round=4).schedule() == [3, 7, 10]
+    assert Adaptive(min_n=5, max_n=5).schedule() == [5]
+
+
+def test_mode_agreement_settles_and_a_split_does_not():
+    adaptive = Adaptive()
+    agree = decide(["Paris"] * 4, "exact_match")
+    # Four of four against one unseen rival: the Beta(5, 1) criterion, 1 - 0.5**5.
+    assert settled_probability(agree, "exact_match", adaptive) == pytest.approx(
+        1 - 0.5**5, abs=0.03
+    )
+    split = decide(["Paris", "Lyon", "Paris", "Lyon"], "exact_match")
+    assert settled_probability(split, "exact_match", adaptive) < 0.6
+    many = decide(["Paris"] * 30 + ["Lyon"] * 2, "exact_match")
+    assert settled_probability(many, "exact_match", adaptive) > 0.99
+
+
+def test_numeric_rules_settle_within_the_tolerance():
+    tight = decide(["3.0", "3.05", "2.95", "3.0"] * 4, "squared_error")
+    wide = decide(["0", "5", "1", "4"], "squared_error")
+    adaptive = Adaptive(tolerance=0.1)
+    assert settled_probability(tight, "squared_error", adaptive) > 0.95
+    assert settled_probability(wide, "squared_error", adaptive) < 0.2
+    median = decide(["1", "2", "2", "2", "2", "3"], "absolute_error")
+    assert 0.0 < settled_probability(median, "absolute_error", adaptive) <= 1.0
+
+
+def test_mbr_settles_when_the_best_candidate_stays_best():
+    same = decide(["the cat sat"] * 6 + ["a dog ran"], "chrf")
+    apart = decide(["one two", "three four", "five six", "seven eight"], "chrf")
+    adaptive = Adaptive()
+    assert settled_probability(same, "chrf", adaptive) > 0.95
+    assert settled_probability(apart, "chrf", adaptive) < 0.8
+
+
+def test_a_failed_decision_is_never_settled():
+    assert settled_probability(decide(["n/a"], "squared_error"), "squared_error", Adaptive()) == 0.0
+
+
+class ScriptedBackend:
+    """Sample i of a prompt is script[prompt][i % len]: easy prompts agree, hard ones alternate."""
+
+    signature = "scripted"
+
+    def __init__(self, script):
+        self.script = script
+        self.calls = []
+
+    def sample(self, prompts, config, *, start=0):
+        self.calls.append((tuple(prompts), start, config.n))
+        return [
+            SampleSet(
+                candidates=tuple(
+                    Candidate(
+                        self.script[p][i % len(self.script[p])],
+                        logp=-1.0,
+                        logq=-1.0,
+                        n_tokens=1,
+                        finish_reason="eos",
+                    )
+                    for i in range(start, config.n)
+                ),
+                prompt=p,
+            )
+            for p in prompts
+        ]
+
+    def greedy(self, prompts, config):
+        raise AssertionError("not used")
+
+    def close(self):
+        pass
+
+
+def test_rounds_stop_each_prompt_when_settled_and_reuse_the_stored_prefix(tmp_path):
+    script = {"easy": ["7"], "hard": ["1", "9", "4", "6", "2"], "none": ["no answer here"]}
+    backend = ScriptedBackend(script)
+    adaptive = Adaptive(min_n=4, max_n=12, round=4, tolerance=0.1)
+    with SampleStore(tmp_path / "s.db") as store:
+        decisions = sample_and_decide(
+            store,
+            backend,
+            ["easy", "hard", "none", "easy"],
+            SamplingConfig(n=1),
+            adaptive,
+            metric="squared_error",
+        )
+        easy, hard, none, again = decisions
+        assert (easy.n_used, easy.stopped, easy.output) == (4, "settled", 7.0)
+        assert again == easy
+        assert (hard.n_used, hard.stopped) == (12, "max_n")
+        assert (none.n_used, none.stopped, none.output) == (12, "no_valid_samples", None)
+        # Each round draws only the new indices of the prompts still open.
+        assert backend.calls == [
+            (("easy", "hard", "none"), 0, 4),
+            (("hard", "none"), 4, 8),
+            (("hard", "none"), 8, 12),
+        ]
+        # The adaptive samples are the prefix of a fixed-N run: a later fixed run draws nothing.
+        fixed = store.sample(backend, ["hard"], SamplingConfig(n=12))
+        assert (
+            len(backend.calls) == 3 and [c.text for c in fixed[0].candidates][:5] == script["hard"]
+        )
