@@ -92,6 +92,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import itertools
+import json
 import math
 import threading
 import warnings
@@ -124,6 +125,7 @@ _SEED_RANGE = 2**31 - 2**24
 _TAIL_EPS = 1e-6
 _SERVER_KINDS = ("auto", "llama.cpp", "vllm", "generic")
 _ENDPOINTS = ("completions", "chat")
+_MESSAGES = ("user", "json")
 
 
 def request_seed(seed: int, prompt: str) -> int:
@@ -403,6 +405,11 @@ class OpenAIBackend:
     endpoint : {"completions", "chat"}
         ``/v1/completions`` with the prompt as text, or ``/v1/chat/completions`` with the prompt
         as one user message (the server applies the chat template).
+    messages : {"user", "json"}
+        With ``endpoint="chat"``: how a prompt becomes the request's ``messages``. ``"user"``:
+        the prompt is one user message. ``"json"``: the prompt is a JSON array of chat messages
+        (``[{"role": "system", "content": ...}, ...]``) sent as it is, so that a conversation
+        reaches the server whole (``metricwise serve`` forwards chat requests this way).
     api_key : str, optional
         Sent as ``Authorization: Bearer``.
     timeout : float
@@ -434,6 +441,7 @@ class OpenAIBackend:
         model: str | None = None,
         *,
         endpoint: str = "completions",
+        messages: str = "user",
         api_key: str | None = None,
         timeout: float = 300.0,
         max_retries: int = 4,
@@ -448,6 +456,10 @@ class OpenAIBackend:
         if endpoint not in _ENDPOINTS:
             raise InvalidParameterError(
                 f"The 'endpoint' parameter of OpenAIBackend must be one of {_ENDPOINTS}. Got {endpoint!r} instead."
+            )
+        if messages not in _MESSAGES:
+            raise InvalidParameterError(
+                f"The 'messages' parameter of OpenAIBackend must be one of {_MESSAGES}. Got {messages!r} instead."
             )
         if server not in _SERVER_KINDS:
             raise InvalidParameterError(
@@ -468,6 +480,7 @@ class OpenAIBackend:
             )
         self.servers = [_Server(url) for url in _split_urls(base_url)]
         self.endpoint = endpoint
+        self.messages = messages
         self.concurrency = concurrency
         self.guards = guards or Guards()
         self.top_logprobs = top_logprobs
@@ -488,18 +501,31 @@ class OpenAIBackend:
 
     # -- protocol --------------------------------------------------------------------------------
     def sample(
-        self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0
+        self,
+        prompts: Sequence[str],
+        config: SamplingConfig,
+        *,
+        start: int = 0,
+        cancel: Cancellation | None = None,
     ) -> list[SampleSet]:
+        """The protocol's ``sample``; ``cancel``, when given, ends the call's requests from outside.
+
+        Cancelling it (from any thread) closes the call's open connections and makes the call
+        raise :class:`~metricwise.backends.http.Cancelled` within a moment: ``metricwise serve``
+        does this when the client that asked for the samples disconnects.
+        """
         return sample_sets(
             prompts,
             config,
             start,
-            self.greedy,
-            lambda batch, m: self._run(batch, config, start, m, greedy=False),
+            lambda batch, c: self.greedy(batch, c, cancel=cancel),
+            lambda batch, m: self._run(batch, config, start, m, greedy=False, cancel=cancel),
         )
 
-    def greedy(self, prompts: Sequence[str], config: SamplingConfig) -> list[Candidate]:
-        results = self._run(list(prompts), config, 0, 1, greedy=True)
+    def greedy(
+        self, prompts: Sequence[str], config: SamplingConfig, *, cancel: Cancellation | None = None
+    ) -> list[Candidate]:
+        results = self._run(list(prompts), config, 0, 1, greedy=True, cancel=cancel)
         return [row[0] for row in results]
 
     def close(self) -> None:
@@ -515,14 +541,21 @@ class OpenAIBackend:
 
     # -- scheduling ------------------------------------------------------------------------------
     def _run(
-        self, prompts: list[str], config: SamplingConfig, start: int, m: int, *, greedy: bool
+        self,
+        prompts: list[str],
+        config: SamplingConfig,
+        start: int,
+        m: int,
+        *,
+        greedy: bool,
+        cancel: Cancellation | None = None,
     ) -> list[list[Candidate]]:
         self.requests_sent = 0
         self.logq_exact = {"exact": 0, "approximate": 0}
         if not prompts:
             return []
         deadline = self.guards.deadline()
-        cancel = Cancellation()
+        cancel = cancel if cancel is not None else Cancellation()
         pending: dict[cf.Future[list[Candidate]], _Job] = {}
         results: list[list[Candidate | None]] = [[None] * m for _ in prompts]
         try:
@@ -685,7 +718,11 @@ class OpenAIBackend:
             "stream": False,
         }
         if self.endpoint == "chat":
-            body["messages"] = [{"role": "user", "content": prompt}]
+            body["messages"] = (
+                _json_messages(prompt)
+                if self.messages == "json"
+                else [{"role": "user", "content": prompt}]
+            )
             body["logprobs"] = True
             body["top_logprobs"] = top_n
         else:
@@ -889,6 +926,20 @@ class OpenAIBackend:
                 if slots > 0:
                     server.max_n = slots
             server.kind = kind
+
+
+def _json_messages(prompt: str) -> list[Any]:
+    """The chat messages a ``messages="json"`` prompt holds; refuses anything but a list of objects."""
+    try:
+        messages = json.loads(prompt)
+    except ValueError:
+        messages = None
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise InvalidParameterError(
+            "With messages='json', each prompt of the openai backend must be a JSON array of chat "
+            f"message objects. Got {prompt[:100]!r} instead."
+        )
+    return messages
 
 
 def _ids(steps: list[_Step]) -> tuple[int, ...] | None:
