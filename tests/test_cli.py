@@ -339,3 +339,48 @@ def test_eval_with_no_plots_does_not_claim_plots(tiny_model_dir, tmp_path, capsy
     assert code == 0, err
     assert "results and table written" in err and "table and plots" not in err
     assert not list(out_dir.glob("*.png"))
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--min_n", "8", "--max_n", "4"], "'min_n'"),
+        (["--confidence", "1.5"], "'confidence'"),
+        (["--tolerance", "-1"], "'tolerance'"),
+    ],
+)
+def test_adaptive_settings_are_checked_before_any_model_loads(
+    argv, message, tmp_path, capsys, monkeypatch
+):
+    import metricwise.backends
+
+    monkeypatch.setattr(
+        metricwise.backends, "load_backend", lambda *a, **k: pytest.fail("a model was loaded")
+    )
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": 1, "prompt": "x"}\n')
+    code, _, err = run(
+        ["predict", "--metric", "exact_match", "--input", str(prompts), "--adaptive", *argv],
+        capsys=capsys,
+    )
+    assert code == 2 and message in err
+
+
+def test_adaptive_predict_reports_the_samples_it_used(tiny_model_dir, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(
+        '{"id": "a", "prompt": "the cat sat on"}\n{"id": "b", "prompt": "what is two plus three ?"}\n'
+    )
+    argv = ["predict", "--model", str(tiny_model_dir), "--metric", "token_f1", "--max_tokens", "4", "--adaptive",
+            "--min_n", "2", "--max_n", "6", "--round", "2", "--store", str(tmp_path / "s.sqlite"), "--input", str(prompts)]  # fmt: skip
+    code, out, err = run(argv, capsys=capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert all(
+        r["n_used"] in (2, 4, 6) and r["stopped"] in ("settled", "max_n", "no_valid_samples")
+        for r in records
+    )
+    assert "samples per prompt on average" in err
+    # The same run again samples nothing new: every round is in the store.
+    code, again, _ = run([*argv, "--quiet"], capsys=capsys)
+    assert [json.loads(line) for line in again.splitlines()] == records

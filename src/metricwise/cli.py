@@ -6,10 +6,12 @@ Exit codes: 0 success, 2 bad usage or malformed input, 1 runtime failure, 3 back
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -154,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_sampling_arguments(p)
     _add_decision_arguments(p)
+    _add_adaptive_arguments(p)
     p.add_argument(
         "--max_support",
         "--max-support",
@@ -740,6 +743,35 @@ def _read_prompts(path: str) -> list[tuple[Any, str]]:
     return records
 
 
+@contextlib.contextmanager
+def _sampling_session(
+    args: argparse.Namespace, prompts: list[str], config: Any, options: dict[str, Any]
+) -> Iterator[tuple[Any, Any]]:
+    """The store and the backend of a sampling command, opened in that order and closed after.
+
+    The store opens first: a bad --store path is reported before a model loads for minutes.
+    """
+    from metricwise.backends import load_backend
+    from metricwise.models import cache_dir
+    from metricwise.store import SampleStore
+
+    store_path = args.store or str(cache_dir() / "samples.sqlite")
+    with SampleStore(store_path) as store:
+        backend = load_backend(args.backend, args.model, **options)
+        try:
+            if not args.quiet:
+                todo = len(store.missing(backend.signature, prompts, config))
+                distinct = len(set(prompts))
+                print(
+                    f"metricwise {args.command}: {distinct} prompts x n={config.n} from {backend.signature}; "
+                    f"{distinct - todo} already in the store {store_path}",
+                    file=sys.stderr,
+                )
+            yield store, backend
+        finally:
+            backend.close()
+
+
 def _sample_all(
     args: argparse.Namespace, prompts: list[str], config: Any, options: dict[str, Any]
 ) -> list[Any]:
@@ -748,36 +780,23 @@ def _sample_all(
     ``config`` and ``options`` come from :func:`_sampling_config` and :func:`_backend_options`,
     checked before the input is read.
     """
-    from metricwise.backends import load_backend
-    from metricwise.models import cache_dir
     from metricwise.progress import Progress
-    from metricwise.store import SampleStore
 
-    store_path = args.store or str(cache_dir() / "samples.sqlite")
-    # The store opens first: a bad --store path is reported before a model loads for minutes.
-    with SampleStore(store_path) as store:
-        backend = load_backend(args.backend, args.model, **options)
-        try:
-            todo = len(store.missing(backend.signature, prompts, config))
-            distinct = len(set(prompts))
-            if not args.quiet:
-                print(
-                    f"metricwise {args.command}: {distinct} prompts x n={config.n} from {backend.signature}; "
-                    f"{distinct - todo} already in the store {store_path}",
-                    file=sys.stderr,
-                )
-            with Progress(
-                distinct, "sampling", unit="prompt", enabled=not args.quiet, initial=distinct - todo
-            ) as bar:
-                return store.sample(
+    with _sampling_session(args, prompts, config, options) as (store, backend):
+        distinct = len(set(prompts))
+        done = distinct - len(store.missing(backend.signature, prompts, config))
+        with Progress(
+            distinct, "sampling", unit="prompt", enabled=not args.quiet, initial=done
+        ) as bar:
+            return list(
+                store.sample(
                     backend,
                     prompts,
                     config,
                     batch_size=args.batch_size,
                     progress=lambda done, total: bar.update(done),
                 )
-        finally:
-            backend.close()
+            )
 
 
 def _run_sample(args: argparse.Namespace) -> int:
@@ -806,13 +825,42 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     options = _decision_options(args)
     config, backend_options = _sampling_config(args), _backend_options(args)
+    adaptive = _adaptive_settings(args)
     records = _read_prompts(args.input)
-    sets = _sample_all(args, [prompt for _, prompt in records], config, backend_options)
+    prompts = [prompt for _, prompt in records]
+    if adaptive is None:
+        decisions = [
+            decide(s, **options) for s in _sample_all(args, prompts, config, backend_options)
+        ]
+    else:
+        from metricwise.adaptive import sample_and_decide
+        from metricwise.progress import Progress
+
+        with (
+            _sampling_session(
+                args, prompts, replace(config, n=adaptive.max_n), backend_options
+            ) as (
+                store,
+                backend,
+            ),
+            Progress(len(set(prompts)), "settled", unit="prompt", enabled=not args.quiet) as bar,
+        ):
+            decisions = sample_and_decide(
+                store, backend, prompts, config, adaptive, batch_size=args.batch_size,
+                progress=lambda done, total: bar.update(done), **options,
+            )  # fmt: skip
+        if not args.quiet:
+            used = [d.n_used or 0 for d in decisions]
+            print(
+                f"metricwise predict: {sum(used) / len(used):.1f} samples per prompt on average "
+                f"(at most {adaptive.max_n}); {sum(d.stopped == 'settled' for d in decisions)} of "
+                f"{len(decisions)} settled",
+                file=sys.stderr,
+            )
     max_support = None if args.max_support < 0 else args.max_support
     sink = _open_output(args.output)
     try:
-        for (record_id, prompt), sample_set in zip(records, sets, strict=True):
-            decision = decide(sample_set, **options)
+        for (record_id, prompt), decision in zip(records, decisions, strict=True):
             write_json_line(
                 sink,
                 {"id": record_id, "prompt": prompt, **decision.to_dict(max_support=max_support)},
@@ -821,6 +869,50 @@ def _run_predict(args: argparse.Namespace) -> int:
         if sink is not sys.stdout:
             sink.close()
     return EXIT_OK
+
+
+def _add_adaptive_arguments(parser: argparse.ArgumentParser) -> None:
+    from metricwise.adaptive import Adaptive
+
+    defaults = Adaptive()
+    g = parser.add_argument_group(
+        "adaptive sampling",
+        "Sample in rounds and stop each prompt once more samples would not change its decision "
+        "(see metricwise.adaptive for each rule's criterion). -n is then ignored.",
+    )
+    g.add_argument(
+        "--adaptive", action="store_true", help="sample in rounds until each decision is settled"
+    )
+    g.add_argument("--min_n", type=int, default=defaults.min_n, help="samples before any stop")
+    g.add_argument("--max_n", type=int, default=defaults.max_n, help="samples at most")
+    g.add_argument("--round", type=int, default=defaults.round, help="samples added per round")
+    g.add_argument(
+        "--confidence",
+        type=float,
+        default=defaults.confidence,
+        help="stop when the decision is settled with this probability",
+    )
+    g.add_argument(
+        "--tolerance",
+        type=float,
+        default=defaults.tolerance,
+        help="how far a numeric answer may still move (its unit), or the expected utility MBR may still lose",
+    )
+
+
+def _adaptive_settings(args: argparse.Namespace) -> Any:
+    """The Adaptive settings of --adaptive (None without it), checked before any model loads."""
+    from metricwise.adaptive import Adaptive
+
+    if not args.adaptive:
+        return None
+    return Adaptive(
+        min_n=args.min_n,
+        max_n=args.max_n,
+        round=args.round,
+        confidence=args.confidence,
+        tolerance=args.tolerance,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
