@@ -190,6 +190,52 @@ def test_request_timeout(fake):
         backend.sample(["x"], SamplingConfig(n=1, max_tokens=3))
 
 
+def test_attempts_that_all_time_out_are_a_timeout(fake):
+    """A server that hangs is reported as a timeout (SamplingTimeout, a BackendError), so that
+    metricwise serve can answer 504 for it and 502 for a server that answers with errors."""
+
+    def slow(handler, path, body):
+        time.sleep(1.0)
+        return None
+
+    server = fake(behaviour=slow)
+    with (
+        backend_for(server.url, timeout=0.2, max_retries=1) as backend,
+        pytest.raises(SamplingTimeout, match=r"not answering in time after 2 attempts"),
+    ):
+        backend.sample(["x"], SamplingConfig(n=1, max_tokens=3))
+
+
+def test_a_callers_cancellation_ends_the_call_at_once(fake):
+    from metricwise.backends.http import Cancellation, Cancelled
+
+    server = fake(mode="hang", hang_seconds=5.0)
+    cancel = Cancellation()
+    threading.Timer(0.3, cancel.cancel).start()
+    started = time.monotonic()
+    with backend_for(server.url, timeout=10.0) as backend, pytest.raises(Cancelled):
+        backend.sample(["x", "y"], SamplingConfig(n=2, max_tokens=3), cancel=cancel)
+    assert time.monotonic() - started < 2.0
+
+
+def test_chat_prompts_may_carry_a_whole_conversation(fake):
+    import json
+
+    server = fake()
+    conversation = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "2 + 2?"},
+    ]
+    with backend_for(server.url, endpoint="chat", messages="json") as backend:
+        backend.sample([json.dumps(conversation)], SamplingConfig(n=2, max_tokens=3))
+        with pytest.raises(InvalidParameterError, match="JSON array of chat message objects"):
+            backend.sample(["not json"], SamplingConfig(n=1, max_tokens=3))
+    path, body = server.requests[-1]
+    assert path.endswith("/chat/completions") and body["messages"] == conversation
+    with pytest.raises(InvalidParameterError, match="'messages' parameter"):
+        backend_for(server.url, messages="yaml")
+
+
 def test_wall_clock_budget_is_a_failure_not_samples(fake):
     def slow(handler, path, body):
         time.sleep(1.5)

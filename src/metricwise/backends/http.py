@@ -37,11 +37,18 @@ _READ_CHUNK = 1 << 16
 
 
 class RetryableError(Exception):
-    """A failure worth another attempt: connection error, timeout, 429, 5xx, a malformed answer."""
+    """A failure worth another attempt: connection error, timeout, 429, 5xx, a malformed answer.
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    ``timed_out`` says the attempt ran out of time (the server hung or trickled its answer), which
+    a caller may report differently from a server that answered with an error.
+    """
+
+    def __init__(
+        self, message: str, retry_after: float | None = None, *, timed_out: bool = False
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.timed_out = timed_out
 
 
 class HTTPStatusError(Exception):
@@ -57,11 +64,15 @@ class Cancelled(BackendError):
 
 
 class RetriesExhausted(BackendError):
-    """Every attempt failed; ``errors`` holds one message per attempt, oldest first."""
+    """Every attempt failed; ``errors`` holds one message per attempt, oldest first.
 
-    def __init__(self, errors: list[str]) -> None:
+    ``timed_out`` is True when the last attempt ran out of time.
+    """
+
+    def __init__(self, errors: list[str], *, timed_out: bool = False) -> None:
         super().__init__(errors[-1] if errors else "no attempt was made")
         self.errors = errors
+        self.timed_out = timed_out
 
 
 class Cancellation:
@@ -175,6 +186,7 @@ class RetryPolicy:
         monotonic ``deadline`` passes, and :class:`Cancelled` when ``cancel`` is set.
         """
         errors: list[str] = []
+        timed_out = False
         for attempt in range(self.max_retries + 1):
             if cancel is not None:
                 cancel.check()
@@ -187,6 +199,7 @@ class RetryPolicy:
                 if cancel is not None:
                     cancel.check()  # a socket shut down by the cancellation is no server fault
                 errors.append(str(exc))
+                timed_out = exc.timed_out
                 if deadline - time.monotonic() <= 0:
                     raise SamplingTimeout(_deadline_message(budget, errors)) from None
                 if attempt < self.max_retries:
@@ -197,7 +210,7 @@ class RetryPolicy:
                         cancel.wait(wait)
                     else:
                         time.sleep(wait)
-        raise RetriesExhausted(errors)
+        raise RetriesExhausted(errors, timed_out=timed_out)
 
 
 def _deadline_message(budget: str, errors: list[str]) -> str:
@@ -245,7 +258,7 @@ def request_json(
     except TimeoutError:
         if cancel is not None:
             cancel.check()
-        raise RetryableError(f"no complete answer within {timeout:.3g} s") from None
+        raise RetryableError(f"no complete answer within {timeout:.3g} s", timed_out=True) from None
     except (OSError, http.client.HTTPException) as exc:
         if cancel is not None:
             cancel.check()

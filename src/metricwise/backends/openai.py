@@ -650,7 +650,9 @@ class OpenAIBackend:
             except RetryableError as exc:
                 if len(self.servers) > 1:
                     avoid.add(server.url)  # fail over to another URL
-                raise RetryableError(f"{server.url}: {exc}", exc.retry_after) from None
+                raise RetryableError(
+                    f"{server.url}: {exc}", exc.retry_after, timed_out=exc.timed_out
+                ) from None
             except HTTPStatusError as exc:
                 if job.count > 1 and exc.status in (400, 422):
                     # Some servers refuse n > 1 (or more than their slots): one choice per request.
@@ -674,13 +676,18 @@ class OpenAIBackend:
             ) from None
         except RetriesExhausted as exc:
             failed = sorted({e.split(": ")[0] for e in exc.errors})
-            state = (
-                "unreachable" if all("connection failed" in e for e in exc.errors) else "failing"
-            )
-            raise BackendError(
+            if exc.timed_out:
+                state = "not answering in time"
+            elif all("connection failed" in e for e in exc.errors):
+                state = "unreachable"
+            else:
+                state = "failing"
+            message = (
                 f"The OpenAI-compatible server at {', '.join(failed)} is {state} after {len(exc.errors)} attempts: "
                 f"{exc.errors[-1].partition(': ')[2]}"
-            ) from None
+            )
+            # A server that hangs is a timeout (a gateway answers 504 for it), not an error answer.
+            raise (SamplingTimeout if exc.timed_out else BackendError)(message) from None
 
     def _budget(self) -> str:
         seconds = self.guards.max_seconds
