@@ -307,13 +307,26 @@ def _corpus_rows(
     }
     constant = {d.label: d.is_constant for d in decoders}
     ordinal = is_ordinal(task, items)
+    # A baseline's statistic enters every comparison with it: compute each (decoder,
+    # statistic, all items or resamples) once (Spearman's ranks cost a Python loop per resample).
+    memo: dict[tuple[int, str, bool], np.ndarray] = {}
+
+    def memoised(stat: CorpusStatistic) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+        def statistic(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
+            key = (id(values), stat.name, idx is indices)
+            if key not in memo:
+                memo[key] = stat(values, idx, ordinal=ordinal)
+            return memo[key]
+
+        return statistic
+
     rows = []
     for label in pairs:
         for stat in statistics:
             # A constant has no correlation with anything; its accuracy is still informative.
             if constant[label] and not stat.defined_for_constant:
                 continue
-            statistic = functools.partial(stat.__call__, ordinal=ordinal)
+            statistic = memoised(stat)
             estimate = bootstrap(pairs[label], statistic=statistic, indices=indices)
             row: dict[str, Any] = {
                 "decoder": label,
