@@ -22,6 +22,7 @@ from metricwise.tasks.arith import generate_arith
 from metricwise.tasks.base import Item, format_number
 from metricwise.tasks.fewshot import fields_key
 from metricwise.tasks.math_word import asdiv_answer, equation_target
+from metricwise.tasks.registry import builtin_task
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "my_task.yaml"
@@ -65,6 +66,12 @@ def test_every_builtin_task_is_listed_and_valid() -> None:
         task = check_task(get_task(name))
         assert task.name == name and task.version
         Extractor.from_spec(task.extractor, valid_range=task.valid_range)
+
+
+def test_a_task_family_cannot_take_a_registered_name() -> None:
+    with pytest.raises(InvalidParameterError, match="A task named 'stsb' is already registered"):
+        builtin_task(get_task("stsb"))
+    assert get_task("stsb").max_tokens == 8
 
 
 def test_unknown_task_suggests_the_closest_name() -> None:
