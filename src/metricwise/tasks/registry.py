@@ -24,9 +24,9 @@ def registered() -> dict[str, Task]:
 def builtin_task(task: Task) -> Task:
     """Register a task that ships with metricwise; its family module calls this beside its parser.
 
-    The task is not checked here: :func:`~metricwise.tasks.base.check_task` imports the metric
-    registry, which importing :mod:`metricwise.tasks` should not cost. The tests check every
-    built-in task instead.
+    The task is not checked here: :func:`~metricwise.tasks.base.check_task` loads every metric
+    module to learn the metric names, which importing :mod:`metricwise.tasks` should not cost.
+    ``tests/test_tasks.py`` checks every built-in task instead.
 
     Raises
     ------
