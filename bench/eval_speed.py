@@ -50,7 +50,7 @@ def worker(args: argparse.Namespace) -> None:
             store=str(Path(tmp) / "samples.sqlite"),
             output_path=None,
             curve_subsets=0,
-            n_resamples=10,
+            bootstrap_iters=10,
             quiet=True,
             plots=False,
         )

@@ -199,5 +199,3 @@ def test_a_bad_bootstrap_count_fails_before_any_sampling(tmp_path):
 
     with pytest.raises(InvalidParameterError, match="'bootstrap_iters' parameter of eval"):
         config(tmp_path, bootstrap_iters=0)
-    with pytest.warns(DeprecationWarning, match="bootstrap_iters"):
-        assert config(tmp_path, n_resamples=7).bootstrap_iters == 7  # the former spelling

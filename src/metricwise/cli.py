@@ -544,6 +544,13 @@ def _add_optional_subcommands(sub: Any) -> None:
             raise
     else:
         add_mnn_parser(sub)
+    try:
+        from metricwise.serve.cli import add_serve_parser
+    except ModuleNotFoundError as exc:
+        if exc.name is None or not exc.name.startswith("metricwise"):
+            raise
+    else:
+        add_serve_parser(sub)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -954,7 +961,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         log_samples=args.log_samples,
         store=args.store,
         batch_size=args.batch_size,
-        n_resamples=args.bootstrap_iters,
+        bootstrap_iters=args.bootstrap_iters,
         curve_subsets=args.curve_subsets,
         plots=not args.no_plots,
         quiet=args.quiet,

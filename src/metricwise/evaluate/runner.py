@@ -10,9 +10,8 @@ import functools
 import json
 import sys
 import time
-import warnings
 from collections.abc import Sequence
-from dataclasses import InitVar, asdict, dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,7 @@ class EvalConfig:
 
     ``temperatures`` runs the whole pool once per temperature (a sweep); ``max_tokens=None``
     uses each task's own budget. ``bootstrap_iters`` is the number of bootstrap resamples
-    (``--bootstrap_iters``); ``n_resamples`` is its former name, accepted with a
-    ``DeprecationWarning`` and not stored.
+    (``--bootstrap_iters``).
     """
 
     model: str | None
@@ -59,18 +57,8 @@ class EvalConfig:
     curve_subsets: int = 8
     plots: bool = True
     quiet: bool = False
-    n_resamples: InitVar[int | None] = None
 
-    def __post_init__(self, n_resamples: int | None) -> None:
-        if n_resamples is not None:
-            # The earlier spelling, kept until every caller says bootstrap_iters like the CLI.
-            warnings.warn(
-                "EvalConfig(n_resamples=...) is deprecated: use bootstrap_iters=... "
-                "(the --bootstrap_iters flag).",
-                DeprecationWarning,
-                stacklevel=3,
-            )
-            self.bootstrap_iters = n_resamples
+    def __post_init__(self) -> None:
         # Checked here, before the model loads and samples: the bootstrap runs only after.
         if (
             isinstance(self.bootstrap_iters, bool)

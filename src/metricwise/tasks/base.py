@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
+from metricwise.evaluate.corpus import corpus_statistic_names
 
 AnswerType = Literal["number", "text"]
 
@@ -26,7 +27,6 @@ AnswerType = Literal["number", "text"]
 SPLITS: tuple[str, ...] = ("eval", "fewshot")
 
 #: Corpus-level statistics the evaluation runner computes (number tasks only).
-CORPUS_METRICS: tuple[str, ...] = ("accuracy", "pearson", "spearman")
 
 
 @dataclass(frozen=True)
@@ -230,10 +230,11 @@ def check_task(task: Task, where: str | None = None) -> Task:
                 f"Got {m!r} instead.{did_you_mean(m, known)}"
             )
     for c in check_strings(task.corpus_metrics, "corpus_metrics", where):
-        if c not in CORPUS_METRICS:
+        known = corpus_statistic_names()
+        if c not in known:
             raise UnknownNameError(
-                f"The 'corpus_metrics' field of {where} must name {', '.join(map(repr, CORPUS_METRICS))}. "
-                f"Got {c!r} instead.{did_you_mean(c, list(CORPUS_METRICS))}"
+                f"The 'corpus_metrics' field of {where} must name {', '.join(map(repr, known))}. "
+                f"Got {c!r} instead.{did_you_mean(c, known)}"
             )
         if task.answer_type != "number":
             raise InvalidParameterError(
