@@ -1,0 +1,198 @@
+"""Request bodies, validated with pydantic: OpenAI's fields plus metricwise's.
+
+Unknown fields are refused (400 naming the field, with a "did you mean"): a misspelt
+``sample`` for ``samples`` must not silently give a greedy answer. OpenAI fields that ask for
+something the server does not do (``logprobs``, penalties, ``logit_bias``, tools, ``echo``,
+``best_of``, ``suffix``) are accepted only with values that ask for nothing, so a client that
+sends its defaults keeps working and one that relies on them hears that they are not done.
+
+Every field of a request is data: metric and extractor names are looked up in metricwise's
+registries, ``metric_args`` take numbers and booleans (and two named string options), and
+nothing can name a file, a module or code to run.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
+
+#: String-valued metric arguments a request may set, each checked by its metric against a fixed
+#: list of choices. Any other string-valued argument could name a file or a model to load (the
+#: ``model`` of ``embedding_cosine``), so it is refused.
+STRING_METRIC_ARGS: frozenset[str] = frozenset({"tokenize", "smooth_method"})
+
+_MAX_STOP = 16
+_MAX_GRID = 1000
+_MAX_SEED = 2**63 - 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class AdaptiveSettings(_Strict):
+    """Sample in rounds and stop once the decision is settled (see :mod:`metricwise.adaptive`)."""
+
+    min_n: int | None = Field(None, ge=1)
+    max_n: int | None = Field(None, ge=1)
+    round: int | None = Field(None, ge=1)
+    confidence: float | None = Field(None, gt=0, lt=1)
+    tolerance: float | None = Field(None, ge=0)
+
+
+class StreamOptions(_Strict):
+    include_usage: StrictBool = False
+
+
+class DecisionFields(_Strict):
+    """The metricwise fields, sent by the official client through ``extra_body``."""
+
+    metric: str | None = Field(None, min_length=1, max_length=100)
+    samples: int | None = Field(None, ge=1)
+    rule: str | None = Field(None, min_length=1, max_length=100)
+    weights: str | None = Field(None, min_length=1, max_length=100)
+    weight_temperature: float | None = Field(None, gt=0)
+    extractor: str | None = Field(None, min_length=1, max_length=100)
+    valid_range: tuple[float, float] | None = None
+    grid: list[float] | None = Field(None, min_length=1, max_length=_MAX_GRID)
+    metric_args: dict[str, StrictBool | int | float | str] | None = Field(None, max_length=20)
+    include_incomplete: StrictBool = False
+    adaptive: StrictBool | AdaptiveSettings | None = None
+    return_samples: StrictBool = False
+
+
+class _Sampling(DecisionFields):
+    """OpenAI's sampling fields shared by both endpoints."""
+
+    model: str = Field(min_length=1, max_length=1000)
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0)
+    top_p: float | None = Field(None, gt=0, le=1)
+    # Not OpenAI's, but vLLM's and llama-server's (the official client sends them in extra_body).
+    top_k: int | None = Field(None, ge=-1)
+    min_p: float | None = Field(None, ge=0, lt=1)
+    n: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, le=_MAX_SEED)
+    stream: StrictBool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    # Accepted only when they ask for nothing (see the module docstring).
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[str, float] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(stops) > _MAX_STOP or not all(stops):
+            raise ValueError(
+                f"it takes at most {_MAX_STOP} non-empty strings; got {len(stops)} "
+                f"({sum(not s for s in stops)} empty)"
+            )
+        return stop
+
+    def stops(self) -> tuple[str, ...]:
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+
+    def unsupported(self) -> list[tuple[str, str]]:
+        """(field, why) for the fields that ask for something the server does not do."""
+        out = []
+        for name in ("presence_penalty", "frequency_penalty"):
+            if getattr(self, name) not in (None, 0):
+                out.append(
+                    (name, "penalties are not applied (the samples must come from the model)")
+                )
+        if self.logit_bias:
+            out.append(("logit_bias", "logit biases are not applied"))
+        return out
+
+
+class CompletionRequest(_Sampling):
+    """``POST /v1/completions``."""
+
+    prompt: str | list[str]
+    logprobs: int | None = Field(None, ge=0)
+    echo: StrictBool = False
+    best_of: int | None = Field(None, ge=1)
+    suffix: str | None = None
+
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+    def unsupported(self) -> list[tuple[str, str]]:
+        out = super().unsupported()
+        if self.logprobs:
+            out.append(
+                ("logprobs", "token log-probabilities are not returned (use return_samples)")
+            )
+        if self.echo:
+            out.append(("echo", "the prompt is not echoed"))
+        if self.best_of not in (None, 1):
+            out.append(("best_of", "use metric and samples for a decision over several samples"))
+        if self.suffix:
+            out.append(("suffix", "insertion with a suffix is not supported"))
+        return out
+
+
+class TextPart(_Strict):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(BaseModel):
+    """One message; text content only.
+
+    Fields the OpenAI client writes back into a conversation with null values (``refusal``,
+    ``tool_calls``, ``audio``, ...) are accepted when they are null or empty.
+    """
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _no_other_content(self) -> ChatMessage:
+        for key, value in (self.model_extra or {}).items():
+            if value not in (None, [], {}, ""):
+                raise ValueError(f"the message field {key!r} is not supported (text messages only)")
+        return self
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+
+class ChatCompletionRequest(_Sampling):
+    """``POST /v1/chat/completions``."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: StrictBool | None = None
+    top_logprobs: int | None = Field(None, ge=0)
+    response_format: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: StrictBool | None = None
+
+    def unsupported(self) -> list[tuple[str, str]]:
+        out = super().unsupported()
+        if self.logprobs or self.top_logprobs:
+            field = "logprobs" if self.logprobs else "top_logprobs"
+            out.append((field, "token log-probabilities are not returned (use return_samples)"))
+        if self.response_format not in (None, {"type": "text"}):
+            out.append(("response_format", "only {'type': 'text'} is supported"))
+        if self.tools:
+            out.append(("tools", "tool calls are not supported"))
+        if self.tool_choice not in (None, "none"):
+            out.append(("tool_choice", "tool calls are not supported"))
+        return out
+
+
+#: The metricwise fields, which need ``metric`` (all but ``return_samples`` change a decision).
+DECISION_FIELDS: tuple[str, ...] = tuple(DecisionFields.model_fields)

