@@ -46,15 +46,16 @@ test-slow: $(VENV)/.dev-installed
 # llama.cpp, twice from the same pinned sources: llama-cpp-python compiled from its PyPI sdist
 # (about 8 minutes on 2 cores) and the native llama-server (scripts/build_llama_server.sh, about
 # 8 minutes more, cached in .cache/llama-server). Then every test of the llamacpp and openai
-# backends and the slow tests on the real models; METRICWISE_FAIL_ON_SKIP turns a skip into a failure.
+# backends and of the server (one in front of llama-server), and the slow tests on the real
+# models; METRICWISE_FAIL_ON_SKIP turns a skip into a failure.
 $(VENV)/.llama-installed: | $(VENV)/.dev-installed
 	CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install --quiet 'llama-cpp-python==0.3.36'
 	touch $@
 
 test-llama: $(VENV)/.llama-installed
 	PIP=$(BIN)/pip bash scripts/build_llama_server.sh
-	METRICWISE_FAIL_ON_SKIP=1 $(BIN)/pytest tests/test_backend_llamacpp.py tests/test_backend_openai.py $(PYTEST_ARGS)
-	$(BIN)/pytest -m slow --ignore=tests/test_backend_llamacpp.py --ignore=tests/test_backend_openai.py $(PYTEST_ARGS)
+	METRICWISE_FAIL_ON_SKIP=1 $(BIN)/pytest tests/test_backend_llamacpp.py tests/test_backend_openai.py tests/test_serve.py $(PYTEST_ARGS)
+	$(BIN)/pytest -m slow --ignore=tests/test_backend_llamacpp.py --ignore=tests/test_backend_openai.py --ignore=tests/test_serve.py $(PYTEST_ARGS)
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/mbr_speed.py
