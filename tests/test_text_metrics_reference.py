@@ -421,7 +421,7 @@ def test_bit_parallel_lcs_matches_the_dynamic_programme():
 
 
 def test_clipped_overlap_with_heavily_repeated_items_matches_counter_intersection():
-    # Counts above the kernel's per-level cut-off (8) on both sides take its direct path.
+    # Counts up to 40: many indicator levels per item (and, below, the outer-minimum path).
     rng = np.random.default_rng(2)
     items = list("abcdefgh")
     bags = [
@@ -432,6 +432,43 @@ def test_clipped_overlap_with_heavily_repeated_items_matches_counter_intersectio
     expected = np.array([[sum((a & b).values()) for b in bags] for a in bags], dtype=np.float64)
     np.testing.assert_array_equal(clipped_overlap(bags, bags), expected)
     np.testing.assert_array_equal(clipped_overlap(bags[:3], bags), expected[:3])
+
+
+@pytest.mark.parametrize(
+    ("column_cost", "max_levels"),
+    [(0.0, 256), (1e9, 256), (1.0 / 1024, 256), (0.0, 2), (1.0 / 64, 3)],
+    ids=["all-dense", "all-sparse", "default", "dense-and-deep", "mixed"],
+)
+def test_clipped_overlap_is_exact_whichever_path_each_item_takes(
+    monkeypatch, column_cost, max_levels
+):
+    # Every item may be scattered as pairs, multiplied as level indicators or added as an outer
+    # minimum; all three are exact, so forcing each one must give the Counter intersection.
+    from metricwise.metrics import overlap
+
+    monkeypatch.setattr(overlap, "_COLUMN_COST_IN_PAIRS", column_cost)
+    monkeypatch.setattr(overlap, "_MAX_LEVELS", max_levels)
+    monkeypatch.setattr(overlap, "_MAX_PAIRS", 7)  # many scatter batches
+    monkeypatch.setattr(overlap, "_MAX_BLOCK_ELEMENTS", 40)  # many column chunks
+    rng = np.random.default_rng(5)
+    vocabulary = [*"abcdefghij", ("w", 1), ("w", 2), 3]
+    bags = [
+        Counter(
+            {
+                vocabulary[k]: int(rng.integers(1, 6 if k % 3 else 2))
+                for k in rng.choice(len(vocabulary), size=int(rng.integers(0, 7)), replace=False)
+            }
+        )
+        for _ in range(25)
+    ]
+    others = [*bags[10:18], Counter({"zzz": 2}), Counter({"a": 9, "b": 1})]
+    expected = np.array([[sum((a & b).values()) for b in bags] for a in bags], dtype=np.float64)
+    np.testing.assert_array_equal(clipped_overlap(bags, bags), expected)
+    cross = np.array([[sum((a & b).values()) for b in others] for a in bags], dtype=np.float64)
+    np.testing.assert_array_equal(clipped_overlap(bags, others), cross)
+    np.testing.assert_array_equal(clipped_overlap(others, bags), cross.T)
+    assert clipped_overlap([], bags).shape == (0, len(bags))
+    assert clipped_overlap([Counter()], [Counter()]).tolist() == [[0.0]]
 
 
 # -- metric attributes and parameters ---------------------------------------------------------

@@ -3,24 +3,42 @@
 Token F1, BLEU and chrF all reduce to the same sufficient statistic: for bags of items (tokens,
 word n-grams, character n-grams) ``a`` and ``b``, the clipped match count
 ``sum_g min(a_g, b_g)``. Per pair that is a dictionary intersection (what sacrebleu and the SQuAD
-script do C x R times). Here it is computed for all pairs with matrix products, using
+script do C x R times). Here every pair is computed at once, and each shared item takes the
+cheaper of two exact paths:
 
-    min(a, b) = sum_{k >= 1} [a >= k] * [b >= k]        (a, b non-negative integers)
+* **Frequent items** (held by many rows) go through one matrix product, using
 
-so the (C, R) overlap matrix is ``sum_k A_k @ B_k.T`` with ``A_k[i, g] = [count_i(g) >= k]``.
-Items shared by exactly one candidate and one reference (most rare n-grams, by Zipf's law) touch
-a single cell and are scattered directly instead of widening the matrices.
+      min(a, b) = sum_{k >= 1} [a >= k] * [b >= k]        (a, b non-negative integers)
 
-Cost: building the bags is O(total items); the products are O(C x R x sum_g min(K_g, 8)) flops
-in BLAS, where g runs over the items shared by more than one pair and K_g is the smaller of the
-largest candidate and reference counts of g; items with K_g > 8 cost one O(C x R) minimum each.
+  so their share of the (C, R) overlap is ``A @ B.T`` where ``A`` has one indicator column
+  ``[count_i(g) >= k]`` per item g and level k = 1..K_g (K_g: the smaller of the largest
+  candidate and reference counts of g). In MBR (the same bags on both sides) ``A @ A.T`` lets
+  BLAS compute only one triangle.
+* **Rare items** (held by few rows: by Zipf's law, most word n-grams and character 4- to
+  6-grams) are scattered directly: each of their ``df_c(g) x df_r(g)`` (candidate, reference)
+  pairs adds ``min(a, b)`` to one cell, with one ``bincount`` per batch of pairs. A dense column
+  would cost O(C x R) flops however few rows hold the item.
+
+An item goes the sparse way when its pairs are cheaper to scatter than its K_g columns are to
+multiply (on one core an indicator column of a C x R product costs about as much as scattering
+``_COLUMN_COST_IN_PAIRS x C x R`` pairs). Items repeated more than ``_MAX_LEVELS`` times on both sides (a character in a long
+text) are added as one O(C x R) outer minimum each instead of K_g columns.
+
+Every partial sum is an integer far below 2**24, so the float32 products and float64 scatters
+are exact: the result does not depend on which path an item takes, nor on BLAS's summation order.
+
+Cost: O(total items) to index the bags; the products are
+O(C x R x W) flops with W = sum of K_g over the frequent items; the scatter is
+O(sum_g df_c(g) x df_r(g)) over the rare items; memory is bounded by ``_MAX_BLOCK_ELEMENTS``
+(indicator columns) and ``_MAX_PAIRS`` (scattered pairs) per batch, plus the (C, R) output.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
-from typing import TypeVar
+from itertools import chain, count, repeat
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -28,11 +46,26 @@ Bag = Counter  # item -> count
 _K = TypeVar("_K", bound=Hashable)
 _F = TypeVar("_F")
 
-#: Upper bound on the float32 elements of one dense indicator block; wider vocabularies are
-#: processed in column chunks to bound memory (64 Mi elements = 256 MiB).
+#: Upper bound on the float32 elements of one dense indicator block; wider blocks are processed
+#: in column chunks to bound memory (64 Mi elements = 256 MiB).
 _MAX_BLOCK_ELEMENTS = 64 * 1024 * 1024
-#: Items whose count exceeds this on both sides skip the per-level products (see below).
-_MAX_LEVELS = 8
+#: Items whose count exceeds this on both sides take one outer minimum instead of K_g columns:
+#: on one core an O(C x R) minimum-and-add costs about as much as a few hundred columns.
+_MAX_LEVELS = 256
+#: Scattered (row, row) pairs per ``bincount`` batch: bounds the index arrays (about 48 bytes a
+#: pair) to about 100 MB.
+_MAX_PAIRS = 2 * 1024 * 1024
+#: Scattered pairs that cost as much as one indicator column of a C x R product, per C x R
+#: cell: measured on one core (float32 GEMM ~40 GFLOP/s, ~40 ns per scattered pair).
+_COLUMN_COST_IN_PAIRS = 1.0 / 1024
+
+
+class _Entries(NamedTuple):
+    """The counts of a list of bags, one entry per (bag, item)."""
+
+    rows: np.ndarray  # (E,) int64: the bag
+    cols: np.ndarray  # (E,) int64: the item's number
+    vals: np.ndarray  # (E,) int64: its count in the bag
 
 
 def clipped_overlap(cand_bags: Sequence[Bag], ref_bags: Sequence[Bag]) -> np.ndarray:
@@ -41,94 +74,185 @@ def clipped_overlap(cand_bags: Sequence[Bag], ref_bags: Sequence[Bag]) -> np.nda
     Parameters
     ----------
     cand_bags, ref_bags:
-        Multisets as ``Counter`` objects (or any mapping item -> positive int).
+        C and R multisets as ``Counter`` objects (or any mapping item -> non-negative int).
+        Passing the same sequence object on both sides (MBR: candidates against themselves)
+        indexes it once and uses symmetric products.
+
+    Notes
+    -----
+    Exact for any counts (integer sums). Time O(E + C x R x W + P) with E the bags' entries,
+    W the frequent items' indicator columns and P the rare items' (candidate, reference) pairs
+    (see the module docstring); memory O(C x R) plus bounded batches.
     """
     n_c, n_r = len(cand_bags), len(ref_bags)
     out = np.zeros((n_c, n_r), dtype=np.float64)
     if n_c == 0 or n_r == 0:
         return out
 
-    # Index only items present on both sides: the others never match. Passing the same
-    # sequence object on both sides (MBR: candidates against themselves) indexes it once.
+    # Number the candidates' items; reference items they lack never match and are dropped.
+    # Passing the same sequence object on both sides (MBR: candidates against themselves)
+    # indexes it once. The lookups run through map() rather than a Python loop: on short texts
+    # the loop cost as much as all the arithmetic.
     same = cand_bags is ref_bags
-    ref_items: set[Hashable] = set()
-    if not same:
-        for bag in ref_bags:
-            ref_items.update(bag)
     column: dict[Hashable, int] = {}
-    c_rows: list[int] = []
-    c_cols: list[int] = []
-    c_vals: list[int] = []
-    for i, bag in enumerate(cand_bags):
-        for item, count in bag.items():
-            if same or item in ref_items:
-                col = column.setdefault(item, len(column))
-                c_rows.append(i)
-                c_cols.append(col)
-                c_vals.append(count)
+    cand = _entries(cand_bags, column, add=True)
     if not column:
         return out
-    r_rows: list[int] = c_rows if same else []
-    r_cols: list[int] = c_cols if same else []
-    r_vals: list[int] = c_vals if same else []
-    for j, bag in enumerate(() if same else ref_bags):
-        for item, count in bag.items():
-            ref_col = column.get(item)
-            if ref_col is not None:
-                r_rows.append(j)
-                r_cols.append(ref_col)
-                r_vals.append(count)
-
+    ref = cand if same else _entries(ref_bags, column, add=False)
     n_items = len(column)
-    cr, cc, cv = np.asarray(c_rows), np.asarray(c_cols), np.asarray(c_vals)
-    rr, rc, rv = np.asarray(r_rows), np.asarray(r_cols), np.asarray(r_vals)
-    cand_df = np.bincount(cc, minlength=n_items)
-    ref_df = np.bincount(rc, minlength=n_items)
+    cand_df = np.bincount(cand.cols, minlength=n_items)
+    ref_df = cand_df if same else np.bincount(ref.cols, minlength=n_items)
+    cand_max = np.zeros(n_items, dtype=np.int64)
+    np.maximum.at(cand_max, cand.cols, cand.vals)
+    if same:
+        ref_max = cand_max
+    else:
+        ref_max = np.zeros(n_items, dtype=np.int64)
+        np.maximum.at(ref_max, ref.cols, ref.vals)
+    depth = np.minimum(cand_max, ref_max)  # K_g: the levels at which item g can match
 
-    # Items in exactly one candidate and one reference: one cell each, scattered directly.
-    single = (cand_df == 1) & (ref_df == 1)
-    if single.any():
-        c_sel = single[cc]
-        r_sel = single[rc]
-        c_row_of = np.empty(n_items, dtype=np.int64)
-        c_val_of = np.empty(n_items, dtype=np.int64)
-        c_row_of[cc[c_sel]] = cr[c_sel]
-        c_val_of[cc[c_sel]] = cv[c_sel]
-        cols = rc[r_sel]
-        np.add.at(out, (c_row_of[cols], rr[r_sel]), np.minimum(c_val_of[cols], rv[r_sel]))
-
-    shared = ~single
-    if not shared.any():
-        return out
-    # Renumber the shared items 0..G-1 and fill dense count matrices in column chunks.
-    new_col = np.full(n_items, -1, dtype=np.int64)
-    new_col[shared] = np.arange(int(shared.sum()))
-    c_keep = shared[cc]
-    r_keep = shared[rc]
-    cr, cc, cv = cr[c_keep], new_col[cc[c_keep]], cv[c_keep]
-    rr, rc, rv = rr[r_keep], new_col[rc[r_keep]], rv[r_keep]
-    n_shared = int(shared.sum())
-    chunk = max(1, _MAX_BLOCK_ELEMENTS // max(n_c, n_r))
-    for start in range(0, n_shared, chunk):
-        stop = min(start + chunk, n_shared)
-        cm = (cc >= start) & (cc < stop)
-        rm = (rc >= start) & (rc < stop)
-        a = np.zeros((n_c, stop - start), dtype=np.float32)
-        b = np.zeros((n_r, stop - start), dtype=np.float32)
-        a[cr[cm], cc[cm] - start] = cv[cm]
-        b[rr[rm], rc[rm] - start] = rv[rm]
-        # Level k only involves the items that some candidate and some reference hold >= k
-        # times; an item repeated more than _MAX_LEVELS times on both sides (a character in
-        # a long text) is added directly as one outer minimum instead of one product per level.
-        depth = np.minimum(a.max(axis=0, initial=0), b.max(axis=0, initial=0))
-        deep = depth > _MAX_LEVELS
-        for g in np.flatnonzero(deep):
-            out += np.minimum(a[:, g, None], b[None, :, g])
-        for k in range(1, int(depth[~deep].max(initial=0)) + 1):
-            cols = (depth >= k) & ~deep
-            # float32 products are exact: every partial sum is an integer far below 2**24.
-            out += (a[:, cols] >= k).astype(np.float32) @ (b[:, cols] >= k).astype(np.float32).T
+    # The cheaper exact path for each item (module docstring): pairs against columns.
+    pairs = cand_df * ref_df
+    cheap = pairs <= (_COLUMN_COST_IN_PAIRS * n_c * n_r) * np.maximum(depth, 1)
+    sparse = cheap & (pairs > 0)
+    deep = ~cheap & (depth > _MAX_LEVELS)
+    dense = ~cheap & (depth <= _MAX_LEVELS)
+    if sparse.any():
+        _scatter_pairs(out, cand, ref, sparse, ref_df)
+    if dense.any():
+        _indicator_products(out, cand, ref, dense, depth, same)
+    for g in np.flatnonzero(deep):
+        a = np.zeros(n_c)
+        b = np.zeros(n_r)
+        cm, rm = cand.cols == g, ref.cols == g
+        a[cand.rows[cm]] = cand.vals[cm]
+        b[ref.rows[rm]] = ref.vals[rm]
+        out += np.minimum(a[:, None], b[None, :])
     return out
+
+
+def _entries(bags: Sequence[Bag], column: dict[Hashable, int], *, add: bool) -> _Entries:
+    """Flatten ``bags`` into (bag, item number, count) entries.
+
+    With ``add``, every item gets a number in ``column`` (first seen, first numbered); without,
+    the items ``column`` does not hold are left out.
+    """
+    sizes = np.fromiter(map(len, bags), dtype=np.int64, count=len(bags))
+    n = int(sizes.sum())
+    keys = list(chain.from_iterable(bags))
+    if add:
+        column.update(zip(dict.fromkeys(keys), count(len(column))))
+        numbers = map(column.__getitem__, keys)
+    else:
+        numbers = map(column.get, keys, repeat(-1, n))
+    cols = np.fromiter(numbers, dtype=np.int64, count=n)
+    vals = np.fromiter(chain.from_iterable(b.values() for b in bags), dtype=np.int64, count=n)
+    rows = np.repeat(np.arange(len(bags), dtype=np.int64), sizes)
+    if not add:
+        found = cols >= 0
+        return _Entries(rows[found], cols[found], vals[found])
+    return _Entries(rows, cols, vals)
+
+
+def _scatter_pairs(
+    out: np.ndarray,
+    cand: _Entries,
+    ref: _Entries,
+    items: np.ndarray,
+    ref_df: np.ndarray,
+) -> None:
+    """Add ``min(a, b)`` of every (candidate, reference) pair sharing an item of ``items``.
+
+    ``items`` is a boolean mask over item numbers, ``ref_df`` the number of reference entries
+    of each item. The reference entries are grouped by item (a stable sort), so the partners of
+    a candidate entry of item g are one contiguous run; pairs are generated in batches of about
+    ``_MAX_PAIRS`` and summed into ``out`` with one ``bincount`` per batch (exact: integer sums).
+    """
+    n_c, n_r = out.shape
+    flat_out = out.reshape(-1)
+    ref_order = np.argsort(ref.cols, kind="stable")
+    ref_start = np.zeros(len(ref_df), dtype=np.int64)
+    np.cumsum(ref_df[:-1], out=ref_start[1:])
+    sel = np.flatnonzero(items[cand.cols])
+    reps = ref_df[cand.cols[sel]]
+    ends = np.cumsum(reps)
+    first = 0
+    while first < len(sel):
+        # As many candidate entries as fit in one batch (at least one).
+        limit = (ends[first - 1] if first else 0) + _MAX_PAIRS
+        last = max(first + 1, int(np.searchsorted(ends, limit, side="right")))
+        entries, n_rep = sel[first:last], reps[first:last]
+        total = int(n_rep.sum())
+        left = np.repeat(entries, n_rep)
+        # Position of each pair within its candidate entry's run of partners.
+        offset = np.arange(total) - np.repeat(np.cumsum(n_rep) - n_rep, n_rep)
+        right = ref_order[np.repeat(ref_start[cand.cols[entries]], n_rep) + offset]
+        cell = cand.rows[left] * n_r + ref.rows[right]
+        a, b = cand.vals[left], ref.vals[right]
+        if a.max() == 1 and b.max() == 1 and a.min() > 0 and b.min() > 0:
+            # All counts 1: min is 1, and an unweighted bincount is twice as fast.
+            flat_out += np.bincount(cell, minlength=n_c * n_r)
+        else:
+            flat_out += np.bincount(cell, weights=np.minimum(a, b), minlength=n_c * n_r)
+        first = last
+
+
+def _indicator_products(
+    out: np.ndarray,
+    cand: _Entries,
+    ref: _Entries,
+    items: np.ndarray,
+    depth: np.ndarray,
+    same: bool,
+) -> None:
+    """Add ``A @ B.T`` over the level indicators of the items in the boolean mask ``items``.
+
+    Item g gets columns ``[count >= k]`` for k = 1..depth[g]; the columns are filled in chunks
+    of at most ``_MAX_BLOCK_ELEMENTS`` float32 elements. With ``same`` the product is
+    ``A @ A.T`` (numpy hands it to BLAS as a symmetric rank-k update: half the flops).
+    """
+    n_c, n_r = out.shape
+    width = np.where(items, depth, 0)
+    first_col = np.cumsum(width) - width  # the item's first indicator column
+    item_ids = np.flatnonzero(items)
+    chunk = max(1, _MAX_BLOCK_ELEMENTS // max(n_c, n_r))
+    ends = np.cumsum(width[item_ids])
+    first = 0
+    while first < len(item_ids):
+        base = int(ends[first - 1]) if first else 0
+        last = max(first + 1, int(np.searchsorted(ends, base + chunk, side="right")))
+        n_cols = int(ends[last - 1]) - base
+        lo, hi = item_ids[first], item_ids[last - 1]
+        a = _indicators(cand, lo, hi, items, depth, first_col, base, n_c, n_cols)
+        if same:
+            block = a @ a.T
+        else:
+            block = a @ _indicators(ref, lo, hi, items, depth, first_col, base, n_r, n_cols).T
+        out += block
+        first = last
+
+
+def _indicators(
+    entries: _Entries,
+    lo: int,
+    hi: int,
+    items: np.ndarray,
+    depth: np.ndarray,
+    first_col: np.ndarray,
+    base: int,
+    n_rows: int,
+    n_cols: int,
+) -> np.ndarray:
+    """(n_rows, n_cols) float32 level indicators of the items numbered lo..hi in ``items``."""
+    keep = (entries.cols >= lo) & (entries.cols <= hi)
+    keep &= items[entries.cols]
+    rows, cols = entries.rows[keep], entries.cols[keep]
+    levels = np.minimum(entries.vals[keep], depth[cols])  # ones in the first `levels` columns
+    total = int(levels.sum())
+    within = np.arange(total) - np.repeat(np.cumsum(levels) - levels, levels)
+    block = np.zeros((n_rows, n_cols), dtype=np.float32)
+    block[np.repeat(rows, levels), np.repeat(first_col[cols] - base, levels) + within] = 1.0
+    return block
 
 
 def bag_sizes(bags: Sequence[Bag]) -> np.ndarray:
