@@ -11,6 +11,7 @@ so a stored set can be extended from n to 2n without changing its first n sample
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -240,6 +241,8 @@ BackendFactory = Callable[..., Backend]
 #: Backend name -> factory, filled by :func:`register_backend` as the backend modules are imported.
 BACKENDS: dict[str, BackendFactory] = {}
 _DISCOVERED = False
+_DISCOVERING = False
+_DISCOVERY_LOCK = threading.RLock()
 
 
 def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
@@ -266,18 +269,27 @@ def backend_names() -> list[str]:
 
 
 def _discover_backends() -> None:
-    global _DISCOVERED
+    # Thread-safe like the metric registry: another thread waits for the whole set, and only
+    # the discovering thread itself can re-enter (a module that asks while it is imported).
+    global _DISCOVERED, _DISCOVERING
     if _DISCOVERED:
         return
-    _DISCOVERED = True
-    import importlib
-    import pkgutil
+    with _DISCOVERY_LOCK:
+        if _DISCOVERED or _DISCOVERING:
+            return
+        _DISCOVERING = True
+        try:
+            import importlib
+            import pkgutil
 
-    import metricwise.backends as package
+            import metricwise.backends as package
 
-    for module in pkgutil.iter_modules(package.__path__):
-        if not module.name.startswith("_"):
-            importlib.import_module(f"{package.__name__}.{module.name}")
+            for module in pkgutil.iter_modules(package.__path__):
+                if not module.name.startswith("_"):
+                    importlib.import_module(f"{package.__name__}.{module.name}")
+        finally:
+            _DISCOVERING = False
+        _DISCOVERED = True
 
 
 def load_backend(name: str, model: str | None, **options: Any) -> Backend:

@@ -7,6 +7,7 @@ decisions use, fills a whole matrix at once (``pairwise``). Subclasses that can 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
@@ -243,6 +244,8 @@ def resolve(
 
 
 _BUILTINS_LOADED = False
+_LOADING = False
+_LOAD_LOCK = threading.RLock()
 
 
 def _load_builtin_metrics() -> None:
@@ -251,16 +254,27 @@ def _load_builtin_metrics() -> None:
     The modules register their metrics themselves, so adding a metric is adding a module: no
     list to update. Discovery imports them all, so a metric module imports its heavy
     dependencies (torch for ``embedding_cosine``) when the metric is built, not at import.
+
+    Thread-safe: a thread that asks while another is loading waits for the whole registry (a
+    server's first concurrent requests would otherwise see a part of it).
     """
-    global _BUILTINS_LOADED
+    global _BUILTINS_LOADED, _LOADING
     if _BUILTINS_LOADED:
         return
-    # Set first: a module that asks for the registry while it is imported must not recurse.
-    _BUILTINS_LOADED = True
-    import importlib
-    import pkgutil
+    with _LOAD_LOCK:
+        # Only the loading thread itself gets here while _LOADING (the lock is reentrant): a
+        # module that asks for the registry while it is imported must not recurse.
+        if _BUILTINS_LOADED or _LOADING:
+            return
+        _LOADING = True
+        try:
+            import importlib
+            import pkgutil
 
-    package = importlib.import_module("metricwise.metrics")
-    for module in pkgutil.iter_modules(package.__path__, prefix="metricwise.metrics."):
-        if module.name != __name__:
-            importlib.import_module(module.name)
+            package = importlib.import_module("metricwise.metrics")
+            for module in pkgutil.iter_modules(package.__path__, prefix="metricwise.metrics."):
+                if module.name != __name__:
+                    importlib.import_module(module.name)
+        finally:
+            _LOADING = False
+        _BUILTINS_LOADED = True
