@@ -766,6 +766,30 @@ def test_import_metricwise_and_the_parser_do_not_import_the_server():
     assert out.stdout.strip() == "[]", out.stderr
 
 
+def test_concurrent_first_use_of_the_registries_sees_them_whole():
+    """The metric and backend registries load on first use; a server's first concurrent requests
+    once saw a part of them ("Unknown metric 'exact_match'. Known metrics: bleu.")."""
+    code = """if True:
+        import threading
+        from metricwise import metrics
+        from metricwise.backends import backend_names
+        barrier = threading.Barrier(8)
+        seen = []
+        def first_use():
+            barrier.wait()
+            seen.append((len(metrics.names()), len(backend_names())))
+        threads = [threading.Thread(target=first_use) for _ in range(8)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+        print(sorted(set(seen)))
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    from metricwise import metrics
+    from metricwise.backends import backend_names
+
+    assert out.stdout.strip() == str([(len(metrics.names()), len(backend_names()))]), out.stderr
+
+
 # -- a real llama-server upstream (CI's llama stage) -------------------------------------------
 def test_serve_in_front_of_a_real_llama_server():
     from test_backend_openai import llama_server_binary, start_llama_server

@@ -217,6 +217,9 @@ class ServerState:
     def _load(self) -> None:
         backends: list[Any] = []
         try:
+            from metricwise import metrics
+
+            metrics.names()  # load the registry now rather than in the first request
             backend = self.factory()
             backends.append(backend)
             chat = None
