@@ -388,3 +388,129 @@ def test_a_new_decoder_is_one_registered_class():
     assert Decoder.from_label("middle_sample") == MiddleSample()
     with pytest.raises(InvalidParameterError, match="already registered"):
         register_decoder("middle_sample")(MiddleSample)
+
+
+def test_mbr_greedy_puts_greedy_among_the_hypotheses_but_not_the_evidence():
+    from metricwise.decide import decide
+
+    items = [Item(id="a", fields={"q": "who"}, references=("George Eliot",), target="x")]
+    # No sample is the consensus; greedy is (the best token F1 against every sample).
+    pools = [pool(["George Eliot Smith", "Mary George Eliot", "Eliot George Ann", "George"])]
+    greedy = [Candidate("George Eliot", logp=-1.0, logq=0.0, finish_reason="eos")]
+    decoders = [Decoder.from_label("mbr[token_f1]"), Decoder.from_label("mbr[token_f1]+greedy")]
+    results, records = score_task(
+        QA, items, ["p"], greedy, pools, decoders=decoders, bootstrap_iters=20
+    )
+    prediction = records[0].predictions["mbr[token_f1]+greedy"]
+    expected = decide(
+        pools[0], "token_f1", rule="mbr", candidates=[*pools[0].texts, "George Eliot"]
+    )
+    assert prediction == expected.output == "George Eliot"
+    assert records[0].predictions["mbr[token_f1]"] != "George Eliot"
+    assert by(results, "mbr[token_f1]+greedy", "exact_match")["value"] == 1.0
+    assert "mbr[token_f1]+greedy" in results["curves"]["values"]
+    # A truncated greedy decode is no hypothesis, as a truncated sample is none.
+    cut = [Candidate("George Eliot", logp=-1.0, logq=0.0, finish_reason="length")]
+    _, cut_records = score_task(QA, items, ["p"], cut, pools, decoders=decoders, bootstrap_iters=5)
+    assert (
+        cut_records[0].predictions["mbr[token_f1]+greedy"]
+        == records[0].predictions["mbr[token_f1]"]
+    )
+    # Every MBR metric gets its +greedy twin by default, and there is no mode+greedy.
+    for task in (RATING, QA):
+        labels = {d.label for d in default_decoders(task)}
+        mbr = {label for label in labels if label.startswith("mbr[") and "+" not in label}
+        assert {f"{label}+greedy" for label in mbr} <= labels
+        assert not {label for label in labels if label.startswith("mode+greedy")}
+    label = "mbr[chrf]+greedy+model"
+    assert Decoder.from_label(label).label == label
+    assert Decoder.from_label(label).uses_greedy and Decoder.from_label(label).uses_logprobs
+
+
+ADAPTIVE = dict(min_n=2, max_n=8, round=2)
+
+
+def test_adaptive_twins_decide_on_the_pool_prefix_where_their_rule_is_settled():
+    from metricwise.adaptive import Adaptive, settled_probability
+    from metricwise.decide import decide
+    from metricwise.evaluate.decoders import AdaptiveRule, BayesRule, extractor_for
+
+    items, prompts, greedy, pools = rating_fixture()
+    adaptive = Adaptive(**ADAPTIVE)
+    decoders = default_decoders(RATING, adaptive=adaptive)
+    twins = [d for d in decoders if d.chooses_n]
+    # Every Bayes rule (each weighting) has one; mbr+greedy, a variant, has none by default.
+    rules = [d for d in default_decoders(RATING) if isinstance(d, BayesRule) and not d.uses_greedy]
+    assert [d.label for d in twins] == [f"{d.label}@adaptive" for d in rules]
+    results, records = score_task(
+        RATING, items, prompts, greedy, pools, decoders=decoders, bootstrap_iters=20
+    )
+    used = results["samples_used"]
+    assert set(used) == {d.label for d in twins}
+    for twin in twins:
+        entry = used[twin.label]
+        assert sum(entry["histogram"].values()) == len(items)
+        assert 2 <= entry["mean"] <= 8 and set(entry["histogram"]) <= {"2", "4", "6", "8"}
+        assert entry["mean"] == pytest.approx(
+            np.mean([r.samples_used[twin.label] for r in records])
+        )
+        assert entry["settings"]["max_n"] == 8
+        # The definition: the inner rule on the first n_used samples, where n_used is the first
+        # round whose decision is settled (or max_n).
+        inner = twin.inner
+        stopping = twin.stopping(RATING)
+        for record, sample_set in zip(records, pools, strict=True):
+            n_used = record.samples_used[twin.label]
+            options = dict(
+                rule=inner.rule,
+                weights=inner.weights,
+                extractor=extractor_for(RATING),
+                valid_range=RATING.valid_range,
+            )
+            for n in range(2, 9, 2):
+                prefix = SampleSet(candidates=sample_set.candidates[:n])
+                decision = decide(prefix, inner.metric, **options)
+                p = settled_probability(
+                    decision, inner.metric, stopping, valid_range=RATING.valid_range
+                )
+                if p >= stopping.confidence or n == 8:
+                    break
+            assert n_used == n
+            assert record.predictions[twin.label] == decision.output
+    assert not set(used) & set(results["curves"]["values"])  # a point, not a curve
+    # mean@adaptive with a tolerance as wide as the scale stops at min_n on every item.
+    loose = AdaptiveRule(Decoder.from_label("mean"), adaptive, tolerance=5.0)
+    wide, _ = score_task(RATING, items, prompts, greedy, pools, decoders=[loose], curve_subsets=0)
+    assert wide["samples_used"]["mean@adaptive"]["histogram"] == {"2": 4}
+
+
+def test_adaptive_labels_tolerances_and_bad_settings():
+    from metricwise.adaptive import Adaptive
+    from metricwise.errors import InvalidParameterError
+    from metricwise.evaluate.decoders import AdaptiveRule, default_tolerance, make_decoder
+
+    twin = Decoder.from_label("mbr[token_f1]+model@adaptive")
+    assert (
+        twin.label == "mbr[token_f1]+model@adaptive" and twin.curve_label == "mbr[token_f1]+model"
+    )
+    assert twin.weighting == "model" and twin.uses_logprobs and twin.chooses_n
+    assert twin == Decoder.from_label(twin.label)
+    assert twin != AdaptiveRule(twin.inner, Adaptive(max_n=8))  # other stopping rule
+    assert default_tolerance(RATING, "mean") == pytest.approx(0.1)  # 2% of 0..5
+    unbounded = Task(
+        name="u", description="", answer_type="number", metrics=("absolute_error",),
+        extractor="number", template="{q}",
+    )  # fmt: skip
+    assert default_tolerance(unbounded, "median") == 0.5
+    assert default_tolerance(RATING, "mode") == default_tolerance(QA, "mbr") == 0.0
+    assert twin.settings(QA)["tolerance"] == 0.0
+    assert AdaptiveRule(twin.inner, tolerance=0.2).settings(QA)["tolerance"] == 0.2
+    for label in ("greedy@adaptive", "oracle@adaptive"):
+        with pytest.raises(InvalidParameterError, match="wraps a Bayes rule"):
+            Decoder.from_label(label)
+    with pytest.raises(InvalidParameterError, match="rule@adaptive"):
+        make_decoder("adaptive", "squared_error")
+    with pytest.raises(InvalidParameterError, match="does not wrap"):
+        Decoder.from_label("mean@greedy")
+    with pytest.raises(InvalidParameterError, match="'tolerance'"):
+        AdaptiveRule(twin.inner, tolerance=-1.0)

@@ -15,6 +15,10 @@ of them are scored on exactly the same samples:
   text, by SQuAD-normalised exact match);
 - ``mbr[m]``: minimum Bayes risk for metric ``m`` over the candidates;
 - each of the Bayes rules also with ``+model`` weights (softmax of sequence log-probabilities);
+- ``mbr[m]+greedy``: MBR with the greedy answer among the hypotheses (the samples stay the
+  only evidence);
+- ``rule@adaptive`` (``eval --adaptive``): a Bayes rule on the shortest prefix of the pool at
+  which its decision is settled, as adaptive sampling would have drawn it (:class:`AdaptiveRule`);
 - ``oracle``: the best candidate in hindsight for each metric, an upper bound of any selector.
 
 A decoder is a registered class (:func:`register_decoder`) that declares what it reads
@@ -34,34 +38,40 @@ the decoder, never its name, so a new decoder is one class here (and one line in
             return answers[len(answers) // 2] if answers else None
 
 A decoder with parameters is a frozen dataclass whose ``label`` names them (see
-:class:`BayesRule`), so that a label in ``results.json`` maps back to the decoder.
+:class:`BayesRule`), so that a label in ``results.json`` maps back to the decoder. A label reads
+``name[metric]+variant+weights@wrapper``: a variant is registered as ``"mbr+greedy"``, and a
+wrapper (``adaptive``) builds itself around the decoder before the ``@``
+(:meth:`Decoder.wrapping`).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-from metricwise.decide import WEIGHTINGS, decide
+from metricwise.adaptive import Adaptive, settled_probability
+from metricwise.decide import NUMBER_RULES, WEIGHTINGS, decide
 from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
 from metricwise.extract import Extractor, answer_after, extract_number
 from metricwise.metrics import get as get_metric
 from metricwise.metrics.base import Metric
 from metricwise.tasks.base import Task
-from metricwise.types import COMPLETE_FINISH_REASONS, Candidate, SampleSet
+from metricwise.types import COMPLETE_FINISH_REASONS, Candidate, Decision, SampleSet
 
 __all__ = [
+    "AdaptiveRule",
     "BayesRule",
     "Decoder",
     "DecoderInput",
     "anchored",
     "decoder_names",
     "default_decoders",
+    "default_tolerance",
     "extract_answer",
     "extractor_for",
     "fallback_prediction",
@@ -141,6 +151,10 @@ class Decoder(metaclass=_DecoderType):
         Reads the model's sequence log-probabilities (``+model`` weights, ``max_logprob``).
     uses_prior:
         Reads the constant fitted on the few-shot split's references (``prior``).
+    chooses_n:
+        Reads a prefix of the pool whose length it chooses per item (adaptive stopping):
+        :meth:`samples_used` says how long, the results record its distribution, and the plot
+        draws the decoder as one point at its mean samples used instead of a decoder@k curve.
     """
 
     name: ClassVar[str] = ""
@@ -149,6 +163,7 @@ class Decoder(metaclass=_DecoderType):
     uses_references: bool = False
     uses_logprobs: bool = False
     uses_prior: bool = False
+    chooses_n: bool = False
 
     @property
     def label(self) -> str:
@@ -171,9 +186,25 @@ class Decoder(metaclass=_DecoderType):
         not weigh samples."""
         return None
 
+    @property
+    def curve_label(self) -> str:
+        """The label of the decoder@k curve this decoder is drawn with (one colour family): its
+        own, or for an adaptive twin the fixed-N decoder it stops early."""
+        return self.label
+
     def predict(self, x: DecoderInput) -> Any:
         """The prediction for one item, or None when the decoder has no usable answer."""
         raise NotImplementedError
+
+    def samples_used(self, x: DecoderInput) -> int | None:
+        """How many of the pool's samples the prediction read, for a decoder that chooses
+        (:attr:`chooses_n`); None for one that reads a fixed number."""
+        return None
+
+    def settings(self, task: Task) -> dict[str, Any]:
+        """Settings beyond the label that shape the predictions on ``task`` (an adaptive
+        decoder's stopping rule), for the results and the signature; empty for most."""
+        return {}
 
     def reads(self, x: DecoderInput) -> Sequence[Candidate]:
         """The candidates whose answers the prediction is drawn from (for parse statistics)."""
@@ -207,10 +238,24 @@ class Decoder(metaclass=_DecoderType):
         match = _LABEL.fullmatch(label) if isinstance(label, str) else None
         if match is None:
             raise InvalidParameterError(
-                f"A decoder label must read name, name[metric] or name+weights. Got {label!r} instead."
+                "A decoder label must read name, name[metric], name[metric]+variant, name+weights "
+                f"or any of these @wrapper (mean@adaptive). Got {label!r} instead."
             )
         weights = match["weights"] or "uniform"
-        return get_decoder_class(match["name"]).from_parts(match["metric"], weights)
+        name = match["name"] + (f"+{match['variant']}" if match["variant"] else "")
+        decoder = get_decoder_class(name).from_parts(match["metric"], weights)
+        if match["wrapper"]:
+            decoder = get_decoder_class(match["wrapper"]).wrapping(decoder)
+        return decoder
+
+    @classmethod
+    def wrapping(cls, inner: Decoder) -> Decoder:
+        """The decoder ``cls`` around ``inner``, as a label ``inner@name`` names it (with
+        default settings). Only wrappers (:class:`AdaptiveRule`) take one.
+        """
+        raise InvalidParameterError(
+            f"The {cls.name!r} decoder does not wrap another decoder. Got {inner.label}@{cls.name} instead."
+        )
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.label == getattr(other, "label", None)
@@ -222,11 +267,16 @@ class Decoder(metaclass=_DecoderType):
         return f"<decoder {self.label}>"
 
 
+_WEIGHTS = "|".join(WEIGHTINGS)
+# name[metric]+variant+weights@wrapper: ``mbr[chrf]+greedy`` is the variant registered as
+# ``mbr+greedy``; ``mean+model@adaptive`` is ``mean+model`` wrapped by the decoder ``adaptive``.
 _LABEL = re.compile(
-    r"(?P<name>[^\[\]+]+)(?:\[(?P<metric>[^\]]+)\])?(?:\+(?P<weights>"
-    + "|".join(WEIGHTINGS)
-    + r"))?"
+    r"(?P<name>[^\[\]+@]+)(?:\[(?P<metric>[^\]]+)\])?"
+    rf"(?:\+(?!(?:{_WEIGHTS})(?:[+@]|$))(?P<variant>[A-Za-z_]\w*))?"
+    rf"(?:\+(?P<weights>{_WEIGHTS}))?"
+    r"(?:@(?P<wrapper>[A-Za-z_]\w*))?"
 )
+_NAME = re.compile(rf"[A-Za-z_]\w*(?:\+(?!(?:{_WEIGHTS})$)[A-Za-z_]\w*)?")
 _REGISTRY: dict[str, type[Decoder]] = {}
 D = TypeVar("D", bound=type[Decoder])
 
@@ -239,9 +289,10 @@ def register_decoder(name: str) -> Callable[[D], D]:
     InvalidParameterError
         When ``name`` is not a plain name or is already registered.
     """
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidParameterError(
-            f"The 'name' parameter of register_decoder must be an identifier such as 'median'. Got {name!r} instead."
+            "The 'name' parameter of register_decoder must be an identifier such as 'median', or "
+            f"a variant of one such as 'mbr+greedy' (not a weighting). Got {name!r} instead."
         )
 
     def wrap(cls: D) -> D:
@@ -426,28 +477,36 @@ class BayesRule(Decoder):
 
     @property
     def label(self) -> str:
-        name = f"{self.name}[{self.metric}]" if self.label_names_metric else self.name
+        # A variant registered as "mbr+greedy" reads mbr[chrf]+greedy.
+        stem, plus, variant = self.name.partition("+")
+        name = f"{stem}[{self.metric}]{plus}{variant}" if self.label_names_metric else self.name
         return name if self.weights == "uniform" else f"{name}+{self.weights}"
 
     @property
     def weighting(self) -> str | None:
         return self.weights
 
-    def predict(self, x: DecoderInput) -> Any:
+    def decision(self, x: DecoderInput) -> Decision:
+        """The full :class:`~metricwise.types.Decision` on ``x.pool`` (its support is what
+        :func:`metricwise.adaptive.settled_probability` reads)."""
+        return decide(x.pool, self.metric, **self.decide_options(x))
+
+    def decide_options(self, x: DecoderInput) -> dict[str, Any]:
+        """The options of :func:`~metricwise.decide` this decoder decides ``x`` with."""
         weights = (
             self.weights
             if self.weights == "uniform" or _has_logprobs(x.pool)
             else "uniform"  # a pool without log-probabilities (a server that gives none)
         )
-        decision = decide(
-            x.pool,
-            self.metric,
-            rule=self.rule,
-            weights=weights,
-            extractor=_cached_extractor(x.task),
-            valid_range=x.task.valid_range,
-        )
-        return decision.output
+        return {
+            "rule": self.rule,
+            "weights": weights,
+            "extractor": _cached_extractor(x.task),
+            "valid_range": x.task.valid_range,
+        }
+
+    def predict(self, x: DecoderInput) -> Any:
+        return self.decision(x).output
 
 
 @register_decoder("mode")
@@ -482,17 +541,198 @@ class MBR(BayesRule):
     label_names_metric: ClassVar[bool] = True
 
 
+@register_decoder("mbr+greedy")
+class MBRGreedy(MBR):
+    """MBR whose hypotheses are the samples and the greedy answer; the evidence is the samples
+    alone (``decide(..., candidates=...)``): greedy is returned when it agrees best with what
+    the model samples, though it is no sample itself.
+
+    Only complete texts are hypotheses (a truncated sample or greedy decode is no answer, as in
+    :func:`~metricwise.decide`). There is no ``mode+greedy``: exact match's Bayes rule picks the
+    heaviest class of the evidence, and greedy adds a hypothesis but no evidence, so greedy
+    would win only where it is that class already.
+    """
+
+    uses_greedy = True
+
+    def decide_options(self, x: DecoderInput) -> dict[str, Any]:
+        if x.greedy is None:
+            raise InvalidParameterError(f"The {self.label} decoder needs the greedy candidate.")
+        hypotheses = [c.text for c in (*x.pool.candidates, x.greedy) if _complete(c)]
+        return {**super().decide_options(x), "candidates": hypotheses}
+
+    def reads(self, x: DecoderInput) -> Sequence[Candidate]:
+        greedy = () if x.greedy is None else (x.greedy,)
+        return (*x.pool.candidates, *greedy)
+
+
+def default_tolerance(task: Task, rule: str) -> float:
+    """The tolerance of an adaptive decoder when none is given, in the answer's unit.
+
+    For the numeric rules (mean, median, quantile, grid): 2% of the valid range of a bounded
+    task (0.1 on STS-B's 0-5 scale), else 0.5 (about the rounding of an integer answer). For
+    ``mode`` (which has none) and ``mbr`` (expected utility the choice may still lose): 0, so
+    that they stop only when the choice itself is settled.
+    """
+    if rule not in NUMBER_RULES:
+        return 0.0
+    if task.valid_range is not None:
+        low, high = task.valid_range
+        return 0.02 * (high - low)
+    return 0.5
+
+
+@lru_cache(maxsize=1024)
+def _settle(decoder: AdaptiveRule, task: Task, pool: SampleSet) -> tuple[Decision, int]:
+    # predict, samples_used and reads ask for the same item in a row: decide its rounds once.
+    adaptive = decoder.stopping(task)
+    lengths = [n for n in adaptive.schedule() if n < len(pool)]
+    lengths.append(min(adaptive.max_n, len(pool)))
+    for n in dict.fromkeys(lengths):
+        prefix = DecoderInput(task=task, greedy=None, pool=_prefix(pool, n))
+        decision = decoder.inner.decision(prefix)
+        if decision.ok and (
+            settled_probability(
+                decision, decoder.inner.metric, adaptive, valid_range=task.valid_range
+            )
+            >= adaptive.confidence
+        ):
+            break
+    return decision, n
+
+
+def _prefix(pool: SampleSet, n: int) -> SampleSet:
+    return SampleSet(candidates=pool.candidates[:n], prompt=pool.prompt, id=pool.id)
+
+
+@register_decoder("adaptive")
+@dataclass(frozen=True, eq=False, repr=False)
+class AdaptiveRule(Decoder):
+    """A Bayes rule that stops early: ``inner`` on the shortest prefix of the pool at which its
+    decision is settled (:func:`metricwise.adaptive.settled_probability` >= confidence).
+
+    The prefixes are those of :func:`metricwise.adaptive.sample_and_decide`: ``min_n``,
+    ``min_n + round``, ..., ``max_n`` (capped at the pool's size). Sample ``i`` of a prompt is
+    the same whatever the round, so the first ``n`` samples of the pool are exactly what an
+    adaptive run would have drawn: scoring this decoder on a fixed-N pool measures adaptive
+    sampling without sampling again. Its label is the inner one's with ``@adaptive``
+    (``mean+model@adaptive``).
+
+    Attributes
+    ----------
+    inner:
+        The rule that decides each prefix.
+    adaptive:
+        The stopping rule; its ``tolerance`` is replaced by ``tolerance``.
+    tolerance:
+        How far the answer may still move (see :class:`~metricwise.adaptive.Adaptive`);
+        None: :func:`default_tolerance` of the task and rule.
+    """
+
+    inner: BayesRule
+    adaptive: Adaptive = field(default_factory=Adaptive)
+    tolerance: float | None = None
+
+    uses_samples = True
+    chooses_n = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.inner, BayesRule):
+            raise InvalidParameterError(
+                f"The 'inner' parameter of the adaptive decoder must be a Bayes rule decoder (mode, mean, median, mbr). Got {self.inner!r} instead."
+            )
+        if self.tolerance is not None:
+            replace(self.adaptive, tolerance=self.tolerance)  # a bad tolerance fails here
+        object.__setattr__(self, "uses_logprobs", self.inner.uses_logprobs)
+        object.__setattr__(self, "uses_greedy", self.inner.uses_greedy)
+
+    @classmethod
+    def from_parts(cls, metric: str | None = None, weights: str = "uniform") -> Decoder:
+        raise InvalidParameterError(
+            "The adaptive decoder wraps a Bayes rule: name it as rule@adaptive (mean@adaptive, "
+            f"mbr[chrf]+model@adaptive). Got metric={metric!r}, weights={weights!r} instead."
+        )
+
+    @classmethod
+    def wrapping(cls, inner: Decoder) -> Decoder:
+        if not isinstance(inner, BayesRule):
+            raise InvalidParameterError(
+                f"The adaptive decoder wraps a Bayes rule (mode, mean, median, mbr). Got {inner.label}@{cls.name} instead."
+            )
+        return cls(inner)
+
+    @property
+    def label(self) -> str:
+        return f"{self.inner.label}@{self.name}"
+
+    @property
+    def curve_label(self) -> str:
+        return self.inner.label
+
+    @property
+    def weighting(self) -> str | None:
+        return self.inner.weighting
+
+    def stopping(self, task: Task) -> Adaptive:
+        """The stopping rule on ``task``, with the tolerance resolved."""
+        tolerance = self.tolerance
+        if tolerance is None:
+            tolerance = default_tolerance(task, self.inner.rule)
+        return replace(self.adaptive, tolerance=tolerance)
+
+    def settings(self, task: Task) -> dict[str, Any]:
+        adaptive = self.stopping(task)
+        names = ("min_n", "max_n", "round", "confidence", "tolerance")
+        return {name: getattr(adaptive, name) for name in names}
+
+    def predict(self, x: DecoderInput) -> Any:
+        return _settle(self, x.task, x.pool)[0].output
+
+    def samples_used(self, x: DecoderInput) -> int:
+        return _settle(self, x.task, x.pool)[1]
+
+    def reads(self, x: DecoderInput) -> Sequence[Candidate]:
+        return x.pool.candidates[: self.samples_used(x)]
+
+    def __eq__(self, other: object) -> bool:
+        # The label does not name the stopping rule: twins with other settings differ.
+        return (
+            isinstance(other, AdaptiveRule)
+            and type(self) is type(other)
+            and (self.label, self.adaptive, self.tolerance)
+            == (other.label, other.adaptive, other.tolerance)
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.label, self.adaptive, self.tolerance))
+
+
+def _complete(candidate: Candidate) -> bool:
+    return candidate.finish_reason in COMPLETE_FINISH_REASONS or candidate.finish_reason is None
+
+
 def _has_logprobs(pool: SampleSet) -> bool:
     return all(c.logp is not None for c in pool.candidates)
 
 
-def default_decoders(task: Task, *, prior: bool = False) -> list[Decoder]:
+def default_decoders(
+    task: Task,
+    *,
+    prior: bool = False,
+    adaptive: Adaptive | None = None,
+    tolerance: float | None = None,
+) -> list[Decoder]:
     """The decoders the harness compares for ``task``; ``prior`` adds the no-model constant.
 
     Every metric of the task gets the decoder of its own Bayes rule (:func:`rule_decoder`):
     the closed forms (mode, mean, median) and ``mbr[m]`` for each metric ``m`` other than
     exact match, whose rule is the mode (MBR with a 0-1 utility is a majority vote). Text
-    tasks also get ``mbr[token_f1]``, the usual partial-credit rule for short answers.
+    tasks also get ``mbr[token_f1]``, the usual partial-credit rule for short answers. Each
+    ``mbr[m]`` also runs as ``mbr[m]+greedy``, with greedy among the hypotheses.
+
+    With ``adaptive``, every Bayes rule (each weighting) gets an adaptive twin
+    (:class:`AdaptiveRule`, ``mean@adaptive``) with that stopping rule and ``tolerance``
+    (None: :func:`default_tolerance`).
     """
     decoders: list[Decoder] = [Greedy()]
     if prior:
@@ -505,9 +745,13 @@ def default_decoders(task: Task, *, prior: bool = False) -> list[Decoder]:
     else:
         rules = [Mode("exact_match")]
         mbr_metrics = [*task.metrics, "token_f1"]
-    rules += [MBR(m) for m in dict.fromkeys(mbr_metrics) if m != "exact_match"]
+    mbr_metrics = [m for m in dict.fromkeys(mbr_metrics) if m != "exact_match"]
+    rules += [MBR(m) for m in mbr_metrics]
+    rules += [type(d)(d.metric, "model") for d in rules]
     decoders += rules
-    decoders += [type(d)(d.metric, "model") for d in rules]
+    decoders += [MBRGreedy(m) for m in mbr_metrics]
+    if adaptive is not None:
+        decoders += [AdaptiveRule(d, adaptive, tolerance) for d in rules]
     decoders.append(Oracle())
     return decoders
 

@@ -6,7 +6,8 @@ greedy and (when it is scored) the prior, the parse rate (and, for extractors wi
 cue such as ``number:answer``, the strict rate: answers found after the cue, not by the
 fallback), corpus statistics (Pearson, Spearman, accuracy) with the same paired comparisons, and
 decoder@k curves (the score when only k of the N samples are drawn, averaged over random size-k
-subsets).
+subsets). A decoder that chooses how many samples to read (an adaptive one) has no curve; the
+results give its mean samples used and their histogram instead (``samples_used``).
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class ItemRecord:
     candidates: list[dict[str, Any]]
     predictions: dict[str, Any] = field(default_factory=dict)
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: Samples read by each decoder that chooses how many (an adaptive one), by label.
+    samples_used: dict[str, int] = field(default_factory=dict)
 
 
 def powers_of_two_up_to(n: int) -> list[int]:
@@ -165,6 +168,8 @@ def score_task(
         lambda text: None if extract_answer(text, task) is None else anchored(text, task)
     )
     predictions: dict[str, list[Any]] = {}
+    # used[decoder label] -> (n_items,): samples read, for decoders that choose how many.
+    used: dict[str, np.ndarray] = {}
     for d_index, decoder in enumerate(decoders):
         scores[decoder.label] = {m: np.empty(n_items) for m in task.metrics}
         parsed[decoder.label] = np.zeros(n_items, dtype=bool)
@@ -180,6 +185,15 @@ def score_task(
             # A decoder that reads the references (the oracle) is the best candidate for each
             # metric in turn; every other decoder predicts once for all metrics.
             shared = None if decoder.uses_references else decoder.predict(x)
+            if decoder.chooses_n:
+                n_used = decoder.samples_used(x)
+                if n_used is None:
+                    raise InvalidParameterError(
+                        f"The {decoder.label} decoder chooses how many samples it reads (chooses_n), "
+                        "but its samples_used gave None."
+                    )
+                used.setdefault(decoder.label, np.zeros(n_items, dtype=np.int64))[i] = n_used
+                records[i].samples_used[decoder.label] = n_used
             if reads_answers:
                 strict[decoder.label][i] = _strict_share(decoder, x, answer_source)
             for metric_name, metric in metric_objs.items():
@@ -214,6 +228,10 @@ def score_task(
         "scores": [],
         "corpus": [],
     }
+    if used:
+        results["samples_used"] = {
+            d.label: _usage(used[d.label], d.settings(task)) for d in decoders if d.label in used
+        }
     # Two baselines for paired comparisons: greedy, the usual single-answer inference, and the
     # prior, which reads nothing of the item (a decoder that does not beat it learnt nothing).
     greedy_label = Greedy().label
@@ -257,6 +275,16 @@ def score_task(
     if curve_subsets > 0 and len(pools[0]) > 1:
         results["curves"] = _curves(task, decoders, items, greedy, pools, curve_subsets, seed)
     return results, records
+
+
+def _usage(n_used: np.ndarray, settings: dict[str, Any]) -> dict[str, Any]:
+    """The mean samples used over the items and their histogram (``{"4": 30, "8": 10}``)."""
+    counts = np.bincount(n_used)
+    return {
+        "mean": float(n_used.mean()),
+        "histogram": {str(n): int(c) for n, c in enumerate(counts) if c},
+        "settings": settings,
+    }
 
 
 def _strict_share(
@@ -372,7 +400,8 @@ def _curves(
     rng = np.random.default_rng(seed)
     fallback = fallback_prediction(task)
     curves: dict[str, Any] = {"metric": metric_name, "k": ks, "values": {}}
-    sampling = [d for d in decoders if d.uses_samples]
+    # A decoder that chooses its own number of samples is one point (its mean), not a curve.
+    sampling = [d for d in decoders if d.uses_samples and not d.chooses_n]
     totals = {d.label: np.zeros(len(ks)) for d in sampling}
     for item, g, pool in zip(items, greedy, pools, strict=True):
         for k_index, k in enumerate(ks):
