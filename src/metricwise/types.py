@@ -223,7 +223,11 @@ class Decision:
             out["failure"] = self.failure
         if self.n_used is not None:
             out.update(
-                {"n_used": self.n_used, "stopped": self.stopped, "settled_probability": self.settled_probability}
+                {
+                    "n_used": self.n_used,
+                    "stopped": self.stopped,
+                    "settled_probability": self.settled_probability,
+                }
             )
         return out
 
