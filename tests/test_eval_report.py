@@ -220,3 +220,76 @@ def test_a_verdict_says_when_answers_did_not_parse():
     rows["median", "absolute_error"]["parse_rate"] = 0.5
     (line,) = render_verdicts({"runs": [run]})
     assert line.endswith("prior 153.3; parsed: greedy 90% (60% strict, 30% fallback), median 50%")
+
+
+@pytest.fixture(scope="module")
+def adaptive_results():
+    from metricwise.adaptive import Adaptive
+    from metricwise.evaluate.decoders import default_decoders
+
+    items, prompts, greedy, pools = rating_fixture()
+    decoders = default_decoders(RATING, adaptive=Adaptive(min_n=2, max_n=8, round=2))
+    run, _ = score_task(
+        RATING, items, prompts, greedy, pools, decoders=decoders, bootstrap_iters=50
+    )
+    run.update({"temperature": 0.7, "n": 8, "num_fewshot": 0})
+    return {"config": {}, "runs": [run]}
+
+
+def test_an_adaptive_row_shows_its_mean_samples_used_out_of_n(adaptive_results):
+    run = adaptive_results["runs"][0]
+    used = run["samples_used"]["mean@adaptive"]["mean"]
+    table = render_markdown(adaptive_results)
+    row = cells(table_row(table, "mean@adaptive", "squared_error"))
+    assert row[3:5] == [f"{used:.1f}/8", "0.7"]
+    assert cells(table_row(table, "mean", "squared_error"))[3] == "8"
+    assert cells(table_row(table, "mbr[squared_error]+greedy", "squared_error"))[3] == "8"
+    value = next(
+        r["value"]
+        for r in run["scores"]
+        if r["decoder"] == "mean@adaptive" and r["metric"] == "squared_error"
+    )
+    # The verdict gives the rule's twin beside the rule, with the samples it needed.
+    (verdict,) = render_verdicts(adaptive_results)
+    assert f"mean@adaptive {value:.3f} with {used:.1f} of 8 samples" in verdict
+
+
+def test_an_adaptive_decoder_is_one_marker_beside_its_fixed_k_curve(
+    adaptive_results, tmp_path, monkeypatch
+):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from matplotlib.colors import to_hex
+
+    close, figures = plt.close, []
+    monkeypatch.setattr(plt, "close", figures.append)
+    try:
+        write_plots(adaptive_results, tmp_path)
+        (figure,) = figures
+        lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    finally:
+        for figure in figures:
+            close(figure)
+    run = adaptive_results["runs"][0]
+    for label, entry in run["samples_used"].items():
+        marker, curve = lines[label], lines[label.removesuffix("@adaptive")]
+        value = next(
+            r["value"]
+            for r in run["scores"]
+            if r["decoder"] == label and r["metric"] == run["curves"]["metric"]
+        )
+        assert list(marker.get_xdata()) == [entry["mean"]]
+        assert list(marker.get_ydata()) == pytest.approx([value])
+        assert marker.get_linestyle() == "None" and marker.get_marker() == "*"
+        assert to_hex(marker.get_color()) == to_hex(curve.get_color())  # same colour family
+        hollow = marker.get_markerfacecolor() == "none"
+        assert hollow == label.endswith("+model@adaptive")
+    looks = {
+        (
+            to_hex(line.get_color()),
+            line.get_linestyle(),
+            line.get_marker(),
+            line.get_mfc() == "none",
+        )
+        for line in lines.values()
+    }
+    assert len(looks) == len(lines)  # still no two alike

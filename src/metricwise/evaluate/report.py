@@ -23,13 +23,22 @@ def _decoder(label: str) -> Decoder | None:
         return None
 
 
-def _n_read(label: str, n: Any) -> str:
+def _n_read(label: str, n: Any, used: dict[str, Any] | None = None) -> str:
     """The number of model calls a decoder reads: 1 for the greedy decode alone, 0 for a
-    constant, else the N samples."""
+    constant, else the N samples; ``mean/N`` ("9.5/32") for one that chooses how many
+    (``used`` is its entry in the run's ``samples_used``)."""
+    if used is not None:
+        return f"{used['mean']:.1f}/{n}"
     decoder = _decoder(label)
     if decoder is None or decoder.uses_samples:
         return str(n)
     return "0" if decoder.is_constant else "1"
+
+
+def _curve_label(label: str) -> str:
+    """The decoder@k curve a decoder belongs to: ``mean`` for ``mean@adaptive``."""
+    decoder = _decoder(label)
+    return decoder.curve_label if decoder is not None else label.partition("@")[0]
 
 
 def _temperature(label: str, temperature: Any) -> str:
@@ -108,6 +117,9 @@ def render_verdicts(results: dict[str, Any]) -> list[str]:
 
         arith, absolute error: greedy 101.0, median 81.9 (-19.1 [-53.3, +14.7], not significant at 40 items), prior 153.3
 
+    With adaptive decoders (``eval --adaptive``) the rule's adaptive twin follows the rule:
+    ``mean@adaptive 3.52 with 9.5 of 32 samples``.
+
     When greedy or the rule did not parse every answer (or parsed some only by the extractor's
     fallback), their parse rates follow: ``; parsed: greedy 90% (60% strict, 30% fallback)``.
     """
@@ -152,6 +164,21 @@ def render_verdicts(results: dict[str, Any]) -> list[str]:
                     f"{judged} at {run.get('n_items', '?')} items)"
                 )
             parts.append(text)
+        # The rule's adaptive twin: its score at the samples it needed.
+        used = run.get("samples_used") or {}
+        twin = next(
+            (
+                label
+                for label in used
+                if label in by_label and rule_label and _curve_label(label) == rule_label
+            ),
+            None,
+        )
+        if twin is not None:
+            parts.append(
+                f"{twin} {_num(by_label[twin]['value'], decimals)} "
+                f"with {used[twin]['mean']:.1f} of {run.get('n', '?')} samples"
+            )
         if prior is not None:
             parts.append(f"prior {_num(prior['value'], decimals)}")
         # Unparsed answers are scored as the task's fallback: say so beside the numbers.
@@ -184,7 +211,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     number of a text without one), as lm-evaluation-harness reports strict-match and
     flexible-extract. ``N`` is the number of model calls a decoder
     reads: 1 for greedy, 0 for the prior (a constant from the few-shot split). ``T`` is the
-    sampling temperature, "-" for decoders that read no samples.
+    sampling temperature, "-" for decoders that read no samples. A decoder that chooses how
+    many samples to read (``mean@adaptive``) shows its mean over the items out of N:
+    ``9.5/32``; ``samples_used`` in the results holds the histogram.
 
     Corpus statistics (accuracy, Pearson, Spearman) follow in a second table, with the same
     paired differences (the statistic of the decoder minus the baseline's, on the same
@@ -200,8 +229,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     for run in results.get("runs", []):
         n = run.get("n", "")
         temperature = run.get("temperature", "")
+        used = run.get("samples_used") or {}
         for row in run["scores"]:
-            n_text = _n_read(row["decoder"], n)
+            n_text = _n_read(row["decoder"], n, used.get(row["decoder"]))
             lines.append(
                 f"| {run['task']} | {run['version']} | {row['decoder']} | {n_text} | {_temperature(row['decoder'], temperature)} | {row['metric']} | "
                 f"{'↑' if row['direction'] == 'higher' else '↓'} | {_fmt(row['value'])} | {_fmt(row['stderr'])} | "
@@ -239,6 +269,10 @@ FAMILY_COLOURS: dict[str, str] = {
 #: One line style per weighting of the samples; dotted for decoders that read no samples.
 WEIGHTING_STYLES: dict[str, str] = {"uniform": "-", "model": "--", "importance": "-."}
 NO_SAMPLES_STYLE = ":"
+#: Markers: a decoder@k curve's points, and a decoder that chooses how many samples it reads
+#: (drawn at its mean samples used in its fixed-k decoder's colour; hollow unless uniform).
+CURVE_MARKER = "o"
+ADAPTIVE_MARKER = "*"
 # tab10's unused colours, then tab20's light ones, then a few named ones: never a fixed one.
 _SPARE_COLOURS: tuple[str, ...] = (
     "tab:brown",
@@ -261,21 +295,24 @@ _SPARE_COLOURS: tuple[str, ...] = (
 
 
 def _family(label: str) -> tuple[str, str | None]:
-    """(family, weighting) of a label: ``mbr[chrf]+model`` is (``mbr[chrf]``, ``model``)."""
+    """(family, weighting) of a label: ``mbr[chrf]+model`` is (``mbr[chrf]``, ``model``), and
+    so is its adaptive twin ``mbr[chrf]+model@adaptive``."""
     decoder = _decoder(label)
     if decoder is None:
-        stem, plus, suffix = label.rpartition("+")
+        stem, plus, suffix = label.partition("@")[0].rpartition("+")
         return (stem, suffix) if plus and suffix in WEIGHTING_STYLES else (label, None)
     weighting = decoder.weighting
+    label = decoder.curve_label
     if weighting is None or weighting == "uniform":
         return label, weighting
     return label[: -len(f"+{weighting}")], weighting
 
 
 def line_styles(labels: list[str]) -> dict[str, dict[str, Any]]:
-    """Colour and line style of each decoder of one plot: one colour per decoder family
-    (the label without its weighting) and one line style per weighting, so that no two
-    decoders look alike (12 or more lines share a plot)."""
+    """Colour, line style and marker of each decoder of one plot: one colour per decoder
+    family (the label without its weighting, an adaptive twin with its fixed-k decoder) and one
+    line style per weighting, so that no two decoders look alike (12 or more lines share a
+    plot); decoders that choose how many samples they read get :data:`ADAPTIVE_MARKER`."""
     families = {label: _family(label) for label in labels}
     colours: dict[str, str] = {}
     n_spare = 0
@@ -294,13 +331,21 @@ def line_styles(labels: list[str]) -> dict[str, dict[str, Any]]:
         styles[label] = {
             "color": colours[family],
             "linestyle": style if reads_samples else NO_SAMPLES_STYLE,
+            "marker": ADAPTIVE_MARKER
+            if decoder is not None and decoder.chooses_n
+            else CURVE_MARKER,
         }
     return styles
 
 
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     """PNG plots: the primary metric against k for every decoder (per task and temperature),
-    and against temperature when several temperatures were run."""
+    and against temperature when several temperatures were run.
+
+    On the k plot, a decoder that chooses how many samples it reads (``mean@adaptive``) is one
+    marker at (mean samples used, score), in its fixed-k decoder's colour, so that it reads
+    against that decoder's curve: below the curve at the same mean k is a saving.
+    """
     try:
         import matplotlib
 
@@ -331,17 +376,44 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
             and (d := _decoder(r["decoder"])) is not None
             and not d.uses_samples
         ]
-        styles = line_styles([*curves["values"], *(r["decoder"] for r in flat)])
+        used = run.get("samples_used") or {}
+        points = [
+            r
+            for r in run["scores"]
+            if r["metric"] == curves["metric"]
+            and r["decoder"] in used
+            and r["decoder"] not in curves["values"]
+            and used[r["decoder"]]["mean"] > 0  # none on a log axis: every pool was empty
+        ]
+        styles = line_styles(
+            [*curves["values"], *(r["decoder"] for r in flat), *(r["decoder"] for r in points)]
+        )
         for label, values in curves["values"].items():
-            ax.plot(curves["k"], values, marker="o", markersize=3, label=label, **styles[label])
+            ax.plot(curves["k"], values, markersize=3, label=label, **styles[label])
         for r in flat:
-            ax.axhline(r["value"], linewidth=1, label=r["decoder"], **styles[r["decoder"]])
+            style = {k: v for k, v in styles[r["decoder"]].items() if k != "marker"}
+            ax.axhline(r["value"], linewidth=1, label=r["decoder"], **style)
+        for r in points:
+            style = styles[r["decoder"]]
+            weighting = _family(r["decoder"])[1]
+            ax.plot(
+                [used[r["decoder"]]["mean"]],
+                [r["value"]],
+                linestyle="none",
+                marker=style["marker"],
+                markersize=11,
+                color=style["color"],
+                markerfacecolor=style["color"] if weighting in (None, "uniform") else "none",
+                label=r["decoder"],
+            )
         ax.set_xscale("log", base=2)
         ax.set_xticks(curves["k"], [str(k) for k in curves["k"]])
         direction = next(
             (r["direction"] for r in run["scores"] if r["metric"] == curves["metric"]), ""
         )
-        ax.set_xlabel("k (samples used out of N)")
+        ax.set_xlabel(
+            "k (samples used out of N)" + ("; stars: adaptive, at their mean k" if points else "")
+        )
         ax.set_ylabel(
             f"{curves['metric']} ({'higher' if direction == 'higher' else 'lower'} is better)"
         )
@@ -378,7 +450,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
                 if row is not None:
                     xs.append(r["temperature"])
                     ys.append(row["value"])
-            ax.plot(xs, ys, marker="o", markersize=4, label=label, **styles[label])
+            ax.plot(xs, ys, markersize=4, label=label, **styles[label])
         ax.set_xlabel("sampling temperature")
         ax.set_ylabel(metric)
         ax.set_title(f"{task}: temperature sweep")
