@@ -683,7 +683,7 @@ class OpenAIBackend:
             else:
                 state = "failing"
             message = (
-                f"The OpenAI-compatible server at {', '.join(failed)} is {state} after {len(exc.errors)} attempts: "
+                f"The OpenAI-compatible server at {', '.join(failed)} is {state} after {len(exc.errors)} attempt{'s' if len(exc.errors) != 1 else ''}: "
                 f"{exc.errors[-1].partition(': ')[2]}"
             )
             # A server that hangs is a timeout (a gateway answers 504 for it), not an error answer.
@@ -820,6 +820,10 @@ class OpenAIBackend:
         logp = float(sum(s.logprob for s in steps))
         if greedy:
             logq, exact = 0.0, True
+        elif is_ancestral(config):
+            # Plain sampling from the raw model: q is p, token by token (what step_logq returns
+            # for each token, without its per-token work: a third of parsing an answer).
+            logq, exact = logp, True
         else:
             logq, exact = 0.0, True
             for s in steps:
