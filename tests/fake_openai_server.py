@@ -212,6 +212,10 @@ class FakeServer:
                     self._send(200, payload)
 
         class Quiet(ThreadingHTTPServer):
+            # socketserver's backlog of 5 drops the SYNs of a burst of new connections (a client
+            # then waits 1 s to retry); real servers listen with a long queue.
+            request_queue_size = 128
+
             def handle_error(self, request: Any, client_address: Any) -> None:
                 pass  # a client that hung up mid-answer is expected here
 
