@@ -598,7 +598,9 @@ class ServerState:
     async def _run(
         self, request: Request, scheduler: Scheduler, backend: Any, prompts: list[str], plan: Plan
     ) -> Outcome:
-        prompt_tokens = await asyncio.to_thread(self._count_prompt_tokens, prompts)
+        prompt_tokens = (
+            await asyncio.to_thread(self._count_prompt_tokens, prompts) if self.tokenizer else 0
+        )
         if plan.adaptive is not None and plan.decision is not None:
             sets, decisions = await self._run_adaptive(
                 request, scheduler, backend, prompts, plan.config, plan.decision, plan.adaptive
