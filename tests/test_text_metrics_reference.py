@@ -27,7 +27,7 @@ from metricwise import metrics
 from metricwise.errors import InvalidParameterError, MissingDependencyError
 from metricwise.metrics.bleu import tokenize_13a
 from metricwise.metrics.chrf import words_for_chrf
-from metricwise.metrics.overlap import clipped_overlap
+from metricwise.metrics.overlap import clipped_overlap, ngram_entries
 from metricwise.metrics.rouge import lcs_matrix, tokenize_rouge
 
 sacrebleu = pytest.importorskip(
@@ -469,6 +469,49 @@ def test_clipped_overlap_is_exact_whichever_path_each_item_takes(
     np.testing.assert_array_equal(clipped_overlap(others, bags), cross.T)
     assert clipped_overlap([], bags).shape == (0, len(bags))
     assert clipped_overlap([Counter()], [Counter()]).tolist() == [[0.0]]
+
+
+@given(
+    st.lists(st.text(alphabet="ab c\u00e9\U0001f600\ud800", max_size=14), min_size=1, max_size=6)
+)
+@settings(max_examples=60, deadline=None)
+def test_ngram_entries_number_ngrams_as_counter_bags_do(texts):
+    # Same n-gram -> same number and different n-grams -> different numbers: the overlaps of
+    # all pairs, each text's counts and the number of distinct n-grams are the Counters'.
+    lengths = np.array([len(t) for t in texts])
+    codes = np.frombuffer("".join(texts).encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    for n, entries in enumerate(ngram_entries(codes.astype(np.int64), lengths, 5), start=1):
+        bags = [Counter(t[i : i + n] for i in range(len(t) - n + 1)) for t in texts]
+        as_bags = [
+            Counter(
+                dict(
+                    zip(
+                        entries.cols[entries.rows == r].tolist(),
+                        entries.vals[entries.rows == r].tolist(),
+                        strict=True,
+                    )
+                )
+            )
+            for r in range(len(texts))
+        ]
+        assert [sorted(b.values()) for b in as_bags] == [sorted(b.values()) for b in bags]
+        assert len(set(entries.cols.tolist())) == len(set().union(*bags))
+        overlap = [[sum((a & b).values()) for b in as_bags] for a in as_bags]
+        assert overlap == [[sum((a & b).values()) for b in bags] for a in bags]
+
+
+def test_chrf_statistics_of_a_subset_compare_like_the_strings():
+    chrf = metrics.get("chrf", word_order=2)
+    texts = ["The cat sat.", "the cat  sat!", "A dog, (barking)", "", "cat", "\ud800x", "sat on"]
+    stats = chrf.statistics(texts)
+    rows, cols = [4, 0, 2], [1, 5, 3, 6]
+    got = chrf.pairwise_statistics(stats.take(rows), stats.take(cols))
+    expected = chrf.pairwise([texts[i] for i in rows], [texts[j] for j in cols])
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(
+        chrf.pairwise_statistics(stats, stats), chrf.pairwise(texts, texts)
+    )
+    assert chrf.score("\ud800x", "\ud800x") == 100.0
 
 
 # -- metric attributes and parameters ---------------------------------------------------------
