@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from metricwise import Candidate, SampleSet, decide
 from metricwise.cli import main
 
 
@@ -384,3 +385,61 @@ def test_adaptive_predict_reports_the_samples_it_used(tiny_model_dir, tmp_path, 
     # The same run again samples nothing new: every round is in the store.
     code, again, _ = run([*argv, "--quiet"], capsys=capsys)
     assert [json.loads(line) for line in again.splitlines()] == records
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--min_n", "8", "--max_n", "4"], "'min_n'"),
+        (["--confidence", "0"], "'confidence'"),
+        (["--tolerance", "-0.5"], "'tolerance'"),
+    ],
+)
+def test_eval_adaptive_settings_are_checked_before_any_model_loads(
+    argv, message, capsys, monkeypatch
+):
+    import metricwise.backends
+
+    monkeypatch.setattr(
+        metricwise.backends, "load_backend", lambda *a, **k: pytest.fail("a model was loaded")
+    )
+    code, _, err = run(["eval", "--tasks", "arith", "--adaptive", *argv], capsys=capsys)
+    assert code == 2 and message in err
+
+
+def test_eval_adaptive_adds_twins_that_report_the_samples_they_used(
+    tiny_model_dir, tmp_path, capsys
+):
+    (tmp_path / "w.jsonl").write_text(
+        '{"q": "the cat sat on the", "a": "mat"}\n{"q": "paris is the capital of", "a": "france"}\n'
+        '{"q": "the dog ran in the", "a": "park"}\n'
+    )
+    task = tmp_path / "w.yaml"
+    task.write_text(
+        "name: w\ndescription: next words\ndata: w.jsonl\ntemplate: '{q}'\nreference: a\n"
+        "answer_type: text\nextractor: first_line\nmetrics: [token_f1]\nfewshot:\n  holdout: 1\n"
+    )
+    out = tmp_path / "out"
+    argv = ["eval", "--model", str(tiny_model_dir), "--tasks", str(task), "--num_fewshot", "0",
+            "--gen_kwargs", "max_tokens=3", "--bootstrap_iters", "20", "--curve_subsets", "0",
+            "--store", str(tmp_path / "s.sqlite"), "--output_path", str(out), "--no_plots", "--quiet",
+            "--log_samples", "--adaptive", "--min_n", "2", "--max_n", "4", "--round", "2",
+            "--tolerance", "1"]  # fmt: skip
+    code, table, err = run(argv, capsys=capsys)
+    assert code == 0, err
+    run_ = json.loads((out / "results.json").read_text())["runs"][0]
+    assert run_["n"] == 4  # -n is ignored: the pool is sampled to --max_n
+    label = "mbr[token_f1]@adaptive"
+    entry = run_["samples_used"][label]
+    assert entry["settings"]["tolerance"] == 1.0 and set(entry["histogram"]) <= {"2", "4"}
+    assert sum(entry["histogram"].values()) == 2
+    assert f"| {label} | {entry['mean']:.1f}/4 |" in table
+    assert "| mbr[token_f1]+greedy | 4 |" in table
+    # Token F1 lies in [0, 1]: within a tolerance of 1 every decision is settled, so an item
+    # stops at --min_n unless its first two samples give no decision (the tiny model's texts are
+    # mostly cut off at max_tokens, and a cut-off text is no answer).
+    for line in (out / "samples_w.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        first_two = SampleSet(tuple(Candidate.from_dict(c) for c in record["candidates"][:2]))
+        settled = decide(first_two, "token_f1", rule="mbr", extractor="first_line").ok
+        assert record["samples_used"][label] == (2 if settled else 4)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 
@@ -192,6 +193,82 @@ def test_signatures_name_the_extractor_and_escape_its_separators():
     assert "|extract:regex:(yes\\|no)|" in regex
     fields = [f.replace("\\|", "|") for f in re.split(r"(?<!\\)\|", regex)]
     assert "extract:regex:(yes|no)" in fields and fields[-1].startswith("version:")
+
+
+WORDS = [
+    ("the cat sat on the", "mat"),
+    ("paris is the capital of", "france"),
+    ("what is two plus three ? the answer is", "5"),
+    ("the dog ran in the", "park"),  # the few-shot split
+]
+
+
+def words_task(tmp_path):
+    """A short-answer text task in YAML: the tiny model's texts are answers (with letters),
+    where no number parses for arith and every decision would fail."""
+    (tmp_path / "words.jsonl").write_text(
+        "".join(json.dumps({"q": q, "a": a}) + "\n" for q, a in WORDS)
+    )
+    path = tmp_path / "words.yaml"
+    path.write_text(
+        "name: words\ndescription: next words\ndata: words.jsonl\ntemplate: '{q}'\nreference: a\n"
+        "answer_type: text\nextractor: first_line\nmetrics: [token_f1, exact_match]\n"
+        "fewshot:\n  holdout: 1\nmax_tokens: 3\n"
+    )
+    return str(path)
+
+
+def test_an_adaptive_eval_scores_twins_on_prefixes_of_the_max_n_pool(backend, tmp_path):
+    from metricwise.adaptive import Adaptive, sample_and_decide
+    from metricwise.evaluate.decoders import Decoder, extractor_for
+    from metricwise.store import SampleStore
+    from metricwise.tasks import get_task
+    from metricwise.types import SamplingConfig
+
+    path = words_task(tmp_path)
+    adaptive = Adaptive(min_n=2, max_n=6, round=2)
+    settings = config(tmp_path, tasks=[path], limit=None, num_fewshot=0, max_tokens=None)
+    results = run_eval(replace(settings, adaptive=adaptive), backend=backend)
+    run = results["runs"][0]
+    assert run["n"] == results["config"]["n"] == 6  # the pool is sampled to max_n
+    used = run["samples_used"]
+    assert set(used) == {
+        "mode@adaptive",
+        "mode+model@adaptive",
+        "mbr[token_f1]@adaptive",
+        "mbr[token_f1]+model@adaptive",
+    }
+    for entry in used.values():
+        assert entry["mean"] <= 6 and sum(entry["histogram"].values()) == run["n_items"] == 3
+    labels = {r["decoder"] for r in run["scores"]}
+    assert {"mbr[token_f1]+greedy", *used} <= labels
+    row = next(r for r in run["scores"] if r["decoder"] == "mbr[token_f1]@adaptive")
+    assert "|settings:min_n=2,max_n=6,round=2,confidence=0.95,tolerance=0|" in row["signature"]
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert f"| mbr[token_f1]@adaptive | {used['mbr[token_f1]@adaptive']['mean']:.1f}/6 |" in table
+
+    # The definition, end to end: adaptive sampling through the store stops where the twin
+    # stopped and decides the same, and samples nothing (its rounds are prefixes of the pool).
+    records = [json.loads(line) for line in (tmp_path / "out" / "samples_words.jsonl").open()]
+    task = get_task(path)
+    sampling = SamplingConfig(n=6, max_tokens=task.max_tokens, stop=task.stop, seed=0)
+    prompts = [r["prompt"] for r in records]
+    with SampleStore(settings.store) as store:
+        for label in used:
+            inner = Decoder.from_label(label).inner
+            stopping = replace(adaptive, tolerance=used[label]["settings"]["tolerance"])
+            options = dict(
+                metric=inner.metric,
+                rule=inner.rule,
+                weights=inner.weights,
+                extractor=extractor_for(task),
+                valid_range=task.valid_range,
+            )
+            decisions = sample_and_decide(
+                store, FailingAfter(backend, calls=0), prompts, sampling, stopping, **options
+            )
+            assert [d.n_used for d in decisions] == [r["samples_used"][label] for r in records]
+            assert [d.output for d in decisions] == [r["predictions"][label] for r in records]
 
 
 def test_a_bad_bootstrap_count_fails_before_any_sampling(tmp_path):

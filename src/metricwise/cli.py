@@ -65,6 +65,7 @@ examples:
       --data_dir ../shared/data --output_path out/real --log_samples
   metricwise eval --tasks stsb --temperatures 0.5,0.8,1.0 --limit 100 --data_dir data --output_path out/sweep
   metricwise eval --tasks examples/my_task.yaml --limit 20 -n 8
+  metricwise eval --tasks stsb --adaptive --max_n 32 --limit 100 --data_dir data --output_path out/adaptive
 
 Sampling goes through a resumable store: an interrupted run continues where it stopped, and a
 second run (other decoders, more bootstrap resamples) samples nothing new.
@@ -182,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         "eval",
         help="compare greedy decoding with every metric-aware decoder on benchmark tasks",
         description="Sample N answers per item once, then score greedy, first-sample, max-logprob, mode, mean, "
-        "median, MBR (uniform and model weights) and the oracle on the same samples, beside the best constant "
+        "median, MBR (uniform and model weights; and with greedy among its hypotheses), with --adaptive their "
+        "adaptive twins, and the oracle on the same samples, beside the best constant "
         "answer from the few-shot split (prior, no model), with bootstrap "
         "intervals, paired comparisons against greedy, decoder@k curves, a table and plots.",
         epilog=_EVAL_EXAMPLE,
@@ -300,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no_plots", "--no-plots", dest="no_plots", action="store_true", help="skip the PNG plots"
     )
     e.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _add_adaptive_arguments(e, evaluation=True)
     e.set_defaults(handler=_run_eval)
 
     r = sub.add_parser(
@@ -878,17 +881,30 @@ def _run_predict(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _add_adaptive_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_adaptive_arguments(parser: argparse.ArgumentParser, *, evaluation: bool = False) -> None:
+    """The --adaptive flags; ``evaluation`` words them for eval, whose adaptive decoders decide
+    on prefixes of a max_n pool and take a per-task tolerance by default."""
     from metricwise.adaptive import Adaptive
 
     defaults = Adaptive()
     g = parser.add_argument_group(
         "adaptive sampling",
-        "Sample in rounds and stop each prompt once more samples would not change its decision "
+        (
+            "Also score an adaptive twin of every Bayes rule (mean@adaptive): it decides on the "
+            "shortest prefix of the pool at which its decision is settled, as an adaptive run "
+            "would have sampled it (see metricwise.adaptive for each rule's criterion). The pool "
+            "is sampled to --max_n; -n is then ignored."
+        )
+        if evaluation
+        else "Sample in rounds and stop each prompt once more samples would not change its decision "
         "(see metricwise.adaptive for each rule's criterion). -n is then ignored.",
     )
     g.add_argument(
-        "--adaptive", action="store_true", help="sample in rounds until each decision is settled"
+        "--adaptive",
+        action="store_true",
+        help="add the adaptive decoders"
+        if evaluation
+        else "sample in rounds until each decision is settled",
     )
     g.add_argument("--min_n", type=int, default=defaults.min_n, help="samples before any stop")
     g.add_argument("--max_n", type=int, default=defaults.max_n, help="samples at most")
@@ -902,8 +918,14 @@ def _add_adaptive_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--tolerance",
         type=float,
-        default=defaults.tolerance,
-        help="how far a numeric answer may still move (its unit), or the expected utility MBR may still lose",
+        # None, so that eval can tell an explicit 0 from its per-task default.
+        default=None,
+        help="how far a numeric answer may still move (its unit), or the expected utility MBR may still lose "
+        + (
+            "(default: 2%% of a bounded task's range, 0.5 for unbounded numbers, 0 for mode and MBR)"
+            if evaluation
+            else f"(default: {defaults.tolerance:g})"
+        ),
     )
 
 
@@ -918,7 +940,7 @@ def _adaptive_settings(args: argparse.Namespace) -> Any:
         max_n=args.max_n,
         round=args.round,
         confidence=args.confidence,
-        tolerance=args.tolerance,
+        tolerance=Adaptive().tolerance if args.tolerance is None else args.tolerance,
     )
 
 
@@ -939,6 +961,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     temperatures = _parse_floats(args.temperatures, "--temperatures") or [
         float(gen.get("temperature", 1.0))
     ]
+    adaptive = _adaptive_settings(args)  # min_n > max_n and the like fail before any model
     config = EvalConfig(
         model=args.model,
         backend=args.backend,
@@ -965,6 +988,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         curve_subsets=args.curve_subsets,
         plots=not args.no_plots,
         quiet=args.quiet,
+        adaptive=adaptive,
+        tolerance=args.tolerance if adaptive is not None else None,
     )
     # Settings are checked (SamplingConfig raises) before any model is loaded.
     from metricwise.types import SamplingConfig

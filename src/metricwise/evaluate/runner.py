@@ -11,10 +11,11 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from metricwise.adaptive import Adaptive
 from metricwise.errors import InvalidParameterError
 from metricwise.evaluate.decoders import Decoder, default_decoders, extractor_for
 from metricwise.evaluate.scoring import ItemRecord, score_task
@@ -32,6 +33,14 @@ class EvalConfig:
     ``temperatures`` runs the whole pool once per temperature (a sweep); ``max_tokens=None``
     uses each task's own budget. ``bootstrap_iters`` is the number of bootstrap resamples
     (``--bootstrap_iters``).
+
+    ``adaptive`` (``--adaptive``) adds an adaptive twin of every Bayes rule
+    (:class:`~metricwise.evaluate.decoders.AdaptiveRule`): the pool is sampled to
+    ``adaptive.max_n`` (``n`` is set to it) and each twin decides on the prefix of the pool at
+    which its decision is settled. ``tolerance`` (``--tolerance``) is the twins' tolerance in
+    each task's answer unit; None takes ``adaptive.tolerance`` when that is not 0, else each
+    task's and rule's default (:func:`~metricwise.evaluate.decoders.default_tolerance`: 2% of
+    a bounded range, 0.5 for unbounded numbers, 0 for mode and MBR).
     """
 
     model: str | None
@@ -57,8 +66,21 @@ class EvalConfig:
     curve_subsets: int = 8
     plots: bool = True
     quiet: bool = False
+    adaptive: Adaptive | None = None
+    tolerance: float | None = None
 
     def __post_init__(self) -> None:
+        if self.adaptive is not None:
+            if not isinstance(self.adaptive, Adaptive):
+                raise InvalidParameterError(
+                    f"The 'adaptive' parameter of eval must be an Adaptive or None. Got {self.adaptive!r} instead."
+                )
+            # An adaptive run's samples are a prefix of the max_n pool: sample that pool once.
+            self.n = self.adaptive.max_n
+            if self.tolerance is None and self.adaptive.tolerance != Adaptive().tolerance:
+                self.tolerance = self.adaptive.tolerance
+            if self.tolerance is not None:
+                replace(self.adaptive, tolerance=self.tolerance)  # Adaptive checks it
         # Checked here, before the model loads and samples: the bootstrap runs only after.
         if (
             isinstance(self.bootstrap_iters, bool)
@@ -98,7 +120,8 @@ def signature_string(
 
     Fields are ``key:value`` joined by ``|``: model, backend, task@version, the extractor's
     signature (how answers were read: ``number:answer``, its range and cues), shots, n,
-    sampling settings, seed, decoder, metric and metricwise version. A ``|`` or ``\\`` inside a
+    sampling settings, seed, decoder, its settings where it has any (an adaptive decoder's
+    stopping rule), metric and metricwise version. A ``|`` or ``\\`` inside a
     value (a regex extractor's pattern) is escaped with a backslash, so the fields split back.
     """
     from metricwise import __version__
@@ -117,10 +140,22 @@ def signature_string(
             f"minp:{config.min_p:g}",
             f"seed:{config.seed}",
             f"decoder:{decoder.label}",
+            *_settings_field(decoder, task),
             f"metric:{metric}",
             f"version:{__version__}",
         ]
     )
+
+
+def _settings_field(decoder: Decoder, task: Any) -> list[str]:
+    """``settings:min_n=4,max_n=32,...`` for a decoder with settings beyond its label."""
+    settings = decoder.settings(task)
+    if not settings:
+        return []
+    text = ",".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items()
+    )
+    return [f"settings:{_escape_field(text)}"]
 
 
 def _escape_field(value: str) -> str:
@@ -235,9 +270,14 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                             batch_size=config.batch_size,
                             progress=lambda d, t: bar.update(d),
                         )
-                    n_decoders = len(default_decoders(task, prior=prior_references is not None))
+                    decoders = default_decoders(
+                        task,
+                        prior=prior_references is not None,
+                        adaptive=config.adaptive,
+                        tolerance=config.tolerance,
+                    )
                     with Progress(
-                        n_decoders,
+                        len(decoders),
                         f"{task.name}: scoring decoders",
                         unit="decoder",
                         enabled=not config.quiet,
@@ -248,6 +288,7 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                             prompts,
                             greedy,
                             pools,
+                            decoders=decoders,
                             bootstrap_iters=config.bootstrap_iters,
                             seed=config.seed,
                             curve_subsets=config.curve_subsets,
