@@ -487,7 +487,12 @@ def test_adaptive_twins_decide_on_the_pool_prefix_where_their_rule_is_settled():
 def test_adaptive_labels_tolerances_and_bad_settings():
     from metricwise.adaptive import Adaptive
     from metricwise.errors import InvalidParameterError
-    from metricwise.evaluate.decoders import AdaptiveRule, default_tolerance, make_decoder
+    from metricwise.evaluate.decoders import (
+        AdaptiveRule,
+        DecoderInput,
+        default_tolerance,
+        make_decoder,
+    )
 
     twin = Decoder.from_label("mbr[token_f1]+model@adaptive")
     assert (
@@ -505,6 +510,15 @@ def test_adaptive_labels_tolerances_and_bad_settings():
     assert default_tolerance(RATING, "mode") == default_tolerance(QA, "mbr") == 0.0
     assert twin.settings(QA)["tolerance"] == 0.0
     assert AdaptiveRule(twin.inner, tolerance=0.2).settings(QA)["tolerance"] == 0.2
+    # A variant that reads greedy keeps reading it in each round.
+    with_greedy = Decoder.from_label("mbr[token_f1]+greedy@adaptive")
+    x = DecoderInput(
+        task=QA,
+        greedy=Candidate("George Eliot", finish_reason="eos"),
+        pool=pool(["George Eliot Smith", "Mary George Eliot", "Eliot George Ann", "George"]),
+    )
+    assert with_greedy.uses_greedy and with_greedy.predict(x) == "George Eliot"
+    assert len(with_greedy.reads(x)) == with_greedy.samples_used(x) + 1
     for label in ("greedy@adaptive", "oracle@adaptive"):
         with pytest.raises(InvalidParameterError, match="wraps a Bayes rule"):
             Decoder.from_label(label)

@@ -4,7 +4,8 @@ Modules
 -------
 decoders
     :class:`Decoder` and the registered decoders (greedy, prior, first, max_logprob, the Bayes
-    rules, oracle), :func:`register_decoder`, :func:`default_decoders`.
+    rules, mbr+greedy, their adaptive twins, oracle), :func:`register_decoder`,
+    :func:`default_decoders`.
 corpus
     Corpus statistics (accuracy, Pearson, Spearman) and :func:`register_corpus_statistic`.
 stats
@@ -33,11 +34,13 @@ if TYPE_CHECKING:
         register_corpus_statistic,
     )
     from metricwise.evaluate.decoders import (
+        AdaptiveRule,
         BayesRule,
         Decoder,
         DecoderInput,
         decoder_names,
         default_decoders,
+        default_tolerance,
         get_decoder_class,
         make_decoder,
         prior_prediction,
@@ -53,11 +56,13 @@ _WHERE: dict[str, str] = {
     "corpus_statistic_names": "corpus",
     "get_corpus_statistic": "corpus",
     "register_corpus_statistic": "corpus",
+    "AdaptiveRule": "decoders",
     "BayesRule": "decoders",
     "Decoder": "decoders",
     "DecoderInput": "decoders",
     "decoder_names": "decoders",
     "default_decoders": "decoders",
+    "default_tolerance": "decoders",
     "get_decoder_class": "decoders",
     "make_decoder": "decoders",
     "prior_prediction": "decoders",
@@ -76,6 +81,7 @@ _WHERE: dict[str, str] = {
 }
 
 __all__ = [
+    "AdaptiveRule",
     "BayesRule",
     "CorpusStatistic",
     "Decoder",
@@ -86,6 +92,7 @@ __all__ = [
     "corpus_statistic_names",
     "decoder_names",
     "default_decoders",
+    "default_tolerance",
     "get_corpus_statistic",
     "get_decoder_class",
     "load_results",

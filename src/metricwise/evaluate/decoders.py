@@ -583,13 +583,19 @@ def default_tolerance(task: Task, rule: str) -> float:
 
 
 @lru_cache(maxsize=1024)
-def _settle(decoder: AdaptiveRule, task: Task, pool: SampleSet) -> tuple[Decision, int]:
+def _settle(
+    decoder: AdaptiveRule,
+    task: Task,
+    greedy: Candidate | None,
+    candidates: tuple[Candidate, ...],
+) -> tuple[Decision, int]:
     # predict, samples_used and reads ask for the same item in a row: decide its rounds once.
+    # Keyed by the candidates, not the SampleSet, whose id may be anything (a list).
     adaptive = decoder.stopping(task)
-    lengths = [n for n in adaptive.schedule() if n < len(pool)]
-    lengths.append(min(adaptive.max_n, len(pool)))
+    lengths = [n for n in adaptive.schedule() if n < len(candidates)]
+    lengths.append(min(adaptive.max_n, len(candidates)))
     for n in dict.fromkeys(lengths):
-        prefix = DecoderInput(task=task, greedy=None, pool=_prefix(pool, n))
+        prefix = DecoderInput(task=task, greedy=greedy, pool=SampleSet(candidates[:n]))
         decision = decoder.inner.decision(prefix)
         if decision.ok and (
             settled_probability(
@@ -599,10 +605,6 @@ def _settle(decoder: AdaptiveRule, task: Task, pool: SampleSet) -> tuple[Decisio
         ):
             break
     return decision, n
-
-
-def _prefix(pool: SampleSet, n: int) -> SampleSet:
-    return SampleSet(candidates=pool.candidates[:n], prompt=pool.prompt, id=pool.id)
 
 
 @register_decoder("adaptive")
@@ -686,13 +688,14 @@ class AdaptiveRule(Decoder):
         return {name: getattr(adaptive, name) for name in names}
 
     def predict(self, x: DecoderInput) -> Any:
-        return _settle(self, x.task, x.pool)[0].output
+        return _settle(self, x.task, x.greedy, x.pool.candidates)[0].output
 
     def samples_used(self, x: DecoderInput) -> int:
-        return _settle(self, x.task, x.pool)[1]
+        return _settle(self, x.task, x.greedy, x.pool.candidates)[1]
 
     def reads(self, x: DecoderInput) -> Sequence[Candidate]:
-        return x.pool.candidates[: self.samples_used(x)]
+        prefix = replace(x.pool, candidates=x.pool.candidates[: self.samples_used(x)])
+        return self.inner.reads(replace(x, pool=prefix))
 
     def __eq__(self, other: object) -> bool:
         # The label does not name the stopping rule: twins with other settings differ.
