@@ -188,26 +188,47 @@ def _numeric_settled(
     valid_range: tuple[float, float] | None,
     grid: Sequence[float] | None,
 ) -> float:
-    from metricwise.decide import _RULE_FUNCTIONS
-
-    rule = _RULE_FUNCTIONS[decision.rule]
+    """Share of the resampled supports (rows of ``resampled``, shape (B, K)) whose answer lies
+    within the tolerance of the current one. Mean, median and quantile are computed for all B
+    rows at once (eval decides thousands of items this way); the grid rule row by row."""
     current = float(decision.output)
-    within = 0
-    for row in resampled:
-        keep = row > 0
-        kept_values = [v for v, k in zip(values, keep, strict=True) if k]
-        answer = rule(
-            kept_values,
-            row[keep],
-            np.ones(int(keep.sum()), dtype=np.int64),
-            metric,
-            valid_range,
-            grid,
+    if decision.rule in ("mean", "median", "quantile"):
+        answers = _rowwise_answers(
+            decision.rule, np.asarray(values, dtype=np.float64), resampled, metric
         )
-        within += (
-            abs(float(getattr(answer, "value", answer)) - current) <= adaptive.tolerance + 1e-12
-        )
-    return within / len(resampled)
+    else:
+        from metricwise.decide import _RULE_FUNCTIONS
+
+        rule = _RULE_FUNCTIONS[decision.rule]
+        answers = np.empty(len(resampled))
+        for b, row in enumerate(resampled):
+            keep = row > 0
+            kept = [v for v, k in zip(values, keep, strict=True) if k]
+            ones = np.ones(int(keep.sum()), dtype=np.int64)
+            answer = rule(kept, row[keep], ones, metric, valid_range, grid)
+            answers[b] = float(getattr(answer, "value", answer))
+    return float(np.mean(np.abs(answers - current) <= adaptive.tolerance + 1e-12))
+
+
+def _rowwise_answers(
+    rule: str, values: np.ndarray, weights: np.ndarray, metric: Metric
+) -> np.ndarray:
+    """The rule's answer for every row of ``weights`` (shape (B, K), rows summing to 1) over the
+    same ``values`` (shape (K,)); the median and quantile follow
+    :func:`metricwise.decide.weighted_quantile` exactly, midpoint rule included."""
+    if rule == "mean":
+        return weights @ values
+    tau = 0.5 if rule == "median" else float(getattr(metric, "tau", 0.5))
+    order = np.argsort(values, kind="stable")
+    v, w = values[order], weights[:, order]
+    cumulative = np.cumsum(w, axis=1) / w.sum(axis=1, keepdims=True)
+    k = np.minimum((cumulative < tau - 1e-12).sum(axis=1), len(v) - 1)
+    rows = np.arange(len(w))
+    at_k = cumulative[rows, k]
+    # The next value that has weight in the row: zero-weight values were never drawn.
+    following = np.minimum((cumulative <= at_k[:, None]).sum(axis=1), len(v) - 1)
+    midpoint = (np.abs(at_k - tau) <= 1e-12) & (following > k)
+    return np.where(midpoint, (v[k] + v[following]) / 2, v[k])
 
 
 def sample_and_decide(
