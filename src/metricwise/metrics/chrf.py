@@ -10,7 +10,7 @@ epsilon smoothing of the original chrF++.py (``eps_smoothing=True``).
 
 ``pairwise`` numbers the n-grams of all distinct strings at once (:meth:`CHRF.statistics`,
 numpy sorts instead of a ``Counter`` per string and order), computes the clipped matches of all
-pairs with :func:`metricwise.metrics.overlap.overlap_from_entries` (one call per order), and the
+pairs with :func:`metricwise.metrics.overlap.overlap_from_entries` (all orders at once), and the
 F-score with array work over the (C, R) matrix. :meth:`CHRF.aggregate_statistics` scores
 candidates against one aggregated reference instead (approximate MBR in linear time).
 """
@@ -26,7 +26,7 @@ import numpy as np
 
 from metricwise.errors import InvalidParameterError
 from metricwise.metrics.base import Metric, register
-from metricwise.metrics.overlap import NgramStatistics, ngram_entries, overlap_from_entries
+from metricwise.metrics.overlap import NgramStatistics, ngram_entries
 from metricwise.text import as_text
 
 #: ASCII punctuation that chrF++ splits off the start or end of a word (``string.punctuation``).
@@ -91,7 +91,7 @@ class CHRF(Metric):
     -----
     ``pairwise(cands, refs)`` returns the (C, R) float64 matrix ``M[i, j] = chrF(cands[i],
     refs[j])``. Cost: n-gram statistics of the distinct strings (O(total characters x orders),
-    in numpy); one :func:`~metricwise.metrics.overlap.overlap_from_entries` per order; then
+    in numpy); one :func:`~metricwise.metrics.overlap.overlap_from_entries` for all orders; then
     O(C x R x orders) array work. With a list of references, ``score`` takes the best one, as
     sacrebleu does.
 
@@ -152,11 +152,11 @@ class CHRF(Metric):
         Returns
         -------
         NgramStatistics
-            ``entries``: one :class:`~metricwise.metrics.overlap.Entries` per order (character
-            orders 1..char_order, then word orders 1..word_order), one row per text, n-grams
-            numbered alike for all texts. ``sizes``: shape (len(texts), char_order +
-            word_order) float64, each text's n-gram count per order. Compare rows of one
-            call with :meth:`pairwise_statistics` or :meth:`aggregate_statistics`.
+            The n-gram bags of every order (character orders 1..char_order, then word orders
+            1..word_order), one row per text, n-grams numbered alike for all texts; ``sizes``
+            has shape (len(texts), char_order + word_order), each text's n-gram count per
+            order. Compare rows of one call with :meth:`pairwise_statistics` or
+            :meth:`aggregate_statistics`.
 
         Notes
         -----
@@ -184,7 +184,7 @@ class CHRF(Metric):
             sizes += [np.maximum(word_lengths - n, 0) for n in range(self.word_order)]
         n_orders = self.char_order + self.word_order
         table = np.array(sizes, dtype=np.float64).reshape(n_orders, len(texts)).T
-        return NgramStatistics(entries, np.ascontiguousarray(table))
+        return NgramStatistics.from_entries(entries, np.ascontiguousarray(table))
 
     # -- the metric -----------------------------------------------------------------------------
     def _score_one(self, pred: Any, ref: Any) -> float:
@@ -210,15 +210,11 @@ class CHRF(Metric):
 
         Both must come from one :meth:`statistics` call (or its ``take``); passing the same
         object twice uses the symmetric kernel. One
-        :func:`~metricwise.metrics.overlap.overlap_from_entries` per order, then
+        :func:`~metricwise.metrics.overlap.overlap_from_entries` for all orders, then
         :meth:`from_statistics` over the (C, R) matrix.
         """
-        same = cand is ref
         n_c, n_r = cand.n_texts, ref.n_texts
-        matches = [
-            overlap_from_entries(c, r, n_c, n_r, same=same)
-            for c, r in zip(cand.entries, ref.entries, strict=True)
-        ]
+        matches = cand.overlap(ref)  # (orders, C, R)
         hyp_counts, ref_counts = cand.sizes.T[:, :, None], ref.sizes.T[:, None, :]
         # The F-score is a dozen elementwise passes: in blocks of rows that stay in cache they
         # run about twice as fast as over the whole matrix (same operations, same values).
@@ -250,18 +246,18 @@ class CHRF(Metric):
         """
         w = np.asarray(weights, dtype=np.float64)
         w = w / w.sum()
-        n_c = cand.n_texts
-        matches = []
-        for c, r in zip(cand.entries, ref.entries, strict=True):
-            n_items = int(max(c.cols.max(initial=-1), r.cols.max(initial=-1))) + 1
-            mean_count = np.bincount(r.cols, weights=w[r.rows] * r.vals, minlength=n_items)
-            clipped = np.minimum(c.vals, mean_count[c.cols])
-            matches.append(np.bincount(c.rows, weights=clipped, minlength=n_c))
-        mean_sizes = w @ ref.sizes
-        return self.from_statistics(matches, cand.sizes.T, mean_sizes)
+        n_c, n_orders = cand.n_texts, cand.n_orders
+        c, r = cand.entries, ref.entries
+        mean_count = np.bincount(r.cols, weights=w[r.rows] * r.vals, minlength=len(cand.item_order))
+        clipped = np.minimum(c.vals, mean_count[c.cols])
+        # One sum per (candidate, order): the orders' n-grams are numbered together.
+        cell = c.rows * n_orders + cand.item_order[c.cols]
+        matches = np.bincount(cell, weights=clipped, minlength=n_c * n_orders)
+        matches = matches.reshape(n_c, n_orders).T
+        return self.from_statistics(matches, cand.sizes.T, w @ ref.sizes)
 
     def from_statistics(
-        self, matches: Sequence[np.ndarray], hyp_counts: Any, ref_counts: Any
+        self, matches: Sequence[np.ndarray] | np.ndarray, hyp_counts: Any, ref_counts: Any
     ) -> np.ndarray:
         """chrF (0-100) from per-order statistics, elementwise over broadcastable arrays.
 
@@ -316,7 +312,7 @@ class CHRF(Metric):
             return score
 
     def _eps_smoothed(
-        self, matches: Sequence[np.ndarray], hyp_counts: Any, ref_counts: Any
+        self, matches: Sequence[np.ndarray] | np.ndarray, hyp_counts: Any, ref_counts: Any
     ) -> np.ndarray:
         """chrF with chrF++.py's epsilon smoothing: the mean of per-order F-scores."""
         factor = self.beta**2

@@ -20,9 +20,11 @@ cheaper of two exact paths:
   would cost O(C x R) flops however few rows hold the item.
 
 An item goes the sparse way when its pairs are cheaper to scatter than its K_g columns are to
-multiply (on one core an indicator column of a C x R product costs about as much as scattering
-``_COLUMN_COST_IN_PAIRS x C x R`` pairs). Items repeated more than ``_MAX_LEVELS`` times on both sides (a character in a long
-text) are added as one O(C x R) outer minimum each instead of K_g columns.
+build and multiply (on one core an indicator column of a C x R product costs about as much as
+scattering ``_COLUMN_COST_IN_PAIRS x C x R + _COLUMN_FIXED_PAIRS x (C + R)`` pairs: flops, plus
+the memory of the column itself, which dominates skinny products such as 1024 x 16). Items
+repeated more than ``_MAX_LEVELS`` times on both sides (a character in a long text) are added
+as one O(C x R) outer minimum each instead of K_g columns.
 
 Every partial sum is an integer far below 2**24, so the float32 products and float64 scatters
 are exact: the result does not depend on which path an item takes, nor on BLAS's summation order.
@@ -37,6 +39,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from itertools import chain, count, repeat
 from typing import NamedTuple, TypeVar
 
@@ -55,9 +58,11 @@ _MAX_LEVELS = 256
 #: Scattered (row, row) pairs per ``bincount`` batch: bounds the index arrays (about 48 bytes a
 #: pair) to about 100 MB.
 _MAX_PAIRS = 2 * 1024 * 1024
-#: Scattered pairs that cost as much as one indicator column of a C x R product, per C x R
-#: cell: measured on one core (float32 GEMM ~40 GFLOP/s, ~40 ns per scattered pair).
+#: Scattered pairs that cost as much as one indicator column of a C x R product: per C x R
+#: cell (flops) and per C + R row (the column's memory). Measured on one core (float32 GEMM
+#: ~40 GFLOP/s, ~40 ns per scattered pair) on 1024 x 1024, 1024 x 16 and 12 x 256 products.
 _COLUMN_COST_IN_PAIRS = 1.0 / 1024
+_COLUMN_FIXED_PAIRS = 1.0 / 8
 
 
 class Entries(NamedTuple):
@@ -71,34 +76,86 @@ class Entries(NamedTuple):
     cols: np.ndarray  # (E,) int64: the item's number
     vals: np.ndarray  # (E,) int64: its count in the bag
 
-    def take(self, rows: np.ndarray, n_rows: int) -> Entries:
-        """The entries of the bags ``rows`` (distinct, of ``n_rows``), renumbered 0..len(rows)-1."""
-        position = np.full(n_rows, -1, dtype=np.int64)
-        position[rows] = np.arange(len(rows))
-        new_rows = position[self.rows]
-        keep = new_rows >= 0
-        return Entries(new_rows[keep], self.cols[keep], self.vals[keep])
 
-
-class NgramStatistics(NamedTuple):
+@dataclass(frozen=True)
+class NgramStatistics:
     """The n-gram bags of B texts for every order, with one numbering of the n-grams.
 
-    Statistics taken from one :class:`NgramStatistics` (with :meth:`take`) compare with each
-    other; statistics computed separately do not (their n-gram numbers differ).
+    The n-grams of all orders are numbered together (order k's numbers follow order k-1's), so
+    one kernel call compares every order at once; ``item_order`` says which order a number
+    belongs to. Statistics taken from one :class:`NgramStatistics` (with :meth:`take`) compare
+    with each other; statistics computed separately do not. Build with :meth:`from_entries`.
     """
 
-    entries: list[Entries]  # one per order
+    entries: Entries  # all orders, grouped by row (rows ascending)
+    item_order: np.ndarray  # (G,) int64: the order of each n-gram number
     sizes: np.ndarray  # (B, orders) float64: each text's n-gram count per order
+    starts: np.ndarray  # (B + 1,) int64: where each row's entries start
+
+    @classmethod
+    def from_entries(cls, entries: Sequence[Entries], sizes: np.ndarray) -> NgramStatistics:
+        """Number the orders' n-grams together and group the entries by row.
+
+        ``entries[k]`` holds order k's bags with its own numbering; ``sizes`` is (B, orders).
+        Grouping by row makes :meth:`take` cost O(what it takes).
+        """
+        n = int(sizes.shape[0])
+        n_items = [int(e.cols.max(initial=-1)) + 1 for e in entries]
+        offsets = np.cumsum([0, *n_items])
+        rows = np.concatenate([e.rows for e in entries]) if entries else np.zeros(0, np.int64)
+        cols = np.concatenate([e.cols + offsets[k] for k, e in enumerate(entries)] or [rows])
+        vals = np.concatenate([e.vals for e in entries] or [rows])
+        # A radix sort when the row numbers fit in 16 bits (numpy's stable integer sort).
+        order = np.argsort(rows.astype(np.uint16) if n <= 1 << 16 else rows, kind="stable")
+        start = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(rows, minlength=n), out=start[1:])
+        item_order = np.repeat(np.arange(len(entries), dtype=np.int64), n_items)
+        return cls(Entries(rows[order], cols[order], vals[order]), item_order, sizes, start)
 
     @property
     def n_texts(self) -> int:
         return int(self.sizes.shape[0])
 
+    @property
+    def n_orders(self) -> int:
+        return int(self.sizes.shape[1])
+
     def take(self, rows: Sequence[int] | np.ndarray) -> NgramStatistics:
-        """The statistics of the texts ``rows`` (distinct indices), in that order. O(entries)."""
+        """The statistics of the texts ``rows`` (distinct indices), in that order.
+
+        O(len(rows) + their entries); all rows in order return ``self`` itself (so that the
+        kernel sees the same object on both sides and uses its symmetric path).
+        """
         rows = np.asarray(rows, dtype=np.int64)
         n = self.n_texts
-        return NgramStatistics([e.take(rows, n) for e in self.entries], self.sizes[rows])
+        if len(rows) == n and np.array_equal(rows, np.arange(n)):
+            return self
+        first = self.starts[rows]
+        count = self.starts[rows + 1] - first
+        start = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(count, out=start[1:])
+        index = np.arange(int(start[-1])) + np.repeat(first - start[:-1], count)
+        new_rows = np.repeat(np.arange(len(rows), dtype=np.int64), count)
+        e = self.entries
+        taken = Entries(new_rows, e.cols[index], e.vals[index])
+        return NgramStatistics(taken, self.item_order, self.sizes[rows], start)
+
+    def overlap(self, other: NgramStatistics) -> np.ndarray:
+        """Shape (orders, B, B'): the clipped n-gram matches of every pair, per order.
+
+        ``other`` must come from the same statistics (``take``); ``self`` on both sides uses
+        the symmetric kernel.
+        """
+        same = other is self
+        return overlap_from_entries(
+            self.entries,
+            other.entries,
+            self.n_texts,
+            other.n_texts,
+            same=same,
+            item_block=self.item_order,
+            n_blocks=self.n_orders,
+        )
 
 
 def clipped_overlap(cand_bags: Sequence[Bag], ref_bags: Sequence[Bag]) -> np.ndarray:
@@ -118,10 +175,8 @@ def clipped_overlap(cand_bags: Sequence[Bag], ref_bags: Sequence[Bag]) -> np.nda
     (see the module docstring); memory O(C x R) plus bounded batches.
     """
     n_c, n_r = len(cand_bags), len(ref_bags)
-    out = np.zeros((n_c, n_r), dtype=np.float64)
     if n_c == 0 or n_r == 0:
-        return out
-
+        return np.zeros((n_c, n_r), dtype=np.float64)
     # Number the candidates' items; reference items they lack never match and are dropped.
     # Passing the same sequence object on both sides (MBR: candidates against themselves)
     # indexes it once. The lookups run through map() rather than a Python loop: on short texts
@@ -129,25 +184,53 @@ def clipped_overlap(cand_bags: Sequence[Bag], ref_bags: Sequence[Bag]) -> np.nda
     same = cand_bags is ref_bags
     column: dict[Hashable, int] = {}
     cand = _entries(cand_bags, column, add=True)
-    if not column:
-        return out
     ref = cand if same else _entries(ref_bags, column, add=False)
-    return overlap_from_entries(cand, ref, n_c, n_r, same=same)
+    return overlap_from_entries(cand, ref, n_c, n_r, same=same)[0]
 
 
 def overlap_from_entries(
-    cand: Entries, ref: Entries, n_c: int, n_r: int, *, same: bool = False
+    cand: Entries,
+    ref: Entries,
+    n_c: int,
+    n_r: int,
+    *,
+    same: bool = False,
+    item_block: np.ndarray | None = None,
+    n_blocks: int = 1,
 ) -> np.ndarray:
     """:func:`clipped_overlap` of C candidate and R reference bags given as :class:`Entries`.
 
-    ``same`` says that ``ref`` is ``cand`` (the symmetric products). Returns (C, R) float64.
+    Parameters
+    ----------
+    cand, ref:
+        The bags' entries, items numbered alike on both sides. ``same`` says that ``ref`` is
+        ``cand`` (the symmetric products).
+    item_block, n_blocks:
+        Several overlaps at once: item g counts towards output block ``item_block[g]`` (for
+        example the n-gram order), shape (G,). By default every item goes to block 0.
+
+    Returns
+    -------
+    np.ndarray
+        Shape (n_blocks, C, R) float64.
     """
-    out = np.zeros((n_c, n_r), dtype=np.float64)
+    out = np.zeros((n_blocks, n_c, n_r), dtype=np.float64)
     if n_c == 0 or n_r == 0 or len(cand.cols) == 0 or len(ref.cols) == 0:
         return out
     n_items = int(max(cand.cols.max(), ref.cols.max())) + 1
+    if item_block is None:
+        item_block = np.zeros(n_items, dtype=np.int64)
+    else:
+        n_items = max(n_items, len(item_block))
     cand_df = np.bincount(cand.cols, minlength=n_items)
     ref_df = cand_df if same else np.bincount(ref.cols, minlength=n_items)
+    if not same:
+        # Entries of items the other side lacks never match: dropping them first keeps a
+        # small side (one hypothesis against all references) from paying for the large one.
+        cand = _shared_only(cand, ref_df)
+        ref = _shared_only(ref, cand_df)
+        cand_df = np.bincount(cand.cols, minlength=n_items)
+        ref_df = np.bincount(ref.cols, minlength=n_items)
     cand_max = np.zeros(n_items, dtype=np.int64)
     np.maximum.at(cand_max, cand.cols, cand.vals)
     if same:
@@ -159,21 +242,27 @@ def overlap_from_entries(
 
     # The cheaper exact path for each item (module docstring): pairs against columns.
     pairs = cand_df * ref_df
-    cheap = pairs <= (_COLUMN_COST_IN_PAIRS * n_c * n_r) * np.maximum(depth, 1)
+    column_cost = _COLUMN_COST_IN_PAIRS * n_c * n_r + _COLUMN_FIXED_PAIRS * (n_c + n_r)
+    cheap = pairs <= column_cost * np.maximum(depth, 1)
     sparse = cheap & (pairs > 0)
     deep = ~cheap & (depth > _MAX_LEVELS)
     dense = ~cheap & (depth <= _MAX_LEVELS)
     if sparse.any():
-        _scatter_pairs(out, cand, ref, sparse, ref_df, same)
+        _scatter_pairs(out, cand, ref, sparse, ref_df, same, item_block)
     if dense.any():
-        _indicator_products(out, cand, ref, dense, depth, same)
+        # Each block (order) is its own product; their entries are picked out once.
+        cand_dense = _select(cand, dense)
+        ref_dense = cand_dense if same else _select(ref, dense)
+        for block in np.unique(item_block[dense]):
+            items = dense & (item_block == block)
+            _indicator_products(out[block], cand_dense, ref_dense, items, depth, same)
     for g in np.flatnonzero(deep):
         a = np.zeros(n_c)
         b = np.zeros(n_r)
         cm, rm = cand.cols == g, ref.cols == g
         a[cand.rows[cm]] = cand.vals[cm]
         b[ref.rows[rm]] = ref.vals[rm]
-        out += np.minimum(a[:, None], b[None, :])
+        out[item_block[g]] += np.minimum(a[:, None], b[None, :])
     return out
 
 
@@ -252,6 +341,20 @@ def ngram_entries(symbols: np.ndarray, lengths: np.ndarray, max_order: int) -> l
     return out
 
 
+def _select(entries: Entries, items: np.ndarray) -> Entries:
+    """The entries whose item is in the boolean mask ``items``."""
+    keep = items[entries.cols]
+    return Entries(entries.rows[keep], entries.cols[keep], entries.vals[keep])
+
+
+def _shared_only(entries: Entries, other_df: np.ndarray) -> Entries:
+    """``entries`` without those whose item the other side does not hold (``other_df == 0``)."""
+    keep = other_df[entries.cols] > 0
+    if keep.all():
+        return entries
+    return Entries(entries.rows[keep], entries.cols[keep], entries.vals[keep])
+
+
 def _entries(bags: Sequence[Bag], column: dict[Hashable, int], *, add: bool) -> Entries:
     """Flatten ``bags`` into (bag, item number, count) entries.
 
@@ -282,43 +385,54 @@ def _scatter_pairs(
     items: np.ndarray,
     ref_df: np.ndarray,
     same: bool,
+    item_block: np.ndarray,
 ) -> None:
     """Add ``min(a, b)`` of every (candidate, reference) pair sharing an item of ``items``.
 
-    ``items`` is a boolean mask over item numbers, ``ref_df`` the number of reference entries
-    of each item. The reference entries are grouped by item (a stable sort), so the partners of
-    a candidate entry of item g are one contiguous run; pairs are generated in batches of about
-    ``_MAX_PAIRS`` and summed with one ``bincount`` per batch (exact: integer sums). With
-    ``same`` (``cand is ref``) each unordered pair of distinct entries is generated once and
-    added to both its cells, which halves the pairs; an entry's pair with itself adds its count
-    to the diagonal.
+    ``out`` is (blocks, C, R); ``items`` is a boolean mask over item numbers, ``ref_df`` the
+    number of reference entries of each item, ``item_block`` each item's block. The reference
+    entries are grouped by item, so the partners of a candidate entry of item g are one
+    contiguous run; pairs are generated in batches of about ``_MAX_PAIRS`` and summed with one
+    ``bincount`` per batch (exact: integer sums). With ``same`` (``cand is ref``) each
+    unordered pair of distinct entries is generated once and added to both its cells, which
+    halves the pairs; an entry's pair with itself adds its count to the diagonal.
     """
-    n_c, n_r = out.shape
-    ref_order = np.argsort(ref.cols, kind="stable")
-    ref_cols, ref_rows, ref_vals = ref.cols[ref_order], ref.rows[ref_order], ref.vals[ref_order]
-    ref_start = np.zeros(len(ref_df), dtype=np.int64)
-    np.cumsum(ref_df[:-1], out=ref_start[1:])
+    n_blocks, n_c, n_r = out.shape
+    # The reference entries of the selected items, grouped by item.
+    keep = items[ref.cols]
+    ref_cols, ref_rows, ref_vals = ref.cols[keep], ref.rows[keep], ref.vals[keep]
+    # The order within an item is irrelevant: a radix sort when item numbers fit in 16 bits
+    # (numpy's stable sort of small integers), else numpy's default sort.
+    if len(items) <= 1 << 16:
+        order = np.argsort(ref_cols.astype(np.uint16), kind="stable")
+    else:
+        order = np.argsort(ref_cols)
+    ref_cols, ref_rows, ref_vals = ref_cols[order], ref_rows[order], ref_vals[order]
+    df = np.where(items, ref_df, 0)
+    ref_start = np.zeros(len(df), dtype=np.int64)
+    np.cumsum(df[:-1], out=ref_start[1:])
     if same:
         # Entries in item order; the partners of the one at sorted position q are q+1.. to the
         # end of its item's run.
-        sel = np.flatnonzero(items[ref_cols])
-        rows, vals, cols = ref_rows[sel], ref_vals[sel], ref_cols[sel]
-        run_start = sel + 1
-        reps = ref_start[cols] + ref_df[cols] - run_start
-        np.add.at(out, (rows, rows), vals)
+        rows, vals, cols = ref_rows, ref_vals, ref_cols
+        run_start = np.arange(1, len(ref_cols) + 1)
+        reps = ref_start[cols] + df[cols] - run_start
+        np.add.at(out, (item_block[cols], rows, rows), vals)
     else:
-        sel = np.flatnonzero(items[cand.cols])
+        sel = items[cand.cols]
         rows, vals, cols = cand.rows[sel], cand.vals[sel], cand.cols[sel]
         run_start = ref_start[cols]
-        reps = ref_df[cols]
-    partner_vals = ref_vals[items[ref_cols]]
+        reps = df[cols]
+    # Where each entry's cells start in the flattened (blocks, C, R) output.
+    base = item_block[cols] * (n_c * n_r) + rows * n_r
     # All counts 1 (most rare n-grams): every min is 1, and an unweighted bincount is faster.
     ones = len(vals) == 0 or (vals.max() == 1 and vals.min() == 1)
-    ones = ones and (len(partner_vals) == 0 or partner_vals.max() == partner_vals.min() == 1)
+    ones = ones and (len(ref_vals) == 0 or ref_vals.max() == ref_vals.min() == 1)
+    size = n_blocks * n_c * n_r
     ends = np.cumsum(reps)
     summed: np.ndarray | None = None
     first = 0
-    while first < len(sel):
+    while first < len(rows):
         # As many entries as fit in one batch (at least one).
         limit = (ends[first - 1] if first else 0) + _MAX_PAIRS
         last = max(first + 1, int(np.searchsorted(ends, limit, side="right")))
@@ -327,29 +441,34 @@ def _scatter_pairs(
         # Sorted position of each pair's partner: its entry's run start plus its rank in it.
         shift = run_start[first:last] - (np.cumsum(n_rep) - n_rep)
         right = np.arange(total) + np.repeat(shift, n_rep)
-        left_row = np.repeat(rows[first:last], n_rep)
+        left_base = np.repeat(base[first:last], n_rep)
         right_row = ref_rows[right]
         if same:
             # Both cells of each pair, in one index array (a transposed add of the (C, R)
-            # result would cost more than the second half of the indices).
+            # result would cost more than the second half of the indices): with
+            # base = block + i * R, cell (i, j) is base + j and (j, i) is
+            # base + (j - i) * R + i.
+            left_row = np.repeat(rows[first:last], n_rep)
             cell = np.empty(2 * total, dtype=np.int64)
-            np.multiply(left_row, n_r, out=cell[:total])
-            cell[:total] += right_row
-            np.multiply(right_row, n_r, out=cell[total:])
-            cell[total:] += left_row
+            np.add(left_base, right_row, out=cell[:total])
+            transposed = cell[total:]
+            np.subtract(right_row, left_row, out=transposed)
+            transposed *= n_r
+            transposed += left_row
+            transposed += left_base
         else:
-            cell = left_row * n_r + right_row
+            cell = left_base + right_row
         if ones:
-            counts = np.bincount(cell, minlength=n_c * n_r)
+            counts = np.bincount(cell, minlength=size)
         else:
             weights = np.minimum(np.repeat(vals[first:last], n_rep), ref_vals[right])
             if same:
                 weights = np.concatenate([weights, weights])
-            counts = np.bincount(cell, weights=weights, minlength=n_c * n_r)
+            counts = np.bincount(cell, weights=weights, minlength=size)
         summed = counts if summed is None else summed + counts
         first = last
     if summed is not None:
-        out += summed.reshape(n_c, n_r)
+        out += summed.reshape(out.shape)
 
 
 def _indicator_products(
