@@ -812,11 +812,13 @@ def _adds_bos(tokenizer: Any) -> bool:
 
 
 async def _wait_for_disconnect(request: Request) -> None:
-    # The body has been read, so the ASGI server's next message is the disconnect.
+    # The body has been read, so the ASGI server's next message is the disconnect (uvicorn
+    # blocks until then); the pause guards against a server that answers otherwise at once.
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+        await asyncio.sleep(0.05)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -979,7 +981,12 @@ def _decide(sample_set: SampleSet, options: dict[str, Any]) -> Decision:
 
 
 def answer_text(value: Any) -> str:
-    """A decision's output as the text of a choice: numbers in their shortest exact form."""
+    """A decision's output as the text of a choice.
+
+    Numbers get at most 15 significant digits, which every float holds exactly, so that a mean
+    reads 4.175 rather than 4.175000000000001; the exact value is the ``metricwise`` object's
+    ``output``. Whole numbers are written without ".0".
+    """
     if value is None:
         return ""
     if isinstance(value, str):
@@ -990,9 +997,11 @@ def answer_text(value: Any) -> str:
         number = float(value)
     except (TypeError, ValueError):
         return str(value)
+    if not math.isfinite(number):
+        return str(number)
     if number.is_integer() and abs(number) < 1e15:
         return str(int(number))
-    return repr(number)
+    return format(number, ".15g")
 
 
 def _json_safe(value: Any) -> Any:
