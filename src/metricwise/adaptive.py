@@ -20,18 +20,21 @@ weights, Kish's ESS otherwise). Sampling stops when ``P(settled) >= confidence``
     unseen rival. Assumption: answers are exchangeable draws. It can stop too early when the
     true mode has small mass and was not drawn yet; ``min_n`` is the floor for that.
 ``mean``, ``median``, ``quantile``, ``grid``
-    The probability that the answer lies within ``tolerance`` (in the answer's unit) of the
-    answer the samples' distribution would give with all the data: a bootstrap of the support
-    (``m`` draws with replacement from the weighted samples), the rule re-applied to each
-    resample, and the share within ``tolerance`` of the current answer. Assumption: the
-    bootstrap spread of the estimate reflects its sampling error, which is optimistic for very
-    small ``m`` (two equal samples look certain): ``min_n`` again.
+    The probability that the final answer, the one ``max_n`` samples would give, lies within
+    ``tolerance`` (in the answer's unit) of the current one. A predictive bootstrap: the
+    ``f`` usable samples still to come (``max_n`` minus the samples drawn, times the share
+    usable so far) are drawn from the current weighted samples and pooled with the ``m`` seen,
+    weights ``(m * w + counts) / (m + f)``; the rule is re-applied to each such final
+    distribution. With nothing left to draw the decision is final (probability 1). Assumption:
+    the samples to come look like those seen, which is optimistic for very small ``m`` (two
+    equal samples look certain): ``min_n`` again. The criterion asks whether fixed N would
+    decide the same, not whether infinitely many samples would.
 ``mbr``
-    The probability that the current best candidate stays best, or loses less than
-    ``tolerance`` expected utility, when the pseudo-references are resampled (the same
-    bootstrap of the weights, the candidates' expected utilities recomputed from one pairwise
-    matrix). This is the resampling idea of confidence-based pruning (Cheng and Vlachos 2023)
-    applied to the stopping decision.
+    The probability that the current best candidate stays best at ``max_n``, or loses less
+    than ``tolerance`` expected utility, when the pseudo-references still to come are drawn
+    the same way (the candidates' expected utilities recomputed from one pairwise matrix).
+    This is the resampling idea of confidence-based pruning (Cheng and Vlachos 2023) applied
+    to the stopping decision.
 """
 
 from __future__ import annotations
@@ -134,7 +137,15 @@ def settled_probability(
     rng = np.random.default_rng(adaptive.seed)
     if decision.rule == "mode":
         return _mode_settled(decision.output, values, weights, effective, metric_obj, adaptive, rng)
-    resampled = rng.multinomial(effective, weights, size=adaptive.resamples) / effective
+    # The samples still to come up to max_n, of which the same share is usable as so far, are
+    # drawn from the current distribution and pooled with the samples seen: each row is one
+    # possible final distribution at max_n (a predictive bootstrap).
+    to_come = max(0, adaptive.max_n - decision.n_total)
+    future = round(to_come * decision.n_valid / max(1, decision.n_total))
+    if future == 0:
+        return 1.0  # nothing more will be drawn: the decision is final
+    drawn = rng.multinomial(future, weights, size=adaptive.resamples)
+    resampled = (effective * weights[None, :] + drawn) / (effective + future)
     if decision.rule == "mbr":
         return _mbr_settled(decision.output, values, resampled, metric_obj, adaptive)
     return _numeric_settled(
@@ -284,10 +295,10 @@ def sample_and_decide(
             probability = settled_probability(
                 decision, decide_options["metric"], adaptive, **probability_options, **metric_args
             )
-            if decision.ok and probability >= adaptive.confidence:
-                stopped = "settled"
-            elif n >= adaptive.max_n:
+            if n >= adaptive.max_n:
                 stopped = "max_n" if decision.ok else "no_valid_samples"
+            elif decision.ok and probability >= adaptive.confidence:
+                stopped = "settled"
             else:
                 still.append(prompt)
                 continue
