@@ -33,6 +33,14 @@ normalize to ``""``, cannot outvote real ones. With none left the decision fails
 Memory is bounded whatever N: a candidates x samples matrix (MBR's utilities, the mode's
 closeness) that would not fit in ``_PAIRWISE_BUDGET_BYTES`` (256 MiB) is filled and reduced in
 blocks of candidate rows.
+
+Exact MBR costs H x R utility evaluations (H distinct hypotheses, R distinct samples). For large
+N, ``decide(..., mbr=...)`` offers two approximations, each reporting what it computed in
+``Decision.mbr``: ``"prune"``, confidence-based pruning (Cheng and Vlachos, "Faster Minimum
+Bayes Risk Decoding with Confidence-based Pruning", EMNLP 2023), for any metric; and
+``"aggregate"``, reference aggregation (DeNero, Chiang and Knight, "Fast Consensus Decoding over
+Translation Forests", ACL 2009; Vamvas and Sennrich, "Linear-time Minimum Bayes Risk Decoding
+with Reference Aggregation", 2024), for metrics whose n-gram statistics can be averaged (chrF).
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ import numpy as np
 from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
 from metricwise.extract import Extractor, check_range, clip, extract_number
 from metricwise.metrics.base import Metric, resolve
-from metricwise.types import COMPLETE_FINISH_REASONS, Decision, SampleSet, SupportItem
+from metricwise.types import COMPLETE_FINISH_REASONS, Decision, MBRStats, SampleSet, SupportItem
 
 RULES: tuple[str, ...] = ("mode", "mean", "median", "quantile", "grid", "mbr")
 NUMBER_RULES: frozenset[str] = frozenset({"mean", "median", "quantile", "grid"})
@@ -60,6 +68,20 @@ _PAIRWISE_BUDGET_BYTES = 256 * 1024 * 1024
 #: How many (rows, R) float64 arrays a metric holds at once while filling one block: chrF keeps
 #: one match matrix per order (6 by default) and about as many temporaries for its F-score.
 _PAIRWISE_WORKING_COPIES = 16
+#: How an MBR decision searches: every pair, confidence-based pruning, or one aggregated reference.
+MBR_METHODS: tuple[str, ...] = ("exact", "prune", "aggregate")
+#: Pruning (Cheng and Vlachos 2023): the first round compares every hypothesis with this many
+#: sampled pseudo-references, and each round multiplies them by _PRUNE_GROWTH until all are used.
+_PRUNE_FIRST_ROUND = 16
+_PRUNE_GROWTH = 2
+#: A hypothesis is dropped when it beats or ties the leader in fewer than 1 - confidence of the
+#: bootstrap resamples of the references used so far (the paper's alpha = 0.99).
+_PRUNE_CONFIDENCE = 0.99
+#: Bootstrap resamples per round (the paper uses 500).
+_PRUNE_BOOTSTRAP = 500
+#: Seed of the order in which samples enter the rounds and of the bootstrap, so that a decision
+#: is reproducible (and, like the others, independent of the samples' order).
+_PRUNE_SEED = 0
 
 
 def decide(
@@ -77,6 +99,7 @@ def decide(
     extractor: Callable[[str], Any] | str | None = None,
     include_incomplete: bool = False,
     candidates: Sequence[Any] | None = None,
+    mbr: str = "exact",
     **metric_args: Any,
 ) -> Decision:
     """Return the answer that is Bayes-optimal for ``metric`` under the samples' distribution.
@@ -133,6 +156,27 @@ def decide(
         (``"unparsable"``), for text rules (``mode``, ``mbr``) one with no letter or digit
         after the extractor (``"empty"``: ``""``, ``" /"``, ``"..."``; text in any script
         counts).
+    mbr:
+        How the ``"mbr"`` rule searches (H distinct hypotheses, R distinct samples):
+
+        - ``"exact"`` (default): every hypothesis against every sample, H x R evaluations.
+        - ``"prune"``: confidence-based pruning (Cheng and Vlachos, EMNLP 2023). Samples enter
+          in a fixed pseudo-random order, 16 then twice as many each round; each round scores
+          the hypotheses still in contention against the samples so far, bootstraps their
+          expected utilities (500 resamples) and drops every hypothesis that beats or ties the
+          leader in under 1% of them, until one is left or all samples are used. Any metric;
+          usually far fewer evaluations, and the same answer as exact MBR unless several
+          hypotheses are nearly tied.
+        - ``"aggregate"``: reference aggregation (DeNero et al., ACL 2009; Vamvas and Sennrich
+          2024, ``fastchrf.aggregate_chrf``): each hypothesis is scored once against a single
+          reference whose n-gram counts are the samples' weighted average; O(H + R) instead of
+          O(H x R). It optimises a different objective (the metric of the average, not the
+          average of the metric), so it can pick differently. Only for metrics whose
+          statistics average (``chrf``); others raise :class:`InvalidParameterError`.
+
+        Both approximations report the exact expected metric of their answer (one more row of
+        R evaluations) and what they computed in ``Decision.mbr``. Any value other than
+        ``"exact"`` needs the ``"mbr"`` rule (or ``candidates``).
     **metric_args:
         Passed to the registered metric (for example ``tau=0.9`` for ``pinball``).
 
@@ -156,6 +200,7 @@ def decide(
     check_weighting(weights)
     metric_obj = resolve(metric, higher_is_better=higher_is_better, **metric_args)
     rule_name = _choose_rule(rule, metric_obj)
+    _check_mbr(mbr, metric_obj, "mbr" if candidates is not None else rule_name)
     numeric = metric_obj.kind == "number" or rule_name in NUMBER_RULES
 
     raw, logp, logq, finish = _unpack_samples(samples, logprobs, proposal_logprobs)
@@ -203,11 +248,15 @@ def decide(
             candidates,
             support_values,
             support_weights,
+            support_counts,
             metric_obj,
             numeric,
             extract_fn,
             valid_range,
+            mbr,
         )
+    elif rule_name == "mbr":
+        output = _rule_mbr(support_values, support_weights, support_counts, metric_obj, method=mbr)
     else:
         output = _RULE_FUNCTIONS[rule_name](
             support_values, support_weights, support_counts, metric_obj, valid_range, grid
@@ -217,8 +266,9 @@ def decide(
             rule_name, metric_obj, n_total, weighting, excluded,
             f"none of the {len(candidates or ())} candidates is a usable answer",
         )  # fmt: skip
+    mbr_stats = None
     if isinstance(output, _Scored):
-        output, expected = output.value, output.expected
+        output, expected, mbr_stats = output.value, output.expected, output.mbr
     else:
         expected = float(metric_obj.pairwise([output], support_values)[0] @ support_weights)
 
@@ -241,6 +291,7 @@ def decide(
         weighting=weighting,
         effective_sample_size=ess,
         excluded=excluded,
+        mbr=mbr_stats,
     )
 
 
@@ -268,10 +319,12 @@ def _best_hypothesis(
     candidates: Sequence[Any],
     values: list[Any],
     weights: np.ndarray,
+    counts: np.ndarray,
     metric: Metric,
     numeric: bool,
     extract_fn: Callable[[str], Any] | None,
     valid_range: tuple[float, float] | None,
+    method: str = "exact",
 ) -> _Scored | None:
     """The hypothesis with the best expected metric against the weighted samples ``values``.
 
@@ -292,9 +345,7 @@ def _best_hypothesis(
     hypotheses = sorted(set(hypotheses), key=_value_key)
     mass = dict(zip(values, weights, strict=True))
     evidence = np.array([mass.get(h, 0.0) for h in hypotheses])
-    expected = _expected_scores(metric, hypotheses, values, weights)
-    best = _best_index(expected, evidence, hypotheses, metric.higher_is_better)
-    return _Scored(hypotheses[best], float(expected[best]))
+    return _mbr_search(metric, hypotheses, evidence, values, weights, counts, method)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -737,19 +788,277 @@ class _Scored:
 
     value: Any
     expected: float
+    mbr: MBRStats | None = None
 
 
 def _rule_mbr(
-    values: list[Any], weights: np.ndarray, counts: np.ndarray, metric: Metric, *_: Any
+    values: list[Any],
+    weights: np.ndarray,
+    counts: np.ndarray,
+    metric: Metric,
+    *_: Any,
+    method: str = "exact",
 ) -> _Scored:
     """argmax over distinct candidates c of sum_j w_j u(c, y_j), from the (C, C) pairwise matrix.
 
     The matrix is filled in blocks of rows when it does not fit in the memory budget (see
-    :func:`_expected_scores`).
+    :func:`_expected_scores`). ``method`` ``"prune"`` or ``"aggregate"`` approximates the argmax
+    instead (see :func:`_mbr_search`).
     """
-    expected = _expected_scores(metric, values, values, weights)
-    best = _best_index(expected, weights, values, metric.higher_is_better)
-    return _Scored(values[best], float(expected[best]))
+    return _mbr_search(metric, values, weights, values, weights, counts, method)
+
+
+# ---------------------------------------------------------------------------------------------
+# MBR: exact, pruned, aggregated
+
+
+def _check_mbr(method: object, metric: Metric, rule: str) -> None:
+    """Raise for an unknown MBR method, or one that the metric or the rule cannot use."""
+    if not isinstance(method, str) or method not in MBR_METHODS:
+        raise UnknownNameError(
+            f"The 'mbr' parameter of decide must be one of {', '.join(MBR_METHODS)}. Got {method!r} instead."
+            f"{did_you_mean(str(method), list(MBR_METHODS))}"
+        )
+    if method == "exact":
+        return
+    if rule != "mbr":
+        raise InvalidParameterError(
+            f"The 'mbr' parameter of decide applies to the 'mbr' rule, but metric {metric.name!r} is "
+            f"decided by the {rule!r} rule. Got mbr={method!r} instead; pass rule='mbr' or leave mbr='exact'."
+        )
+    if method == "aggregate" and not _has_ngram_statistics(metric):
+        raise InvalidParameterError(
+            "The 'mbr' parameter of decide is 'aggregate', which needs a metric whose n-gram "
+            "statistics can be averaged over the samples (chrf, also with word_order). Got metric "
+            f"{metric.signature()!r} instead; use mbr='prune' or mbr='exact'."
+        )
+
+
+def _has_ngram_statistics(metric: Metric) -> bool:
+    """Whether ``metric`` computes per-string n-gram statistics once and compares their rows
+    (``statistics``, ``pairwise_statistics`` and ``aggregate_statistics``, as chrF does)."""
+    return all(
+        callable(getattr(metric, name, None))
+        for name in ("statistics", "pairwise_statistics", "aggregate_statistics")
+    )
+
+
+def _mbr_search(
+    metric: Metric,
+    hypotheses: list[Any],
+    evidence: np.ndarray,
+    refs: list[Any],
+    weights: np.ndarray,
+    counts: np.ndarray,
+    method: str,
+) -> _Scored:
+    """The MBR choice among ``hypotheses`` against the weighted distinct samples ``refs``.
+
+    Parameters
+    ----------
+    metric:
+        The utility (or loss).
+    hypotheses:
+        H distinct candidates (for MBR over the samples, the same list object as ``refs``).
+    evidence:
+        Shape (H,): each hypothesis's weight among the samples, for tie-breaking.
+    refs, weights, counts:
+        R distinct samples, shape (R,) weights summing to 1, and shape (R,) how many samples
+        each stands for.
+    method:
+        ``"exact"`` (H x R evaluations, blocked under the memory budget), ``"prune"``
+        (:func:`_pruned_choice`) or ``"aggregate"`` (:func:`_aggregate_choice`).
+
+    Returns
+    -------
+    _Scored
+        The chosen hypothesis, its exact expected metric against all of ``refs`` (for the
+        approximations one more row of R evaluations), and :class:`MBRStats`.
+    """
+    n_h, n_r = len(hypotheses), len(refs)
+    if method == "exact":
+        expected = _expected_scores(metric, hypotheses, refs, weights)
+        best = _best_index(expected, evidence, hypotheses, metric.higher_is_better)
+        stats = MBRStats("exact", n_h, n_r, evaluations=n_h * n_r, rounds=1, remaining=n_h)
+        return _Scored(hypotheses[best], float(expected[best]), stats)
+    scorer = _PairScorer(metric, hypotheses, refs)
+    if method == "aggregate":
+        best, rounds, remaining = _aggregate_choice(scorer, evidence, weights), 1, n_h
+    else:
+        best, rounds, remaining = _pruned_choice(scorer, evidence, weights, counts)
+    expected_best = float(scorer.pairwise(np.array([best]), np.arange(n_r))[0] @ weights)
+    stats = MBRStats(method, n_h, n_r, scorer.evaluations, rounds=rounds, remaining=remaining)
+    return _Scored(hypotheses[best], expected_best, stats)
+
+
+class _PairScorer:
+    """Utilities of (hypothesis, reference) index pairs, with the per-string work done once.
+
+    A metric with n-gram statistics (see :func:`_has_ngram_statistics`) has them computed once
+    for all strings, and each call compares row subsets of them; any other metric gets
+    ``pairwise`` on the strings. ``evaluations`` counts the pairs scored.
+    """
+
+    def __init__(self, metric: Metric, hypotheses: list[Any], refs: list[Any]) -> None:
+        self.metric = metric
+        self.hypotheses, self.refs = hypotheses, refs
+        self.evaluations = 0
+        self.stats: Any = None
+        if _has_ngram_statistics(metric):
+            same = hypotheses is refs
+            self.stats = metric.statistics(hypotheses if same else [*hypotheses, *refs])  # type: ignore[attr-defined]
+            self.hyp_rows = np.arange(len(hypotheses))
+            self.ref_rows = self.hyp_rows if same else len(hypotheses) + np.arange(len(refs))
+
+    def pairwise(self, hyp_index: np.ndarray, ref_index: np.ndarray) -> np.ndarray:
+        """Shape (len(hyp_index), len(ref_index)): ``u(hypotheses[i], refs[j])``."""
+        self.evaluations += len(hyp_index) * len(ref_index)
+        if self.stats is None:
+            return self.metric.pairwise(
+                [self.hypotheses[i] for i in hyp_index], [self.refs[j] for j in ref_index]
+            )
+        take = self.stats.take
+        return self.metric.pairwise_statistics(  # type: ignore[attr-defined]
+            take(self.hyp_rows[hyp_index]), take(self.ref_rows[ref_index])
+        )
+
+    def expected(self, hyp_index: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Shape (len(hyp_index),): exact expected metric against all references, in blocks
+        of rows under the memory budget (as :func:`_expected_scores`)."""
+        rows = _block_rows(len(self.refs))
+        everything = np.arange(len(self.refs))
+        parts = [
+            self.pairwise(hyp_index[i : i + rows], everything) @ weights
+            for i in range(0, len(hyp_index), rows)
+        ]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    def aggregate(self, weights: np.ndarray) -> np.ndarray:
+        """Shape (H,): each hypothesis against the ``weights``-averaged references."""
+        take = self.stats.take
+        return self.metric.aggregate_statistics(  # type: ignore[attr-defined]
+            take(self.hyp_rows), take(self.ref_rows), weights
+        )
+
+
+def _aggregate_choice(scorer: _PairScorer, evidence: np.ndarray, weights: np.ndarray) -> int:
+    """Index of the hypothesis with the best metric against the aggregated reference.
+
+    DeNero et al. (2009); Vamvas and Sennrich (2024): O(total n-grams) for all H scores instead
+    of H x R pairwise evaluations. Ties are broken as exact MBR breaks them.
+    """
+    scores = scorer.aggregate(weights)
+    return _best_index(scores, evidence, scorer.hypotheses, scorer.metric.higher_is_better)
+
+
+def _pruned_choice(
+    scorer: _PairScorer, evidence: np.ndarray, weights: np.ndarray, counts: np.ndarray
+) -> tuple[int, int, int]:
+    """Confidence-based pruning (Cheng and Vlachos, EMNLP 2023). Returns (best, rounds, left).
+
+    The N samples (distinct reference j stands for ``counts[j]`` samples of weight
+    ``weights[j] / counts[j]``) enter in a seeded pseudo-random order: ``_PRUNE_FIRST_ROUND``,
+    then twice as many each round. A round scores the hypotheses still in contention against
+    the distinct references it newly needs and estimates their expected utilities on the
+    samples so far (self-normalised weighted means). It then resamples those samples
+    ``_PRUNE_BOOTSTRAP`` times with replacement: a hypothesis whose resampled estimate beats or
+    ties the leader's in fewer than ``1 - _PRUNE_CONFIDENCE`` of the resamples is dropped (a
+    paired bootstrap on the same resamples; the leader always stays). The search stops when one
+    hypothesis is left or every sample has been used; then the best estimate among the
+    survivors (their exact expected utility) wins, ties broken as exact MBR breaks them.
+
+    Cost: the sum over rounds of (hypotheses left) x (new distinct references) evaluations (the
+    first round alone is H x 16), plus O(left x distinct references x resamples) flops for the
+    bootstrap. Memory: the survivors' utilities against the references so far; when that
+    would pass the memory budget, the survivors are finished exactly in blocks instead.
+    """
+    n_h = len(scorer.hypotheses)
+    if n_h == 1:
+        return 0, 0, 1
+    rng = np.random.default_rng(_PRUNE_SEED)
+    # Every sample as a unit (a distinct reference's copies share its weight), in random order.
+    unit_ref = np.repeat(np.arange(len(counts)), counts)
+    unit_weight = np.repeat(weights / counts, counts)
+    order = rng.permutation(len(unit_ref))
+    unit_ref, unit_weight = unit_ref[order], unit_weight[order]
+    n_units = len(unit_ref)
+    sign = 1.0 if scorer.metric.higher_is_better else -1.0  # work with "larger is better"
+    cell_budget = _PAIRWISE_BUDGET_BYTES // (8 * _PAIRWISE_WORKING_COPIES)
+
+    alive = np.arange(n_h)
+    column = np.full(len(counts), -1, dtype=np.int64)  # reference -> its column in `utility`
+    utility = np.zeros((n_h, 0))
+    size, rounds = min(_PRUNE_FIRST_ROUND, n_units), 0
+    while True:
+        rounds += 1
+        unit_column_ref = unit_ref[:size]
+        new = np.unique(unit_column_ref[column[unit_column_ref] < 0])
+        if len(alive) * (utility.shape[1] + len(new)) > cell_budget:
+            # Pruning has not narrowed the field enough to keep its matrix in memory.
+            expected = sign * scorer.expected(alive, weights)
+            break
+        if len(new):
+            column[new] = utility.shape[1] + np.arange(len(new))
+            utility = np.hstack([utility, sign * scorer.pairwise(alive, new)])
+        unit_column = column[unit_column_ref]
+        w = unit_weight[:size]
+        # Weight of each reference column among the samples so far (a reference may repeat).
+        column_weight = np.bincount(unit_column, weights=w, minlength=utility.shape[1])
+        expected = utility @ column_weight / w.sum()
+        if size == n_units:
+            break
+        leader = int(np.argmax(expected))
+        # A hypothesis below the leader on every sample so far is below it in every resample
+        # (a resample's mean is a weighted mean of those samples): its win rate is exactly 0,
+        # without resampling. Only the others are bootstrapped.
+        used = np.unique(unit_column)
+        open_ = np.flatnonzero((utility[:, used] >= utility[leader, used]).any(axis=1))
+        keep = np.zeros(len(alive), dtype=bool)
+        if len(open_) > 1:
+            local_leader = int(np.searchsorted(open_, leader))
+            wins = _bootstrap_wins(utility[open_], unit_column, w, local_leader, rng)
+            keep[open_] = wins >= 1.0 - _PRUNE_CONFIDENCE
+        keep[leader] = True
+        alive, utility, expected = alive[keep], utility[keep], expected[keep]
+        if len(alive) == 1:
+            break
+        size = min(_PRUNE_GROWTH * size, n_units)
+    if len(alive) == 1:
+        return int(alive[0]), rounds, 1
+    hypotheses = [scorer.hypotheses[i] for i in alive]
+    local = _best_index(expected, evidence[alive], hypotheses, higher_is_better=True)
+    return int(alive[local]), rounds, len(alive)
+
+
+def _bootstrap_wins(
+    utility: np.ndarray,
+    unit_column: np.ndarray,
+    unit_weight: np.ndarray,
+    leader: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Shape (H,): the share of bootstrap resamples in which each row's weighted mean utility
+    is at least the leader's.
+
+    ``utility`` is (H, D) over distinct references; the n samples map to columns
+    ``unit_column`` with weights ``unit_weight``. Each resample draws n samples with
+    replacement; the resamples go in chunks so that their (chunk, n) counts stay small.
+    """
+    n = len(unit_column)
+    n_columns = utility.shape[1]
+    chunk = max(1, min(_PRUNE_BOOTSTRAP, (1 << 21) // max(n, n_columns)))
+    wins = np.zeros(len(utility))
+    for start in range(0, _PRUNE_BOOTSTRAP, chunk):
+        b = min(chunk, _PRUNE_BOOTSTRAP - start)
+        draws = rng.integers(0, n, size=(b, n), dtype=np.int32)
+        # Resampled weight of each reference column, per resample: (b, D).
+        flat = (np.arange(b)[:, None] * n_columns + unit_column[draws]).ravel()
+        column_weight = np.bincount(
+            flat, weights=unit_weight[draws].ravel(), minlength=b * n_columns
+        ).reshape(b, n_columns)
+        means = (utility @ column_weight.T) / column_weight.sum(axis=1)  # (H, b)
+        wins += (means >= means[leader]).sum(axis=1)
+    return wins / _PRUNE_BOOTSTRAP
 
 
 def _rule_grid(

@@ -137,6 +137,47 @@ class SupportItem:
 
 
 @dataclass(frozen=True)
+class MBRStats:
+    """What a minimum Bayes risk decision computed (``Decision.mbr``).
+
+    Attributes
+    ----------
+    method:
+        ``"exact"`` (every hypothesis against every pseudo-reference), ``"prune"``
+        (confidence-based pruning, Cheng and Vlachos 2023) or ``"aggregate"`` (one aggregated
+        reference, DeNero et al. 2009; Vamvas and Sennrich 2024). See :func:`metricwise.decide`.
+    n_hypotheses, n_references:
+        Distinct hypotheses (what may be returned) and distinct pseudo-references (samples).
+    evaluations:
+        Utility evaluations ``u(h, y)`` of distinct (hypothesis, reference) pairs: H x R for
+        exact MBR, fewer for the approximations (counting the row that gives the output's
+        exact expected utility).
+    rounds:
+        Rounds of growing reference subsets (``"prune"``); 1 otherwise.
+    remaining:
+        Hypotheses still in contention when the search stopped (all of them for ``"exact"``
+        and ``"aggregate"``).
+    """
+
+    method: str
+    n_hypotheses: int
+    n_references: int
+    evaluations: int
+    rounds: int = 1
+    remaining: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "n_hypotheses": self.n_hypotheses,
+            "n_references": self.n_references,
+            "evaluations": self.evaluations,
+            "rounds": self.rounds,
+            "remaining": self.remaining,
+        }
+
+
+@dataclass(frozen=True)
 class Decision:
     """The Bayes-optimal answer for one set of samples.
 
@@ -171,6 +212,9 @@ class Decision:
         Set by adaptive sampling (:mod:`metricwise.adaptive`): the samples drawn, why sampling
         stopped (``"settled"``, ``"max_n"`` or ``"no_valid_samples"``), and the estimated
         probability that more samples would not change the decision.
+    mbr:
+        Set by MBR decisions (rule ``"mbr"``): the method (exact or an approximation) and how
+        much it computed, as :class:`MBRStats`; ``None`` for the other rules.
     """
 
     output: Any
@@ -188,6 +232,7 @@ class Decision:
     n_used: int | None = None
     stopped: str | None = None
     settled_probability: float | None = None
+    mbr: MBRStats | None = None
 
     @property
     def ok(self) -> bool:
@@ -229,6 +274,8 @@ class Decision:
                     "settled_probability": self.settled_probability,
                 }
             )
+        if self.mbr is not None:
+            out["mbr"] = self.mbr.to_dict()
         return out
 
 
