@@ -17,30 +17,48 @@ strings) and prints decisions per second and the ratio as a markdown table. When
 loop would exceed ``--max-pairs`` pairs it is timed on a random subset of candidate rows and
 extrapolated (marked); those rows are checked against metricwise's matrix instead.
 
-The overlap kernels use BLAS matrix products; on a small machine shared with other busy
-processes, multi-threaded BLAS can spend more time waiting than computing on these small
-products, so compare runs with ``OPENBLAS_NUM_THREADS=1`` too (the header prints the setting).
+A second part, "MBR at large N", decides over N = 1024 real sentences per sample set (three
+families: windows of 1024 distinct STS-B training sentences, windows of 1024 distinct SQuAD
+context sentences, and paraphrase sets of N perturbed copies of 2-4 modes as above) and prints
+
+* exact MBR (``decide(samples, metric)``) for chrF, BLEU and token F1, and for chrF the fastest
+  chrF MBR kernel on PyPI, ``fastchrf.pairwise_chrf`` (Rust; single-threaded here), as the
+  baseline: seconds per decision, the speed-up, and a check that both pick a candidate of the
+  same expected utility (fastchrf's argmax scored with metricwise's exact matrix, to 1e-6);
+* the approximations ``decide(..., mbr="prune")`` (Cheng and Vlachos 2023; any metric) and
+  ``mbr="aggregate"`` (DeNero et al. 2009, Vamvas and Sennrich 2024; chrF) against exact MBR
+  timed side by side on the same sets: speed ratio, share of sets with the same pick, mean
+  loss of expected utility, and evaluations as a share of exact MBR's H x R.
+
+All timings pin BLAS (and fastchrf's thread pool) to one thread. Timings on a shared machine
+are noisy: compare the ratios of one run, not numbers across runs.
 
 Usage::
 
-    python bench/mbr_speed.py                      # N = 16, 64, 256, 1024, all metrics
-    python bench/mbr_speed.py --quick              # a fast smoke run
+    python bench/mbr_speed.py                      # both parts: N = 16..1024, then N = 1024
+    python bench/mbr_speed.py --quick              # a smoke run in seconds (large part at N=256)
     python bench/mbr_speed.py --sizes 256 --metrics chrf,bleu --repeats 3
+    python bench/mbr_speed.py --only large --large-sets 10 --fastchrf-sets 2
 """
 
 from __future__ import annotations
 
+import os
+
+# fastchrf parallelises with rayon: one thread, like everything else here (set before import).
+os.environ.setdefault("RAYON_NUM_THREADS", "1")
+
 import argparse
 import csv
 import json
-import os
 import random
 import re
 import string
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -239,6 +257,179 @@ def run_case(metric_name: str, n: int, args: argparse.Namespace) -> dict[str, An
     }
 
 
+# -- MBR at large N ------------------------------------------------------------------------------
+LARGE_METRICS = ("chrf", "bleu", "token_f1")
+LARGE_FAMILIES = ("stsb", "squad", "paraphrase")
+
+
+@contextmanager
+def one_blas_thread() -> Iterator[str]:
+    """Pin BLAS to one thread (threadpoolctl) for the timed code; yields how it was pinned."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield "threadpoolctl not installed: BLAS threads as set by the environment"
+        return
+    with threadpool_limits(1):
+        yield "BLAS pinned to 1 thread (threadpoolctl)"
+
+
+def distinct_windows(sentences: list[str], n: int, count: int) -> list[list[str]]:
+    """Up to ``count`` consecutive windows of ``n`` distinct sentences."""
+    unique = list(dict.fromkeys(s.strip() for s in sentences if s.strip()))
+    return [unique[i * n : (i + 1) * n] for i in range(min(count, len(unique) // n))]
+
+
+def large_sample_sets(family: str, metric: str, n: int, count: int, seed: int) -> list[list[str]]:
+    """``count`` real sample sets of size ``n`` of one family (see the module docstring)."""
+    if family == "stsb":
+        sentences = []
+        with open(DATA_DIR / "stsb" / "sts-train.csv", newline="", encoding="utf-8") as f:
+            for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+                if len(row) >= 7:
+                    sentences += [row[5], row[6]]
+        return distinct_windows(sentences, n, count)
+    if family == "squad":
+        data = json.loads((DATA_DIR / "squad" / "dev-v1.1.json").read_text(encoding="utf-8"))
+        sentences = [
+            s
+            for article in data["data"]
+            for para in article["paragraphs"]
+            for s in re.split(r"(?<=[.!?])\s+", para["context"])
+        ]
+        return distinct_windows(sentences, n, count)
+    return make_sample_sets(metric, n, count, seed)
+
+
+def exact_expected(metric: metrics.Metric, samples: list[str]) -> tuple[list[str], np.ndarray]:
+    """Distinct candidates and their exact expected utility against all samples (uniform)."""
+    distinct = list(dict.fromkeys(samples))
+    return distinct, metric.pairwise(distinct, samples).mean(axis=1)
+
+
+def fastchrf_choice(samples: list[str]) -> tuple[str, float] | None:
+    """(choice, seconds) of fastchrf's pairwise chrF MBR, or None when it is not installed."""
+    try:
+        import fastchrf
+    except ImportError:
+        return None
+    distinct = list(dict.fromkeys(samples))
+    start = time.perf_counter()
+    table = np.asarray(fastchrf.pairwise_chrf([distinct], [samples])[0])
+    best = int(np.argmax(table.mean(axis=1)))
+    return distinct[best], time.perf_counter() - start
+
+
+def run_large(args: argparse.Namespace) -> None:
+    """The "MBR at large N" part: exact MBR against fastchrf, and the approximations."""
+    have_fastchrf = fastchrf_choice(["a", "b"]) is not None
+    print(f"\n## MBR at large N (N = {args.large_n}; {args.large_sets} sample sets per family)\n")
+    exact_rows: list[str] = []
+    approx_rows: list[str] = []
+    for name in [m for m in args.metrics if m in LARGE_METRICS]:
+        metric = metrics.get(name)
+        for family in LARGE_FAMILIES:
+            sets = large_sample_sets(family, name, args.large_n, args.large_sets, args.seed)
+            if not sets:
+                continue
+            exact_rows.append(large_exact_row(name, metric, family, sets, args, have_fastchrf))
+            methods = ["prune", "aggregate"] if name == "chrf" else ["prune"]
+            for method in methods:
+                approx_rows.append(large_approx_row(name, metric, family, sets, method))
+    print(
+        "| metric | sample sets | sets | distinct | exact s/decision | fastchrf pairwise_chrf "
+        "s/decision | speed-up vs fastchrf | same expected utility |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    print("\n".join(exact_rows))
+    if not have_fastchrf:
+        print("\nfastchrf: not installed, its rows are skipped (pip install fastchrf).")
+    print(
+        "\n| metric | sample sets | method | sets | s/decision | speed-up vs exact | same pick "
+        "| mean loss of expected utility (relative) | evaluations / exact |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(approx_rows))
+    print(
+        "\nExact: decide(samples, metric). fastchrf: pairwise_chrf over the distinct samples "
+        "against all samples, then the argmax of the mean; its choice is scored with "
+        "metricwise's exact expected utility. Approximations: decide(samples, metric, mbr=...), "
+        "timed alternately with exact on each set; speed-up = total exact time / total "
+        "approximate time; loss = exact best expected utility - expected utility of the "
+        "approximate pick (0 when the pick is the same or tied)."
+    )
+
+
+def large_exact_row(
+    name: str,
+    metric: metrics.Metric,
+    family: str,
+    sets: list[list[str]],
+    args: argparse.Namespace,
+    have_fastchrf: bool,
+) -> str:
+    """One row of the exact table: metricwise's exact MBR, and fastchrf's for chrF."""
+    ours = ours_compared = theirs = 0.0
+    compared = 0
+    same = True
+    for k, samples in enumerate(sets):
+        start = time.perf_counter()
+        decision = metricwise.decide(samples, metric)
+        seconds = time.perf_counter() - start
+        ours += seconds
+        if name == "chrf" and have_fastchrf and k < args.fastchrf_sets:
+            ours_compared += seconds
+            result = fastchrf_choice(samples)
+            assert result is not None
+            choice, seconds = result
+            theirs += seconds
+            compared += 1
+            distinct, expected = exact_expected(metric, samples)
+            theirs_eu = float(expected[distinct.index(choice)])
+            ours_eu = float(decision.expected_utility)
+            same &= abs(theirs_eu - ours_eu) <= 1e-6 * max(1.0, abs(ours_eu))
+    distinct_mean = np.mean([len(set(s)) for s in sets])
+    ours_per = ours / len(sets)
+    if compared:
+        # The speed-up compares the same sets: metricwise's time on the compared sets only.
+        fast = (
+            f"{theirs / compared:.3g} ({compared} sets) | {theirs / ours_compared:.1f}x | "
+            f"{'yes' if same else 'NO'}"
+        )
+    else:
+        fast = "n/a | n/a | n/a"
+    return f"| {name} | {family} | {len(sets)} | {distinct_mean:.0f} | {ours_per:.3g} | {fast} |"
+
+
+def large_approx_row(
+    name: str, metric: metrics.Metric, family: str, sets: list[list[str]], method: str
+) -> str:
+    """One row of the approximation table: ``method`` against exact MBR on the same sets."""
+    exact_time = approx_time = 0.0
+    same = 0
+    losses: list[float] = []
+    relative: list[float] = []
+    evaluations: list[float] = []
+    for samples in sets:
+        start = time.perf_counter()
+        exact = metricwise.decide(samples, metric)
+        exact_time += time.perf_counter() - start
+        start = time.perf_counter()
+        approx = metricwise.decide(samples, metric, mbr=method)
+        approx_time += time.perf_counter() - start
+        same += approx.output == exact.output
+        best, got = float(exact.expected_utility), float(approx.expected_utility)
+        losses.append(max(0.0, best - got))
+        relative.append(max(0.0, best - got) / abs(best) if best else 0.0)
+        stats = approx.mbr
+        evaluations.append(stats.evaluations / (stats.n_hypotheses * stats.n_references))
+    return (
+        f"| {name} | {family} | {method} | {len(sets)} | {approx_time / len(sets):.3g} | "
+        f"{exact_time / approx_time:.1f}x | {same}/{len(sets)} ({100 * same / len(sets):.0f}%) | "
+        f"{np.mean(losses):.3g} ({100 * np.mean(relative):.2f}%) | {100 * np.mean(evaluations):.1f}% |"
+    )
+
+
 def mbrs_note() -> str:
     try:
         import mbrs  # noqa: F401
@@ -266,11 +457,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="N = 16, 64, 256; 2 decisions; extrapolate beyond 8000 pairs",
+        help="N = 16, 64, 256; 2 decisions; extrapolate beyond 8000 pairs; large part at N = 256",
+    )
+    parser.add_argument(
+        "--only", choices=("small", "large"), default=None, help="run one part only"
+    )
+    parser.add_argument(
+        "--large-n", type=int, default=None, help="N of the large part (default 1024)"
+    )
+    parser.add_argument(
+        "--large-sets",
+        type=int,
+        default=None,
+        help="sample sets per family in the large part (default 8)",
+    )
+    parser.add_argument(
+        "--fastchrf-sets",
+        type=int,
+        default=None,
+        help="sets per family also decided by fastchrf (default 2; about 8 s each at N=1024)",
     )
     args = parser.parse_args(argv)
     sizes_default, repeats_default, pairs_default = (
         ("16,64,256", 2, 8000) if args.quick else ("16,64,256,1024", 3, 70000)
+    )
+    args.large_n = args.large_n or (256 if args.quick else 1024)
+    args.large_sets = args.large_sets or (2 if args.quick else 8)
+    args.fastchrf_sets = (
+        args.fastchrf_sets if args.fastchrf_sets is not None else (1 if args.quick else 2)
     )
     args.sizes = [int(x) for x in (args.sizes or sizes_default).split(",")]
     args.repeats = args.repeats or repeats_default
@@ -279,6 +493,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         if name not in METRICS:
             parser.error(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+    args.metrics = names
     if not DATA_DIR.is_dir():
         print(f"data directory {DATA_DIR} not found; set METRICWISE_DATA_DIR", file=sys.stderr)
         return 2
@@ -287,7 +502,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.repeats} decisions per cell; seed {args.seed}; data {DATA_DIR}")
     threads = {k: os.environ.get(k, "unset") for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-    print(f"{os.cpu_count()} CPUs, load average {load}; BLAS threads: {threads}\n")
+    print(f"{os.cpu_count()} CPUs, load average {load}; BLAS threads: {threads}")
+    with one_blas_thread() as blas:
+        rayon = os.environ.get("RAYON_NUM_THREADS", "unset")
+        print(f"{blas}; fastchrf: RAYON_NUM_THREADS={rayon}\n")
+        if args.only != "large":
+            run_small(args, names)
+        if args.only != "small":
+            run_large(args)
+    return 0
+
+
+def run_small(args: argparse.Namespace, names: list[str]) -> None:
+    """The first part: metricwise's MBR against per-pair loops of the reference metrics."""
     print(
         "| metric | N | distinct | metricwise dec/s | per-pair loop dec/s | speed-up | per-pair baseline |"
     )
@@ -309,7 +536,6 @@ def main(argv: list[str] | None = None) -> int:
         "values were checked against metricwise's matrix) and scaled to all rows."
     )
     print(mbrs_note())
-    return 0
 
 
 if __name__ == "__main__":
