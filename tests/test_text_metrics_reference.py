@@ -514,6 +514,30 @@ def test_chrf_statistics_of_a_subset_compare_like_the_strings():
     assert chrf.score("\ud800x", "\ud800x") == 100.0
 
 
+@pytest.mark.parametrize(
+    ("name", "kwargs"), [("bleu", {}), ("bleu", {"tokenize": "char"}), ("token_f1", {})]
+)
+def test_token_statistics_of_a_subset_compare_like_the_strings(name, kwargs):
+    metric = metrics.get(name, **kwargs)
+    texts = [
+        "The cat sat.",
+        "the cat  sat!",
+        "A dog, (barking)",
+        "",
+        "cat",
+        "The the the",
+        "sat on",
+    ]
+    stats = metric.statistics(texts)
+    rows, cols = [4, 0, 2], [1, 5, 3, 6]
+    got = metric.pairwise_statistics(stats.take(rows), stats.take(cols))
+    expected = np.array([[metric.score(texts[i], texts[j]) for j in cols] for i in rows])
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(
+        metric.pairwise_statistics(stats, stats), metric.pairwise(texts, texts)
+    )
+
+
 # -- metric attributes and parameters ---------------------------------------------------------
 @pytest.mark.parametrize("name", NAMES)
 def test_metrics_are_registered_mbr_utilities(name):

@@ -10,10 +10,11 @@ sequence), effective order (orders the hypothesis is too short for are left out)
 sacrebleu's 0-100 scale.
 
 The sufficient statistics of a pair are the hypothesis and reference lengths and, per order n,
-the clipped match count and the hypothesis n-gram count. ``pairwise`` computes each string's
-n-gram bags once, the match counts of all pairs with
-:func:`metricwise.metrics.overlap.clipped_overlap` (one call per order), and the score from the
-statistics with array operations over the whole (C, R) matrix.
+the clipped match count and the hypothesis n-gram count. ``pairwise`` tokenises each distinct
+string once, numbers the n-grams of all of them together (:meth:`BLEU.statistics`), computes
+the match counts of all pairs and orders with
+:func:`metricwise.metrics.overlap.overlap_from_entries`, and the score from the statistics
+with array operations over the whole (C, R) matrix.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 
 from metricwise.errors import InvalidParameterError
 from metricwise.metrics.base import Metric, register
-from metricwise.metrics.overlap import clipped_overlap, featurize
+from metricwise.metrics.overlap import NgramStatistics, clipped_overlap, token_statistics
 from metricwise.text import as_text
 
 #: Default smoothing values (Chen and Cherry 2014), as in sacrebleu; ``None``: no value used.
@@ -36,6 +37,9 @@ SMOOTH_DEFAULTS: dict[str, float | None] = {"none": None, "floor": 0.1, "add-k":
 TOKENIZERS: tuple[str, ...] = ("13a", "none", "char")
 #: ``log(0)`` as sacrebleu floors it (``sacrebleu.utils.my_log``).
 _LOG_ZERO = -9999999999.0
+#: Cells per block of rows in which the score is computed from the statistics (64 Ki float64 =
+#: 512 KiB per array, so the dozens of elementwise passes stay in cache).
+_BLOCK_CELLS = 64 * 1024
 
 # mteval-v13a.pl tokenisation (the "language-dependent part", for Western languages).
 # ASCII symbols  { | } ~  [ \ ] ^ _ `  space ! " # $ % &  ( ) * +  : ; < = > ? @  /  are split off:
@@ -116,9 +120,9 @@ class BLEU(Metric):
     Notes
     -----
     ``pairwise(cands, refs)`` returns the (C, R) float64 matrix ``M[i, j] = BLEU(cands[i],
-    refs[j])``. Cost: tokenisation and n-gram bags once per distinct string (O(total tokens x
-    max order)); per order one :func:`~metricwise.metrics.overlap.clipped_overlap` (BLAS
-    products over the n-grams shared by several strings); then O(C x R x max order) array work.
+    refs[j])``. Cost: tokenisation once per distinct string and n-gram statistics in numpy
+    (O(total tokens x max order)); one overlap call for all orders (sparse pairs and BLAS
+    products, see :mod:`metricwise.metrics.overlap`); then O(C x R x max order) array work.
     sacrebleu instead re-tokenises and intersects dictionaries for each of the C x R pairs.
 
     With a list of references, ``score`` takes the best single reference (the metric contract);
@@ -247,8 +251,46 @@ class BLEU(Metric):
         return self._pairwise_deduplicated(cands, refs, self._pairwise_unique)
 
     def _pairwise_unique(self, cands: list[Any], refs: list[Any]) -> np.ndarray:
-        c_feats, r_feats = featurize(cands, refs, self._features)
-        return self._from_features(c_feats, c_feats if cands == refs else r_feats)
+        if cands == refs:
+            stats = self.statistics(cands)
+            return self.pairwise_statistics(stats, stats)
+        # Candidates and references are numbered together, so that their n-grams compare.
+        stats = self.statistics([*cands, *refs])
+        n_c = len(cands)
+        return self.pairwise_statistics(
+            stats.take(np.arange(n_c)), stats.take(np.arange(n_c, n_c + len(refs)))
+        )
+
+    def statistics(self, texts: Sequence[Any]) -> NgramStatistics:
+        """The token n-gram bags (n = 1..max order) of ``texts``, numbered alike for all.
+
+        ``sizes[i, n-1]`` is text i's number of n-grams (column 0: its length in tokens).
+        Compare rows of one call with :meth:`pairwise_statistics`. Cost: tokenisation per
+        text, then O(total tokens x max order) in numpy
+        (:func:`~metricwise.metrics.overlap.token_statistics`).
+        """
+        return token_statistics([self.tokens(t) for t in texts], self.max_ngram_order)
+
+    def pairwise_statistics(self, cand: NgramStatistics, ref: NgramStatistics) -> np.ndarray:
+        """(C, R) sentence BLEU from the :meth:`statistics` of C candidates and R references.
+
+        Both must come from one :meth:`statistics` call (or its ``take``); the same object on
+        both sides uses the symmetric kernel. One overlap call for all orders, then
+        :meth:`from_statistics` in blocks of rows that stay in cache (same values as one pass).
+        """
+        n_c, n_r = cand.n_texts, ref.n_texts
+        correct = cand.overlap(ref)  # (orders, C, R)
+        totals = cand.sizes.T[:, :, None]  # (orders, C, 1): the hypothesis n-gram counts
+        sys_len, ref_len = totals[0], ref.sizes[None, :, 0]
+        rows = max(1, _BLOCK_CELLS // max(1, n_r))
+        if n_c <= rows:
+            return self.from_statistics(correct, totals, sys_len, ref_len)
+        out = np.empty((n_c, n_r), dtype=np.float64)
+        for i in range(0, n_c, rows):
+            out[i : i + rows] = self.from_statistics(
+                correct[:, i : i + rows], totals[:, i : i + rows], sys_len[i : i + rows], ref_len
+            )
+        return out
 
     def _from_features(self, c_feats: list[_Features], r_feats: list[_Features]) -> np.ndarray:
         sys_len = np.array([f.length for f in c_feats], dtype=np.float64)[:, None]
@@ -264,8 +306,8 @@ class BLEU(Metric):
 
     def from_statistics(
         self,
-        correct: Sequence[np.ndarray],
-        totals: Sequence[np.ndarray],
+        correct: Sequence[np.ndarray] | np.ndarray,
+        totals: Sequence[np.ndarray] | np.ndarray,
         sys_len: np.ndarray,
         ref_len: np.ndarray,
     ) -> np.ndarray:

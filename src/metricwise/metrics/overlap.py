@@ -158,6 +158,20 @@ class NgramStatistics:
         )
 
 
+def token_statistics(sequences: Sequence[Sequence[Hashable]], max_order: int) -> NgramStatistics:
+    """The n-gram statistics (n = 1..max_order) of token sequences, one row per sequence.
+
+    Tokens are numbered by equality (a dict), then :func:`ngram_entries`; ``sizes[i, n-1]`` is
+    sequence i's number of n-grams, ``max(len - n + 1, 0)``. O(total tokens x max_order).
+    """
+    lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+    tokens = list(chain.from_iterable(sequences))
+    number = dict(zip(dict.fromkeys(tokens), count()))
+    ids = np.fromiter(map(number.__getitem__, tokens), dtype=np.int64, count=len(tokens))
+    sizes = np.maximum(lengths[:, None] - np.arange(max_order)[None, :], 0).astype(np.float64)
+    return NgramStatistics.from_entries(ngram_entries(ids, lengths, max_order), sizes)
+
+
 def clipped_overlap(cand_bags: Sequence[Bag], ref_bags: Sequence[Bag]) -> np.ndarray:
     """Return the (C, R) float64 matrix ``M[i, j] = sum_g min(cand_bags[i][g], ref_bags[j][g])``.
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from metricwise.metrics.base import Metric, register
-from metricwise.metrics.overlap import bag_sizes, clipped_overlap
+from metricwise.metrics.overlap import NgramStatistics, bag_sizes, token_statistics
 from metricwise.text import equality_pairwise, f1_from_counts, normalize_answer
 
 
@@ -45,9 +45,10 @@ def _token_bag(text: Any) -> Counter:
 class TokenF1(Metric):
     """SQuAD token F1 between normalized answers (0..1). Decided by MBR.
 
-    ``pairwise`` scores distinct strings only and computes every pair's token overlap with
-    :func:`metricwise.metrics.overlap.clipped_overlap` (matrix products), instead of C x R
-    ``Counter`` intersections.
+    ``pairwise`` scores distinct strings only: their tokens are numbered together
+    (:meth:`statistics`) and every pair's token overlap comes from one
+    :func:`metricwise.metrics.overlap.overlap_from_entries` call (sparse pairs and matrix
+    products), instead of C x R ``Counter`` intersections.
     """
 
     def _score_one(self, pred: Any, ref: Any) -> float:
@@ -61,7 +62,23 @@ class TokenF1(Metric):
         return self._pairwise_deduplicated(cands, refs, self._pairwise_unique)
 
     def _pairwise_unique(self, cands: list[Any], refs: list[Any]) -> np.ndarray:
-        c_bags = [_token_bag(x) for x in cands]
-        r_bags = c_bags if cands == refs else [_token_bag(x) for x in refs]
-        overlap = clipped_overlap(c_bags, r_bags)
-        return f1_from_counts(overlap, bag_sizes(c_bags)[:, None], bag_sizes(r_bags)[None, :])
+        if cands == refs:
+            stats = self.statistics(cands)
+            return self.pairwise_statistics(stats, stats)
+        # Candidates and references are numbered together, so that their tokens compare.
+        stats = self.statistics([*cands, *refs])
+        n_c = len(cands)
+        return self.pairwise_statistics(
+            stats.take(np.arange(n_c)), stats.take(np.arange(n_c, n_c + len(refs)))
+        )
+
+    def statistics(self, texts: Sequence[Any]) -> NgramStatistics:
+        """The normalized token bags of ``texts`` (``sizes[:, 0]``: token counts), numbered
+        alike for all; compare rows of one call with :meth:`pairwise_statistics`."""
+        return token_statistics([normalize_answer(x).split() for x in texts], 1)
+
+    def pairwise_statistics(self, cand: NgramStatistics, ref: NgramStatistics) -> np.ndarray:
+        """(C, R) token F1 from the :meth:`statistics` of C candidates and R references (both
+        from one call, or its ``take``; the same object twice uses the symmetric kernel)."""
+        overlap = cand.overlap(ref)[0]
+        return f1_from_counts(overlap, cand.sizes[:, :1], ref.sizes[None, :, 0])
