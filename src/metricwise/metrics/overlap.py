@@ -264,12 +264,7 @@ def overlap_from_entries(
     if sparse.any():
         _scatter_pairs(out, cand, ref, sparse, ref_df, same, item_block)
     if dense.any():
-        # Each block (order) is its own product; their entries are picked out once.
-        cand_dense = _select(cand, dense)
-        ref_dense = cand_dense if same else _select(ref, dense)
-        for block in np.unique(item_block[dense]):
-            items = dense & (item_block == block)
-            _indicator_products(out[block], cand_dense, ref_dense, items, depth, same)
+        _indicator_products(out, cand, ref, dense, depth, same, item_block)
     for g in np.flatnonzero(deep):
         a = np.zeros(n_c)
         b = np.zeros(n_r)
@@ -492,54 +487,64 @@ def _indicator_products(
     items: np.ndarray,
     depth: np.ndarray,
     same: bool,
+    item_block: np.ndarray,
 ) -> None:
     """Add ``A @ B.T`` over the level indicators of the items in the boolean mask ``items``.
 
-    Item g gets columns ``[count >= k]`` for k = 1..depth[g]; the columns are filled in chunks
-    of at most ``_MAX_BLOCK_ELEMENTS`` float32 elements. With ``same`` the product is
-    ``A @ A.T`` (numpy hands it to BLAS as a symmetric rank-k update: half the flops).
+    ``out`` is (blocks, C, R). Item g gets columns ``[count >= k]`` for k = 1..depth[g], laid
+    out block after block; the indicators of all blocks are filled together, in chunks of at
+    most ``_MAX_BLOCK_ELEMENTS`` float32 elements, and each block's columns make its own
+    product. With ``same`` a product is ``A @ A.T`` (numpy hands it to BLAS as a symmetric
+    rank-k update: half the flops).
     """
-    n_c, n_r = out.shape
-    width = np.where(items, depth, 0)
-    first_col = np.cumsum(width) - width  # the item's first indicator column
-    item_ids = np.flatnonzero(items)
+    _, n_c, n_r = out.shape
+    ids = np.flatnonzero(items)
+    ids = ids[np.argsort(item_block[ids], kind="stable")]  # block after block
+    widths = depth[ids]
+    ends = np.cumsum(widths)
+    # Only the entries of these items: picked out once for every block and chunk.
+    cand = _select(cand, items)
+    ref = cand if same else _select(ref, items)
     chunk = max(1, _MAX_BLOCK_ELEMENTS // max(n_c, n_r))
-    ends = np.cumsum(width[item_ids])
     first = 0
-    while first < len(item_ids):
+    while first < len(ids):
         base = int(ends[first - 1]) if first else 0
         last = max(first + 1, int(np.searchsorted(ends, base + chunk, side="right")))
         n_cols = int(ends[last - 1]) - base
-        lo, hi = item_ids[first], item_ids[last - 1]
-        a = _indicators(cand, lo, hi, items, depth, first_col, base, n_c, n_cols)
-        if same:
-            block = a @ a.T
-        else:
-            block = a @ _indicators(ref, lo, hi, items, depth, first_col, base, n_r, n_cols).T
-        out += block
+        # Each chunk item's first column within the chunk.
+        column = np.full(len(items), -1, dtype=np.int64)
+        column[ids[first:last]] = ends[first:last] - widths[first:last] - base
+        a = _indicators(cand, column, depth, n_c, n_cols)
+        b = a if same else _indicators(ref, column, depth, n_r, n_cols)
+        blocks = item_block[ids[first:last]]
+        bounds = np.flatnonzero(np.diff(blocks)) + 1
+        starts = np.concatenate([[0], bounds])
+        stops = np.concatenate([bounds, [last - first]])
+        for lo, hi in zip(starts, stops, strict=True):
+            c0 = int(ends[first + lo] - widths[first + lo]) - base
+            c1 = int(ends[first + hi - 1]) - base
+            a_block = a[:, c0:c1]
+            product = a_block @ a_block.T if same else a_block @ b[:, c0:c1].T
+            out[blocks[lo]] += product
         first = last
 
 
 def _indicators(
-    entries: Entries,
-    lo: int,
-    hi: int,
-    items: np.ndarray,
-    depth: np.ndarray,
-    first_col: np.ndarray,
-    base: int,
-    n_rows: int,
-    n_cols: int,
+    entries: Entries, column: np.ndarray, depth: np.ndarray, n_rows: int, n_cols: int
 ) -> np.ndarray:
-    """(n_rows, n_cols) float32 level indicators of the items numbered lo..hi in ``items``."""
-    keep = (entries.cols >= lo) & (entries.cols <= hi)
-    keep &= items[entries.cols]
-    rows, cols = entries.rows[keep], entries.cols[keep]
+    """(n_rows, n_cols) float32 level indicators of the items with ``column[g] >= 0``.
+
+    Item g's levels k = 1..depth[g] are columns ``column[g] + k - 1``: 1 where the entry's
+    count is at least k.
+    """
+    where = column[entries.cols]
+    keep = where >= 0
+    rows, cols, where = entries.rows[keep], entries.cols[keep], where[keep]
     levels = np.minimum(entries.vals[keep], depth[cols])  # ones in the first `levels` columns
     total = int(levels.sum())
     within = np.arange(total) - np.repeat(np.cumsum(levels) - levels, levels)
     block = np.zeros((n_rows, n_cols), dtype=np.float32)
-    block[np.repeat(rows, levels), np.repeat(first_col[cols] - base, levels) + within] = 1.0
+    block[np.repeat(rows, levels), np.repeat(where, levels) + within] = 1.0
     return block
 
 
