@@ -438,8 +438,8 @@ def _scatter_pairs(
     ones = len(vals) == 0 or (vals.max() == 1 and vals.min() == 1)
     ones = ones and (len(ref_vals) == 0 or ref_vals.max() == ref_vals.min() == 1)
     size = n_blocks * n_c * n_r
+    flat_out = out.reshape(-1)  # a view: out is C-contiguous
     ends = np.cumsum(reps)
-    summed: np.ndarray | None = None
     first = 0
     while first < len(rows):
         # As many entries as fit in one batch (at least one).
@@ -474,10 +474,9 @@ def _scatter_pairs(
             if same:
                 weights = np.concatenate([weights, weights])
             counts = np.bincount(cell, weights=weights, minlength=size)
-        summed = counts if summed is None else summed + counts
+        # Straight into the output: one (blocks, C, R) temporary at a time.
+        flat_out += counts
         first = last
-    if summed is not None:
-        out += summed.reshape(out.shape)
 
 
 def _indicator_products(
