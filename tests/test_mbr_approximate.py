@@ -248,3 +248,23 @@ def test_aggregate_statistics_equal_fastchrf():
     stats = chrf.statistics(samples)
     got = chrf.aggregate_statistics(stats, stats, np.ones(len(samples)))
     np.testing.assert_allclose(got, fastchrf.aggregate_chrf([samples], [samples])[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["chrf", "bleu", "token_f1"])
+def test_blocked_exact_mbr_computes_statistics_once_and_decides_the_same(name, monkeypatch):
+    samples = easy_samples(150, seed=13)
+    whole = decide(samples, name)
+    calls = []
+    metric = metrics.get(name)
+    original = metric.statistics
+
+    def counted(texts):
+        calls.append(len(texts))
+        return original(texts)
+
+    monkeypatch.setattr(metric, "statistics", counted)
+    monkeypatch.setattr(decide_module, "_PAIRWISE_BUDGET_BYTES", 8 * 16 * 150 * 9)
+    blocked = decide(samples, metric)
+    assert calls == [len(set(samples))]  # once, for every distinct sample
+    assert blocked.output == whole.output
+    assert blocked.expected_utility == pytest.approx(whole.expected_utility, rel=1e-13, abs=0)

@@ -756,11 +756,15 @@ def _expected_scores(
     with identical lists a metric then computes every string's features once. Otherwise it is
     filled in blocks of candidate rows, each reduced to its expected scores before the next, so
     peak memory does not grow with C x R. Time is O(C x R) metric evaluations either way; the
-    blocked path repeats the references' per-string features once per block.
+    blocked path repeats the references' per-string features once per block, except for a
+    metric with ``statistics`` (chrF, BLEU, token F1), whose statistics are computed once and
+    compared block by block (the same values).
     """
     rows = _block_rows(len(refs))
     if len(cands) <= rows:
         return metric.pairwise(cands, refs) @ weights
+    if _has_statistics(metric):
+        return _PairScorer(metric, cands, refs).expected(np.arange(len(cands)), weights)
     starts = range(0, len(cands), rows)
     return np.concatenate([metric.pairwise(cands[i : i + rows], refs) @ weights for i in starts])
 
