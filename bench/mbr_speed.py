@@ -275,8 +275,12 @@ def one_blas_thread() -> Iterator[str]:
 
 
 def distinct_windows(sentences: list[str], n: int, count: int) -> list[list[str]]:
-    """Up to ``count`` consecutive windows of ``n`` distinct sentences."""
-    unique = list(dict.fromkeys(s.strip() for s in sentences if s.strip()))
+    """Up to ``count`` consecutive windows of ``n`` distinct sentences.
+
+    Sentences without a letter or digit ("...") are left out: decide would exclude them, and
+    the baselines must see the same samples.
+    """
+    unique = list(dict.fromkeys(s.strip() for s in sentences if any(c.isalnum() for c in s)))
     return [unique[i * n : (i + 1) * n] for i in range(min(count, len(unique) // n))]
 
 
@@ -298,7 +302,10 @@ def large_sample_sets(family: str, metric: str, n: int, count: int, seed: int) -
             for s in re.split(r"(?<=[.!?])\s+", para["context"])
         ]
         return distinct_windows(sentences, n, count)
-    return make_sample_sets(metric, n, count, seed)
+    # Without the few samples decide would leave out (no letter or digit), so that every
+    # method and baseline sees the same samples.
+    sets = make_sample_sets(metric, n, count, seed)
+    return [[x for x in samples if any(c.isalnum() for c in x)] for samples in sets]
 
 
 def exact_expected(metric: metrics.Metric, samples: list[str]) -> tuple[list[str], np.ndarray]:
@@ -377,6 +384,8 @@ def large_exact_row(
         decision = metricwise.decide(samples, metric)
         seconds = time.perf_counter() - start
         ours += seconds
+        if decision.n_valid != len(samples):
+            raise SystemExit(f"{name} {family}: decide left out samples ({decision.excluded})")
         if name == "chrf" and have_fastchrf and k < args.fastchrf_sets:
             ours_compared += seconds
             result = fastchrf_choice(samples)
