@@ -268,3 +268,13 @@ def test_blocked_exact_mbr_computes_statistics_once_and_decides_the_same(name, m
     assert calls == [len(set(samples))]  # once, for every distinct sample
     assert blocked.output == whole.output
     assert blocked.expected_utility == pytest.approx(whole.expected_utility, rel=1e-13, abs=0)
+
+
+def test_pruning_ignores_samples_of_weight_zero():
+    samples = easy_samples(120, seed=14)
+    weights = np.ones(len(samples))
+    weights[::3] = 0.0  # a third of the samples carry no evidence
+    exact = decide(samples, "chrf", weights=weights)
+    pruned = decide(samples, "chrf", weights=weights, mbr="prune")
+    assert pruned.output == exact.output
+    assert np.isfinite(pruned.expected_utility)

@@ -990,6 +990,8 @@ def _pruned_choice(
     # Every sample as a unit (a distinct reference's copies share its weight), in random order.
     unit_ref = np.repeat(np.arange(len(counts)), counts)
     unit_weight = np.repeat(weights / counts, counts)
+    # Samples of weight 0 (importance weights of a sample the model rules out) are no evidence.
+    unit_ref, unit_weight = unit_ref[unit_weight > 0], unit_weight[unit_weight > 0]
     order = rng.permutation(len(unit_ref))
     unit_ref, unit_weight = unit_ref[order], unit_weight[order]
     n_units = len(unit_ref)
