@@ -443,3 +443,19 @@ def test_eval_adaptive_adds_twins_that_report_the_samples_they_used(
         first_two = SampleSet(tuple(Candidate.from_dict(c) for c in record["candidates"][:2]))
         settled = decide(first_two, "token_f1", rule="mbr", extractor="first_line").ok
         assert record["samples_used"][label] == (2 if settled else 4)
+
+
+def test_mbr_approximation_is_a_decision_option(monkeypatch, capsys):
+    stdin = '{"id": 1, "samples": ["the cat sat", "a cat sat", "the cat sat down", "dogs"]}\n'
+    code, out, _ = run(
+        ["decide", "--metric", "chrf", "--mbr", "prune", "-"], stdin, monkeypatch, capsys
+    )
+    exact_code, exact, _ = run(["decide", "--metric", "chrf", "-"], stdin, monkeypatch, capsys)
+    assert code == exact_code == 0 and json.loads(out)["output"] == json.loads(exact)["output"]
+    code, _, err = run(
+        ["decide", "--metric", "squared_error", "--mbr", "aggregate", "-"],
+        '{"samples": ["3"]}\n',
+        monkeypatch,
+        capsys,
+    )
+    assert code == 2 and "'mbr' parameter" in err

@@ -383,6 +383,13 @@ def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep candidates cut off by max_tokens or a guard",
     )
+    g.add_argument(
+        "--mbr",
+        choices=("exact", "prune", "aggregate"),
+        default="exact",
+        help="how MBR is computed at large N: exact, prune (confidence-based pruning; any metric) "
+        "or aggregate (one aggregated reference; chrF only)",
+    )
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -610,6 +617,7 @@ def _decision_options(args: argparse.Namespace) -> dict[str, Any]:
         "grid": _parse_floats(args.grid, "--grid"),
         "extractor": args.extractor,
         "include_incomplete": args.include_incomplete,
+        "mbr": args.mbr,
         **_parse_key_values(args.metric_args, "--metric_args"),
     }
     # A decision on no samples checks the metric, its arguments, the rule and the extractor
