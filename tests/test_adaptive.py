@@ -51,7 +51,9 @@ def test_numeric_rules_settle_within_the_tolerance():
     assert settled_probability(tight, "squared_error", adaptive) > 0.95
     assert settled_probability(wide, "squared_error", adaptive) < 0.4
     # At max_n nothing more will be drawn: the decision is final.
-    assert settled_probability(wide, "squared_error", Adaptive(min_n=4, max_n=4, tolerance=0.1)) == 1.0
+    assert (
+        settled_probability(wide, "squared_error", Adaptive(min_n=4, max_n=4, tolerance=0.1)) == 1.0
+    )
     median = decide(["1", "2", "2", "2", "2", "3"], "absolute_error")
     assert 0.0 < settled_probability(median, "absolute_error", adaptive) <= 1.0
 
