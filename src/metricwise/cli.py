@@ -117,16 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decision_arguments(d)
     d.add_argument(
         "--max_support",
-        "--max-support",
-        dest="max_support",
         type=int,
         default=20,
         help="support entries written per decision (0 for none, -1 for all)",
     )
     d.add_argument(
         "--skip_invalid",
-        "--skip-invalid",
-        dest="skip_invalid",
         action="store_true",
         help="report malformed lines on stderr and go on, instead of stopping with exit code 2",
     )
@@ -160,8 +156,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_adaptive_arguments(p)
     p.add_argument(
         "--max_support",
-        "--max-support",
-        dest="max_support",
         type=int,
         default=5,
         help="support entries written per decision (-1 for all)",
@@ -198,8 +192,6 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--backend", default="hf", help="hf, llamacpp or openai")
     e.add_argument(
         "--model_args",
-        "--model-args",
-        dest="model_args",
         action="append",
         default=[],
         metavar="K=V[,K=V]",
@@ -217,23 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-n", "--n", dest="n", type=int, default=16, help="samples per item")
     e.add_argument(
         "--num_fewshot",
-        "--num-fewshot",
-        dest="num_fewshot",
         type=int,
         default=5,
         help="examples in each prompt",
     )
     e.add_argument(
         "--fewshot_strategy",
-        "--fewshot-strategy",
-        dest="fewshot_strategy",
         default="random",
         help="random, similar or diverse (by all-MiniLM-L6-v2 embeddings)",
     )
     e.add_argument(
         "--gen_kwargs",
-        "--gen-kwargs",
-        dest="gen_kwargs",
         action="append",
         default=[],
         metavar="K=V[,K=V]",
@@ -250,22 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--data_dir",
-        "--data-dir",
-        dest="data_dir",
         default=None,
         help="benchmark data directory (default: $METRICWISE_DATA_DIR)",
     )
     e.add_argument(
         "--output_path",
-        "--output-path",
-        dest="output_path",
         default=None,
         help="directory for results.json, results.md, plots and sample logs",
     )
     e.add_argument(
         "--log_samples",
-        "--log-samples",
-        dest="log_samples",
         action="store_true",
         help="write samples_<task>.jsonl with every candidate, prediction and score",
     )
@@ -276,31 +256,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--batch_size",
-        "--batch-size",
-        dest="batch_size",
         type=int,
         default=8,
         help="prompts per batch",
     )
     e.add_argument(
         "--bootstrap_iters",
-        "--bootstrap-iters",
-        dest="bootstrap_iters",
         type=int,
         default=1000,
         help="bootstrap resamples for intervals and paired tests",
     )
     e.add_argument(
         "--curve_subsets",
-        "--curve-subsets",
-        dest="curve_subsets",
         type=int,
         default=8,
         help="random size-k subsets per item for decoder@k curves (0: no curves)",
     )
-    e.add_argument(
-        "--no_plots", "--no-plots", dest="no_plots", action="store_true", help="skip the PNG plots"
-    )
+    e.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
     e.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     _add_adaptive_arguments(e, evaluation=True)
     e.set_defaults(handler=_run_eval)
@@ -313,8 +285,6 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("directory", help="an --output_path of `metricwise eval`")
     r.add_argument(
         "--no_plots",
-        "--no-plots",
-        dest="no_plots",
         action="store_true",
         help="print the table only",
     )
@@ -324,7 +294,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(handler=_run_tasks)
 
     _add_optional_subcommands(sub)
+    _accept_hyphenated_flags(parser)
     return parser
+
+
+def _accept_hyphenated_flags(parser: argparse.ArgumentParser) -> None:
+    """Let ``--max-tokens`` work wherever ``--max_tokens`` does, in every subcommand.
+
+    The underscore spelling is the one declared, documented and shown by :class:`HelpFormatter`;
+    the hyphenated one is accepted for scripts written against earlier versions.
+    """
+    parsers = [parser]
+    while parsers:
+        current = parsers.pop()
+        for action in list(current._actions):
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            for flag in list(action.option_strings):
+                alias = "--" + flag[2:].replace("_", "-")
+                if (
+                    flag.startswith("--")
+                    and alias != flag
+                    and alias not in current._option_string_actions
+                ):
+                    action.option_strings = [*action.option_strings, alias]
+                    current._option_string_actions[alias] = action
 
 
 def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
@@ -342,16 +336,12 @@ def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--weight_temperature",
-        "--weight-temperature",
-        dest="weight_temperature",
         type=float,
         default=1.0,
         help="temperature of the 'model' weighting",
     )
     g.add_argument(
         "--metric_args",
-        "--metric-args",
-        dest="metric_args",
         action="append",
         default=[],
         metavar="K=V[,K=V]",
@@ -359,8 +349,6 @@ def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--valid_range",
-        "--valid-range",
-        dest="valid_range",
         default=None,
         metavar="LO,HI",
         help="clip parsed numbers into [LO, HI], e.g. 0,5",
@@ -378,8 +366,6 @@ def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--include_incomplete",
-        "--include-incomplete",
-        dest="include_incomplete",
         action="store_true",
         help="keep candidates cut off by max_tokens or a guard",
     )
@@ -409,8 +395,6 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--model_args",
-        "--model-args",
-        dest="model_args",
         action="append",
         default=[],
         metavar="K=V[,K=V]",
@@ -425,8 +409,6 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-n", "--n", dest="n", type=int, default=defaults.n, help="samples per prompt")
     g.add_argument(
         "--max_tokens",
-        "--max-tokens",
-        dest="max_tokens",
         type=int,
         default=defaults.max_tokens,
         help="new tokens per sample (a hard limit)",
@@ -439,24 +421,18 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--top_p",
-        "--top-p",
-        dest="top_p",
         type=float,
         default=defaults.top_p,
         help="nucleus sampling mass (1 = off)",
     )
     g.add_argument(
         "--top_k",
-        "--top-k",
-        dest="top_k",
         type=int,
         default=defaults.top_k,
         help="keep the k most likely tokens (0 = off)",
     )
     g.add_argument(
         "--min_p",
-        "--min-p",
-        dest="min_p",
         type=float,
         default=defaults.min_p,
         help="drop tokens below min_p x the top probability (0 = off)",
@@ -472,8 +448,6 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--batch_size",
-        "--batch-size",
-        dest="batch_size",
         type=int,
         default=8,
         help="prompts per batch",
@@ -499,8 +473,6 @@ def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--max_seconds",
-        "--max-seconds",
-        dest="max_seconds",
         type=float,
         default=guards.max_seconds,
         help="wall-clock budget of one batch of prompts, retries included, in seconds",
@@ -513,8 +485,6 @@ def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--max_retries",
-        "--max-retries",
-        dest="max_retries",
         type=int,
         default=policy.max_retries,
         help="retries of a failed HTTP request (refused, dropped, timed out, 429, 5xx, malformed answer), with exponential backoff (--backend openai)",

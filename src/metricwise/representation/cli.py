@@ -72,15 +72,11 @@ def add_mnn_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use the first N texts")
     p.add_argument(
         "--data_dir",
-        "--data-dir",
-        dest="data_dir",
         default=None,
         help="data directory for tasks (default: $METRICWISE_DATA_DIR)",
     )
     p.add_argument(
         "--max_length",
-        "--max-length",
-        dest="max_length",
         type=int,
         default=512,
         help="tokens per text fed to the model (BOS included)",
@@ -90,8 +86,6 @@ def add_mnn_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch_size",
-        "--batch-size",
-        dest="batch_size",
         type=int,
         default=8,
         help="texts per forward pass (1 = one at a time, as the authors)",
@@ -99,23 +93,18 @@ def add_mnn_parser(subparsers: Any) -> argparse.ArgumentParser:
     bos = p.add_mutually_exclusive_group()
     bos.add_argument(
         "--keep_bos",
-        "--keep-bos",
-        dest="keep_bos",
         action="store_true",
         default=False,
         help="keep the BOS token's row in the matrix (the authors' code does)",
     )
     bos.add_argument(
         "--drop_bos",
-        "--drop-bos",
         dest="keep_bos",
         action="store_false",
         help="drop the BOS row (the model still reads BOS); the default",
     )
     p.add_argument(
         "--min_tokens",
-        "--min-tokens",
-        dest="min_tokens",
         type=int,
         default=2,
         help="skip (and count) texts with fewer matrix rows",
@@ -144,7 +133,6 @@ def add_mnn_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--no_baseline",
-        "--no-baseline",
         dest="baseline",
         action="store_false",
         help="skip the Gaussian baseline",
@@ -159,15 +147,11 @@ def add_mnn_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--group_field",
-        "--group-field",
-        dest="group_field",
         default="model",
         help="with --responses: field naming the system that wrote each response",
     )
     p.add_argument(
         "--response_context",
-        "--response-context",
-        dest="response_context",
         choices=("prompt", "none"),
         default="prompt",
         help="with --responses: read the prompt before the response, or the response alone",
@@ -180,8 +164,6 @@ def add_mnn_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--list_models",
-        "--list-models",
-        dest="list_models",
         action="store_true",
         help="list the named models and exit",
     )

@@ -69,8 +69,6 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--model_args",
-        "--model-args",
-        dest="model_args",
         action="append",
         default=[],
         metavar="K=V[,K=V]",
@@ -78,8 +76,6 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     g.add_argument(
         "--served_model_name",
-        "--served-model-name",
-        dest="served_model_name",
         action="append",
         default=[],
         metavar="NAME",
@@ -94,23 +90,17 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     n.add_argument("--port", type=int, default=8000, help="port to listen on")
     n.add_argument(
         "--api_key",
-        "--api-key",
-        dest="api_key",
         default=None,
         help=f"require 'Authorization: Bearer <key>' on every request but /health (default: ${API_KEY_ENV} if set)",
     )
     n.add_argument(
         "--log_level",
-        "--log-level",
-        dest="log_level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
         help="uvicorn's log level",
     )
     n.add_argument(
         "--no_access_log",
-        "--no-access-log",
-        dest="no_access_log",
         action="store_true",
         help="do not log one line per request",
     )
