@@ -53,8 +53,8 @@ def main() -> None:
     backend = HFBackend(args.model, reuse_prefill=False)
     config = SamplingConfig(n=args.n, max_tokens=args.max_tokens, seed=args.seed)
     started = time.perf_counter()
-    alone_logits = backend._prefill([prompts[0]])[0]
-    batch_logits = backend._prefill(prompts)[0][:1]
+    alone_logits = backend._prefill([prompts[0]], args.max_tokens)[0]
+    batch_logits = backend._prefill(prompts, args.max_tokens)[0][:1]
     drift = float((alone_logits - batch_logits).abs().max())
     together = backend.sample(prompts, config)
     alone = [backend.sample([p], config)[0] for p in prompts]

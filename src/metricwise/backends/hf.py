@@ -292,9 +292,12 @@ class HFBackend:
         self._kept_prefill = None
 
     # -- prefill -------------------------------------------------------------------------------
-    def _prefill(self, prompts: list[str]) -> tuple[Any, Any, Any, Any]:
+    def _prefill(self, prompts: list[str], max_tokens: int) -> tuple[Any, Any, Any, Any]:
         """Run the prompt batch once: last-position logits (P, V) float32, the KV cache, the
         attention mask and position ids (P, L), left-padded.
+
+        Every prompt's token count is checked first (:meth:`_check_lengths`), before any
+        forward pass, with room for ``max_tokens`` new tokens.
 
         A copy of the result is kept for the next call: when that call has the same prompts
         (the evaluation harness asks for greedy and then the N samples of one batch), it is
@@ -309,18 +312,13 @@ class HFBackend:
         key = tuple(prompts)
         kept, self._kept_prefill = self._kept_prefill, None
         if kept is not None and kept[0] == key:
+            self._check_lengths(kept[1][2].sum(dim=-1).tolist(), max_tokens)
             return kept[1]
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
         input_ids = enc["input_ids"].to(self.device)
         attention = enc["attention_mask"].to(self.device)
-        lengths = attention.sum(dim=-1).tolist()
-        empty = [i for i, n in enumerate(lengths) if n == 0]
-        if input_ids.shape[1] == 0 or empty:
-            # A batched empty prompt would be sampled from its padding alone.
-            raise InvalidParameterError(
-                f"Prompt {empty[0] if empty else 0} of the batch is empty: the tokenizer produced no tokens for it."
-            )
+        self._check_lengths(attention.sum(dim=-1).tolist(), max_tokens)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache(config=self.model.config)
         try:
@@ -356,9 +354,8 @@ class HFBackend:
         torch = _torch()
         if not prompts:
             return []
-        self._check_context(prompts, config.max_tokens)
         deadline = self.guards.deadline()
-        logits, cache, attention, positions = self._prefill(prompts)
+        logits, cache, attention, positions = self._prefill(prompts, config.max_tokens)
         if m > 1:
             cache.batch_repeat_interleave(m)
             logits = logits.repeat_interleave(m, dim=0)
@@ -417,18 +414,23 @@ class HFBackend:
 
         return [state.candidate(seq) for seq in range(total)]
 
-    def _check_context(self, prompts: list[str], max_tokens: int) -> None:
-        """Refuse a prompt that, with ``max_tokens`` new tokens, exceeds the model's context.
+    def _check_lengths(self, lengths: list[int], max_tokens: int) -> None:
+        """Refuse an empty prompt, and one that with ``max_tokens`` new tokens exceeds the
+        model's context; ``lengths`` are the prompts' token counts (the attention mask's sums).
 
-        Positions past the context are either an error deep in the model or silently wrong
-        (and a megabyte prompt would only fail when memory runs out), so the check comes first.
-        Characters bound tokens from above only loosely, so each prompt is tokenized.
+        A batched empty prompt would be sampled from its padding alone; positions past the
+        context are either an error deep in the model or silently wrong (and a megabyte prompt
+        would only fail when memory runs out), so both are checked before the forward pass.
         """
+        for i, n_tokens in enumerate(lengths):
+            if n_tokens == 0:
+                raise InvalidParameterError(
+                    f"Prompt {i} of the batch is empty: the tokenizer produced no tokens for it."
+                )
         limit = getattr(self.model.config, "max_position_embeddings", None)
         if not isinstance(limit, int) or limit <= 0:
             return
-        for i, prompt in enumerate(prompts):
-            n_tokens = len(self.tokenizer(prompt)["input_ids"])
+        for i, n_tokens in enumerate(lengths):
             if n_tokens + max_tokens > limit:
                 raise InvalidParameterError(
                     f"Prompt {i} of the batch has {n_tokens} tokens; with max_tokens={max_tokens} it exceeds the "
