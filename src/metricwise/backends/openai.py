@@ -903,6 +903,7 @@ class OpenAIBackend:
         with server.lock:
             if server.kind is not None:
                 return
+            props: Any = None  # llama-server's /props, once fetched
             if self.server_kind != "auto":
                 kind = self.server_kind
             else:
@@ -918,7 +919,7 @@ class OpenAIBackend:
                         and isinstance(answer, dict)
                         and ("default_generation_settings" in answer or "total_slots" in answer)
                     ):
-                        kind = candidate
+                        kind, props = candidate, answer
                         break
                     if (
                         candidate == "vllm"
@@ -929,7 +930,10 @@ class OpenAIBackend:
                         break
             if kind == "llama.cpp" and server.max_n is None:
                 try:
-                    props = self._get(server.root + "/props", cancel, timeout=10.0, retries=False)
+                    if props is None:  # told it is llama.cpp rather than found by the probe
+                        props = self._get(
+                            server.root + "/props", cancel, timeout=10.0, retries=False
+                        )
                     slots = props.get("total_slots", 0) if isinstance(props, dict) else 0
                     slots = slots if isinstance(slots, int) and not isinstance(slots, bool) else 0
                 except (RetriesExhausted, HTTPStatusError, SamplingTimeout):
