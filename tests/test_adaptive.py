@@ -134,3 +134,31 @@ def test_rounds_stop_each_prompt_when_settled_and_reuse_the_stored_prefix(tmp_pa
         assert (
             len(backend.calls) == 3 and [c.text for c in fixed[0].candidates][:5] == script["hard"]
         )
+
+
+def test_every_decide_option_passes_through_the_rounds(tmp_path):
+    """Options of decide are not metric arguments: mbr="prune" reaches decide, tau the metric."""
+    backend = ScriptedBackend({"p": ["the cat sat", "a cat sat", "the cat sat down", "dogs"]})
+    adaptive = Adaptive(min_n=4, max_n=8, round=4)
+    with SampleStore(tmp_path / "s.db") as store:
+        (pruned,) = sample_and_decide(
+            store, backend, ["p"], SamplingConfig(n=1), adaptive, metric="chrf", mbr="prune"
+        )
+        (exact,) = sample_and_decide(
+            store, backend, ["p"], SamplingConfig(n=1), adaptive, metric="chrf"
+        )
+        assert (
+            pruned.output == exact.output
+            and pruned.mbr is not None
+            and pruned.mbr.method == "prune"
+        )
+        (quantile,) = sample_and_decide(
+            store,
+            ScriptedBackend({"q": ["1", "2", "3", "4"]}),
+            ["q"],
+            SamplingConfig(n=1),
+            adaptive,
+            metric="pinball",
+            tau=0.9,
+        )
+        assert quantile.output == 4.0

@@ -39,6 +39,7 @@ weights, Kish's ESS otherwise). Sampling stops when ``P(settled) >= confidence``
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -271,16 +272,10 @@ def sample_and_decide(
     probability_options = {
         k: decide_options[k] for k in ("valid_range", "grid") if decide_options.get(k) is not None
     }
-    metric_args = {
-        k: v
-        for k, v in decide_options.items()
-        if k
-        not in {
-            "metric", "rule", "weights", "weight_temperature", "valid_range", "grid",
-            "extractor", "include_incomplete", "candidates", "logprobs", "proposal_logprobs",
-            "higher_is_better",
-        }
-    }  # fmt: skip
+    # What decide does not take by name goes to the metric (tau=0.9 for pinball), as in decide;
+    # higher_is_better is both a decide option and what resolve needs for a callable metric.
+    decide_parameters = set(inspect.signature(decide).parameters) - {"higher_is_better"}
+    metric_args = {k: v for k, v in decide_options.items() if k not in decide_parameters}
     distinct = list(dict.fromkeys(prompts))
     final: dict[str, Decision] = {}
     active = list(distinct)
