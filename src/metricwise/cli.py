@@ -734,8 +734,9 @@ def _read_prompts(path: str) -> list[tuple[Any, str]]:
 @contextlib.contextmanager
 def _sampling_session(
     args: argparse.Namespace, prompts: list[str], config: Any, options: dict[str, Any]
-) -> Iterator[tuple[Any, Any]]:
-    """The store and the backend of a sampling command, opened in that order and closed after.
+) -> Iterator[tuple[Any, Any, int]]:
+    """The store and the backend of a sampling command, opened in that order and closed after,
+    and how many of the distinct prompts the store already holds all ``config.n`` samples of.
 
     The store opens first: a bad --store path is reported before a model loads for minutes.
     """
@@ -747,15 +748,15 @@ def _sampling_session(
     with SampleStore(store_path) as store:
         backend = load_backend(args.backend, args.model, **options)
         try:
+            distinct = len(set(prompts))
+            done = distinct - len(store.missing(backend.signature, prompts, config))
             if not args.quiet:
-                todo = len(store.missing(backend.signature, prompts, config))
-                distinct = len(set(prompts))
                 print(
                     f"metricwise {args.command}: {distinct} prompts x n={config.n} from {backend.signature}; "
-                    f"{distinct - todo} already in the store {store_path}",
+                    f"{done} already in the store {store_path}",
                     file=sys.stderr,
                 )
-            yield store, backend
+            yield store, backend, done
         finally:
             backend.close()
 
@@ -770,21 +771,21 @@ def _sample_all(
     """
     from metricwise.progress import Progress
 
-    with _sampling_session(args, prompts, config, options) as (store, backend):
-        distinct = len(set(prompts))
-        done = distinct - len(store.missing(backend.signature, prompts, config))
-        with Progress(
-            distinct, "sampling", unit="prompt", enabled=not args.quiet, initial=done
-        ) as bar:
-            return list(
-                store.sample(
-                    backend,
-                    prompts,
-                    config,
-                    batch_size=args.batch_size,
-                    progress=lambda done, total: bar.update(done),
-                )
+    with (
+        _sampling_session(args, prompts, config, options) as (store, backend, done),
+        Progress(
+            len(set(prompts)), "sampling", unit="prompt", enabled=not args.quiet, initial=done
+        ) as bar,
+    ):
+        return list(
+            store.sample(
+                backend,
+                prompts,
+                config,
+                batch_size=args.batch_size,
+                progress=lambda done, total: bar.update(done),
             )
+        )
 
 
 def _run_sample(args: argparse.Namespace) -> int:
@@ -827,10 +828,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         with (
             _sampling_session(
                 args, prompts, replace(config, n=adaptive.max_n), backend_options
-            ) as (
-                store,
-                backend,
-            ),
+            ) as (store, backend, _),
             Progress(len(set(prompts)), "settled", unit="prompt", enabled=not args.quiet) as bar,
         ):
             decisions = sample_and_decide(
