@@ -226,21 +226,13 @@ def _rowwise_answers(
     rule: str, values: np.ndarray, weights: np.ndarray, metric: Metric
 ) -> np.ndarray:
     """The rule's answer for every row of ``weights`` (shape (B, K), rows summing to 1) over the
-    same ``values`` (shape (K,)); the median and quantile follow
-    :func:`metricwise.decide.weighted_quantile` exactly, midpoint rule included."""
+    same ``values`` (shape (K,))."""
+    from metricwise.decide import weighted_quantiles
+
     if rule == "mean":
         return weights @ values
     tau = 0.5 if rule == "median" else float(getattr(metric, "tau", 0.5))
-    order = np.argsort(values, kind="stable")
-    v, w = values[order], weights[:, order]
-    cumulative = np.cumsum(w, axis=1) / w.sum(axis=1, keepdims=True)
-    k = np.minimum((cumulative < tau - 1e-12).sum(axis=1), len(v) - 1)
-    rows = np.arange(len(w))
-    at_k = cumulative[rows, k]
-    # The next value that has weight in the row: zero-weight values were never drawn.
-    following = np.minimum((cumulative <= at_k[:, None]).sum(axis=1), len(v) - 1)
-    midpoint = (np.abs(at_k - tau) <= 1e-12) & (following > k)
-    return np.where(midpoint, (v[k] + v[following]) / 2, v[k])
+    return weighted_quantiles(values, weights, tau)
 
 
 def sample_and_decide(

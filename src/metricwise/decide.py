@@ -666,18 +666,38 @@ def weighted_quantile(
         equals ``tau`` exactly at ``x_k`` every point of ``[x_k, x_{k+1}]`` is optimal and the
         midpoint is returned (so uniform weights reproduce ``numpy.median``).
     """
+    weights = np.asarray(weights, dtype=np.float64)
+    return float(weighted_quantiles(values, weights[None, :], tau)[0])
+
+
+def weighted_quantiles(
+    values: Sequence[float] | np.ndarray, weights: np.ndarray, tau: float
+) -> np.ndarray:
+    """:func:`weighted_quantile` for every row of ``weights`` at once.
+
+    Parameters
+    ----------
+    values:
+        Shape (K,), shared by all rows.
+    weights:
+        Shape (B, K), non-negative, each row with a positive sum (adaptive sampling passes
+        hundreds of resampled weightings of the same values).
+
+    Returns
+    -------
+    ndarray, shape (B,)
+    """
     v = np.asarray(values, dtype=np.float64)
-    w = np.asarray(weights, dtype=np.float64)
-    # A value with weight 0 carries no evidence; left in, it could become the midpoint's end.
-    v, w = v[w > 0], w[w > 0]
     order = np.argsort(v, kind="stable")
-    v, w = v[order], w[order]
-    cumulative = np.cumsum(w) / w.sum()
-    k = int(np.searchsorted(cumulative, tau - 1e-12, side="left"))
-    k = min(k, len(v) - 1)
-    if abs(cumulative[k] - tau) <= 1e-12 and k + 1 < len(v):
-        return float((v[k] + v[k + 1]) / 2)
-    return float(v[k])
+    v, w = v[order], np.asarray(weights, dtype=np.float64)[:, order]
+    cumulative = np.cumsum(w, axis=1) / w.sum(axis=1, keepdims=True)
+    k = np.minimum((cumulative < tau - 1e-12).sum(axis=1), len(v) - 1)
+    at_k = cumulative[np.arange(len(w)), k]
+    # The midpoint's other end is the next value with weight: one with weight 0 carries no
+    # evidence (and in a resample was never drawn).
+    following = np.minimum((cumulative <= at_k[:, None]).sum(axis=1), len(v) - 1)
+    midpoint = (np.abs(at_k - tau) <= 1e-12) & (following > k)
+    return np.where(midpoint, (v[k] + v[following]) / 2, v[k])
 
 
 # ---------------------------------------------------------------------------------------------
