@@ -275,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
     e.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     _add_adaptive_arguments(e, evaluation=True)
+    _add_decoding_arguments(e, evaluation=True)
     e.set_defaults(handler=_run_eval)
 
     r = sub.add_parser(
@@ -458,7 +459,54 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         help="sample store (SQLite) for resuming; default: the cache directory's samples.sqlite",
     )
     g.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    _add_decoding_arguments(parser)
     _add_limit_arguments(parser)
+
+
+def _add_decoding_arguments(parser: argparse.ArgumentParser, *, evaluation: bool = False) -> None:
+    """--decoding, --burn_in and --thin: globally normalised truncated sampling."""
+    from metricwise.global_decoding import ChainSettings
+
+    defaults = ChainSettings()
+    g = parser.add_argument_group(
+        "global decoding",
+        "Top-k, top-p and min-p renormalise at every step (local decoding). Global decoding returns "
+        "the states of an independent Metropolis-Hastings chain whose proposals are those local "
+        "samples, towards p(y)^(1/T) restricted to the sequences inside the truncation sets "
+        "(Gareev et al. 2024): -n states from --burn_in + n x --thin proposals, all kept in the "
+        "store; no extra model call. See metricwise.global_decoding.",
+    )
+    g.add_argument(
+        "--decoding",
+        default="local",
+        help="local, global, or local,global to score both on the same proposals with paired "
+        "differences"
+        if evaluation
+        else "local or global",
+    )
+    g.add_argument(
+        "--burn_in",
+        type=int,
+        default=defaults.burn_in,
+        help="proposals the chain reads before its first returned state",
+    )
+    g.add_argument(
+        "--thin", type=int, default=defaults.thin, help="proposals read per returned state"
+    )
+
+
+def _chain_settings(args: argparse.Namespace) -> Any:
+    """The ChainSettings of --decoding global (None for local), checked before any model loads."""
+    from metricwise.global_decoding import ChainSettings, check_decoding
+
+    if check_decoding(args.decoding) == "local":
+        return None
+    if args.temperature == 0:
+        raise InvalidParameterError(
+            "The '--decoding' option is 'global', which needs a sampling temperature > 0 (greedy "
+            "decoding has no distribution to normalise). Got --temperature 0 instead."
+        )
+    return ChainSettings(burn_in=args.burn_in, thin=args.thin)
 
 
 def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -788,21 +836,44 @@ def _sample_all(
         )
 
 
+def _sample_decoded(
+    args: argparse.Namespace, prompts: list[str], config: Any, options: dict[str, Any]
+) -> tuple[list[Any], list[Any] | None]:
+    """``config.n`` samples per prompt as --decoding asks: (sample sets, chains or None).
+
+    Global decoding samples ``burn_in + n * thin`` local proposals through the store and
+    returns the chains' ``n`` states.
+    """
+    from metricwise.global_decoding import describe_chains, global_chains
+
+    settings = _chain_settings(args)
+    if settings is None:
+        return _sample_all(args, prompts, config, options), None
+    proposals = _sample_all(args, prompts, replace(config, n=settings.proposals(config.n)), options)
+    chains = global_chains(
+        proposals, config.n, temperature=config.temperature, settings=settings, seed=config.seed
+    )
+    if not args.quiet:
+        print(f"metricwise {args.command}: {describe_chains(chains)}", file=sys.stderr)
+    return [chain.states for chain in chains], chains
+
+
 def _run_sample(args: argparse.Namespace) -> int:
     config, options = _sampling_config(args), _backend_options(args)
+    _chain_settings(args)  # a bad --decoding fails before the input is read
     records = _read_prompts(args.input)
-    sets = _sample_all(args, [prompt for _, prompt in records], config, options)
+    sets, chains = _sample_decoded(args, [prompt for _, prompt in records], config, options)
     sink = _open_output(args.output)
     try:
-        for (record_id, prompt), sample_set in zip(records, sets, strict=True):
-            write_json_line(
-                sink,
-                {
-                    "id": record_id,
-                    "prompt": prompt,
-                    "candidates": [c.to_dict() for c in sample_set.candidates],
-                },
-            )
+        for i, ((record_id, prompt), sample_set) in enumerate(zip(records, sets, strict=True)):
+            record = {
+                "id": record_id,
+                "prompt": prompt,
+                "candidates": [c.to_dict() for c in sample_set.candidates],
+            }
+            if chains is not None:
+                record["chain"] = chains[i].to_dict()
+            write_json_line(sink, record)
     finally:
         if sink is not sys.stdout:
             sink.close()
@@ -815,12 +886,17 @@ def _run_predict(args: argparse.Namespace) -> int:
     options = _decision_options(args)
     config, backend_options = _sampling_config(args), _backend_options(args)
     adaptive = _adaptive_settings(args)
+    if _chain_settings(args) is not None and adaptive is not None:
+        raise InvalidParameterError(
+            "The '--decoding global' and '--adaptive' options cannot be combined: a chain's "
+            "states are not a prefix of its proposals. Use one of them."
+        )
     records = _read_prompts(args.input)
     prompts = [prompt for _, prompt in records]
+    chains = None
     if adaptive is None:
-        decisions = [
-            decide(s, **options) for s in _sample_all(args, prompts, config, backend_options)
-        ]
+        sets, chains = _sample_decoded(args, prompts, config, backend_options)
+        decisions = [decide(s, **options) for s in sets]
     else:
         from metricwise.adaptive import sample_and_decide
         from metricwise.progress import Progress
@@ -846,11 +922,17 @@ def _run_predict(args: argparse.Namespace) -> int:
     max_support = None if args.max_support < 0 else args.max_support
     sink = _open_output(args.output)
     try:
-        for (record_id, prompt), decision in zip(records, decisions, strict=True):
-            write_json_line(
-                sink,
-                {"id": record_id, "prompt": prompt, **decision.to_dict(max_support=max_support)},
-            )
+        for i, ((record_id, prompt), decision) in enumerate(zip(records, decisions, strict=True)):
+            record = {
+                "id": record_id,
+                "prompt": prompt,
+                **decision.to_dict(max_support=max_support),
+            }
+            if chains is not None:
+                record["chain"] = {
+                    k: v for k, v in chains[i].to_dict().items() if k != "state_proposals"
+                }
+            write_json_line(sink, record)
     finally:
         if sink is not sys.stdout:
             sink.close()
@@ -938,6 +1020,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         float(gen.get("temperature", 1.0))
     ]
     adaptive = _adaptive_settings(args)  # min_n > max_n and the like fail before any model
+    from metricwise.global_decoding import ChainSettings
+
     config = EvalConfig(
         model=args.model,
         backend=args.backend,
@@ -966,6 +1050,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         adaptive=adaptive,
         tolerance=args.tolerance if adaptive is not None else None,
+        decodings=[d.strip() for d in args.decoding.split(",") if d.strip()],
+        chain=ChainSettings(burn_in=args.burn_in, thin=args.thin),
     )
     # Settings are checked (SamplingConfig raises) before any model is loaded.
     from metricwise.types import SamplingConfig

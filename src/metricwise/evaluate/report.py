@@ -50,6 +50,17 @@ def _temperature(label: str, temperature: Any) -> str:
     return str(temperature)
 
 
+def _run_title(run: dict[str, Any]) -> str:
+    """The task a run scored, marked ``(global)`` when its decoders read a global chain's states."""
+    task = str(run.get("task", "?"))
+    return f"{task} (global)" if run.get("decoding") == "global" else task
+
+
+def _run_slug(run: dict[str, Any]) -> str:
+    """:func:`_run_title` as a file-name part: ``stsb_global``."""
+    return str(run["task"]) + ("_global" if run.get("decoding") == "global" else "")
+
+
 def _fmt(value: float | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "nan"
@@ -126,7 +137,7 @@ def render_verdicts(results: dict[str, Any]) -> list[str]:
     runs = results.get("runs", [])
     temperatures: dict[str, set[Any]] = {}
     for run in runs:
-        temperatures.setdefault(run.get("task", ""), set()).add(run.get("temperature"))
+        temperatures.setdefault(_run_title(run), set()).add(run.get("temperature"))
     verdicts = []
     for run in runs:
         rows = run.get("scores") or []
@@ -142,7 +153,7 @@ def render_verdicts(results: dict[str, Any]) -> list[str]:
         rule = by_label.get(rule_label) if rule_label else None
         values = [r["value"] for r in (greedy, rule, prior) if r is not None]
         decimals = _decimals(*values)
-        task = run.get("task", "?")
+        task = _run_title(run)
         if len(temperatures.get(task, ())) > 1:
             task += f" (T={run.get('temperature')})"
         parts = []
@@ -233,7 +244,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         for row in run["scores"]:
             n_text = _n_read(row["decoder"], n, used.get(row["decoder"]))
             lines.append(
-                f"| {run['task']} | {run['version']} | {row['decoder']} | {n_text} | {_temperature(row['decoder'], temperature)} | {row['metric']} | "
+                f"| {_run_title(run)} | {run['version']} | {row['decoder']} | {n_text} | {_temperature(row['decoder'], temperature)} | {row['metric']} | "
                 f"{'↑' if row['direction'] == 'higher' else '↓'} | {_fmt(row['value'])} | {_fmt(row['stderr'])} | "
                 f"[{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] | {_vs_text(row.get('vs_greedy'))} | "
                 f"{_vs_text(row.get('vs_prior'))} | {_parsed_text(row)} |"
@@ -247,10 +258,44 @@ def render_markdown(results: dict[str, Any]) -> str:
         ]
         for run, row in corpus:
             lines.append(
-                f"| {run['task']} | {row['decoder']} | {_temperature(row['decoder'], run.get('temperature', ''))} | {row['metric']} | {_fmt(row['value'])} | "
+                f"| {_run_title(run)} | {row['decoder']} | {_temperature(row['decoder'], run.get('temperature', ''))} | {row['metric']} | {_fmt(row['value'])} | "
                 f"[{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] | {_vs_text(row.get('vs_greedy'))} | {_vs_text(row.get('vs_prior'))} |"
             )
+    lines += _decoding_lines(results)
     return "\n".join(lines)
+
+
+def _decoding_lines(results: dict[str, Any]) -> list[str]:
+    """Global against local decoding: how each chain moved, then each decoder's paired
+    difference (global minus local, on one pool of proposals), ``*`` where its 95% interval
+    excludes 0."""
+    runs = [r for r in results.get("runs", []) if r.get("decoding") == "global"]
+    if not runs:
+        return []
+    lines = [""]
+    for run in runs:
+        chain = run.get("chain") or {}
+        if chain:
+            lines.append(
+                f"- {run['task']} (T={run.get('temperature')}): global chains accepted "
+                f"{chain['acceptance_rate']:.1%} of proposals on average "
+                f"({chain['acceptance_rate_min']:.0%}-{chain['acceptance_rate_max']:.0%} per item), "
+                f"{chain['distinct_states']:.1f} distinct states of {chain['states']} from "
+                f"{chain['n_proposals']} proposals (burn-in {chain['burn_in']}, thinning {chain['thin']})"
+            )
+    compared = [(run, row) for run in runs for row in run.get("vs_local", [])]
+    if compared:
+        lines += [
+            "",
+            "| Task | T | Decoder | Metric | global - local | p |",
+            "|---|---|---|---|---|---|",
+        ]
+        for run, row in compared:
+            lines.append(
+                f"| {run['task']} | {run.get('temperature')} | {row['decoder']} | {row['metric']} | "
+                f"{_vs_text(row)} | {_fmt(row['p_value'], 3)} |"
+            )
+    return lines
 
 
 #: Colours of the built-in decoder families, fixed so that a family looks the same in every
@@ -360,12 +405,12 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     runs = results.get("runs", [])
     temperatures_by_task: dict[str, set[float]] = {}
     for run in runs:
-        temperatures_by_task.setdefault(run["task"], set()).add(run["temperature"])
+        temperatures_by_task.setdefault(_run_title(run), set()).add(run["temperature"])
     for run in runs:
         curves = run.get("curves")
         if not curves:
             continue
-        several = len(temperatures_by_task[run["task"]]) > 1
+        several = len(temperatures_by_task[_run_title(run)]) > 1
         fig, ax = plt.subplots(figsize=(7.5, 4.8))
         # Decoders that read no samples have no curve: flat lines at their score.
         flat = [
@@ -417,13 +462,13 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_ylabel(
             f"{curves['metric']} ({'higher' if direction == 'higher' else 'lower'} is better)"
         )
-        ax.set_title(f"{run['task']}: decoder@k, T={run['temperature']:g}, {run['n_items']} items")
+        ax.set_title(
+            f"{_run_title(run)}: decoder@k, T={run['temperature']:g}, {run['n_items']} items"
+        )
         ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        name = (
-            f"plot_{run['task']}_k{'_t' + format(run['temperature'], 'g') if several else ''}.png"
-        )
+        name = f"plot_{_run_slug(run)}_k{'_t' + format(run['temperature'], 'g') if several else ''}.png"
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
         written.append(out / name)
@@ -431,7 +476,9 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     for task, temps in temperatures_by_task.items():
         if len(temps) < 2:
             continue
-        task_runs = sorted((r for r in runs if r["task"] == task), key=lambda r: r["temperature"])
+        task_runs = sorted(
+            (r for r in runs if _run_title(r) == task), key=lambda r: r["temperature"]
+        )
         metric = (
             task_runs[0]["curves"]["metric"]
             if task_runs[0].get("curves")
@@ -457,7 +504,7 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        path = out / f"plot_{task}_temperature.png"
+        path = out / f"plot_{_run_slug(task_runs[0])}_temperature.png"
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)

@@ -15,15 +15,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from metricwise.adaptive import Adaptive
 from metricwise.errors import InvalidParameterError
 from metricwise.evaluate.decoders import Decoder, default_decoders, extractor_for
 from metricwise.evaluate.scoring import ItemRecord, score_task
-from metricwise.evaluate.stats import DEFAULT_BOOTSTRAP_ITERS
+from metricwise.evaluate.stats import DEFAULT_BOOTSTRAP_ITERS, paired_bootstrap, resample_indices
+from metricwise.global_decoding import ChainSettings, chain_summary, check_decoding, global_chains
 from metricwise.io import json_safe, write_json_line
 from metricwise.progress import Progress
 from metricwise.tasks.base import Item
-from metricwise.types import SamplingConfig
+from metricwise.types import SampleSet, SamplingConfig
 
 
 @dataclass
@@ -41,6 +44,13 @@ class EvalConfig:
     each task's answer unit; None takes ``adaptive.tolerance`` when that is not 0, else each
     task's and rule's default (:func:`~metricwise.evaluate.decoders.default_tolerance`: 2% of
     a bounded range, 0.5 for unbounded numbers, 0 for mode and MBR).
+
+    ``decodings`` (``--decoding``) are ``"local"`` (the samples as drawn), ``"global"`` (the
+    states of an independent Metropolis-Hastings chain over them, :mod:`metricwise.global_decoding`,
+    with burn-in and thinning from ``chain``), or both: then one pool of
+    ``chain.proposals(n)`` proposals is sampled, local decoders read its first ``n`` and global
+    ones the chain's ``n`` states, and each global score carries its paired difference against
+    the same decoder on local samples (``vs_local``).
     """
 
     model: str | None
@@ -68,8 +78,30 @@ class EvalConfig:
     quiet: bool = False
     adaptive: Adaptive | None = None
     tolerance: float | None = None
+    decodings: list[str] = field(default_factory=lambda: ["local"])
+    chain: ChainSettings = field(default_factory=ChainSettings)
+
+    @property
+    def pool_size(self) -> int:
+        """Samples drawn per item: ``n``, or the proposals a global chain of ``n`` states reads."""
+        return self.chain.proposals(self.n) if "global" in self.decodings else self.n
 
     def __post_init__(self) -> None:
+        if not self.decodings or len(set(self.decodings)) != len(self.decodings):
+            raise InvalidParameterError(
+                f"The 'decodings' parameter of eval must name local, global or both, once each. Got {self.decodings!r} instead."
+            )
+        for decoding in self.decodings:
+            check_decoding(decoding)
+        if not isinstance(self.chain, ChainSettings):
+            raise InvalidParameterError(
+                f"The 'chain' parameter of eval must be a ChainSettings. Got {self.chain!r} instead."
+            )
+        if "global" in self.decodings and self.adaptive is not None:
+            raise InvalidParameterError(
+                "The 'adaptive' and global 'decodings' parameters of eval cannot be combined: a "
+                "chain's states are not a prefix of its proposals. Use one of them."
+            )
         if self.adaptive is not None:
             if not isinstance(self.adaptive, Adaptive):
                 raise InvalidParameterError(
@@ -115,13 +147,15 @@ def signature_string(
     temperature: float,
     decoder: Decoder,
     metric: str,
+    decoding: str = "local",
 ) -> str:
     """A sacrebleu-style signature that lets a reader reproduce one number.
 
     Fields are ``key:value`` joined by ``|``: model, backend, task@version, the extractor's
     signature (how answers were read: ``number:answer``, its range and cues), shots, n,
     sampling settings, seed, decoder, its settings where it has any (an adaptive decoder's
-    stopping rule), metric and metricwise version. A ``|`` or ``\\`` inside a
+    stopping rule), ``decoding:global(burn_in=B,thin=T)`` for global decoding (absent for
+    local), metric and metricwise version. A ``|`` or ``\\`` inside a
     value (a regex extractor's pattern) is escaped with a backslash, so the fields split back.
     """
     from metricwise import __version__
@@ -141,6 +175,11 @@ def signature_string(
             f"seed:{config.seed}",
             f"decoder:{decoder.label}",
             *_settings_field(decoder, task),
+            *(
+                [f"decoding:global(burn_in={config.chain.burn_in},thin={config.chain.thin})"]
+                if decoding == "global"
+                else []
+            ),
             f"metric:{metric}",
             f"version:{__version__}",
         ]
@@ -221,7 +260,7 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
         with store:
             for task, items, prompts, prior_references in prepared:
                 base = SamplingConfig(
-                    n=config.n,
+                    n=config.pool_size,
                     top_p=config.top_p,
                     top_k=config.top_k,
                     min_p=config.min_p,
@@ -237,7 +276,7 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                 todo = set(store.missing(backend.signature, distinct, greedy_config))
                 todo.update(store.missing(backend.signature, distinct, first))
                 pending = [p for p in distinct if p in todo]
-                label = f"{task.name}: greedy + n={config.n} samples (t={config.temperatures[0]:g})"
+                label = f"{task.name}: greedy + n={config.pool_size} samples (t={config.temperatures[0]:g})"
                 done = len(distinct) - len(pending)
                 with Progress(
                     len(distinct), label, unit="prompt", enabled=not config.quiet, initial=done
@@ -258,7 +297,7 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                     )
                     with Progress(
                         len(set(prompts)),
-                        f"{task.name}: n={config.n} samples (t={temperature:g})",
+                        f"{task.name}: n={config.pool_size} samples (t={temperature:g})",
                         unit="prompt",
                         enabled=not config.quiet,
                         initial=resumed,
@@ -276,41 +315,64 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                         adaptive=config.adaptive,
                         tolerance=config.tolerance,
                     )
-                    with Progress(
-                        len(decoders),
-                        f"{task.name}: scoring decoders",
-                        unit="decoder",
-                        enabled=not config.quiet,
-                    ) as bar:
-                        run, records = score_task(
+                    scored: dict[str, tuple[dict[str, Any], list[ItemRecord]]] = {}
+                    for decoding in config.decodings:
+                        decoded, chains = _decoded_pools(config, pools, temperature, decoding)
+                        with Progress(
+                            len(decoders),
+                            f"{task.name}: scoring decoders"
+                            + (" (global)" if decoding == "global" else ""),
+                            unit="decoder",
+                            enabled=not config.quiet,
+                        ) as bar:
+                            run, records = score_task(
+                                task,
+                                items,
+                                prompts,
+                                greedy,
+                                decoded,
+                                decoders=decoders,
+                                bootstrap_iters=config.bootstrap_iters,
+                                seed=config.seed,
+                                curve_subsets=config.curve_subsets,
+                                signature=functools.partial(
+                                    signature_string,
+                                    config,
+                                    backend.signature,
+                                    task,
+                                    temperature,
+                                    decoding=decoding,
+                                ),
+                                progress=lambda d, t: bar.update(d),
+                                prior_references=prior_references,
+                            )
+                        run.update(
+                            {
+                                "temperature": temperature,
+                                "n": config.n,
+                                "num_fewshot": config.num_fewshot,
+                                "decoding": decoding,
+                            }
+                        )
+                        if chains is not None:
+                            run["chain"] = chain_summary(chains)
+                        scored[decoding] = (run, records)
+                        results["runs"].append(run)
+                        name = (
+                            f"{task.name}_t{temperature:g}"
+                            if len(config.temperatures) > 1
+                            else task.name
+                        )
+                        all_records[name + ("_global" if decoding == "global" else "")] = records
+                    if len(scored) == 2:
+                        scored["global"][0]["vs_local"] = compare_decodings(
+                            scored["global"][1],
+                            scored["local"][1],
                             task,
-                            items,
-                            prompts,
-                            greedy,
-                            pools,
-                            decoders=decoders,
+                            decoders,
                             bootstrap_iters=config.bootstrap_iters,
                             seed=config.seed,
-                            curve_subsets=config.curve_subsets,
-                            signature=functools.partial(
-                                signature_string, config, backend.signature, task, temperature
-                            ),
-                            progress=lambda d, t: bar.update(d),
-                            prior_references=prior_references,
                         )
-                    run.update(
-                        {
-                            "temperature": temperature,
-                            "n": config.n,
-                            "num_fewshot": config.num_fewshot,
-                        }
-                    )
-                    results["runs"].append(run)
-                    all_records[
-                        f"{task.name}_t{temperature:g}"
-                        if len(config.temperatures) > 1
-                        else task.name
-                    ] = records
     finally:
         if owned:
             backend.close()
@@ -323,6 +385,56 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
             plots=config.plots,
         )
     return results
+
+
+def _decoded_pools(
+    config: EvalConfig, pools: Sequence[SampleSet], temperature: float, decoding: str
+) -> tuple[list[SampleSet], list[Any] | None]:
+    """The ``n`` samples per item that the decoders read under ``decoding``, and the chains
+    (None for local decoding, which reads the first ``n`` of the pool)."""
+    if decoding == "local":
+        return [replace(p, candidates=p.candidates[: config.n]) for p in pools], None
+    chains = global_chains(
+        pools, config.n, temperature=temperature, settings=config.chain, seed=config.seed
+    )
+    return [c.states for c in chains], chains
+
+
+def compare_decodings(
+    global_records: Sequence[ItemRecord],
+    local_records: Sequence[ItemRecord],
+    task: Any,
+    decoders: Sequence[Decoder],
+    *,
+    bootstrap_iters: int,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Each decoder's global score minus its local score on the same items, with a paired
+    bootstrap interval and p-value: ``[{"decoder", "metric", "difference", "ci", "p_value"}]``.
+
+    Decoders that read no samples (greedy, the prior) score the same under both and are left
+    out; both decodings read one pool of proposals, so the difference is the chain's alone.
+    """
+    indices = resample_indices(len(global_records), bootstrap_iters, seed=seed)
+    rows = []
+    for decoder in decoders:
+        if not decoder.uses_samples:
+            continue
+        label = decoder.label
+        for metric in task.metrics:
+            a = np.array([r.scores[label][metric] for r in global_records])
+            b = np.array([r.scores[label][metric] for r in local_records])
+            cmp = paired_bootstrap(a, b, indices=indices)
+            rows.append(
+                {
+                    "decoder": label,
+                    "metric": metric,
+                    "difference": cmp.difference,
+                    "ci": [cmp.low, cmp.high],
+                    "p_value": cmp.p_value,
+                }
+            )
+    return rows
 
 
 def _fewshot_split(task: Any, data_dir: Path | None, *, required: bool) -> list[Item] | None:
