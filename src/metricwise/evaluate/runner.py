@@ -211,31 +211,23 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
     from metricwise.store import SampleStore, greedy_sampling_config
     from metricwise.tasks import get_task
     from metricwise.tasks.base import resolve_data_dir
-    from metricwise.tasks.fewshot import select_shots
 
     tasks = [get_task(name) for name in config.tasks]  # unknown names fail before the model loads
     data_dir = resolve_data_dir(config.data_dir)
-    prepared = []
-    for task in tasks:
-        items = task.load(data_dir, split="eval")
-        if config.limit is not None:
-            items = items[: config.limit]
-        shots: list[list[Any]] = [[] for _ in items]
-        pool = _fewshot_split(task, data_dir, required=config.num_fewshot > 0)
-        if pool is not None and config.num_fewshot > 0:
-            shots = select_shots(
-                pool,
-                items,
-                config.num_fewshot,
-                strategy=config.fewshot_strategy,
+    prepared = [
+        (
+            task,
+            *prepare_task(
+                task,
+                data_dir,
+                limit=config.limit,
+                num_fewshot=config.num_fewshot,
+                fewshot_strategy=config.fewshot_strategy,
                 seed=config.seed,
-                text=task.similarity_text,
-            )
-        prompts = [task.format_prompt(item, s) for item, s in zip(items, shots, strict=True)]
-        prior_references = (
-            None if pool is None else [item.references[0] for item in pool if item.references]
+            ),
         )
-        prepared.append((task, items, prompts, prior_references))
+        for task in tasks
+    ]
 
     store_path = config.store or str(cache_dir() / "samples.sqlite")
     # The store opens before the model loads, so that a bad --store path fails in a second.
@@ -385,6 +377,40 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
             plots=config.plots,
         )
     return results
+
+
+def prepare_task(
+    task: Any,
+    data_dir: Path | None,
+    *,
+    limit: int | None = None,
+    num_fewshot: int = 5,
+    fewshot_strategy: str = "random",
+    seed: int = 0,
+) -> tuple[list[Item], list[str], list[Any] | None]:
+    """A task's first ``limit`` eval items, their few-shot prompts, and the prior decoder's
+    references (one per few-shot item; None when the task has no few-shot split)."""
+    from metricwise.tasks.fewshot import select_shots
+
+    items = task.load(data_dir, split="eval")
+    if limit is not None:
+        items = items[:limit]
+    shots: list[list[Any]] = [[] for _ in items]
+    pool = _fewshot_split(task, data_dir, required=num_fewshot > 0)
+    if pool is not None and num_fewshot > 0:
+        shots = select_shots(
+            pool,
+            items,
+            num_fewshot,
+            strategy=fewshot_strategy,
+            seed=seed,
+            text=task.similarity_text,
+        )
+    prompts = [task.format_prompt(item, s) for item, s in zip(items, shots, strict=True)]
+    prior_references = (
+        None if pool is None else [item.references[0] for item in pool if item.references]
+    )
+    return items, prompts, prior_references
 
 
 def _decoded_pools(
