@@ -103,6 +103,7 @@ def decide(
     include_incomplete: bool = False,
     candidates: Sequence[Any] | None = None,
     mbr: str = "exact",
+    context: str | None = None,
     **metric_args: Any,
 ) -> Decision:
     """Return the answer that is Bayes-optimal for ``metric`` under the samples' distribution.
@@ -180,6 +181,18 @@ def decide(
         Both approximations report the exact expected metric of their answer (one more row of
         R evaluations) and what they computed in ``Decision.mbr``. Any value other than
         ``"exact"`` needs the ``"mbr"`` rule (or ``candidates``).
+
+        With a *pointwise* metric (``metric.pointwise``: ``u(c, y)`` does not depend on the
+        sample ``y``, as for a reward model), MBR collapses to best-of-N: the expected utility
+        ``sum_j w_j u(c, y_j)`` is ``u(c)`` itself, so the decision is the argmax of the
+        pointwise scores over the hypotheses, H evaluations and no H x R matrix, whatever
+        ``mbr`` says (``Decision.mbr.method`` is ``"pointwise"``). The weights then choose
+        nothing but ties (the heavier hypothesis wins), and ``expected_utility`` is the
+        chosen hypothesis's score. The default rule of such a metric is ``"mbr"``.
+    context:
+        The question the samples answer, for a pointwise metric that reads it (``reward``
+        scores each candidate as the answer to it). Defaults to the ``SampleSet``'s prompt;
+        other metrics ignore it.
     **metric_args:
         Passed to the registered metric (for example ``tau=0.9`` for ``pinball``).
 
@@ -207,6 +220,12 @@ def decide(
     numeric = metric_obj.kind == "number" or rule_name in NUMBER_RULES
 
     raw, logp, logq, finish = _unpack_samples(samples, logprobs, proposal_logprobs)
+    if context is None and isinstance(samples, SampleSet):
+        context = samples.prompt
+    if context is not None and not isinstance(context, str):
+        raise InvalidParameterError(
+            f"The 'context' parameter of decide must be a string (the question). Got {context!r} instead."
+        )
     n_total = len(raw)
     extract_fn = _resolve_extractor(extractor)
     if valid_range is not None:
@@ -257,9 +276,12 @@ def decide(
             extract_fn,
             valid_range,
             mbr,
+            context,
         )
     elif rule_name == "mbr":
-        output = _rule_mbr(support_values, support_weights, support_counts, metric_obj, method=mbr)
+        output = _rule_mbr(
+            support_values, support_weights, support_counts, metric_obj, method=mbr, context=context
+        )
     else:
         output = _RULE_FUNCTIONS[rule_name](
             support_values, support_weights, support_counts, metric_obj, valid_range, grid
@@ -328,6 +350,7 @@ def _best_hypothesis(
     extract_fn: Callable[[str], Any] | None,
     valid_range: tuple[float, float] | None,
     method: str = "exact",
+    context: str | None = None,
 ) -> _Scored | None:
     """The hypothesis with the best expected metric against the weighted samples ``values``.
 
@@ -348,7 +371,7 @@ def _best_hypothesis(
     hypotheses = sorted(set(hypotheses), key=_value_key)
     mass = dict(zip(values, weights, strict=True))
     evidence = np.array([mass.get(h, 0.0) for h in hypotheses])
-    return _mbr_search(metric, hypotheses, evidence, values, weights, counts, method)
+    return _mbr_search(metric, hypotheses, evidence, values, weights, counts, method, context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -825,14 +848,15 @@ def _rule_mbr(
     metric: Metric,
     *_: Any,
     method: str = "exact",
+    context: str | None = None,
 ) -> _Scored:
     """argmax over distinct candidates c of sum_j w_j u(c, y_j), from the (C, C) pairwise matrix.
 
     The matrix is filled in blocks of rows when it does not fit in the memory budget (see
     :func:`_expected_scores`). ``method`` ``"prune"`` or ``"aggregate"`` approximates the argmax
-    instead (see :func:`_mbr_search`).
+    instead, and a pointwise metric needs no matrix at all (see :func:`_mbr_search`).
     """
-    return _mbr_search(metric, values, weights, values, weights, counts, method)
+    return _mbr_search(metric, values, weights, values, weights, counts, method, context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -853,7 +877,7 @@ def _check_mbr(method: object, metric: Metric, rule: str) -> None:
             f"The 'mbr' parameter of decide applies to the 'mbr' rule, but metric {metric.name!r} is "
             f"decided by the {rule!r} rule. Got mbr={method!r} instead; pass rule='mbr' or leave mbr='exact'."
         )
-    if method == "aggregate" and not _can_aggregate(metric):
+    if method == "aggregate" and not metric.pointwise and not _can_aggregate(metric):
         raise InvalidParameterError(
             "The 'mbr' parameter of decide is 'aggregate', which needs a metric whose n-gram "
             "statistics can be averaged over the samples (chrf, also with word_order). Got metric "
@@ -880,6 +904,7 @@ def _mbr_search(
     weights: np.ndarray,
     counts: np.ndarray,
     method: str,
+    context: str | None = None,
 ) -> _Scored:
     """The MBR choice among ``hypotheses`` against the weighted distinct samples ``refs``.
 
@@ -896,7 +921,11 @@ def _mbr_search(
         each stands for.
     method:
         ``"exact"`` (H x R evaluations, blocked under the memory budget), ``"prune"``
-        (:func:`_pruned_choice`) or ``"aggregate"`` (:func:`_aggregate_choice`).
+        (:func:`_pruned_choice`) or ``"aggregate"`` (:func:`_aggregate_choice`). Ignored for a
+        pointwise metric (``metric.pointwise``), whose expected utility is its score: H
+        evaluations of ``metric.pointwise_scores`` decide, reported as method ``"pointwise"``.
+    context:
+        The question, passed to a pointwise metric's ``pointwise_scores``.
 
     Returns
     -------
@@ -905,6 +934,17 @@ def _mbr_search(
         approximations one more row of R evaluations), and :class:`MBRStats`.
     """
     n_h, n_r = len(hypotheses), len(refs)
+    if metric.pointwise:
+        # sum_j w_j u(h, y_j) = u(h) when u ignores y (the weights sum to 1): best-of-N.
+        scores = np.asarray(metric.pointwise_scores(hypotheses, context=context), dtype=np.float64)
+        if scores.shape != (n_h,):
+            raise InvalidParameterError(
+                f"The pointwise_scores of metric {metric.name!r} must return shape ({n_h},), one "
+                f"score per hypothesis. Got shape {scores.shape} instead."
+            )
+        best = _best_index(scores, evidence, hypotheses, metric.higher_is_better)
+        stats = MBRStats("pointwise", n_h, n_r, evaluations=n_h, rounds=1, remaining=n_h)
+        return _Scored(hypotheses[best], float(scores[best]), stats)
     if method == "exact":
         expected = _expected_scores(metric, hypotheses, refs, weights)
         best = _best_index(expected, evidence, hypotheses, metric.higher_is_better)

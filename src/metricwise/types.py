@@ -145,7 +145,9 @@ class MBRStats:
     method:
         ``"exact"`` (every hypothesis against every pseudo-reference), ``"prune"``
         (confidence-based pruning, Cheng and Vlachos 2023) or ``"aggregate"`` (one aggregated
-        reference, DeNero et al. 2009; Vamvas and Sennrich 2024). See :func:`metricwise.decide`.
+        reference, DeNero et al. 2009; Vamvas and Sennrich 2024), or ``"pointwise"`` (a metric
+        that scores one answer, such as a reward model: best-of-N, one evaluation per
+        hypothesis). See :func:`metricwise.decide`.
     n_hypotheses, n_references:
         Distinct hypotheses (what may be returned) and distinct pseudo-references (samples).
     evaluations:

@@ -35,6 +35,11 @@ class Metric:
     bayes_rule:
         Name of the closed-form decision rule that is Bayes-optimal for this metric
         (``"mode"``, ``"mean"``, ``"median"``, ``"quantile"``), or ``None`` for MBR.
+    pointwise:
+        Whether ``score(c, y)`` does not depend on ``y``: the metric scores one answer (a
+        reward model, a judge without a reference) through :meth:`pointwise_scores`. MBR with
+        such a metric collapses to best-of-N, so :func:`metricwise.decide` returns the argmax
+        of the pointwise scores over the hypotheses without building a pairwise matrix.
     """
 
     name: str = "metric"
@@ -42,6 +47,7 @@ class Metric:
     kind: MetricKind = "text"
     symmetric: bool = True
     bayes_rule: str | None = None
+    pointwise: bool = False
 
     # -- the per-pair definition -------------------------------------------------------------
     def _score_one(self, pred: Any, ref: Any) -> float:
@@ -73,6 +79,15 @@ class Metric:
             for j, r in enumerate(refs):
                 out[i, j] = self._score_one(c, r)
         return out
+
+    def pointwise_scores(self, cands: Sequence[Any], *, context: str | None = None) -> np.ndarray:
+        """Shape (C,) float64: the score of each candidate alone, for a ``pointwise`` metric.
+
+        ``context`` is the question the candidates answer (the prompt), for a metric that reads
+        it; :func:`metricwise.decide` passes its ``context`` argument (by default the
+        ``SampleSet``'s prompt). Only metrics with ``pointwise = True`` implement it.
+        """
+        raise NotImplementedError(f"The metric {self.name!r} is not pointwise.")
 
     def _pairwise_deduplicated(
         self,
