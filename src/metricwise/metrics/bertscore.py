@@ -144,7 +144,7 @@ class _TokenEncoder:
 
 @register("bertscore")
 class BERTScore(ModelUtility):
-    """BERTScore F1 (or precision, recall) of contextual token embeddings; 0..1, 1 for equal texts.
+    """BERTScore F1 (or precision, recall) of contextual token embeddings; 1 for equal texts.
 
     Parameters
     ----------
