@@ -162,3 +162,30 @@ def test_every_decide_option_passes_through_the_rounds(tmp_path):
             tau=0.9,
         )
         assert quantile.output == 4.0
+
+
+def test_each_batch_goes_through_its_rounds_on_one_prefill(tmp_path):
+    """Batch-major rounds: the hf backend prefills each batch of prompts once, however many
+    rounds its unsettled prompts take."""
+    pytest.importorskip("torch")
+    from tiny_lm import tiny_model_and_tokenizer
+
+    from metricwise.backends.hf import HFBackend
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    backend = HFBackend(model, tokenizer=tokenizer)
+    prompts = ["the cat sat on", "what is two plus three ?", "paris is the", "numbers 0 1 2"]
+    # Token F1 of random tiny-model text never settles at this confidence: every round runs.
+    adaptive = Adaptive(min_n=2, max_n=6, round=2, confidence=0.999)
+    with SampleStore(tmp_path / "s.db") as store:
+        decisions = sample_and_decide(
+            store,
+            backend,
+            prompts,
+            SamplingConfig(n=1, max_tokens=4, seed=3),
+            adaptive,
+            batch_size=2,
+            metric="token_f1",
+        )
+    assert any(d.n_used == 6 for d in decisions)  # some prompt took all three rounds
+    assert backend.prefill_calls == 2  # 4 prompts in 2 batches, not one prefill per round

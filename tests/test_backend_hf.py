@@ -202,7 +202,8 @@ def test_a_sample_does_not_depend_on_its_batch(backend):
 
 def test_n_samples_of_a_prompt_batch_come_from_one_prefill(backend):
     before = backend.prefill_calls
-    sets = backend.sample(PROMPTS, SamplingConfig(n=8, max_tokens=4, seed=1))
+    fresh = ["a batch this module", "has not prefilled"]  # a kept prefill would serve PROMPTS
+    sets = backend.sample(fresh, SamplingConfig(n=8, max_tokens=4, seed=1))
     assert backend.prefill_calls == before + 1
     assert [len(s) for s in sets] == [8, 8]
 
@@ -223,9 +224,40 @@ def test_greedy_then_samples_of_one_batch_share_the_prefill():
     assert [c.logp for s in sets for c in s.candidates] == pytest.approx(
         [c.logp for s in fresh_sets for c in s.candidates], abs=1e-6
     )
-    shared.sample(PROMPTS, config)  # the kept prefill serves one call, not more
-    shared.sample(PROMPTS[:1], config)  # another batch
-    assert shared.prefill_calls == 3
+    shared.sample(PROMPTS, config)  # the kept prefill serves every call on the batch
+    assert shared.prefill_calls == 1
+    shared.sample(["another prompt"], config)  # another batch
+    assert shared.prefill_calls == 2
+
+
+def test_a_subset_of_the_kept_batch_reuses_its_prefill_with_the_same_numbers():
+    """Adaptive rounds ask again for the unsettled prompts of a batch: their rows of the kept
+    prefill are reused, so every round decodes from the very KV values of the first."""
+    model, tokenizer = tiny_model_and_tokenizer()
+    shared = HFBackend(model, tokenizer=tokenizer)
+    prompts = [*PROMPTS, "a third, rather longer prompt about the cat and the dog"]
+    config = SamplingConfig(n=4, max_tokens=6, seed=2)
+    first = shared.sample(prompts, config)
+    later = shared.sample(
+        [prompts[2], prompts[0]], SamplingConfig(n=6, max_tokens=6, seed=2), start=4
+    )
+    assert shared.prefill_calls == 1
+    # The same draws from the full batch's prefill: samples 4..5 of those two prompts.
+    full = HFBackend(model, tokenizer=tokenizer).sample(
+        prompts, SamplingConfig(n=6, max_tokens=6, seed=2)
+    )
+    assert [c.token_ids for c in later[0].candidates] == [
+        c.token_ids for c in full[2].candidates[4:]
+    ]
+    assert [c.token_ids for c in later[1].candidates] == [
+        c.token_ids for c in full[0].candidates[4:]
+    ]
+    assert [c.logp for c in later[0].candidates] == pytest.approx(
+        [c.logp for c in full[2].candidates[4:]], abs=1e-6
+    )
+    assert [c.token_ids for s in first for c in s.candidates] == [
+        c.token_ids for s in full for c in s.candidates[:4]
+    ]
 
 
 def test_greedy_is_the_argmax_path(backend):

@@ -249,8 +249,10 @@ def sample_and_decide(
 ) -> list[Decision]:
     """Sample ``prompts`` in rounds through ``store`` until each decision is settled.
 
-    Round ``r`` asks the store for ``adaptive.schedule()[r]`` samples of every prompt not yet
-    settled (the store draws only the new indices), decides with ``decide_options`` (those of
+    Prompts go in batches of ``batch_size``, each batch through all its rounds before the next
+    (so that a backend keeps one batch's prefill for all of its rounds). Round ``r`` asks the
+    store for ``adaptive.schedule()[r]`` samples of every prompt of the batch not yet settled
+    (the store draws only the new indices), decides with ``decide_options`` (those of
     :func:`metricwise.decide`, ``metric`` included) and keeps the prompts whose decision is not
     settled for the next round. ``config.n`` is ignored. Returns one decision per prompt with
     ``n_used``, ``stopped`` and ``settled_probability`` set. ``progress(done, total)`` counts
@@ -270,29 +272,36 @@ def sample_and_decide(
     metric_args = {k: v for k, v in decide_options.items() if k not in decide_parameters}
     distinct = list(dict.fromkeys(prompts))
     final: dict[str, Decision] = {}
-    active = list(distinct)
     schedule = adaptive.schedule()
-    for n in schedule:
-        if not active:
-            break
-        sets = store.sample(backend, active, replace(config, n=n), batch_size=batch_size)
-        still = []
-        for prompt, sample_set in zip(active, sets, strict=True):
-            decision = decide_fn(sample_set, **decide_options)
-            probability = settled_probability(
-                decision, decide_options["metric"], adaptive, **probability_options, **metric_args
-            )
-            if n >= adaptive.max_n:
-                stopped = "max_n" if decision.ok else "no_valid_samples"
-            elif decision.ok and probability >= adaptive.confidence:
-                stopped = "settled"
-            else:
-                still.append(prompt)
-                continue
-            final[prompt] = replace(
-                decision, n_used=n, stopped=stopped, settled_probability=probability
-            )
-        active = still
-        if progress:
-            progress(len(final), len(distinct))
+    # Batch by batch, every round of a batch before the next batch: each round asks for the
+    # unsettled prompts of one batch, whose prefill a backend can keep (hf does) for all rounds.
+    for start in range(0, len(distinct), batch_size):
+        active = distinct[start : start + batch_size]
+        for n in schedule:
+            if not active:
+                break
+            sets = store.sample(backend, active, replace(config, n=n), batch_size=batch_size)
+            still = []
+            for prompt, sample_set in zip(active, sets, strict=True):
+                decision = decide_fn(sample_set, **decide_options)
+                probability = settled_probability(
+                    decision,
+                    decide_options["metric"],
+                    adaptive,
+                    **probability_options,
+                    **metric_args,
+                )
+                if n >= adaptive.max_n:
+                    stopped = "max_n" if decision.ok else "no_valid_samples"
+                elif decision.ok and probability >= adaptive.confidence:
+                    stopped = "settled"
+                else:
+                    still.append(prompt)
+                    continue
+                final[prompt] = replace(
+                    decision, n_used=n, stopped=stopped, settled_probability=probability
+                )
+            active = still
+            if progress:
+                progress(len(final), len(distinct))
     return [final[p] for p in prompts]

@@ -219,9 +219,10 @@ class HFBackend:
     signature:
         Identifies the model in the sample store; derived from the model name by default.
     reuse_prefill:
-        Keep a copy of the last prompt batch's prefill (its KV cache) so that a following call
-        on the same prompts (greedy, then the samples) skips the second pass over the prompts.
-        Costs one batch's KV cache of memory between calls; False turns it off.
+        Keep a copy of the last prompt batch's prefill (its KV cache) so that following calls
+        on the same prompts or a subset of them (greedy, then the samples; the rounds of
+        adaptive sampling) skip another pass over the prompts. Costs one batch's KV cache of
+        memory between calls (and a copy of it per reuse); False turns it off.
     """
 
     def __init__(
@@ -299,10 +300,11 @@ class HFBackend:
         Every prompt's token count is checked first (:meth:`_check_lengths`), before any
         forward pass, with room for ``max_tokens`` new tokens.
 
-        A copy of the result is kept for the next call: when that call has the same prompts
-        (the evaluation harness asks for greedy and then the N samples of one batch), it is
-        used instead of a second forward pass over the prompts. Decoding extends the cache in
-        place, hence the copy.
+        A copy of the result is kept for the following calls: while they ask for the same
+        prompts or some of them (the evaluation harness asks for greedy and then the N samples
+        of one batch; adaptive sampling asks for the unsettled prompts of a batch round after
+        round), a copy of the kept rows is used instead of another forward pass over the
+        prompts. Decoding extends the cache in place, hence the copies.
         """
         torch = _torch()
         import copy
@@ -310,10 +312,11 @@ class HFBackend:
         from transformers import DynamicCache
 
         key = tuple(prompts)
-        kept, self._kept_prefill = self._kept_prefill, None
-        if kept is not None and kept[0] == key:
-            self._check_lengths(kept[1][2].sum(dim=-1).tolist(), max_tokens)
-            return kept[1]
+        if self._kept_prefill is not None:
+            rows = _rows_within(self._kept_prefill[0], key)
+            if rows is not None:
+                return self._reuse_prefill(self._kept_prefill[1], rows, max_tokens)
+        self._kept_prefill = None
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
         input_ids = enc["input_ids"].to(self.device)
@@ -341,6 +344,28 @@ class HFBackend:
                 (result[0].clone(), copy.deepcopy(cache), attention, positions),
             )
         return result
+
+    def _reuse_prefill(
+        self, kept: tuple[Any, Any, Any, Any], rows: list[int], max_tokens: int
+    ) -> tuple[Any, Any, Any, Any]:
+        """A copy of the ``rows`` of the ``kept`` prefill (prompts of the kept batch, in the
+        order asked).
+
+        The kept batch's left padding stays: a subset is padded to the kept batch's longest
+        prompt, which the attention mask hides, so its prompts' KV values are the very ones
+        the first call used and every round of an adaptive run decodes from the same numbers.
+        """
+        torch = _torch()
+        import copy
+
+        logits, cache, attention, positions = kept
+        cache = copy.deepcopy(cache)
+        if rows != list(range(attention.shape[0])):
+            index = torch.tensor(rows, dtype=torch.long, device=attention.device)
+            cache.batch_select_indices(index)
+            logits, attention, positions = logits[index], attention[index], positions[index]
+        self._check_lengths(attention.sum(dim=-1).tolist(), max_tokens)
+        return logits.clone(), cache, attention, positions
 
     # -- decoding ------------------------------------------------------------------------------
     def _decode(
@@ -439,6 +464,15 @@ class HFBackend:
 
     def _detokenize(self, tokens: list[int]) -> str:
         return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
+
+def _rows_within(kept: tuple[str, ...], prompts: tuple[str, ...]) -> list[int] | None:
+    """Rows of ``kept`` that hold ``prompts`` in order, or None when one of them is not there."""
+    first: dict[str, int] = {}
+    for row, prompt in enumerate(kept):
+        first.setdefault(prompt, row)
+    rows = [first.get(p) for p in prompts]
+    return None if any(r is None for r in rows) else [r for r in rows if r is not None]
 
 
 def _end_ids(model: Any, tokenizer: Any) -> frozenset[int]:
