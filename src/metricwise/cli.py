@@ -272,6 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=8,
         help="random size-k subsets per item for decoder@k curves (0: no curves)",
     )
+    e.add_argument(
+        "--mbr_metrics",
+        default=None,
+        metavar="M1,M2,...",
+        help="also decide by MBR with these utilities (e.g. chrf,bertscore,embedding_cosine), "
+        "scored by the task's metrics",
+    )
     e.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
     e.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     _add_adaptive_arguments(e, evaluation=True)
@@ -1051,6 +1058,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         adaptive=adaptive,
         tolerance=args.tolerance if adaptive is not None else None,
         decodings=[d.strip() for d in args.decoding.split(",") if d.strip()],
+        mbr_metrics=[m.strip() for m in (args.mbr_metrics or "").split(",") if m.strip()],
         chain=ChainSettings(burn_in=args.burn_in, thin=args.thin),
     )
     # Settings are checked (SamplingConfig raises) before any model is loaded.

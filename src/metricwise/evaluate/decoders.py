@@ -724,6 +724,7 @@ def default_decoders(
     prior: bool = False,
     adaptive: Adaptive | None = None,
     tolerance: float | None = None,
+    extra_mbr_metrics: Sequence[str] = (),
 ) -> list[Decoder]:
     """The decoders the harness compares for ``task``; ``prior`` adds the no-model constant.
 
@@ -736,6 +737,10 @@ def default_decoders(
     With ``adaptive``, every Bayes rule (each weighting) gets an adaptive twin
     (:class:`AdaptiveRule`, ``mean@adaptive``) with that stopping rule and ``tolerance``
     (None: :func:`default_tolerance`).
+
+    ``extra_mbr_metrics`` (``eval --mbr_metrics``) adds ``mbr[m]`` (uniform weights) for
+    utilities that are not the task's metrics (``chrf``, ``bertscore``, ``embedding_cosine``): answers
+    chosen by one utility, scored by the task's metrics.
     """
     decoders: list[Decoder] = [Greedy()]
     if prior:
@@ -753,6 +758,7 @@ def default_decoders(
     rules += [type(d)(d.metric, "model") for d in rules]
     decoders += rules
     decoders += [MBRGreedy(m) for m in mbr_metrics]
+    decoders += [MBR(m) for m in dict.fromkeys(extra_mbr_metrics) if m not in mbr_metrics]
     if adaptive is not None:
         decoders += [AdaptiveRule(d, adaptive, tolerance) for d in rules]
     decoders.append(Oracle())

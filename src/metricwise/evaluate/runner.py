@@ -24,6 +24,7 @@ from metricwise.evaluate.scoring import ItemRecord, score_task
 from metricwise.evaluate.stats import DEFAULT_BOOTSTRAP_ITERS, paired_bootstrap, resample_indices
 from metricwise.global_decoding import ChainSettings, chain_summary, check_decoding, global_chains
 from metricwise.io import json_safe, write_json_line
+from metricwise.metrics import get as get_metric
 from metricwise.progress import Progress
 from metricwise.tasks.base import Item
 from metricwise.types import SampleSet, SamplingConfig
@@ -44,6 +45,9 @@ class EvalConfig:
     each task's answer unit; None takes ``adaptive.tolerance`` when that is not 0, else each
     task's and rule's default (:func:`~metricwise.evaluate.decoders.default_tolerance`: 2% of
     a bounded range, 0.5 for unbounded numbers, 0 for mode and MBR).
+
+    ``mbr_metrics`` (``--mbr_metrics``) adds an ``mbr[m]`` decoder for each utility ``m``
+    beyond the task's own metrics (see :func:`~metricwise.evaluate.decoders.default_decoders`).
 
     ``decodings`` (``--decoding``) are ``"local"`` (the samples as drawn), ``"global"`` (the
     states of an independent Metropolis-Hastings chain over them, :mod:`metricwise.global_decoding`,
@@ -78,6 +82,7 @@ class EvalConfig:
     quiet: bool = False
     adaptive: Adaptive | None = None
     tolerance: float | None = None
+    mbr_metrics: list[str] = field(default_factory=list)
     decodings: list[str] = field(default_factory=lambda: ["local"])
     chain: ChainSettings = field(default_factory=ChainSettings)
 
@@ -93,6 +98,8 @@ class EvalConfig:
             )
         for decoding in self.decodings:
             check_decoding(decoding)
+        for name in self.mbr_metrics:
+            get_metric(name)  # an unknown utility, or its missing model, fails before sampling
         if not isinstance(self.chain, ChainSettings):
             raise InvalidParameterError(
                 f"The 'chain' parameter of eval must be a ChainSettings. Got {self.chain!r} instead."
@@ -306,6 +313,7 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                         prior=prior_references is not None,
                         adaptive=config.adaptive,
                         tolerance=config.tolerance,
+                        extra_mbr_metrics=config.mbr_metrics,
                     )
                     scored: dict[str, tuple[dict[str, Any], list[ItemRecord]]] = {}
                     for decoding in config.decodings:
