@@ -54,6 +54,48 @@ class Backend(Protocol):
         ...
 
 
+class LogprobsUnavailable(BackendError, NotImplementedError):
+    """A backend cannot give the log-probabilities :func:`continuation_logprobs` asks for.
+
+    Raised by a backend's optional ``continuation_logprobs`` method (a server that returns no
+    log-probabilities, a continuation of several tokens that a server cannot teacher-force).
+    Callers that have another way (the ``judge`` utility samples judgements instead) catch it.
+    """
+
+
+def continuation_logprobs(
+    backend: Any, prompts: Sequence[str], continuations: Sequence[str]
+) -> np.ndarray:
+    """Teacher-forced log-probabilities (nats) of each continuation string after each prompt.
+
+    The one optional backend method beyond sampling, used by the ``judge`` utility to read the
+    probability of each score string ("1" .. "K") after a judge prompt. A backend that has it
+    defines ``continuation_logprobs(prompts, continuations) -> ndarray`` of shape
+    ``(len(prompts), len(continuations))``, where entry ``(i, k)`` is
+    ``log p(continuation_k | prompt_i) = sum_t log p(c_t | prompt_i, c_<t)`` over the tokens
+    ``c`` of the continuation tokenised on its own (no special tokens) and appended to the
+    prompt's tokens (as the backend tokenises prompts for sampling). ``hf`` and ``llamacpp``
+    compute it exactly (one pass over each prompt when every continuation is one token);
+    ``openai`` reads it from the top log-probabilities of a one-token completion (see
+    :meth:`metricwise.backends.openai.OpenAIBackend.continuation_logprobs`).
+
+    Raises :class:`LogprobsUnavailable` when ``backend`` has no such method or cannot answer.
+    """
+    method = getattr(backend, "continuation_logprobs", None)
+    if not callable(method):
+        raise LogprobsUnavailable(
+            f"The backend {getattr(backend, 'signature', type(backend).__name__)} gives no "
+            "log-probabilities of given continuations."
+        )
+    values = np.asarray(method(list(prompts), list(continuations)), dtype=np.float64)
+    if values.shape != (len(prompts), len(continuations)):
+        raise BackendError(
+            f"The backend's continuation_logprobs returned shape {values.shape}; "
+            f"({len(prompts)}, {len(continuations)}) was asked for."
+        )
+    return values
+
+
 def sample_seed(seed: int, index: int, prompt: str) -> tuple[int, int, int]:
     """Entropy of sample ``index``'s random stream: the run's seed, the index, and the prompt.
 

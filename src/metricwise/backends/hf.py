@@ -292,6 +292,75 @@ class HFBackend:
         self.model = None
         self._kept_prefill = None
 
+    # -- teacher-forced scoring ------------------------------------------------------------------
+    def continuation_logprobs(
+        self, prompts: Sequence[str], continuations: Sequence[str]
+    ) -> np.ndarray:
+        """Shape (P, K) float64: ``log p(continuation_k | prompt_i)`` in nats, teacher-forced.
+
+        The prompt is tokenised as for sampling (with the tokenizer's special tokens), each
+        continuation on its own without them, and its tokens are appended to the prompt's (see
+        :func:`metricwise.backends.base.continuation_logprobs`). When every continuation is one
+        token (the judge's "1" .. "5"), one left-padded pass over the prompts gives all of them
+        from the next-token distribution; otherwise each prompt's K sequences prompt +
+        continuation are scored in one left-padded pass.
+        """
+        torch = _torch()
+        if not prompts or not continuations:
+            return np.zeros((len(prompts), len(continuations)))
+        cont_ids = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations]
+        for c, ids in zip(continuations, cont_ids, strict=True):
+            if not ids:
+                raise InvalidParameterError(
+                    f"The 'continuations' parameter of continuation_logprobs must be texts of at "
+                    f"least one token. Got {c!r} instead."
+                )
+        prompt_ids = [self.tokenizer(p)["input_ids"] for p in prompts]
+        longest = max(len(ids) for ids in cont_ids)
+        self._check_lengths([len(ids) for ids in prompt_ids], longest)
+        pad = int(self.tokenizer.pad_token_id)
+        with torch.inference_mode():
+            if longest == 1:
+                width = max(len(ids) for ids in prompt_ids)
+                rows = [[pad] * (width - len(ids)) + ids for ids in prompt_ids]
+                mask = [[0] * (width - len(ids)) + [1] * len(ids) for ids in prompt_ids]
+                attention = torch.tensor(mask, device=self.device)
+                out = self.model(
+                    input_ids=torch.tensor(rows, device=self.device),
+                    attention_mask=attention,
+                    position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
+                    logits_to_keep=1,
+                    use_cache=False,
+                )
+                logp = torch.log_softmax(out.logits[:, -1, :].double(), dim=-1)
+                targets = torch.tensor([ids[0] for ids in cont_ids], device=logp.device)
+                return logp[:, targets].cpu().numpy()
+            # One pass per prompt over its K sequences, left-padded so that every continuation
+            # ends the row and only the last ``longest + 1`` positions' logits are materialised.
+            out_values = np.empty((len(prompts), len(continuations)))
+            for p, ids in enumerate(prompt_ids):
+                full = [ids + c for c in cont_ids]
+                width = max(len(f) for f in full)
+                attention = torch.tensor(
+                    [[0] * (width - len(f)) + [1] * len(f) for f in full], device=self.device
+                )
+                out = self.model(
+                    input_ids=torch.tensor(
+                        [[pad] * (width - len(f)) + f for f in full], device=self.device
+                    ),
+                    attention_mask=attention,
+                    position_ids=(attention.cumsum(-1) - 1).clamp(min=0),
+                    logits_to_keep=longest + 1,
+                    use_cache=False,
+                )
+                logits = out.logits.double()  # (K, longest + 1, V); the last predicts nothing
+                for k, c in enumerate(cont_ids):
+                    rows = logits[k, longest - len(c) : longest]
+                    logp = torch.log_softmax(rows, dim=-1)
+                    target = torch.tensor(c, device=logp.device)
+                    out_values[p, k] = float(logp[torch.arange(len(c)), target].sum())
+            return out_values
+
     # -- prefill -------------------------------------------------------------------------------
     def _prefill(self, prompts: list[str], max_tokens: int) -> tuple[Any, Any, Any, Any]:
         """Run the prompt batch once: last-position logits (P, V) float32, the KV cache, the

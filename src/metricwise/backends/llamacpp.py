@@ -608,6 +608,57 @@ class LlamaCppBackend:
         return eog
 
     # -- rescoring ---------------------------------------------------------------------------------
+    def tokenize_continuation(self, text: str) -> list[int]:
+        """Token ids of ``text`` on its own: no BOS, special-token markup read as plain text."""
+        data = text.encode("utf-8")
+        size = len(data) + 8
+        buf = (self._lib.llama_token * size)()
+        n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, size, False, False)
+        if n < 0:
+            size = -n
+            buf = (self._lib.llama_token * size)()
+            n = self._lib.llama_tokenize(self._vocab, data, len(data), buf, size, False, False)
+        return list(buf[:n])
+
+    def continuation_logprobs(
+        self, prompts: Sequence[str], continuations: Sequence[str]
+    ) -> np.ndarray:
+        """Shape (P, K) float64: ``log p(continuation_k | prompt_i)`` in nats, teacher-forced.
+
+        Continuations are tokenised on their own (:meth:`tokenize_continuation`) and appended
+        to the prompt's tokens (see :func:`metricwise.backends.base.continuation_logprobs`).
+        When every continuation is one token, each prompt is evaluated once and the K values
+        are read from its next-token distribution; otherwise each (prompt, continuation) is
+        scored by :meth:`score` (one evaluation each).
+        """
+        cont_ids = [self.tokenize_continuation(c) for c in continuations]
+        for c, ids in zip(continuations, cont_ids, strict=True):
+            if not ids:
+                raise InvalidParameterError(
+                    f"The 'continuations' parameter of continuation_logprobs must be texts of at "
+                    f"least one token. Got {c!r} instead."
+                )
+        out = np.empty((len(prompts), len(continuations)))
+        single = all(len(ids) == 1 for ids in cont_ids)
+        greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=1)
+        for p, prompt in enumerate(prompts):
+            if not single:
+                out[p] = [self.score(prompt, ids, greedy)[0] for ids in cont_ids]
+                continue
+            tokens = self.tokenize(prompt)
+            if not tokens or len(tokens) + 8 > self.n_ctx:
+                raise InvalidParameterError(
+                    f"Prompt {p} has {len(tokens)} tokens; it must have at least one and fit "
+                    f"n_ctx={self.n_ctx}."
+                )
+            memory = self._memory()
+            self._lib.llama_memory_clear(memory, True)
+            logits = self._evaluate_prompt(tokens, 0)[None, :]
+            self._lib.llama_memory_clear(memory, True)
+            lse = _row_logsumexp(logits)[0]
+            out[p] = [float(logits[0, ids[0]]) - lse for ids in cont_ids]
+        return out
+
     def score(
         self, prompt: str, continuation: Sequence[int], config: SamplingConfig
     ) -> tuple[float, float]:

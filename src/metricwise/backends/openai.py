@@ -539,6 +539,87 @@ class OpenAIBackend:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # -- teacher-forced scoring ----------------------------------------------------------------
+    def continuation_logprobs(
+        self, prompts: Sequence[str], continuations: Sequence[str]
+    ) -> np.ndarray:
+        """Shape (P, K) float64: the server's log-probability (nats) of each continuation as the
+        first token after each prompt.
+
+        One request per prompt for a one-token greedy completion with the top
+        ``top_logprobs`` alternatives of that token (``logprobs`` / ``top_logprobs``, and
+        ``n_probs`` for ``llama-server``, raw probabilities before any sampler). Each
+        continuation is looked up by its exact text (" 3" and "3" differ) among the
+        alternatives and the chosen token:
+
+        - a continuation that is not listed gets ``-inf``: its true log-probability is at most
+          the smallest listed one, and the server does not say more. It also stands for a
+          continuation of several tokens, which cannot be teacher-forced through this API;
+        - a row where none is listed is all ``-inf`` (the ``judge`` counts it unparsable);
+          raise ``top_logprobs`` (``llama-server`` has no cap, vLLM's is ``--max-logprobs``).
+
+        Raises :class:`~metricwise.backends.base.LogprobsUnavailable` when the server answers
+        without log-probabilities, and :class:`~metricwise.errors.BackendError` when it fails.
+        """
+        from metricwise.backends.base import LogprobsUnavailable
+
+        config = SamplingConfig(n=1, temperature=0.0, max_tokens=1)
+        deadline = self.guards.deadline()
+        cancel = Cancellation()
+        for server in self.servers:
+            self._detect(server, cancel)
+
+        def one(prompt: str) -> dict[str, float] | None:
+            def send(attempt: int, timeout: float) -> dict[str, float] | None:
+                server = self._acquire(set())
+                body = self._payload(server, prompt, _Job(0, 0, 1), config, True)
+                if self.endpoint == "chat":
+                    body["top_logprobs"] = self.top_logprobs
+                else:
+                    body["logprobs"] = self.top_logprobs
+                if server.kind == "llama.cpp":
+                    body["n_probs"] = self.top_logprobs
+                url = f"{server.url}/{'chat/completions' if self.endpoint == 'chat' else 'completions'}"
+                try:
+                    answer = request_json(url, body, self.headers, timeout, cancel)
+                    choices = answer.get("choices") if isinstance(answer, dict) else None
+                    if not isinstance(choices, list) or not choices:
+                        raise _malformed(f"no choices in {str(answer)[:200]}")
+                    if not isinstance(choices[0], dict):
+                        raise _malformed(f"choice 0 is {choices[0]!r}, not an object")
+                    return _first_token_alternatives(choices[0].get("logprobs"), "choice 0")
+                except RetryableError as exc:
+                    raise RetryableError(
+                        f"{server.url}: {exc}", exc.retry_after, timed_out=exc.timed_out
+                    ) from None
+                finally:
+                    self._release(server)
+
+            try:
+                return self.retry.run(send, deadline=deadline, cancel=cancel, budget=self._budget())
+            except HTTPStatusError as exc:
+                raise BackendError(
+                    f"The OpenAI-compatible server at {self._urls()} refused the request: {exc}"
+                ) from None
+            except RetriesExhausted as exc:
+                raise BackendError(
+                    f"The OpenAI-compatible server at {self._urls()} is failing after "
+                    f"{len(exc.errors)} attempts: {exc.errors[-1]}"
+                ) from None
+
+        out = np.full((len(prompts), len(continuations)), -math.inf)
+        for p, prompt in enumerate(prompts):
+            listed = one(prompt)
+            if listed is None:
+                raise LogprobsUnavailable(
+                    f"The OpenAI-compatible server at {self._urls()} answered without "
+                    "log-probabilities."
+                )
+            for k, text in enumerate(continuations):
+                if text in listed:
+                    out[p, k] = listed[text]
+        return out
+
     # -- scheduling ------------------------------------------------------------------------------
     def _run(
         self,
@@ -941,6 +1022,52 @@ class OpenAIBackend:
                 if slots > 0:
                     server.max_n = slots
             server.kind = kind
+
+
+def _first_token_alternatives(logprobs: Any, where: str) -> dict[str, float] | None:
+    """Token text -> log-probability of the first generated token and its listed alternatives.
+
+    Reads both formats (``{"content": [...]}`` and the legacy lists); None when the server sent
+    no log-probabilities. Texts come from ``bytes`` when given (a token that is part of a UTF-8
+    character has no text of its own) and otherwise from ``token``.
+    """
+    if logprobs is None:
+        return None
+    if not isinstance(logprobs, dict):
+        raise _malformed(f"the logprobs of {where} are {type(logprobs).__name__}, not an object")
+    listed: dict[str, float] = {}
+
+    def add(text: str, value: Any, at: str) -> None:
+        value = _logprob(value, at, chosen=False)
+        listed[text] = max(value, listed.get(text, -math.inf))
+
+    content = logprobs.get("content")
+    if isinstance(content, list):
+        if not content:
+            return None
+        first = content[0]
+        if not isinstance(first, dict):
+            raise _malformed(f"token 0 of {where} is {type(first).__name__}, not an object")
+        alternatives = first.get("top_logprobs") or []
+        if not isinstance(alternatives, list) or not all(isinstance(e, dict) for e in alternatives):
+            raise _malformed(f"the top_logprobs of token 0 of {where} are not a list of objects")
+        for entry in [first, *alternatives]:
+            text = _entry_bytes(entry).decode("utf-8", "replace")
+            add(text, entry.get("logprob"), f"an alternative of token 0 of {where}")
+        return listed
+    tokens, values = logprobs.get("tokens"), logprobs.get("token_logprobs")
+    if isinstance(tokens, list) and isinstance(values, list):
+        if not tokens or not values:
+            return None
+        add(str(tokens[0]), values[0], f"token 0 of {where}")
+        tops = logprobs.get("top_logprobs") or [None]
+        top = tops[0] if isinstance(tops, list) and tops else None
+        if top is not None and not isinstance(top, dict):
+            raise _malformed(f"the top_logprobs of token 0 of {where} are not an object")
+        for text, value in (top or {}).items():
+            add(str(text), value, f"an alternative of token 0 of {where}")
+        return listed
+    return None
 
 
 def _json_messages(prompt: str) -> list[Any]:
