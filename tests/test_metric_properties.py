@@ -48,7 +48,9 @@ def available_metrics() -> list[str]:
     return out
 
 
-ALL = available_metrics()
+# The judge runs an LLM for every judgement (its contract is tested on a tiny model in
+# tests/test_judge.py); hundreds of property examples through the default model would be slow.
+ALL = [n for n in available_metrics() if n != "judge"]
 TEXT = [n for n in ALL if metrics.get(n).kind == "text"]
 NUMBER = [n for n in ALL if metrics.get(n).kind == "number"]
 FAST_TEXT = [n for n in TEXT if n != "embedding_cosine"]

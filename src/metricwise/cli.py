@@ -586,6 +586,9 @@ def _add_optional_subcommands(sub: Any) -> None:
             raise
     else:
         add_serve_parser(sub)
+    from metricwise.judge_calibrate import add_judge_calibrate_parser
+
+    add_judge_calibrate_parser(sub)
 
 
 # ---------------------------------------------------------------------------------------------

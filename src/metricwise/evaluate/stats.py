@@ -202,3 +202,29 @@ def spearman_rows(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     stacked = np.stack([x, y], axis=-1)  # (B, n, 2)
     flat_idx = np.arange(stacked.shape[1])[None, :]
     return np.array([pearson_rows(stacked[b], flat_idx)[0] for b in range(stacked.shape[0])])
+
+
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> float:
+    """Kendall's tau-b of two paired samples, shape (n,) each (as ``scipy.stats.kendalltau``).
+
+    ``tau_b = (C - D) / sqrt((n0 - n1) (n0 - n2))`` over the ``n0 = n (n - 1) / 2`` pairs, with
+    ``C``/``D`` the concordant/discordant pairs and ``n1``/``n2`` the pairs tied in ``x``/``y``
+    (a pair tied in both counts in both). NaN when either sample is constant or n < 2.
+    Cost O(n^2) time and memory: meant for the hundreds of labels of a judge's calibration.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise InvalidParameterError(
+            f"The samples of kendall_tau_b must be two 1-D arrays of one length. Got shapes {x.shape} and {y.shape} instead."
+        )
+    upper = np.triu_indices(x.size, k=1)
+    dx = np.sign(x[:, None] - x[None, :])[upper]
+    dy = np.sign(y[:, None] - y[None, :])[upper]
+    n0 = dx.size
+    n1 = int(np.count_nonzero(dx == 0))
+    n2 = int(np.count_nonzero(dy == 0))
+    denom = np.sqrt(float(n0 - n1) * float(n0 - n2))
+    if n0 == 0 or denom == 0:
+        return float("nan")
+    return float((dx * dy).sum() / denom)
