@@ -398,3 +398,25 @@ def test_judge_calibrate_refuses_bad_input_before_any_model_loads(
             "--output", str(tmp_path / "j.yaml")]  # fmt: skip
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_llamacpp_continuation_logprobs_equal_its_teacher_forced_score():
+    pytest.importorskip("llama_cpp")
+    from metricwise.backends.llamacpp import LlamaCppBackend
+    from metricwise.types import SamplingConfig
+
+    try:
+        backend = LlamaCppBackend("smollm2-135m-instruct", n_threads=1, n_ctx=1024)
+    except InvalidParameterError:
+        pytest.skip("smollm2-135m-instruct is not installed")
+    greedy = SamplingConfig(n=1, temperature=0.0, max_tokens=1)
+    prompt = "Rate the answer from 1 to 5. Score:"
+    for continuations in ([" 1", " 2", " 3", " 4", " 5"], [" 1 2", " 5"]):
+        got = backend.continuation_logprobs([prompt], continuations)[0]
+        expected = [
+            backend.score(prompt, backend.tokenize_continuation(c), greedy)[0]
+            for c in continuations
+        ]
+        np.testing.assert_allclose(got, expected, atol=1e-9)
+    backend.close()
