@@ -168,9 +168,8 @@ def test_each_batch_goes_through_its_rounds_on_one_prefill(tmp_path):
     """Batch-major rounds: the hf backend prefills each batch of prompts once, however many
     rounds its unsettled prompts take."""
     pytest.importorskip("torch")
-    from tiny_lm import tiny_model_and_tokenizer
-
     from metricwise.backends.hf import HFBackend
+    from tiny_lm import tiny_model_and_tokenizer
 
     model, tokenizer = tiny_model_and_tokenizer()
     backend = HFBackend(model, tokenizer=tokenizer)

@@ -27,25 +27,13 @@ CHAT_TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</
 
 def save_tiny(path, *, num_labels=1, chat=False, causal=False, seed=0):
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
 
-    from tiny_lm import tiny_model_and_tokenizer
+    from tiny_lm import tiny_llama_config, tiny_model_and_tokenizer
 
     _, tokenizer = tiny_model_and_tokenizer()
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        num_labels=num_labels,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = tiny_llama_config(tokenizer, num_labels=num_labels)
     model = (LlamaForCausalLM if causal else LlamaForSequenceClassification)(config).eval()
     model.save_pretrained(path)
     tokenizer.chat_template = CHAT_TEMPLATE if chat else None

@@ -19,7 +19,7 @@ CORPUS = [
 def tiny_model_and_tokenizer(seed: int = 0, vocab_size: int = 128, hidden: int = 32):
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
     raw = Tokenizer(models.BPE(unk_token="<unk>"))
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -39,17 +39,54 @@ def tiny_model_and_tokenizer(seed: int = 0, vocab_size: int = 128, hidden: int =
         unk_token="<unk>",
     )
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    model = LlamaForCausalLM(tiny_llama_config(tokenizer, hidden=hidden)).eval()
+    return model, tokenizer
+
+
+def tiny_llama_config(
+    tokenizer,
+    *,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+    context: int = 256,
+    **overrides,
+):
+    """A small LlamaConfig over ``tokenizer``'s vocabulary and special tokens."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=context,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **overrides,
     )
-    model = LlamaForCausalLM(config).eval()
-    return model, tokenizer
+
+
+def word_level_tokenizer(words, *, add_bos: bool = False):
+    """A whitespace word-level tokenizer: <pad> 0, <s> 1, </s> 2, <unk> 3, then ``words``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3, **{w: i + 4 for i, w in enumerate(words)}}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    if add_bos:
+        raw.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", 1)]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+    )
