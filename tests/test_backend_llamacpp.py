@@ -304,3 +304,17 @@ def test_load_backend_factory(backend, monkeypatch):
     with load_backend("llamacpp", MODEL, n_ctx=512, max_sequences=2, n_threads=THREADS) as b:
         assert b.signature == "llamacpp:smollm2-135m-instruct:Q4_1"
         assert len(b.sample(["Hi"], SamplingConfig(n=2, max_tokens=3))[0]) == 2
+
+
+def test_global_decoding_reads_llamacpp_samples(backend):
+    """The chain needs only logp and logq: without truncation q is p bit for bit, so every
+    complete proposal is accepted; with top-k the weights p/q are at most 1 and differ."""
+    from metricwise.global_decoding import imh_chain, log_weight
+
+    ancestral = backend.sample(PROMPTS[:1], SamplingConfig(n=8, max_tokens=12, seed=3))[0]
+    complete = {i for i, c in enumerate(ancestral.candidates) if c.finish_reason in ("eos", "stop")}
+    assert imh_chain(ancestral, 8).accepted == len(complete - {0})
+    truncated = backend.sample(PROMPTS[:1], SamplingConfig(n=16, max_tokens=12, seed=3, top_k=5))[0]
+    weights = [log_weight(c) for c in truncated.candidates]
+    assert all(w <= 1e-9 for w in weights)  # p/q <= 1: q renormalises a subset of p's tokens
+    assert len(set(weights)) > 1  # proposals differ in weight: the chain has a choice to make

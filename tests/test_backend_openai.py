@@ -612,6 +612,13 @@ def test_llama_server_samples_with_exact_log_probabilities(llama_server):
     got = backend.sample(prompts, truncated)
     assert backend.logq_exact == {"exact": 8, "approximate": 0}  # top_k=10 <= the 20 listed
     assert all(math.isfinite(c.logq) and c.logq <= 0 for s in got for c in s.candidates)
+    # Exact logq makes a global-decoding chain exact too: its weights are p/q <= 1 at T = 1,
+    # and they differ between proposals (else the chain would accept everything).
+    from metricwise.global_decoding import log_weight
+
+    top_k = backend.sample(prompts, SamplingConfig(n=8, max_tokens=12, top_k=10, seed=2))
+    weights = [log_weight(c) for s in top_k for c in s.candidates]
+    assert all(w <= 1e-6 for w in weights) and len(set(weights)) > 1
 
 
 def test_llama_server_seeds_make_samples_reproducible(llama_server_one_slot):

@@ -98,32 +98,14 @@ def _small_vocab_model(seed: int, init: float):
     """A one-layer Llama over 6 word tokens and 4 special ones (all four end a sample), with
     large initial weights so that next-token distributions are peaked and vary by prefix."""
     torch = pytest.importorskip("torch")
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaForCausalLM
 
-    words = ["<pad>", "<s>", "</s>", "<unk>", "a", "b", "c", "d", "e", "f"]
-    raw = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-    )
+    from tiny_lm import tiny_llama_config, word_level_tokenizer
+
+    tokenizer = word_level_tokenizer(["a", "b", "c", "d", "e", "f"])
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(words),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=64,
-        initializer_range=init,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
+    config = tiny_llama_config(
+        tokenizer, hidden=16, layers=1, heads=2, kv_heads=1, context=64, initializer_range=init
     )
     return LlamaForCausalLM(config).eval(), tokenizer
 
@@ -207,6 +189,22 @@ def test_the_chain_converges_to_the_globally_normalised_distribution(
     assert tv_local > 0.09, (tv_chain, tv_local, tv_q)
     assert all(c.finish_reason == "eos" for c in chain.states.candidates)
     assert 0.3 < chain.acceptance_rate < 1.0
+
+
+def test_without_truncation_the_real_backend_chain_accepts_every_complete_proposal():
+    from metricwise.backends.hf import HFBackend
+    from metricwise.types import SamplingConfig
+
+    model, tokenizer = _small_vocab_model(0, 0.5)
+    pool = HFBackend(model, tokenizer=tokenizer).sample(
+        ["a b"], SamplingConfig(n=200, max_tokens=4, seed=1)
+    )[0]
+    assert all(c.logp == c.logq for c in pool.candidates)  # ancestral: q is p, bit for bit
+    complete = [i for i, c in enumerate(pool.candidates) if c.finish_reason == "eos"]
+    assert 0 < len(complete) < 200  # some proposals are cut off by max_tokens
+    chain = imh_chain(pool, 200)
+    assert set(chain.state_proposals) - {0} == set(complete) - {0}
+    assert chain.accepted == len(set(complete) - {0})
 
 
 # -- through the CLI ------------------------------------------------------------------------------
