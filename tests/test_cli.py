@@ -467,12 +467,17 @@ def test_eval_mbr_metrics_add_mbr_decoders_scored_by_the_task_metrics(
     out_dir = tmp_path / "out"
     argv = ["eval", "--model", str(tiny_model_dir), "--tasks", "arith", "--limit", "2", "-n", "3",
             "--num_fewshot", "0", "--no_plots", "--quiet", "--curve_subsets", "0", "--bootstrap_iters", "20",
-            "--mbr_metrics", "chrf,token_f1", "--store", str(tmp_path / "s.sqlite"), "--output_path", str(out_dir)]  # fmt: skip
+            "--mbr_metrics", "chrf(word_order=2),token_f1", "--store", str(tmp_path / "s.sqlite"), "--output_path", str(out_dir)]  # fmt: skip
     code, _, err = run(argv, capsys=capsys)
     assert code == 0, err
     rows = json.loads((out_dir / "results.json").read_text())["runs"][0]["scores"]
     by_decoder = {(r["decoder"], r["metric"]) for r in rows}
-    assert {("mbr[chrf]", "absolute_error"), ("mbr[token_f1]", "squared_error")} <= by_decoder
+    # A utility that takes arguments is named with them: chrF++ here.
+    assert {
+        ("mbr[chrf(word_order=2)]", "absolute_error"),
+        ("mbr[token_f1]", "squared_error"),
+    } <= by_decoder
+    assert "mbr[chrf(word_order=2)]" in (out_dir / "results.md").read_text()
 
 
 def test_eval_mbr_metrics_are_checked_before_any_model_loads(capsys, monkeypatch):

@@ -229,3 +229,21 @@ def test_metric_kinds_use_the_tasks_answer_types():
     assert {metrics.get(n).kind for n in ALL} == {"text", "number"}
     assert set(NUMBER) >= {"squared_error", "absolute_error", "pinball"}
     assert metrics.resolve(abs, higher_is_better=False, numeric=True).kind == "number"
+
+
+def test_a_metric_spec_carries_its_arguments():
+    from metricwise.errors import InvalidParameterError
+    from metricwise.metrics.base import parse_spec
+
+    assert parse_spec("reward(model=/models/rm, batch_size=8)") == (
+        "reward",
+        {"model": "/models/rm", "batch_size": 8},
+    )
+    assert parse_spec("chrf") == ("chrf", {})
+    pinball = metrics.get("pinball(tau=0.9)")
+    assert pinball.score(1.0, 2.0) == pytest.approx(0.9)
+    assert metrics.get("pinball(tau=0.9)", tau=0.1).score(1.0, 2.0) == pytest.approx(0.1)
+    with pytest.raises(InvalidParameterError, match="key=value"):
+        parse_spec("pinball(0.9)")
+    with pytest.raises(InvalidParameterError, match="Bad arguments for metric 'chrf'"):
+        metrics.get("chrf(colour=1)")

@@ -411,6 +411,8 @@ def test_streaming_returns_the_decided_answer_as_server_sent_events(fake):
 # -- errors --------------------------------------------------------------------------------------
 BAD_FIELDS = [
     ({"metric": "exact_matc"}, "metric", "Did you mean 'exact_match'?"),
+    # A metric spec with arguments names a file: a request may name registered metrics only.
+    ({"metric": "reward(model=/etc/passwd)"}, "metric", "Known metrics"),
     ({"sample": 3}, "sample", "Did you mean 'samples'?"),
     ({"metric": "exact_match", "samples": 1000}, "samples", "<= 64 (--max_n)"),
     ({"samples": 4}, "samples", "needs 'metric'"),

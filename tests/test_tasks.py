@@ -711,3 +711,17 @@ def test_hub_failure_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         match=r"Fetching openai/gsm8k \(main/test\) from the Hugging Face hub failed too: ConnectionError: no network",
     ):
         get_task("gsm8k").load(tmp_path)
+
+
+def test_yaml_metrics_may_carry_arguments(tmp_path: Path) -> None:
+    """A metric that needs an argument (a quantile, a reward model) is named with it."""
+    path = _write(
+        tmp_path,
+        "data: data.jsonl\ninput: [q]\nreference: n\nanswer_type: number\n"
+        "metrics: ['pinball(tau=0.9)', absolute_error]\n",
+        ROWS,
+    )
+    task = get_task(path)
+    assert task.metrics == ("pinball(tau=0.9)", "absolute_error")
+    with pytest.raises(UnknownNameError, match="Did you mean 'pinball'"):
+        get_task(_write(tmp_path, path.read_text().replace("pinball(", "pinbal("), ROWS))

@@ -7,6 +7,8 @@ decisions use, fills a whole matrix at once (``pairwise``). Subclasses that can 
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
@@ -217,9 +219,44 @@ def names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+_SPEC = re.compile(r"(?P<name>[A-Za-z_]\w*)\((?P<args>.*)\)", re.DOTALL)
+
+
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """Split a metric spec into its name and arguments.
+
+    ``"reward(model=/models/rm, batch_size=8)"`` is ``("reward", {"model": "/models/rm",
+    "batch_size": 8})``; a plain name has no arguments. Values are read as JSON where they
+    are (numbers, ``true``, ``"quoted"``), else as strings; arguments are separated by commas,
+    so a value cannot hold one. This is how a metric that needs an argument (a model) is named
+    where only a name fits: a YAML task's ``metrics`` and ``eval --mbr_metrics``.
+    """
+    match = _SPEC.fullmatch(spec.strip())
+    if match is None:
+        return spec, {}
+    args: dict[str, Any] = {}
+    for item in (part.strip() for part in match["args"].split(",") if part.strip()):
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise InvalidParameterError(
+                f"The arguments of metric spec {spec!r} must be key=value pairs. Got {item!r} instead."
+            )
+        try:
+            args[key.strip()] = json.loads(raw.strip())
+        except json.JSONDecodeError:
+            args[key.strip()] = raw.strip()
+    return match["name"], args
+
+
 def get(name: str, **kwargs: Any) -> Metric:
-    """Instantiate the registered metric ``name`` with its keyword arguments."""
+    """Instantiate the registered metric ``name`` with its keyword arguments.
+
+    ``name`` may carry arguments (``"reward(model=/models/rm)"``, see :func:`parse_spec`);
+    keyword arguments given here override them.
+    """
     _load_builtin_metrics()
+    name, spec_args = parse_spec(name)
+    kwargs = {**spec_args, **kwargs}
     if name not in _REGISTRY:
         raise UnknownNameError(
             f"Unknown metric {name!r}.{did_you_mean(name, list(_REGISTRY))} Known metrics: {', '.join(sorted(_REGISTRY))}."

@@ -206,6 +206,7 @@ def check_task(task: Task, where: str | None = None) -> Task:
     # Imported here so that the task contract does not pull in the metric registry on import.
     from metricwise.extract import Extractor, check_range
     from metricwise.metrics import names as metric_names
+    from metricwise.metrics.base import parse_spec
 
     where = where or f"task {task.name!r}"
     if not isinstance(task.name, str) or not task.name.strip():
@@ -224,10 +225,11 @@ def check_task(task: Task, where: str | None = None) -> Task:
     metrics = check_strings(task.metrics, "metrics", where, allow_empty=False)
     known = metric_names()
     for m in metrics:
-        if m not in known:
+        name = parse_spec(m)[0]
+        if name not in known:
             raise UnknownNameError(
                 f"The 'metrics' field of {where} must name registered metrics ({', '.join(known)}). "
-                f"Got {m!r} instead.{did_you_mean(m, known)}"
+                f"Got {m!r} instead.{did_you_mean(name, known)}"
             )
     for c in check_strings(task.corpus_metrics, "corpus_metrics", where):
         known = corpus_statistic_names()
