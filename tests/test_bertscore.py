@@ -133,3 +133,14 @@ def test_bad_arguments_are_refused_when_built(args, message):
         pytest.skip("this machine has CUDA")
     with pytest.raises(InvalidParameterError, match=message):
         metrics.get("bertscore", **args)
+
+
+def test_a_text_of_unknown_tokens_is_not_empty():
+    # Ge'ez script is outside all-MiniLM-L6-v2's vocabulary: [CLS] [UNK] [UNK] [SEP]. [UNK] is a
+    # special token of the tokenizer, but bert-score counts it as a real token (only a text of
+    # [CLS] and [SEP] alone is empty): equal texts score 1, like any other.
+    texts = ["ሰላም ዓለም", "ሰላም"]
+    matrix = metrics.get("bertscore").pairwise(texts, texts)
+    np.testing.assert_allclose(np.diag(matrix), 1.0, atol=1e-6)
+    expected = reference_matrices(texts[:1], texts[1:], 6, False)
+    np.testing.assert_allclose(matrix[0, 1], expected[2, 0, 0], atol=1e-5)

@@ -82,9 +82,9 @@ class _TokenEncoder:
         self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(source)
         special = {self.tokenizer.cls_token_id, self.tokenizer.sep_token_id} - {None}
-        #: Token ids that bert-score weighs 0 without idf ([CLS] and [SEP]).
+        #: Token ids that bert-score weighs 0 without idf ([CLS] and [SEP]); a text of these
+        #: alone is empty. Other special tokens ([UNK] for text outside the vocabulary) count.
         self.zero_weight_ids = np.array(sorted(special), dtype=np.int64)
-        self.special_ids = np.array(sorted(set(self.tokenizer.all_special_ids)), dtype=np.int64)
         self.pad_id = self.tokenizer.pad_token_id
         if self.pad_id is None:
             self.pad_id = (
@@ -325,7 +325,7 @@ class BERTScore(ModelUtility):
         self, texts: list[_Encoded], idf: _Idf | None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Unit-norm token embeddings (T, H) float64, each text's first row (n,), token
-        weights (T,), and which texts have no token but special ones (n,)."""
+        weights (T,), and which texts have no token but [CLS] and [SEP] (n,)."""
         lengths = np.array([max(1, len(t.ids)) for t in texts])
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         rows, weights = [], []
@@ -342,4 +342,5 @@ class BERTScore(ModelUtility):
         return np.concatenate(rows), starts, np.concatenate(weights), empty
 
     def _is_empty(self, text: _Encoded) -> bool:
-        return bool(np.isin(text.ids, self._encoder.special_ids).all())
+        # bert-score's test is "[CLS] and [SEP] only" (two tokens): [UNK] is a real token.
+        return bool(np.isin(text.ids, self._encoder.zero_weight_ids).all())
