@@ -159,6 +159,16 @@ def test_without_log_probabilities_the_judge_averages_sampled_ratings_and_counts
     assert g.score == 2.0 and (g.n_parsed, g.n_total) == (1, 1)
 
 
+def test_judges_that_sample_differently_do_not_share_judgements():
+    backend = NoLogprobsBackend([" 4", "5 stars", "no idea", "3"])
+    [eight] = Judge(backend=backend, samples=8).judgements(["an answer"], "a question")
+    [two] = Judge(backend=backend, samples=2).judgements(["an answer"], "a question")
+    assert (eight.n_total, two.n_total) == (8, 2)
+    assert two.score == pytest.approx(4.5)
+    Judge(backend=backend, samples=2, seed=1).judgements(["an answer"], "a question")
+    assert len(backend.prompts) == 3  # each judge sampled its own judgements
+
+
 def test_an_unparsable_judgement_ranks_below_every_rated_candidate():
     judge = Judge(backend=NoLogprobsBackend(["?"]), samples=2)
     [j] = judge.judgements(["x"], "q")
@@ -218,6 +228,40 @@ def test_openai_without_log_probabilities_falls_back_to_sampling():
         assert j.score == pytest.approx(4.5)
     finally:
         server.close()
+
+
+def test_judges_at_two_servers_do_not_share_judgements():
+    # Both name no model (each server's own): the server is what tells their ratings apart.
+    from fake_openai_server import FakeServer
+
+    def server_answering(token):
+        def answer(handler, path, body):
+            entry = {
+                "token": token,
+                "logprob": math.log(0.9),
+                "top_logprobs": [{"token": token, "logprob": math.log(0.9)}],
+            }
+            choice = {"index": 0, "text": token, "logprobs": {"content": [entry]}}
+            return 200, {"choices": [{**choice, "finish_reason": "length"}]}, {}
+
+        return answer
+
+    low, high = (
+        FakeServer(behaviour=server_answering(" 1")),
+        FakeServer(behaviour=server_answering(" 5")),
+    )
+    try:
+        options = {"server": "generic", "max_retries": 0}
+        ratings = [
+            Judge(backend="openai", base_url=s.url, backend_options=options)
+            .judgements(["an answer"], "q")[0]
+            .score
+            for s in (low, high)
+        ]
+        assert ratings == [1.0, 5.0]
+    finally:
+        low.close()
+        high.close()
 
 
 # -- caching, modes, decide ----------------------------------------------------------------------------

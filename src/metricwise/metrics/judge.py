@@ -541,6 +541,24 @@ class Judge(ModelUtility):
             **({"samples": self.samples, "seed": self.seed} if self._method == "samples" else {}),
         }
 
+    def _namespace(self) -> str:
+        # Not the signature: samples and seed enter it only once the judge has found that it
+        # samples (after its first judgements are keyed), and it names neither the server
+        # (which model answers when none is named) nor the backend's options.
+        return json.dumps(
+            [
+                self.name,
+                *self._backend_key,
+                self.scale,
+                self.regression_aware,
+                self.reference,
+                self.spec.prompt_hash(),
+                str(self.chat_option),
+                self.samples,
+                self.seed,
+            ]
+        )
+
     def judgements(
         self,
         candidates: Sequence[Any],
