@@ -184,8 +184,11 @@ def _many_prompts_args(url: str, tmp_path: Path) -> list[str]:
 def test_ctrl_c_exits_at_once_while_requests_hang(server, tmp_path):
     """Ctrl-C used to wait for the requests still running in worker threads (21 s)."""
     server.mode = "hang"
+    # The hang outlasts the wait below, so that on a loaded machine, where the process starts
+    # slowly, Ctrl-C still meets hanging requests (not a server that closed them meanwhile).
+    server.hang_seconds = 120.0
     process = _spawn(_many_prompts_args(server.url, tmp_path), tmp_path)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while len(server.posts()) < 8 and time.monotonic() < deadline:  # every worker is waiting
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
