@@ -356,6 +356,20 @@ def test_bad_arguments_are_refused():
         Judge(backend="hf", scale=1)
 
 
+def test_a_scale_past_nine_is_refused(tiny):
+    # Digits are tokenised one by one (here, and in smollm2 and gemma): " 10" is " 1" then "0",
+    # so log p(" 1") holds the probability of " 10" too, and normalising over " 1" .. " 10"
+    # would count the 10s twice (a judge sure of 10 would rate 5.5).
+    _, _, tokenizer = tiny
+    one, ten = (tokenizer(s, add_special_tokens=False)["input_ids"] for s in (" 1", " 10"))
+    assert ten[: len(one)] == one
+    for scale in (10, 100):
+        with pytest.raises(InvalidParameterError, match=r"\[2, 9\]"):
+            Judge(backend=tiny[0], scale=scale)
+    with pytest.raises(InvalidParameterError, match=r"\[2, 9\]"):
+        JudgeSpec(scale=10)
+
+
 # -- Kendall's tau-b -------------------------------------------------------------------------------------
 def test_kendall_tau_b_with_ties():
     # 10 pairs: 6 concordant, 2 discordant, 1 tied in x only, 1 tied in y only.

@@ -466,7 +466,7 @@ def add_judge_calibrate_parser(subparsers: Any) -> argparse.ArgumentParser:
         metavar="K=V[,K=V]",
         help="backend options, e.g. base_url=http://127.0.0.1:8080 or n_threads=1",
     )
-    p.add_argument("--scale", type=int, default=5, help="K: the judge rates 1..K")
+    p.add_argument("--scale", type=int, default=5, help="K: the judge rates 1..K (2 to 9)")
     p.add_argument(
         "--label_range", default=None, metavar="LO,HI", help="the labels' scale (default: 1,K)"
     )

@@ -262,9 +262,13 @@ def check_template(template: object, allowed: set[str], name: str) -> str:
 
 
 def check_scale(scale: object, where: str) -> int:
-    if isinstance(scale, bool) or not isinstance(scale, int) or not 2 <= scale <= 100:
+    # At most 9: the score strings must not begin one another. Most tokenizers split digits
+    # one by one, so log p(" 1") would hold the probability of " 10", " 11", ... too, and the
+    # normalisation over the score strings would count those ratings twice.
+    if isinstance(scale, bool) or not isinstance(scale, int) or not 2 <= scale <= 9:
         raise InvalidParameterError(
-            f"The 'scale' parameter of {where} must be an int in [2, 100] (ratings 1..K). "
+            f"The 'scale' parameter of {where} must be an int in [2, 9] (ratings 1..K of one "
+            f"digit each: with K >= 10 the probability of '1' would include that of '10'). "
             f"Got {scale!r} instead."
         )
     return scale
@@ -317,7 +321,8 @@ class Judge(ModelUtility):
         (``gemma-3-270m`` for hf and llamacpp; for openai the model the server serves).
         ``smollm2-135m-instruct`` is the instruction-tuned model that ships offline.
     scale:
-        K: ratings 1..K (default 5; a spec sets its own).
+        K: ratings 1..K, 2 <= K <= 9 (default 5; a spec sets its own). One digit each, so that
+        no score string begins another ("1" would hold the probability of "10").
     regression_aware:
         True (default): the expectation over the score strings' probabilities. False: the
         greedy score (see the module docstring).
