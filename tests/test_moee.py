@@ -346,6 +346,44 @@ def test_truncation_keeps_the_end_where_the_last_token_is(olmoe):
     np.testing.assert_allclose(rw[0], want_rw, rtol=1e-4, atol=1e-6)
 
 
+def test_two_threads_tokenize_with_the_left_truncation_and_leave_the_tokenizer_as_it_was(olmoe):
+    # The encoder sets truncation_side = "left" around each tokenization. Two threads sharing it
+    # (decide in a server's worker threads) must not undo each other's setting: B would then
+    # tokenize with the right truncation and leave the tokenizer on "left" for good.
+    import threading
+
+    model, _ = olmoe
+    tok = tokenizer("right")
+    encoder = MoEEncoder(model, tok, name="tiny-olmoe")
+    entered = {"a": threading.Event(), "b": threading.Event()}
+    release = {"a": threading.Event(), "b": threading.Event()}
+    seen = []
+    plain = type(tok).__call__
+
+    def blocking_call(self, texts, **kwargs):
+        who = "a" if texts == ["first"] else "b"
+        entered[who].set()
+        release[who].wait(10)
+        seen.append((who, self.truncation_side))
+        return plain(self, texts, **kwargs)
+
+    tok.__class__ = type("BlockingTokenizer", (type(tok),), {"__call__": blocking_call})
+    threads = {
+        w: threading.Thread(target=encoder.embed, args=([t],), kwargs={"prompt": None})
+        for w, t in (("a", "first"), ("b", "second"))
+    }
+    threads["a"].start()
+    assert entered["a"].wait(10)
+    threads["b"].start()
+    entered["b"].wait(0.5)  # with the tokenizer unguarded, B is inside it now
+    release["a"].set()
+    threads["a"].join(10)
+    release["b"].set()
+    threads["b"].join(10)
+    assert sorted(seen) == [("a", "left"), ("b", "left")]
+    assert tok.truncation_side == "right"
+
+
 def test_mbr_with_moee_picks_a_sample_and_signs_its_settings(olmoe):
     model, tok = olmoe
     metric = MoEE(model, tokenizer=tok, alpha=0.5)

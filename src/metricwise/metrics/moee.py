@@ -235,8 +235,9 @@ class MoEEncoder:
         pass over all of ``texts`` (the caller batches, and sorts by length to pad little)."""
         if not texts:
             return []
-        ids = self._tokenize([apply_prompt(prompt, t) for t in texts], max_length)
         with self._lock:
+            # Tokenizing inside the lock too: it sets the shared tokenizer's truncation side.
+            ids = self._tokenize([apply_prompt(prompt, t) for t in texts], max_length)
             hs, rw = self._embed_ids(ids)
             self.n_encoded += len(texts)
         return list(zip(hs, rw, strict=True))
