@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -318,6 +318,39 @@ def test_without_a_metric_the_request_is_sampled_as_asked(tiny):
     assert sampled.usage.completion_tokens == sum(c.n_tokens for c in direct.candidates)
 
 
+def test_global_decoding_returns_chain_states_over_the_proposals(tiny):
+    from metricwise.global_decoding import ChainSettings, imh_chain
+
+    model, tokenizer = tiny
+    factory = hf_factory(model, tokenizer)
+    prompt = "the cat sat on"
+    with running(factory, SETTINGS) as srv:
+        client = srv.client()
+        decided = client.completions.create(
+            model="tiny",
+            prompt=prompt,
+            max_tokens=5,
+            seed=2,
+            extra_body={"metric": "token_f1", "samples": 4, "include_incomplete": True, "top_k": 5,
+                        "decoding": "global", "burn_in": 2, "return_samples": True},
+        )  # fmt: skip
+        plain = client.completions.create(
+            model="tiny", prompt=prompt, max_tokens=5, n=3, seed=2,
+            extra_body={"top_k": 5, "decoding": "global"},
+        )  # fmt: skip
+    # The chain over the backend's own 6 proposals, as metricwise.global_decoding runs it.
+    config = SamplingConfig(n=6, max_tokens=5, top_k=5, seed=2)
+    proposals = factory().sample([prompt], config)[0]
+    chain = imh_chain(proposals, 4, settings=ChainSettings(burn_in=2), seed=2)
+    info = decided.metricwise
+    assert [c["text"] for c in info["samples"]] == chain.states.texts
+    assert info["chain"]["n_proposals"] == 6 and info["chain"]["burn_in"] == 2
+    assert info["chain"]["acceptance_rate"] == pytest.approx(chain.acceptance_rate)
+    assert decided.usage.completion_tokens == sum(c.n_tokens for c in proposals.candidates)
+    three = imh_chain(factory().sample([prompt], replace(config, n=3))[0], 3, seed=2)
+    assert [c.text for c in plain.choices] == three.states.texts
+
+
 # -- chat ----------------------------------------------------------------------------------------
 TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
@@ -430,6 +463,19 @@ BAD_FIELDS = [
     ({"metric": "pinball", "metric_args": {"grid": 2}}, "metric_args", "field of its own"),
     ({"metric": "squared_error", "valid_range": [5, 0]}, "valid_range", "lo < hi"),
     ({"metric": "exact_match", "adaptive": {"max_n": 1000}}, "adaptive.max_n", "--max_n"),
+    ({"decoding": "globl"}, "decoding", "'local' or 'global'"),
+    ({"burn_in": 4}, "burn_in", "applies to 'decoding' global"),
+    ({"decoding": "global", "temperature": 0}, "decoding", "temperature > 0"),
+    (
+        {"metric": "exact_match", "decoding": "global", "adaptive": True},
+        "decoding",
+        "cannot be combined",
+    ),
+    (
+        {"metric": "exact_match", "samples": 40, "decoding": "global", "burn_in": 40},
+        "samples",
+        "counting the proposals",
+    ),
     ({"temperature": -1}, "temperature", "greater than or equal to 0"),
     ({"logprobs": 5}, "logprobs", "not supported"),
     ({"presence_penalty": 0.5}, "presence_penalty", "not supported"),

@@ -84,6 +84,9 @@ class Plan:
     decision: dict[str, Any] | None  # decide() options; None for a pass-through
     adaptive: Any  # metricwise.adaptive.Adaptive or None
     return_samples: bool
+    #: Global decoding's chain settings (None: local); ``config.n`` is then the proposals.
+    chain: Any = None
+    states: int = 0
 
 
 @dataclass
@@ -93,6 +96,9 @@ class Outcome:
     sets: list[SampleSet]
     decisions: list[Decision] | None
     prompt_tokens: int
+    chains: list[Any] | None = None
+    #: Tokens generated, proposals included (None: those of ``sets``).
+    completion_tokens: int | None = None
 
 
 # -- the application -----------------------------------------------------------------------------
@@ -570,10 +576,14 @@ class ServerState:
             decision = await asyncio.to_thread(_decision_options, req)
             if req.adaptive:
                 adaptive = _adaptive(req.adaptive, req.samples, s.max_n)
+        chain = self._chain(req, adaptive)
+        proposals = n if chain is None else chain.proposals(n)
+        if chain is not None:
+            self._check_n(proposals, "samples" if req.metric else "n", proposals=True)
         top_k = req.top_k if req.top_k is not None and req.top_k > 0 else 0
         try:
             config = SamplingConfig(
-                n=n,
+                n=proposals,
                 temperature=1.0 if req.temperature is None else req.temperature,
                 top_k=top_k,
                 top_p=1.0 if req.top_p is None else req.top_p,
@@ -584,15 +594,52 @@ class ServerState:
             )
         except InvalidParameterError as exc:
             raise APIError(400, str(exc)) from None
-        return Plan(config, decision, adaptive, req.return_samples)
+        return Plan(config, decision, adaptive, req.return_samples, chain, n)
 
-    def _check_n(self, n: int, param: str) -> None:
+    def _check_n(self, n: int, param: str, *, proposals: bool = False) -> None:
         if n > self.settings.max_n:
             raise APIError(
                 400,
-                f"The '{param}' field must be <= {self.settings.max_n} (--max_n). Got {n} instead.",
+                f"The '{param}' field must be <= {self.settings.max_n} (--max_n)"
+                + (
+                    f", counting the proposals of 'decoding' global (burn_in + {param} x thin)"
+                    if proposals
+                    else ""
+                )
+                + f". Got {n} instead.",
                 param=param,
             )
+
+    @staticmethod
+    def _chain(req: CompletionRequest | ChatCompletionRequest, adaptive: Any) -> Any:
+        """The ChainSettings of ``decoding: "global"``, or None; its misuses are 400s."""
+        from metricwise.global_decoding import ChainSettings
+
+        if req.decoding != "global":
+            for name in ("burn_in", "thin"):
+                if getattr(req, name) is not None:
+                    raise APIError(
+                        400,
+                        f"The '{name}' field applies to 'decoding' global. Got it with decoding "
+                        f"{req.decoding or 'local'!r} instead.",
+                        param=name,
+                    )
+            return None
+        if adaptive is not None:
+            raise APIError(
+                400,
+                "The 'decoding' field is 'global', which cannot be combined with 'adaptive': a "
+                "chain's states are not a prefix of its proposals. Use one of them.",
+                param="decoding",
+            )
+        if req.temperature == 0:
+            raise APIError(
+                400,
+                "The 'decoding' field is 'global', which needs a temperature > 0 (greedy decoding "
+                "has no distribution to normalise). Got temperature 0 instead.",
+                param="decoding",
+            )
+        return ChainSettings(burn_in=req.burn_in or 0, thin=req.thin or 1)
 
     # -- sampling and deciding ---------------------------------------------------------------------
     async def _run(
@@ -601,21 +648,33 @@ class ServerState:
         prompt_tokens = (
             await asyncio.to_thread(self._count_prompt_tokens, prompts) if self.tokenizer else 0
         )
+        decisions: list[Decision] | None = None
         if plan.adaptive is not None and plan.decision is not None:
             sets, decisions = await self._run_adaptive(
                 request, scheduler, backend, prompts, plan.config, plan.decision, plan.adaptive
             )
         else:
             sets = await self._sample(request, scheduler, backend, prompts, plan.config, 0)
-            options = plan.decision
-            if options is None:
-                decisions = None
-            else:
-                decisions = await asyncio.to_thread(lambda: [_decide(s, options) for s in sets])
+        # Usage counts what was generated: every proposal of a global-decoding chain.
         drawn = sum(len(s) for s in sets)
         completion_tokens = sum(c.n_tokens or 0 for s in sets for c in s.candidates)
         self.metrics.observe_sampling(drawn, prompt_tokens, completion_tokens)
-        return Outcome(sets, decisions, prompt_tokens)
+        chains = None
+        if plan.chain is not None:
+            from metricwise.global_decoding import global_chains
+
+            chains = global_chains(
+                sets,
+                plan.states,
+                temperature=plan.config.temperature,
+                settings=plan.chain,
+                seed=plan.config.seed,
+            )
+            sets = [chain.states for chain in chains]
+        options = plan.decision
+        if decisions is None and options is not None:
+            decisions = await asyncio.to_thread(lambda: [_decide(s, options) for s in sets])
+        return Outcome(sets, decisions, prompt_tokens, chains, completion_tokens)
 
     async def _run_adaptive(
         self,
@@ -741,10 +800,22 @@ class ServerState:
                     finish = "length" if c.finish_reason in ("length", "guard") else "stop"
                     choices.append((c.text, finish, None))
         else:
-            for sample_set, decision in zip(outcome.sets, outcome.decisions, strict=True):
+            for i, (sample_set, decision) in enumerate(
+                zip(outcome.sets, outcome.decisions, strict=True)
+            ):
                 info = self._metricwise(decision, sample_set, plan)
+                if outcome.chains is not None:
+                    info["chain"] = {
+                        k: v
+                        for k, v in outcome.chains[i].to_dict().items()
+                        if k != "state_proposals"
+                    }
                 choices.append((answer_text(decision.output), "stop", info))
-        completion_tokens = sum(c.n_tokens or 0 for s in outcome.sets for c in s.candidates)
+        completion_tokens = (
+            outcome.completion_tokens
+            if outcome.completion_tokens is not None
+            else sum(c.n_tokens or 0 for s in outcome.sets for c in s.candidates)
+        )
         usage = {
             "prompt_tokens": outcome.prompt_tokens,
             "completion_tokens": completion_tokens,

@@ -73,6 +73,10 @@ class _Sampling(DecisionFields):
     top_k: int | None = Field(None, ge=-1)
     min_p: float | None = Field(None, ge=0, lt=1)
     n: int | None = Field(None, ge=1)
+    # metricwise's: globally normalised truncated sampling (metricwise.global_decoding).
+    decoding: Literal["local", "global"] | None = None
+    burn_in: int | None = Field(None, ge=0)
+    thin: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=_MAX_SEED)
     stream: StrictBool = False
