@@ -624,3 +624,26 @@ def test_candidates_for_a_number_metric_and_unusable_candidates():
     assert none.output is None and "none of the 2 candidates is a usable answer" in none.failure
     with pytest.raises(InvalidParameterError, match="'candidates'"):
         decide(["a"], "chrf", candidates="a")
+
+
+def test_a_metric_that_gives_nan_is_a_clear_error_and_infinities_rank():
+    from metricwise.errors import MetricwiseError
+
+    def broken(a, b):
+        return float("nan") if "b" in (a, b) else 1.0
+
+    with pytest.raises(
+        MetricwiseError, match=r"'broken' gave NaN for 2 of 2 hypotheses.*cannot be ranked"
+    ):
+        decide(["a", "b", "a"], broken, higher_is_better=True, rule="mbr")
+
+    def infinite(a, b):
+        return math.inf if a == "best" else 0.0
+
+    assert decide(["x", "best", "y"], infinite, higher_is_better=True, rule="mbr").output == "best"
+
+    def hopeless(a, b):
+        return -math.inf
+
+    # Every hypothesis equally unusable: still a decision, the heaviest one.
+    assert decide(["x", "y", "y"], hopeless, higher_is_better=True, rule="mbr").output == "y"

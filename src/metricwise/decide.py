@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
+from metricwise.errors import InvalidParameterError, MetricwiseError, UnknownNameError, did_you_mean
 from metricwise.extract import Extractor, check_range, clip, extract_number
 from metricwise.metrics.base import Metric, resolve
 from metricwise.types import COMPLETE_FINISH_REASONS, Decision, MBRStats, SampleSet, SupportItem
@@ -662,9 +662,23 @@ def _best_index(
     return min(tied, key=lambda k: (-weights[k], _value_key(values[k])))
 
 
+def _check_ranked(scores: np.ndarray, metric: Metric, hypotheses: Sequence[Any]) -> None:
+    """Raise a clear error when a metric gave NaN, which no rule can rank (a model-based
+    utility overflowing in half precision, say); -inf and +inf rank as the worst and best."""
+    bad = np.flatnonzero(np.isnan(scores))
+    if bad.size:
+        raise MetricwiseError(
+            f"The metric {metric.name!r} gave NaN for {bad.size} of {len(scores)} hypotheses "
+            f"(the first: {str(hypotheses[int(bad[0])])[:60]!r}), which cannot be ranked. "
+            "Check the metric (a model in float16 can overflow; try float32)."
+        )
+
+
 def _tied_with_max(scores: np.ndarray) -> list[int]:
     """Indices of the scores within the tie tolerance (``_TIE_RTOL``, relative) of the maximum."""
     best = float(np.max(scores))
+    if math.isinf(best):  # all -inf (nothing usable) or some +inf: equal to the maximum
+        return [k for k in range(len(scores)) if scores[k] == best]
     tol = _TIE_RTOL * max(1.0, abs(best))
     return [k for k in range(len(scores)) if scores[k] >= best - tol]
 
@@ -942,11 +956,13 @@ def _mbr_search(
                 f"The pointwise_scores of metric {metric.name!r} must return shape ({n_h},), one "
                 f"score per hypothesis. Got shape {scores.shape} instead."
             )
+        _check_ranked(scores, metric, hypotheses)
         best = _best_index(scores, evidence, hypotheses, metric.higher_is_better)
         stats = MBRStats("pointwise", n_h, n_r, evaluations=n_h, rounds=1, remaining=n_h)
         return _Scored(hypotheses[best], float(scores[best]), stats)
     if method == "exact":
         expected = _expected_scores(metric, hypotheses, refs, weights)
+        _check_ranked(expected, metric, hypotheses)
         best = _best_index(expected, evidence, hypotheses, metric.higher_is_better)
         stats = MBRStats("exact", n_h, n_r, evaluations=n_h * n_r, rounds=1, remaining=n_h)
         return _Scored(hypotheses[best], float(expected[best]), stats)
