@@ -478,3 +478,15 @@ def test_llamacpp_continuation_logprobs_equal_its_teacher_forced_score():
         ]
         np.testing.assert_allclose(got, expected, atol=1e-9)
     backend.close()
+
+
+def test_a_device_torch_cannot_use_stops_the_judge_when_built():
+    pytest.importorskip("torch")
+    import torch
+
+    from metricwise.metrics import get as get_metric
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(InvalidParameterError, match="'device' parameter of judge"):
+        get_metric("judge", device="cuda")

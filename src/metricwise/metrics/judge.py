@@ -68,7 +68,12 @@ import numpy as np
 
 from metricwise.errors import InvalidParameterError, MissingDependencyError
 from metricwise.metrics.base import register
-from metricwise.metrics.model_based import ModelUtility, check_positive_int, shared_model
+from metricwise.metrics.model_based import (
+    ModelUtility,
+    check_device,
+    check_positive_int,
+    shared_model,
+)
 
 #: The judge's prompt without a calibrated spec: generic criteria (the "fixed-criteria" prompt
 #: that judge-calibrate compares against).
@@ -452,7 +457,7 @@ class Judge(ModelUtility):
 
                 resolve_model(model if model is not None else DEFAULT_MODEL)
                 if backend == "hf":
-                    options.setdefault("device", device)
+                    options.setdefault("device", check_device(device, self.name))
             self.model = model if model is not None else "default"
             self._backend_obj: Any = None
             key = ("judge", backend, str(model), json.dumps(options, sort_keys=True, default=str))
