@@ -488,3 +488,59 @@ def test_eval_mbr_metrics_are_checked_before_any_model_loads(capsys, monkeypatch
     )
     code, _, err = run(["eval", "--tasks", "arith", "--mbr_metrics", "chrff"], capsys=capsys)
     assert code == 2 and "chrf" in err
+
+
+def test_a_metric_argument_named_like_a_decide_parameter_reaches_the_metric(monkeypatch, capsys):
+    # The judge's 'samples' argument used to collide with decide()'s first parameter (a
+    # traceback); it now reaches the metric, and 'rule' in --metric_args is not taken as --rule.
+    from metricwise import metrics
+    from metricwise.metrics import base as metrics_base
+
+    monkeypatch.setattr(metrics_base, "_REGISTRY", dict(metrics_base._REGISTRY))
+
+    class Longest(metrics.Metric):
+        def __init__(self, samples: int = 8):
+            self.samples = samples
+
+        def pairwise(self, cands, refs):
+            import numpy as np
+
+            return np.array([[float(len(c) == self.samples) for _ in refs] for c in cands])
+
+    metrics.register("longest_test")(Longest)
+    stdin = json.dumps({"id": 1, "samples": ["aa", "bbb", "bbb", "c"]}) + "\n"
+    code, out, err = run(
+        ["decide", "--metric", "longest_test", "--metric_args", "samples=1", "-"],
+        stdin, monkeypatch, capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(out)["output"] == "c"
+    code, _, err = run(
+        ["decide", "--metric", "chrf", "--metric_args", "rule=mode", "-"],
+        stdin,
+        monkeypatch,
+        capsys,
+    )
+    assert code == 2 and "Bad arguments for metric 'chrf'" in err and "Traceback" not in err
+
+
+def test_eval_mbr_metrics_keep_the_commas_of_a_spec(capsys, monkeypatch):
+    from metricwise.metrics.base import split_specs
+
+    assert split_specs("chrf(word_order=2,char_order=4), bleu,,") == [
+        "chrf(word_order=2,char_order=4)",
+        "bleu",
+    ]
+    import metricwise.backends
+
+    monkeypatch.setattr(
+        metricwise.backends, "load_backend", lambda *a, **k: pytest.fail("a model was loaded")
+    )
+    # The second spec is checked (and refused) as a whole, so the first was not cut at its comma.
+    argv = ["eval", "--tasks", "arith", "--mbr_metrics", "chrf(word_order=2,char_order=4),chrf(colour=1)"]  # fmt: skip
+    code, _, err = run(argv, capsys=capsys)
+    assert code == 2 and "Bad arguments for metric 'chrf'" in err and "colour" in err
+    code, _, err = run(
+        ["eval", "--tasks", "arith", "--mbr_metrics", "chrf(word_order=2"], capsys=capsys
+    )
+    assert code == 2 and "malformed" in err and "chrf(word_order=2" in err

@@ -247,3 +247,11 @@ def test_a_metric_spec_carries_its_arguments():
         parse_spec("pinball(0.9)")
     with pytest.raises(InvalidParameterError, match="Bad arguments for metric 'chrf'"):
         metrics.get("chrf(colour=1)")
+
+
+def test_a_malformed_metric_spec_is_named_as_such():
+    from metricwise.errors import InvalidParameterError
+
+    for spec in ("chrf(", "chrf(word_order=2", "chrf)"):
+        with pytest.raises(InvalidParameterError, match="malformed"):
+            metrics.get(spec)

@@ -170,6 +170,12 @@ def test_missing_models_say_what_and_how(args, message, monkeypatch):
     with pytest.raises(InvalidParameterError, match=message) as info:
         metrics.get("reward", **args)
     assert "No reward model ships with metricwise" in str(info.value)
+    assert ".." not in str(info.value)
+
+
+def test_a_directory_without_a_config_is_named_as_such(tmp_path):
+    with pytest.raises(InvalidParameterError, match=r"a directory without a config\.json"):
+        metrics.get("reward", model=str(tmp_path))
 
 
 def test_predict_refuses_a_bad_reward_model_before_sampling(tmp_path, capsys, monkeypatch):

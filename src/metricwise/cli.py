@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import itertools
 import json
 import sys
@@ -276,7 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--mbr_metrics",
         default=None,
         metavar="M1,M2,...",
-        help="also decide by MBR with these utilities (e.g. chrf,bertscore,embedding_cosine), "
+        help="also decide by MBR with these utilities (e.g. chrf,bertscore,embedding_cosine; "
+        "with arguments in parentheses: 'chrf(word_order=2),reward(model=DIR,batch_size=8)'), "
         "scored by the task's metrics",
     )
     e.add_argument("--no_plots", action="store_true", help="skip the PNG plots")
@@ -646,12 +648,21 @@ def _decision_options(args: argparse.Namespace) -> dict[str, Any]:
         "extractor": args.extractor,
         "include_incomplete": args.include_incomplete,
         "mbr": args.mbr,
-        **_parse_key_values(args.metric_args, "--metric_args"),
     }
     # A decision on no samples checks the metric, its arguments, the rule and the extractor
     # (weights need log-probabilities, so they are checked per record).
     from metricwise.decide import check_weighting, decide
 
+    metric_args = _parse_key_values(args.metric_args, "--metric_args")
+    own = set(inspect.signature(decide).parameters) & set(metric_args)
+    if own:
+        # An argument named like one of decide()'s own (the judge's 'samples') goes to the
+        # metric: it is built here, with its arguments, instead of through decide().
+        from metricwise import metrics
+
+        options["metric"] = metrics.get(args.metric, **metric_args)
+    else:
+        options.update(metric_args)
     check_weighting(args.weights)
     decide([], **{**options, "weights": None})
     return options
@@ -1031,6 +1042,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     ]
     adaptive = _adaptive_settings(args)  # min_n > max_n and the like fail before any model
     from metricwise.global_decoding import ChainSettings
+    from metricwise.metrics.base import split_specs
 
     config = EvalConfig(
         model=args.model,
@@ -1061,7 +1073,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         adaptive=adaptive,
         tolerance=args.tolerance if adaptive is not None else None,
         decodings=[d.strip() for d in args.decoding.split(",") if d.strip()],
-        mbr_metrics=[m.strip() for m in (args.mbr_metrics or "").split(",") if m.strip()],
+        mbr_metrics=split_specs(args.mbr_metrics or ""),
         chain=ChainSettings(burn_in=args.burn_in, thin=args.thin),
     )
     # Settings are checked (SamplingConfig raises) before any model is loaded.

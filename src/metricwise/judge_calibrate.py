@@ -138,7 +138,8 @@ def split_examples(
         raise InvalidParameterError(
             f"The '--examples' file must hold enough labelled examples for {MIN_PER_PART} held-back "
             f"and {MIN_PER_PART} + {shots} (shots) calibration examples at --held_back {held_back:g}: "
-            f"about {need}. Got {n} instead."
+            f"about {need}. Got {n} instead. Add labelled examples"
+            + (", or lower --shots." if shots else ".")
         )
     order = np.random.default_rng(seed).permutation(n)
     calibration = [examples[i] for i in order[:n_cal]]

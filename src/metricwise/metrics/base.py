@@ -233,6 +233,11 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """
     match = _SPEC.fullmatch(spec.strip())
     if match is None:
+        if "(" in spec or ")" in spec:
+            raise InvalidParameterError(
+                f"The metric spec {spec!r} is malformed: expected a name, or a name with "
+                "arguments in one pair of parentheses, such as chrf(word_order=2)."
+            )
         return spec, {}
     args: dict[str, Any] = {}
     for item in (part.strip() for part in match["args"].split(",") if part.strip()):
@@ -246,6 +251,26 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
         except json.JSONDecodeError:
             args[key.strip()] = raw.strip()
     return match["name"], args
+
+
+def split_specs(text: str) -> list[str]:
+    """Split a comma-separated list of metric specs, keeping the commas inside parentheses.
+
+    ``"chrf(word_order=2,char_order=4),bleu"`` is ``["chrf(word_order=2,char_order=4)",
+    "bleu"]``; empty items are dropped.
+    """
+    items: list[str] = []
+    current: list[str] = []
+    depth = 0
+    for char in text:
+        if char == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+            continue
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        current.append(char)
+    items.append("".join(current))
+    return [item.strip() for item in items if item.strip()]
 
 
 def get(name: str, **kwargs: Any) -> Metric:

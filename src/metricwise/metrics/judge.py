@@ -448,7 +448,8 @@ class Judge(ModelUtility):
             ):
                 raise InvalidParameterError(
                     "The 'base_url' parameter of judge is required with backend='openai' "
-                    "(--metric_args backend=openai,base_url=http://127.0.0.1:8080). Got None instead."
+                    "(--metric_args backend=openai,base_url=http://127.0.0.1:8080 for --metric judge; "
+                    "--model_args base_url=http://127.0.0.1:8080 for judge-calibrate). Got None instead."
                 )
             if backend in ("hf", "llamacpp"):
                 # Checked now (a name or a file), so that a wrong judge stops predict before

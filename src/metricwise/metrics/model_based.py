@@ -191,10 +191,16 @@ def load_config(source: str, model: str, utility: str, *, how_to_get: str) -> An
     """
     from transformers import AutoConfig
 
+    if Path(source).is_dir() and not (Path(source) / "config.json").is_file():
+        raise InvalidParameterError(
+            f"The 'model' parameter of {utility} must name a transformers model that can be "
+            f"loaded here. Got {model!r} instead, a directory without a config.json. {how_to_get}"
+        )
     try:
         return AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = reason.rstrip(".")
         raise InvalidParameterError(
             f"The 'model' parameter of {utility} must name a transformers model that can be "
             f"loaded here (a directory with config.json, or a hub id in the local cache when "
