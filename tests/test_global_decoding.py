@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from metricwise.errors import InvalidParameterError
-from metricwise.global_decoding import ChainSettings, imh_chain, log_weight
+from metricwise.global_decoding import ChainSettings, describe_chains, imh_chain, log_weight
 from metricwise.types import Candidate, SampleSet
 
 
@@ -59,6 +59,9 @@ def test_a_cut_off_proposal_is_never_accepted_and_replaces_nothing():
         _proposals([0.0, -5.0, 0.0, -6.0, 0.0], [-9.0, -5.0, -9.0, -6.0, -9.0], finish), 5
     )
     assert log_weight(chain.states.candidates[0]) == -math.inf  # state 0 is proposal 0
+    assert chain.cut_off == pytest.approx(3 / 5)
+    assert "60% of the proposals were cut off" in describe_chains([chain])
+    assert "add a stop string" in describe_chains([chain])
     assert chain.state_proposals[1:] == (1, 1, 3, 3)  # the first acceptable one replaces it
 
 
@@ -277,6 +280,9 @@ def test_sample_and_predict_return_chain_states_from_stored_proposals(
         (["--decoding", "global", "--burn_in", "-1"], "'burn_in'"),
         (["--decoding", "global", "--thin", "0"], "'thin'"),
         (["--decoding", "global", "--adaptive"], "cannot be combined"),
+        (["--burn_in", "4"], "'--burn_in' option applies to '--decoding global'"),
+        (["--thin", "2"], "'--thin' option applies to '--decoding global'"),
+        (["--decoding", "global", "--weights", "importance"], "correct for the sampler twice"),
     ],
 )
 def test_bad_decoding_settings_fail_before_any_model_loads(
@@ -321,3 +327,13 @@ def test_eval_scores_global_against_local_on_one_pool(small_vocab_dir, tmp_path,
     assert not any("decoding:" in r["signature"] for r in local["scores"])
     assert "arith (global)" in out and "global - local" in out
     assert (out_dir / "samples_arith_global.jsonl").exists()
+
+
+def test_eval_refuses_chain_flags_without_global_decoding(capsys, monkeypatch):
+    import metricwise.backends
+
+    monkeypatch.setattr(
+        metricwise.backends, "load_backend", lambda *a, **k: pytest.fail("a model was loaded")
+    )
+    code, _, err = _run(["eval", "--tasks", "arith", "--burn_in", "8"], capsys)
+    assert code == 2 and "'--burn_in' option applies to '--decoding global'" in err

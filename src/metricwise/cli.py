@@ -509,13 +509,34 @@ def _chain_settings(args: argparse.Namespace) -> Any:
     from metricwise.global_decoding import ChainSettings, check_decoding
 
     if check_decoding(args.decoding) == "local":
+        _check_chain_flags_unused(args)
         return None
+    if getattr(args, "weights", None) == "importance":
+        raise InvalidParameterError(
+            "The '--weights' option is 'importance', which cannot weight the states of '--decoding "
+            "global': the chain's states already follow the global distribution, and exp(logp - logq) "
+            "would correct for the sampler twice. Use --weights uniform (or importance weights on "
+            "local samples, which target the same distribution at temperature 1)."
+        )
     if args.temperature == 0:
         raise InvalidParameterError(
             "The '--decoding' option is 'global', which needs a sampling temperature > 0 (greedy "
             "decoding has no distribution to normalise). Got --temperature 0 instead."
         )
     return ChainSettings(burn_in=args.burn_in, thin=args.thin)
+
+
+def _check_chain_flags_unused(args: argparse.Namespace) -> None:
+    """--burn_in and --thin shape a global-decoding chain; given without one they are a mistake."""
+    from metricwise.global_decoding import ChainSettings
+
+    defaults = ChainSettings()
+    for flag in ("burn_in", "thin"):
+        if getattr(args, flag) != getattr(defaults, flag):
+            raise InvalidParameterError(
+                f"The '--{flag}' option applies to '--decoding global'. Got --{flag} "
+                f"{getattr(args, flag)} with --decoding {args.decoding} instead."
+            )
 
 
 def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1042,6 +1063,9 @@ def _run_eval(args: argparse.Namespace) -> int:
     ]
     adaptive = _adaptive_settings(args)  # min_n > max_n and the like fail before any model
     from metricwise.global_decoding import ChainSettings
+
+    if "global" not in args.decoding:
+        _check_chain_flags_unused(args)
     from metricwise.metrics.base import split_specs
 
     config = EvalConfig(

@@ -125,6 +125,9 @@ class Chain:
         Proposals ``1 .. M - 1`` that the chain moved to.
     distinct_states:
         Distinct texts among the returned states.
+    cut_off:
+        Share of the proposals read that lie outside the target (cut off by ``max_tokens`` or a
+        guard, or with a non-finite ``logq``): weight 0, never accepted.
     settings:
         The burn-in and thinning used.
     """
@@ -135,10 +138,12 @@ class Chain:
     accepted: int
     distinct_states: int
     settings: ChainSettings
+    cut_off: float = 0.0
 
     @property
     def acceptance_rate(self) -> float:
-        """Accepted moves over proposals offered after the first (1.0 for a one-proposal chain)."""
+        """Accepted moves over proposals offered after the first, which starts the chain
+        (``accepted / (n_proposals - 1)``; 1.0 for a one-proposal chain)."""
         offered = self.n_proposals - 1
         return self.accepted / offered if offered else 1.0
 
@@ -148,6 +153,7 @@ class Chain:
             "accepted": self.accepted,
             "acceptance_rate": self.acceptance_rate,
             "distinct_states": self.distinct_states,
+            "cut_off": self.cut_off,
             "burn_in": self.settings.burn_in,
             "thin": self.settings.thin,
             "state_proposals": list(self.state_proposals),
@@ -268,6 +274,7 @@ def imh_chain(
         accepted=accepted,
         distinct_states=len({c.text for c in states}),
         settings=settings,
+        cut_off=sum(w == -math.inf for w in weights) / total,
     )
 
 
@@ -297,6 +304,7 @@ def chain_summary(chains: Sequence[Chain]) -> dict[str, Any]:
         return {}
     rates = np.array([c.acceptance_rate for c in chains])
     return {
+        "cut_off": float(np.mean([c.cut_off for c in chains])),
         "acceptance_rate": float(rates.mean()),
         "acceptance_rate_min": float(rates.min()),
         "acceptance_rate_max": float(rates.max()),
@@ -313,8 +321,15 @@ def describe_chains(chains: Sequence[Chain]) -> str:
     s = chain_summary(chains)
     if not s:
         return "global decoding: no chains"
-    return (
+    line = (
         f"global decoding: acceptance rate {s['acceptance_rate']:.2f} on average "
         f"({s['acceptance_rate_min']:.2f}-{s['acceptance_rate_max']:.2f} over {len(chains)} prompts), "
         f"{s['distinct_states']:.1f} distinct states of {s['states']} from {s['n_proposals']} proposals"
     )
+    if s["cut_off"] > 0:
+        line += (
+            f"; {s['cut_off']:.0%} of the proposals were cut off (max_tokens or a guard) and are "
+            "never accepted"
+            + (": add a stop string (--stop) or raise --max_tokens" if s["cut_off"] >= 0.5 else "")
+        )
+    return line
