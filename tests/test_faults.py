@@ -170,7 +170,14 @@ def _spawn(args: list[str], tmp_path: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
+        # As in a terminal: a test run started in the background (`make test &`, nohup) ignores
+        # SIGINT, the child would inherit that, and Ctrl-C would never reach it.
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _many_prompts_args(url: str, tmp_path: Path) -> list[str]:
