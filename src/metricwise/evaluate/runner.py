@@ -459,15 +459,7 @@ def compare_decodings(
             a = np.array([r.scores[label][metric] for r in global_records])
             b = np.array([r.scores[label][metric] for r in local_records])
             cmp = paired_bootstrap(a, b, indices=indices)
-            rows.append(
-                {
-                    "decoder": label,
-                    "metric": metric,
-                    "difference": cmp.difference,
-                    "ci": [cmp.low, cmp.high],
-                    "p_value": cmp.p_value,
-                }
-            )
+            rows.append({"decoder": label, "metric": metric, **cmp.to_dict()})
     return rows
 
 

@@ -254,11 +254,7 @@ def score_task(
             for key, baseline in (("vs_greedy", greedy_label), ("vs_prior", prior_label)):
                 if baseline is not None and decoder.label != baseline and baseline in scores:
                     cmp = paired_bootstrap(values, scores[baseline][metric_name], indices=indices)
-                    row[key] = {
-                        "difference": cmp.difference,
-                        "ci": [cmp.low, cmp.high],
-                        "p_value": cmp.p_value,
-                    }
+                    row[key] = cmp.to_dict()
             if signature is not None:
                 row["signature"] = signature(decoder, metric_name)
             results["scores"].append(row)
@@ -374,11 +370,7 @@ def _corpus_rows(
                 cmp = paired_bootstrap(
                     pairs[label], pairs[baseline], statistic=statistic, indices=indices
                 )
-                row[key] = {
-                    "difference": cmp.difference,
-                    "ci": [cmp.low, cmp.high],
-                    "p_value": cmp.p_value,
-                }
+                row[key] = cmp.to_dict()
             rows.append(row)
     return rows
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,10 @@ class PairedComparison:
     low: float
     high: float
     p_value: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """The form results files keep: ``{"difference", "ci": [low, high], "p_value"}``."""
+        return {"difference": self.difference, "ci": [self.low, self.high], "p_value": self.p_value}
 
 
 def resample_indices(
