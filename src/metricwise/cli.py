@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import inspect
 import itertools
-import json
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from metricwise.errors import BackendError, InvalidParameterError, MetricwiseError
-from metricwise.io import iter_jsonl, read_jsonl, write_json_line
+from metricwise.io import iter_jsonl, json_or_text, read_jsonl, write_json_line
 
 EXIT_OK = 0
 
@@ -627,10 +626,7 @@ def _parse_key_values(items: Sequence[str], option: str) -> dict[str, Any]:
             raise InvalidParameterError(
                 f"The '{option}' option takes K=V pairs. Got {item!r} instead."
             )
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
+        out[key] = json_or_text(raw)
     return out
 
 

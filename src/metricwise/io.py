@@ -104,3 +104,12 @@ def json_safe(value: Any) -> Any:
 
 def write_json_line(sink: IO[str], record: dict[str, Any]) -> None:
     sink.write(json.dumps(json_safe(record), ensure_ascii=False) + "\n")
+
+
+def json_or_text(raw: str) -> Any:
+    """``raw`` read as JSON where it is (``8``, ``true``, ``"quoted"``), else the text itself:
+    how ``K=V`` option values and metric spec arguments are read."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw

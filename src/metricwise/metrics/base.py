@@ -7,7 +7,6 @@ decisions use, fills a whole matrix at once (``pairwise``). Subclasses that can 
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from collections.abc import Callable, Sequence
@@ -16,6 +15,7 @@ from typing import Any, Literal, TypeVar
 import numpy as np
 
 from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
+from metricwise.io import json_or_text
 
 MetricKind = Literal["text", "number"]
 
@@ -246,10 +246,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
             raise InvalidParameterError(
                 f"The arguments of metric spec {spec!r} must be key=value pairs. Got {item!r} instead."
             )
-        try:
-            args[key.strip()] = json.loads(raw.strip())
-        except json.JSONDecodeError:
-            args[key.strip()] = raw.strip()
+        args[key.strip()] = json_or_text(raw.strip())
     return match["name"], args
 
 
