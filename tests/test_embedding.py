@@ -44,3 +44,16 @@ def test_mbr_picks_the_central_paraphrase():
     assert decision.rule == "mbr"
     assert decision.output != "The stock market fell sharply."
     assert decision.expected_utility > 0.5
+
+
+def test_sentence_embeddings_live_in_the_shared_bounded_cache(monkeypatch):
+    """Each text is encoded once while the model-based utilities' bounded cache holds it."""
+    from metricwise.embeddings import get_encoder
+    from metricwise.metrics import model_based
+
+    monkeypatch.setattr(model_based, "CACHE", model_based.LRUCache())
+    encoder = get_encoder()
+    first = encoder.encode(["a cat", "a dog", "a cat"])
+    assert len(model_based.CACHE) == 2
+    monkeypatch.setattr(encoder, "_model", None)  # a second forward pass would fail
+    np.testing.assert_array_equal(encoder.encode(["a dog", "a cat"]), first[[1, 0]])

@@ -9,7 +9,6 @@ tokens), run with plain transformers so that sentence-transformers is not requir
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,9 @@ def packaged_model_dir(name: str) -> Path | None:
 
 
 class SentenceEncoder:
-    """Encode texts to unit-norm vectors, shape (n, dim) float32, with a per-text cache.
+    """Encode texts to unit-norm vectors, shape (n, dim) float32; each text once per process
+    while it stays in the bounded cache shared by every model-based utility
+    (:data:`metricwise.metrics.model_based.CACHE`).
 
     Parameters
     ----------
@@ -71,14 +72,22 @@ class SentenceEncoder:
         self.batch_size = batch_size
         self._tokenizer = AutoTokenizer.from_pretrained(str(source))
         self._model = AutoModel.from_pretrained(str(source)).to(device).eval()
-        self._cache: dict[str, np.ndarray] = {}
-        self._lock = threading.Lock()
+        self._namespace = f"sentence-encoder:{model}"
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Unit-norm embeddings of ``texts``, shape (len(texts), dim), float32."""
         import torch
 
-        missing = [t for t in dict.fromkeys(texts) if t not in self._cache]
+        from metricwise.metrics.model_based import CACHE, text_key
+
+        vectors_of: dict[str, np.ndarray] = {}
+        missing: list[str] = []
+        for text in dict.fromkeys(texts):
+            cached = CACHE.get(text_key(self._namespace, text))
+            if cached is None:
+                missing.append(text)
+            else:
+                vectors_of[text] = cached
         for start in range(0, len(missing), self.batch_size):
             batch = missing[start : start + self.batch_size]
             encoded = self._tokenizer(
@@ -94,27 +103,25 @@ class SentenceEncoder:
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
             vectors = pooled.float().cpu().numpy()
-            with self._lock:
-                for text, vector in zip(batch, vectors, strict=True):
-                    self._cache[text] = vector
+            for text, vector in zip(batch, vectors, strict=True):
+                vectors_of[text] = vector
+                CACHE.put(text_key(self._namespace, text), vector, vector.nbytes)
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        return np.stack([self._cache[t] for t in texts])
+        return np.stack([vectors_of[t] for t in texts])
 
     @property
     def dimension(self) -> int:
         return int(self._model.config.hidden_size)
 
 
-_ENCODERS: dict[tuple[str, str], SentenceEncoder] = {}
-
-
 def get_encoder(model: str = DEFAULT_EMBEDDER, device: str = "cpu") -> SentenceEncoder:
     """A shared encoder per (model, device), so the weights load once per process."""
-    key = (model, device)
-    if key not in _ENCODERS:
-        _ENCODERS[key] = SentenceEncoder(model, device=device)
-    return _ENCODERS[key]
+    from metricwise.metrics.model_based import shared_model
+
+    return shared_model(
+        ("sentence-encoder", model, device), lambda: SentenceEncoder(model, device=device)
+    )
 
 
 def cosine_matrix(a: np.ndarray, b: np.ndarray) -> Any:

@@ -1,4 +1,5 @@
-"""Shared machinery of the utilities that run a model (``bertscore``, ``reward``; a judge next).
+"""Shared machinery of the utilities that run a model (``bertscore``, ``reward``, ``judge``,
+``moee``; the sentence encoder of ``embedding_cosine`` and few-shot selection uses its cache).
 
 What every model-based utility gets from here:
 
