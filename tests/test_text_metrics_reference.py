@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from metricwise import metrics
 from metricwise.errors import InvalidParameterError, MissingDependencyError
+from metricwise.metrics import overlap as overlap_module
 from metricwise.metrics.bleu import tokenize_13a
 from metricwise.metrics.chrf import words_for_chrf
 from metricwise.metrics.overlap import clipped_overlap, ngram_entries
@@ -599,3 +600,19 @@ def test_the_stemmer_without_nltk_raises_missing_dependency(monkeypatch):
     monkeypatch.setitem(sys.modules, "nltk.stem", None)
     with pytest.raises(MissingDependencyError, match="nltk"):
         metrics.get("rouge_l", use_stemmer=True)
+
+
+def test_statistics_are_the_same_when_numbers_travel_unpacked(monkeypatch):
+    # ngram_entries sorts n-grams packed with their positions, and from_entries gathers
+    # columns packed with counts, when both fit in one int64; otherwise an argsort and plain
+    # gathers. The two paths must give the same statistics.
+    texts = ["The cat sat.", "the cat  sat!", "A dog, (barking)", "", "cat", "\ud800x", "sat on"]
+    for metric in (metrics.get("chrf", word_order=2), metrics.get("bleu")):
+        packed = metric.statistics(texts)
+        monkeypatch.setattr(overlap_module, "_PACKED_BITS", 0)
+        unpacked = metric.statistics(texts)
+        monkeypatch.undo()
+        for got, expected in zip(unpacked.entries, packed.entries, strict=True):
+            np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(unpacked.item_order, packed.item_order)
+        np.testing.assert_array_equal(unpacked.starts, packed.starts)
