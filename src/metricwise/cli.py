@@ -380,10 +380,11 @@ def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--mbr",
-        choices=("exact", "prune", "aggregate"),
+        choices=("exact", "prune", "aggregate", "aggregate_to_fine"),
         default="exact",
-        help="how MBR is computed at large N: exact, prune (confidence-based pruning; any metric) "
-        "or aggregate (one aggregated reference; chrF only)",
+        help="how MBR is computed at large N: exact, prune (confidence-based pruning; any metric), "
+        "aggregate (one aggregated reference; chrF only) or aggregate_to_fine (the 32 best "
+        "against the aggregated reference, then exact among them; chrF only)",
     )
 
 
