@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fake_openai_server import FakeServer, free_port
+from fake_openai_server import FakeServer, fake_choice, free_port
 from metricwise import SamplingConfig
 from metricwise.backends import load_backend
 from metricwise.backends.openai import (
@@ -83,6 +83,35 @@ def test_every_sampling_parameter_is_sent_and_n_is_asked_once(fake):
         for c in s.candidates:
             assert c.logp is not None and c.logq == pytest.approx(c.logp)  # T = 1, no truncation
             assert c.finish_reason in ("eos", "length") and c.n_tokens >= 1
+
+
+def test_prompt_tokens_and_cached_ones_are_counted_from_usage(fake):
+    seen: set[str] = set()
+
+    def with_usage(handler: Any, path: str, body: dict[str, Any]) -> Any:
+        if not path.endswith("completions"):
+            return None
+        # A server with a prefix cache: a prompt seen before is cached but for its last token.
+        cached = 9 if body["prompt"] in seen else 0
+        seen.add(body["prompt"])
+        choices = [fake_choice(body["seed"] + j, body, j) for j in range(body["n"])]
+        usage = {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": cached}}
+        return 200, {"choices": choices, "usage": usage}, {}
+
+    server = fake(behaviour=with_usage)
+    config = SamplingConfig(n=2, max_tokens=4, seed=1)
+    with backend_for(server.url, concurrency=1) as backend:
+        backend.sample(["p1", "p2"], config)
+        assert (backend.prompt_tokens, backend.cached_prompt_tokens) == (20, 0)
+        # The next round, samples 2 and 3: both prompts are cached now.
+        backend.sample(["p1", "p2"], SamplingConfig(n=4, max_tokens=4, seed=1), start=2)
+        assert (backend.prompt_tokens, backend.cached_prompt_tokens) == (20, 18)
+    plain = fake()  # no usage in the answers: nothing counted, nothing fails
+    with backend_for(plain.url) as backend:
+        backend.sample(["p1"], config)
+        assert (backend.prompt_tokens, backend.cached_prompt_tokens) == (0, 0)
+        # cache_prompt is llama-server's field: a generic server is not sent it
+        assert all("cache_prompt" not in body for _, body in plain.requests if body)
 
 
 def test_seeds_are_distinct_per_sample_and_reproducible(fake):
@@ -646,6 +675,29 @@ def test_llama_server_seeds_make_samples_reproducible(llama_server_one_slot):
         )
         <= 3
     )
+
+
+def test_llama_server_keeps_the_prompt_between_rounds_only_when_asked(llama_server_one_slot):
+    # An adaptive run asks for samples 0-3, then 4-7 of the same prompt. With cache_prompt the
+    # server evaluates the prompt once: every later request takes all but its last token from
+    # the slot's cache. Without it (the default, for bitwise reruns) nothing is cached.
+    prompt = (
+        "The history of the city of Paris begins in antiquity. Over the centuries it grew into "
+        "one of the great capitals of Europe, and its story"
+    )
+    config = SamplingConfig(n=4, max_tokens=6, seed=3)
+    cached = OpenAIBackend(llama_server_one_slot, cache_prompt=True)
+    cached.sample([prompt], config)
+    first_round = (cached.prompt_tokens, cached.cached_prompt_tokens)
+    second_round = SamplingConfig(n=8, max_tokens=6, seed=3)
+    cached.sample([prompt], second_round, start=4)
+    length = cached.prompt_tokens // 4  # one request per sample on a one-slot server
+    assert length > 20 and cached.prompt_tokens == first_round[0]
+    assert cached.cached_prompt_tokens == 4 * (length - 1)
+    assert first_round[1] >= 3 * (length - 1)  # all but the round's first request
+    plain = OpenAIBackend(llama_server_one_slot)
+    plain.sample([prompt], second_round, start=4)
+    assert plain.prompt_tokens == 4 * length and plain.cached_prompt_tokens == 0
 
 
 def test_llama_server_logp_matches_the_llamacpp_backend(llama_server):

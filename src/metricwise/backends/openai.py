@@ -68,8 +68,9 @@ Server quirks that reach the numbers:
   repeated run can flip a token whose random number falls that close to a CDF boundary, and a
   flipped token changes the rest of the sample (against a four-slot server, 7 of 12
   twelve-token samples of a repeated run differed once). A one-slot server (``-np 1``) decodes
-  each request alone and repeats bitwise. ``cache_prompt`` is sent false to ``llama-server``:
-  logits computed from a cached prompt round differently again.
+  each request alone and repeats bitwise. ``cache_prompt`` is sent false to ``llama-server``
+  unless asked for (``cache_prompt=True``): logits computed from a cached prompt round
+  differently again.
 - Guards: the wall-clock budget (:attr:`Guards.max_seconds`) bounds one :meth:`sample` call,
   retries included; when it runs out the call raises :class:`~metricwise.errors.SamplingTimeout`
   and returns nothing (a timeout is a failure to sample, not a sample). The repetition detector
@@ -429,6 +430,14 @@ class OpenAIBackend:
     server : {"auto", "llama.cpp", "vllm", "generic"}
         What kind of server it is; ``"auto"`` asks ``/props`` (llama-server) and ``/version``
         (vLLM). It chooses the extra parameters sent and the sampler order q is rebuilt in.
+    cache_prompt : bool
+        Let ``llama-server`` keep a prompt's KV cache in its slot between requests, so that the
+        requests of one prompt (its N samples, the rounds of adaptive sampling) evaluate the
+        prompt once: later ones only its last token. Off by default because logits computed
+        from a cached prompt round differently from a fresh prefill (as a shared batch does,
+        see Reproducibility above), so a rerun can flip tokens. vLLM and hosted APIs cache
+        prefixes on their own side (their ``usage`` says how much, see
+        :attr:`cached_prompt_tokens`); this option sends nothing to them.
     extra_body : dict, optional
         Added to every request body last (overrides).
     signature : str, optional
@@ -450,6 +459,7 @@ class OpenAIBackend:
         guards: Guards | None = None,
         top_logprobs: int = 20,
         server: str = "auto",
+        cache_prompt: bool = False,
         extra_body: dict[str, Any] | None = None,
         signature: str | None = None,
     ) -> None:
@@ -474,6 +484,10 @@ class OpenAIBackend:
                 raise InvalidParameterError(
                     f"The '{name}' parameter of OpenAIBackend must be an int >= {low}. Got {value!r} instead."
                 )
+        if not isinstance(cache_prompt, bool):
+            raise InvalidParameterError(
+                f"The 'cache_prompt' parameter of OpenAIBackend must be True or False. Got {cache_prompt!r} instead."
+            )
         if extra_body is not None and not isinstance(extra_body, dict):
             raise InvalidParameterError(
                 f"The 'extra_body' parameter of OpenAIBackend must be a dict. Got {extra_body!r} instead."
@@ -485,6 +499,7 @@ class OpenAIBackend:
         self.guards = guards or Guards()
         self.top_logprobs = top_logprobs
         self.server_kind = server
+        self.cache_prompt = cache_prompt
         self.extra_body = dict(extra_body or {})
         self.headers = {"Accept": "application/json"}
         if api_key:
@@ -496,6 +511,11 @@ class OpenAIBackend:
         self.requests_sent = 0
         #: ``{"exact": k, "approximate": m}``: how the last call's ``logq`` values were obtained.
         self.logq_exact: dict[str, int] = {"exact": 0, "approximate": 0}
+        #: Prompt tokens of the last call's answers, and how many of them the server took from
+        #: its prefix cache (``usage.prompt_tokens`` and ``usage.prompt_tokens_details.
+        #: cached_tokens``; 0 where a server does not report them).
+        self.prompt_tokens = 0
+        self.cached_prompt_tokens = 0
         self.model = model if model else self._served_model()
         self.signature = signature or f"openai:{self.model}"
 
@@ -633,6 +653,7 @@ class OpenAIBackend:
     ) -> list[list[Candidate]]:
         self.requests_sent = 0
         self.logq_exact = {"exact": 0, "approximate": 0}
+        self.prompt_tokens = self.cached_prompt_tokens = 0
         if not prompts:
             return []
         deadline = self.guards.deadline()
@@ -832,15 +853,29 @@ class OpenAIBackend:
                     "dynatemp_range": 0.0,
                     "min_keep": 0,
                     "ignore_eos": False,
-                    # Re-evaluate the prompt: logits from a cached prompt (its last token alone)
-                    # round differently, and runs would not repeat.
-                    "cache_prompt": False,
+                    # Off unless asked: logits from a cached prompt (its last token alone) round
+                    # differently from a fresh prefill, and runs would not repeat.
+                    "cache_prompt": self.cache_prompt,
                 }
             )
         elif kind == "vllm":
             body.update({"repetition_penalty": 1.0, "min_tokens": 0, "ignore_eos": False})
         body.update(self.extra_body)
         return body
+
+    def _count_prompt_tokens(self, usage: Any) -> None:
+        """Add an answer's prompt tokens, and those its server had cached, to the call's counts."""
+        if not isinstance(usage, dict):
+            return
+        details = usage.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        with self._pool_lock:
+            for attribute, value in (
+                ("prompt_tokens", usage.get("prompt_tokens")),
+                ("cached_prompt_tokens", cached),
+            ):
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    setattr(self, attribute, getattr(self, attribute) + value)
 
     def _parse(
         self, answer: Any, server: _Server, job: _Job, config: SamplingConfig, greedy: bool
@@ -850,6 +885,7 @@ class OpenAIBackend:
             raise _malformed(f"no 'choices' list in {str(answer)[:200]}")
         if not choices:
             raise _malformed(f"an empty 'choices' list (asked for {job.count})")
+        self._count_prompt_tokens(answer.get("usage"))
         for k, choice in enumerate(choices):
             if not isinstance(choice, dict):
                 raise _malformed(f"choice {k} is {choice!r}, not an object")
