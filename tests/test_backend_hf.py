@@ -10,6 +10,7 @@ pytest.importorskip("transformers")
 
 from metricwise import SamplingConfig  # noqa: E402
 from metricwise.backends.hf import HFBackend, TokenSelector, process_logits  # noqa: E402
+from metricwise.errors import InvalidParameterError  # noqa: E402
 from metricwise.guards import Guards  # noqa: E402
 from tiny_lm import tiny_model_and_tokenizer  # noqa: E402
 
@@ -385,3 +386,157 @@ def test_a_normal_run_shows_the_user_no_library_warning(backend):
         warnings.simplefilter("error")
         backend.sample(PROMPTS, SamplingConfig(n=2, max_tokens=3))
         backend.greedy(PROMPTS, SamplingConfig(max_tokens=3))
+
+
+# -- the decode loop reads the device back every sync_every steps only ----------------------------
+HOST_READS = ("cpu", "tolist", "item", "numpy", "nonzero", "__bool__")
+
+
+class HostReadLog:
+    """Patches the torch.Tensor methods that read a tensor back to the host (each waits for a
+    GPU's queue) to record which function of hf.py called them. Calls from elsewhere (the
+    model's own code in transformers) are not recorded: they are not the loop's."""
+
+    def __init__(self, monkeypatch):
+        import inspect
+
+        import metricwise.backends.hf as hf_module
+
+        self.calls: list[str] = []
+        hf_file = inspect.getsourcefile(hf_module)
+        for name in HOST_READS:
+            original = getattr(torch.Tensor, name)
+
+            def wrapper(tensor, *args, _original=original, _name=name, **kwargs):
+                caller = inspect.currentframe().f_back
+                if caller is not None and caller.f_code.co_filename == hf_file:
+                    self.calls.append(f"{caller.f_code.co_name}:{_name}")
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, wrapper)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SamplingConfig(n=4, max_tokens=12, seed=31),
+        SamplingConfig(n=4, max_tokens=12, seed=32, temperature=0.7, top_k=20, min_p=0.02),
+        SamplingConfig(n=4, max_tokens=12, seed=33, stop=("e",)),
+    ],
+    ids=["ancestral", "topk-minp", "stop"],
+)
+def test_the_decode_loop_reads_the_device_once_per_window(monkeypatch, config):
+    model, tokenizer = tiny_model_and_tokenizer()
+    every_step = HFBackend(model, tokenizer=tokenizer, sync_every=1).sample(PROMPTS, config)
+    windowed = HFBackend(model, tokenizer=tokenizer, sync_every=5)
+    windowed.sample(PROMPTS, config)  # a kept prefill, so that the log below is the loop's
+    log = HostReadLog(monkeypatch)
+    got = windowed.sample(PROMPTS, config)
+    monkeypatch.undo()
+    # Within a window nothing of hf.py reads a tensor back: the only reads are the one
+    # transfer per window in _replay (12 steps in windows of 5: at most 3) and the length
+    # check of the reused prefill before the loop.
+    # (.numpy() there converts the transferred copy, already on the host.)
+    loop_reads = [c for c in log.calls if not c.startswith("_reuse_prefill:")]
+    assert set(loop_reads) == {"_replay:cpu", "_replay:numpy"}
+    assert 1 <= loop_reads.count("_replay:cpu") <= 3
+    # Rows that ended inside a window are decoded on and their extra tokens ignored: the
+    # samples are those of reading back every step (the tiny model's logits do not move
+    # with the batch's shape).
+    assert [c.token_ids for s in got for c in s.candidates] == [
+        c.token_ids for s in every_step for c in s.candidates
+    ]
+    assert [c.finish_reason for s in got for c in s.candidates] == [
+        c.finish_reason for s in every_step for c in s.candidates
+    ]
+    assert [c.text for s in got for c in s.candidates] == [
+        c.text for s in every_step for c in s.candidates
+    ]
+    for s, t in zip(got, every_step, strict=True):
+        for a, b in zip(s.candidates, t.candidates, strict=True):
+            assert a.logp == pytest.approx(b.logp, abs=1e-5) and a.logq == pytest.approx(
+                b.logq, abs=1e-5
+            )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [SamplingConfig(), SamplingConfig(temperature=0.6, top_k=7), SamplingConfig(min_p=0.05)],
+    ids=["ancestral", "temp-topk", "minp"],
+)
+def test_the_token_selector_never_reads_the_device(monkeypatch, config):
+    gen = torch.Generator().manual_seed(2)
+    logits = (torch.randn(6, 2500, generator=gen) * 3).float()
+    uniforms = torch.rand(6, generator=gen, dtype=torch.float64).clamp(min=1e-9)
+    expected = TokenSelector(6, 2500, config, "cpu")(logits, uniforms)
+    select = TokenSelector(6, 2500, config, "cpu")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a host read inside the token selector")
+
+    for name in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    monkeypatch.setattr(torch, "nonzero", refuse)
+    got = select(logits, uniforms)
+    greedy = select(logits, None)
+    monkeypatch.undo()
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(greedy[0], logits.argmax(-1))
+
+
+def _inverse_cdf_with_a_search_per_row(weights, block_sums, uniforms, vocab):
+    """The two-level search, then for each row that landed on an id without weight a search
+    over that row's weighted ids (the first at or after it, else the last): the rule the
+    vectorised kernel must follow. Returns (tokens, how many rows needed the search)."""
+    rows = weights.shape[0]
+    blocks = weights.shape[1] // 1024
+    cum = block_sums.cumsum(-1)
+    targets = uniforms * cum[:, -1]
+    block = (cum < targets[:, None]).sum(-1).clamp(max=blocks - 1)
+    inside = weights.view(rows, blocks, 1024)[torch.arange(rows), block]
+    before = (cum.gather(1, block[:, None]) - block_sums.gather(1, block[:, None])).squeeze(-1)
+    inner = inside.double().cumsum(-1) + before[:, None]
+    position = torch.searchsorted(inner, targets[:, None]).squeeze(-1).clamp(max=1023)
+    tokens = (block * 1024 + position).tolist()
+    searched = 0
+    for r in range(rows):
+        if weights[r, tokens[r]] <= 0:
+            searched += 1
+            weighted = torch.nonzero(weights[r, :vocab] > 0).flatten()
+            at = min(int(torch.searchsorted(weighted, tokens[r])), len(weighted) - 1)
+            tokens[r] = int(weighted[at])
+    return tokens, searched
+
+
+def test_an_id_without_weight_moves_to_the_next_weighted_one_as_a_search_per_row_would():
+    # Empty stretches inside blocks, to a block's end, over whole blocks and to the end of the
+    # vocabulary; block sums inflated as float rounding can (targets past a block's own
+    # cumulative weight), so that many rows land on an id without weight.
+    gen = torch.Generator().manual_seed(4)
+    vocab, rows = 3 * 1024 - 100, 256
+    select = TokenSelector(rows, vocab, SamplingConfig(), "cpu")
+    weights = torch.zeros(rows, 3 * 1024)
+    weights[:, :vocab] = torch.rand(rows, vocab, generator=gen) + 0.01
+    starts = torch.randint(0, vocab, (rows,), generator=gen)
+    lengths = torch.randint(1, 2200, (rows,), generator=gen)
+    for r in range(rows):
+        weights[r, starts[r] : starts[r] + lengths[r]] = 0
+    weights[:2] = 0
+    weights[0, 0] = 1.0  # only id 0 has weight
+    weights[1, vocab - 1] = 1.0  # only the last id has
+    block_sums = weights.view(rows, 3, 1024).sum(-1).double()
+    block_sums *= 1 + 0.5 * torch.rand(rows, 3, generator=gen, dtype=torch.float64)
+    uniforms = torch.rand(rows, generator=gen, dtype=torch.float64).clamp(min=1e-9)
+    uniforms[:16] = 1.0
+    expected, searched = _inverse_cdf_with_a_search_per_row(weights, block_sums, uniforms, vocab)
+    assert searched >= 20  # the rule is exercised, not just the plain search
+    got = select._inverse_cdf(weights, block_sums, uniforms).tolist()
+    assert got == expected
+
+
+def test_sync_every_is_checked():
+    model, tokenizer = tiny_model_and_tokenizer()
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(InvalidParameterError, match="'sync_every'"):
+            HFBackend(model, tokenizer=tokenizer, sync_every=bad)

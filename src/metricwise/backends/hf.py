@@ -4,6 +4,15 @@ For a batch of P prompts and n samples each, the prompts are left-padded and pre
 (P rows, not P x n), the KV cache is repeated to the P x n sequences, and all of them are decoded
 as one batch. Finished sequences are dropped from the batch (and the cache) as they end.
 
+The decode loop keeps tokens, log-probabilities and random numbers on the model's device and
+reads them back every ``sync_every`` steps (1 on a CPU, where reading back costs nothing, so that
+finished rows leave the batch at once; 16 on an accelerator, where every read waits for the
+device to finish its queue). The host then replays those steps' bookkeeping (EOS, stop strings,
+the repetition guard, the wall-clock budget) in order and drops the finished rows; a row that
+ended inside a window is decoded to its end and its extra tokens ignored, so the samples are the
+same whatever ``sync_every`` up to rounding (the batch's shape changes the logits by rounding,
+see below).
+
 Per step, for every active sequence:
 
 - ``logp += log_softmax(raw logits)[token]``: the raw model (temperature 1, no truncation);
@@ -153,14 +162,15 @@ class TokenSelector:
         """Choose tokens for ``logits`` (shape (B, V), float32).
 
         ``uniforms`` (shape (B,), float64, each in (0, 1]) drive inverse-CDF sampling from q; None
-        is greedy (argmax). Returns ``tokens`` (B,) int64 on the logits' device, and ``logp``
-        and ``logq`` (B,) float64 on the CPU, in nats (``logq`` is 0 for greedy).
+        is greedy (argmax). Returns ``tokens`` (B,) int64, and ``logp`` and ``logq`` (B,)
+        float64 in nats (``logq`` is 0 for greedy), all on the logits' device: nothing here
+        waits for the device.
         """
         torch = _torch()
         raw_weights, raw_blocks, lse_raw = self._weights(logits, self.raw)
         if uniforms is None:
             tokens = logits.argmax(dim=-1)
-            logq = torch.zeros(logits.shape[0], dtype=torch.float64)
+            logq = torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device)
         else:
             if self.ancestral:
                 scores, weights, blocks, lse_q = logits, raw_weights, raw_blocks, lse_raw
@@ -170,8 +180,8 @@ class TokenSelector:
                     self.q = torch.zeros_like(self.raw)
                 weights, blocks, lse_q = self._weights(scores, self.q)
             tokens = self._inverse_cdf(weights, blocks, uniforms.to(blocks.device))
-            logq = (scores.gather(1, tokens[:, None]).squeeze(-1).double() - lse_q).cpu()
-        logp = (logits.gather(1, tokens[:, None]).squeeze(-1).double() - lse_raw).cpu()
+            logq = scores.gather(1, tokens[:, None]).squeeze(-1).double() - lse_q
+        logp = logits.gather(1, tokens[:, None]).squeeze(-1).double() - lse_raw
         return tokens, logp, logq
 
     def _inverse_cdf(self, weights: Any, block_sums: Any, uniforms: Any) -> Any:
@@ -185,20 +195,37 @@ class TokenSelector:
         cum = block_sums.cumsum(dim=-1)
         targets = uniforms * cum[:, -1]
         block = (cum < targets[:, None]).sum(dim=-1).clamp(max=self.blocks - 1)
-        inside = weights.view(rows, self.blocks, CDF_BLOCK)[
-            torch.arange(rows, device=weights.device), block
-        ]
+        blocked = weights.view(rows, self.blocks, CDF_BLOCK)
+        row_index = torch.arange(rows, device=weights.device)
+        inside = blocked[row_index, block]
         before = (cum.gather(1, block[:, None]) - block_sums.gather(1, block[:, None])).squeeze(-1)
         inner = inside.double().cumsum(dim=-1) + before[:, None]
         position = torch.searchsorted(inner, targets[:, None]).squeeze(-1).clamp(max=CDF_BLOCK - 1)
         tokens = block * CDF_BLOCK + position
-        # Rounding at a block edge can land on an id with no weight: take the nearest one that has.
-        empty = weights.gather(1, tokens[:, None]).squeeze(-1) <= 0
-        for row in empty.nonzero(as_tuple=True)[0].tolist():
-            positive = (weights[row, : self.vocab] > 0).nonzero(as_tuple=True)[0]
-            at = min(int(torch.searchsorted(positive, tokens[row])), positive.numel() - 1)
-            tokens[row] = positive[at]
-        return tokens
+        # Rounding at a block edge can land on an id with no weight: take the first id at or
+        # after it that has weight, else the last one that has. Computed for every row, so that
+        # no row has to be picked out on the host.
+        ids = torch.arange(CDF_BLOCK, device=weights.device)
+        block_ids = torch.arange(self.blocks, device=weights.device)
+        weighted_blocks = block_sums > 0
+        here = torch.where((inside > 0) & (ids >= position[:, None]), ids, CDF_BLOCK).amin(-1)
+        later = weighted_blocks & (block_ids > block[:, None])
+        next_block = torch.where(later, block_ids, self.blocks).amin(-1)
+        next_block_first = torch.where(
+            blocked[row_index, next_block.clamp(max=self.blocks - 1)] > 0, ids, CDF_BLOCK
+        ).amin(-1)
+        last_block = torch.where(weighted_blocks, block_ids, 0).amax(-1)
+        last_id = torch.where(blocked[row_index, last_block] > 0, ids, 0).amax(-1)
+        nearest = torch.where(
+            here < CDF_BLOCK,
+            block * CDF_BLOCK + here,
+            torch.where(
+                next_block < self.blocks,
+                next_block * CDF_BLOCK + next_block_first,
+                last_block * CDF_BLOCK + last_id,
+            ),
+        )
+        return torch.where(inside.gather(1, position[:, None]).squeeze(-1) > 0, tokens, nearest)
 
 
 @register_backend("hf")
@@ -223,6 +250,9 @@ class HFBackend:
         on the same prompts or a subset of them (greedy, then the samples; the rounds of
         adaptive sampling) skip another pass over the prompts. Costs one batch's KV cache of
         memory between calls (and a copy of it per reuse); False turns it off.
+    sync_every:
+        Decoding steps between two reads of the device (see the module docstring); by default
+        1 on a CPU and 16 elsewhere.
     """
 
     def __init__(
@@ -235,8 +265,15 @@ class HFBackend:
         guards: Guards | None = None,
         signature: str | None = None,
         reuse_prefill: bool = True,
+        sync_every: int | None = None,
     ) -> None:
         torch = _torch()
+        if sync_every is not None and (
+            isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1
+        ):
+            raise InvalidParameterError(
+                f"The 'sync_every' parameter of HFBackend must be an int >= 1. Got {sync_every!r} instead."
+            )
         if model is None:
             from metricwise.models import DEFAULT_MODEL
 
@@ -258,6 +295,7 @@ class HFBackend:
             )
         self.model.eval()
         self.device = torch.device(device)
+        self.sync_every = sync_every or (1 if self.device.type == "cpu" else 16)
         self.guards = guards or Guards()
         self.signature = signature or default_signature
         if self.tokenizer.pad_token_id is None:
@@ -458,43 +496,40 @@ class HFBackend:
         next_position = positions[:, -1:] + 1
 
         total = len(prompts) * m
-        rngs = None if seeds is None else [np.random.default_rng(list(s)) for s in seeds]
         state = DecodeState(
             total,
             config,
             self.guards,
             self.end_ids.__contains__,
             self._detokenize,
-            sampled=rngs is not None,
+            sampled=seeds is not None,
         )
-        active = np.arange(total)
+        uniforms = None if seeds is None else _uniforms(seeds, config.max_tokens, logits.device)
+        active = np.arange(total)  # the sequence each row of the batch decodes
+        rows = torch.arange(total, device=logits.device)  # the same, on the device
+        window: list[tuple[Any, Any, Any]] = []  # the steps not read back yet
+        window_start = 0
 
         select = TokenSelector(total, logits.shape[-1], config, logits.device)
         with torch.inference_mode():
             for step in range(config.max_tokens):
-                uniforms = (
-                    None
-                    if rngs is None
-                    else torch.tensor([1.0 - rngs[i].random() for i in active], dtype=torch.float64)
+                chosen, p_chosen, q_chosen = select(
+                    logits, None if uniforms is None else uniforms[rows, step]
                 )
-                chosen, p_chosen, q_chosen = select(logits, uniforms)
-                still = state.advance(
-                    active.tolist(),
-                    chosen.tolist(),
-                    p_chosen.tolist(),
-                    q_chosen.tolist(),
-                    step,
-                    deadline,
-                )
-                if not still:
-                    break
-                if len(still) < len(active):
-                    keep = torch.tensor(still, dtype=torch.long, device=self.device)
-                    cache.batch_select_indices(keep)
-                    attention = attention[keep]
-                    next_position = next_position[keep]
-                    chosen = chosen[keep]
-                    active = active[still]
+                window.append((chosen, p_chosen, q_chosen))
+                if len(window) == self.sync_every or step == config.max_tokens - 1:
+                    still = _replay(state, window, active, window_start, deadline)
+                    window, window_start = [], step + 1
+                    if not still:
+                        break
+                    if len(still) < len(active):
+                        keep = torch.tensor(still, dtype=torch.long, device=self.device)
+                        cache.batch_select_indices(keep)
+                        attention = attention[keep]
+                        next_position = next_position[keep]
+                        chosen = chosen[keep]
+                        rows = rows[keep]
+                        active = active[still]
                 attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
                 out = self.model(
                     input_ids=chosen[:, None],
@@ -533,6 +568,50 @@ class HFBackend:
 
     def _detokenize(self, tokens: list[int]) -> str:
         return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
+
+def _uniforms(seeds: Sequence[tuple[int, ...]], steps: int, device: Any) -> Any:
+    """Shape (len(seeds), steps) float64 in (0, 1]: sequence ``i``'s random number for each
+    step, from its own stream (:func:`~metricwise.backends.base.sample_seed`).
+
+    Drawn up front so that the loop never goes back to the host for them; a sequence uses one
+    per step while it runs, so these are the numbers it would draw one step at a time.
+    """
+    torch = _torch()
+    table = np.empty((len(seeds), steps))
+    for i, seed in enumerate(seeds):
+        table[i] = 1.0 - np.random.default_rng(list(seed)).random(steps)
+    return torch.from_numpy(table).to(device)
+
+
+def _replay(
+    state: DecodeState,
+    window: list[tuple[Any, Any, Any]],
+    active: np.ndarray,
+    first_step: int,
+    deadline: float,
+) -> list[int]:
+    """Read back the ``window``'s steps (tokens, logp, logq of every row of the batch, on the
+    device) in one transfer and record them step by step in ``state``; returns the rows still
+    going after the last step. A row that finished inside the window is not advanced past its
+    end: the tokens decoded for it after that are ignored."""
+    torch = _torch()
+    steps = torch.stack([torch.stack([t.double() for t in step]) for step in window]).cpu().numpy()
+    tokens = steps[:, 0].astype(np.int64)  # ids < 2**53 travel exactly as float64
+    still = list(range(len(active)))
+    for offset in range(len(window)):
+        going = state.advance(
+            active[still].tolist(),
+            tokens[offset, still].tolist(),
+            steps[offset, 1, still].tolist(),
+            steps[offset, 2, still].tolist(),
+            first_step + offset,
+            deadline,
+        )
+        still = [still[r] for r in going]
+        if not still:
+            break
+    return still
 
 
 def _rows_within(kept: tuple[str, ...], prompts: tuple[str, ...]) -> list[int] | None:
