@@ -11,7 +11,9 @@ a word-level tokenizer over the same vocabulary.
 Phases, each on the same model object and prompts, at temperature 1:
 
 * ``metricwise``: :class:`metricwise.backends.hf.HFBackend` (one prefill per prompt batch, logp
-  and logq per token);
+  and logq per token; the device read back every 16 steps, batches sized to free memory);
+* ``every_step``: the same, reading the device back every step (``sync_every=1``, as the loop
+  did before it kept its tokens and sums on the device);
 * ``generate``: ``model.generate(num_return_sequences=n, do_sample=True)`` with its dynamic cache;
 * ``static``: the same with ``cache_implementation="static"``;
 * ``compile``: static cache with the model's forward compiled by ``torch.compile``.
@@ -118,7 +120,13 @@ def sync(setup: Setup) -> None:
         torch.cuda.synchronize()
 
 
-def run_metricwise(setup: Setup, prompts: list[str], n: int, tokens: int, top_p: float) -> int:
+#: The most sequences the metricwise phase decoded at once (its memory-sized batches).
+LARGEST_BATCH: dict[str, int] = {}
+
+
+def run_metricwise(
+    setup: Setup, prompts: list[str], n: int, tokens: int, top_p: float, sync_every: int | None
+) -> int:
     from metricwise.backends.hf import HFBackend
     from metricwise.guards import Guards
     from metricwise.types import SamplingConfig
@@ -128,11 +136,13 @@ def run_metricwise(setup: Setup, prompts: list[str], n: int, tokens: int, top_p:
         tokenizer=setup.tokenizer,
         device=str(setup.device),
         reuse_prefill=False,
+        sync_every=sync_every,
         # Random weights repeat themselves; the guard would end sequences early.
         guards=Guards(max_seconds=None, min_repeated_tokens=10**9),
     )
     backend.end_ids = frozenset()  # every sequence runs its full length
     sets = backend.sample(prompts, SamplingConfig(n=n, max_tokens=tokens, top_p=top_p, seed=0))
+    LARGEST_BATCH[f"{len(prompts)} x {n}"] = backend.largest_batch
     return sum(c.n_tokens or 0 for s in sets for c in s.candidates)
 
 
@@ -206,11 +216,11 @@ def gpu_busy(setup: Setup, prompts: list[str], n: int, tokens: int) -> str:
 
     if setup.device.type != "cuda":
         return "GPU busy: not measured on a CPU run"
-    run_metricwise(setup, prompts, n, tokens, 1.0)
+    run_metricwise(setup, prompts, n, tokens, 1.0, None)
     sync(setup)
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        run_metricwise(setup, prompts, n, tokens, 1.0)
+        run_metricwise(setup, prompts, n, tokens, 1.0, None)
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
     busy = (
@@ -230,7 +240,9 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=None, help="override the layer count")
     parser.add_argument("--vocab", type=int, default=None, help="override the vocabulary size")
     parser.add_argument(
-        "--phases", default="metricwise,generate,static,compile", help="comma-separated phases"
+        "--phases",
+        default="metricwise,every_step,generate,static,compile",
+        help="comma-separated phases",
     )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (CPU runs)")
     args = parser.parse_args()
@@ -258,13 +270,14 @@ def main() -> None:
         prompts = prompts_for(p_count, vocab)
         rates: dict[str, float] = {}
         for phase in phases:
-            if top_p < 1.0 and phase not in ("metricwise", "generate"):
+            if top_p < 1.0 and phase not in ("metricwise", "every_step", "generate"):
                 continue
             original_forward = setup.model.forward
             try:
-                if phase == "metricwise":
+                if phase in ("metricwise", "every_step"):
+                    sync_every = 1 if phase == "every_step" else None
                     seconds, produced = timed(
-                        setup, run_metricwise, setup, prompts, n, tokens, top_p
+                        setup, run_metricwise, setup, prompts, n, tokens, top_p, sync_every
                     )
                 else:
                     cache = {"generate": None, "static": "static", "compile": "static"}[phase]
@@ -295,6 +308,12 @@ def main() -> None:
                 f"{rates[phase]:,.0f} | {ratio} |"
             )
     print()
+    if LARGEST_BATCH:
+        print(
+            "Largest batch metricwise decoded at once (sequences; memory-sized batches): "
+            + ", ".join(f"{cell}: {rows}" for cell, rows in LARGEST_BATCH.items())
+            + "\n"
+        )
     busy_cell = (4, 4) if cpu else (64, 16)
     print(gpu_busy(setup, prompts_for(busy_cell[0], vocab), busy_cell[1], min(tokens, 64)))
     print(roofline(setup, busy_cell[0] * busy_cell[1], PROMPT_TOKENS + tokens // 2))

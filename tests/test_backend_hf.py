@@ -535,8 +535,49 @@ def test_an_id_without_weight_moves_to_the_next_weighted_one_as_a_search_per_row
     assert got == expected
 
 
-def test_sync_every_is_checked():
+def test_sync_every_and_max_batch_rows_are_checked():
     model, tokenizer = tiny_model_and_tokenizer()
-    for bad in (0, -1, 1.5, True):
-        with pytest.raises(InvalidParameterError, match="'sync_every'"):
-            HFBackend(model, tokenizer=tokenizer, sync_every=bad)
+    for name in ("sync_every", "max_batch_rows"):
+        for bad in (0, -1, 1.5, True):
+            with pytest.raises(InvalidParameterError, match=f"'{name}'"):
+                HFBackend(model, tokenizer=tokenizer, **{name: bad})
+
+
+# -- batches sized to memory ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("cap", "prompts", "n", "largest", "prefills"),
+    [
+        (3, PROMPTS, 4, 3, 2),  # a prompt's 4 samples split 3 + 1, its prefill reused
+        (5, [*PROMPTS, "a third prompt", "and a fourth one"], 2, 4, 2),  # 2 prompts per batch
+    ],
+)
+def test_rows_beyond_the_memory_cap_are_decoded_in_batches(cap, prompts, n, largest, prefills):
+    model, tokenizer = tiny_model_and_tokenizer()
+    config = SamplingConfig(n=n, max_tokens=8, seed=41, top_k=30)
+    whole = HFBackend(model, tokenizer=tokenizer).sample(prompts, config)
+    split = HFBackend(model, tokenizer=tokenizer, max_batch_rows=cap)
+    got = split.sample(prompts, config)
+    assert split.largest_batch == largest and split.prefill_calls == prefills
+    # The same samples (each has its own random numbers; the tiny model's logits do not move
+    # with the batch's shape).
+    assert [[c.token_ids for c in s.candidates] for s in got] == [
+        [c.token_ids for c in s.candidates] for s in whole
+    ]
+    greedy = split.greedy(prompts, config)
+    assert [c.token_ids for c in greedy] == [
+        c.token_ids for c in HFBackend(model, tokenizer=tokenizer).greedy(prompts, config)
+    ]
+
+
+def test_the_memory_estimate_scales_with_the_budget(monkeypatch):
+    import metricwise.backends.hf as hf_module
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    backend = HFBackend(model, tokenizer=tokenizer)
+    monkeypatch.setattr(hf_module, "_memory_for_decoding", lambda device: 10**9)
+    roomy = backend.rows_that_fit(100)
+    assert roomy > 100 and backend.rows_that_fit(200) < roomy  # longer rows, fewer of them
+    monkeypatch.setattr(hf_module, "_memory_for_decoding", lambda device: 1)
+    assert backend.rows_that_fit(100) == 1  # never 0: one row at a time still decodes
+    sets = backend.sample(PROMPTS, SamplingConfig(n=3, max_tokens=4, seed=2))
+    assert backend.largest_batch == 1 and [len(s) for s in sets] == [3, 3]

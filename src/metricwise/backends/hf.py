@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -253,6 +254,10 @@ class HFBackend:
     sync_every:
         Decoding steps between two reads of the device (see the module docstring); by default
         1 on a CPU and 16 elsewhere.
+    max_batch_rows:
+        The most sequences decoded at once; by default as many as fit in memory
+        (:meth:`rows_that_fit`). Prompts x n sequences beyond it are decoded in several
+        batches, which changes the logits by rounding only.
     """
 
     def __init__(
@@ -266,14 +271,19 @@ class HFBackend:
         signature: str | None = None,
         reuse_prefill: bool = True,
         sync_every: int | None = None,
+        max_batch_rows: int | None = None,
     ) -> None:
         torch = _torch()
-        if sync_every is not None and (
-            isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 1
-        ):
-            raise InvalidParameterError(
-                f"The 'sync_every' parameter of HFBackend must be an int >= 1. Got {sync_every!r} instead."
-            )
+        for name, value in (("sync_every", sync_every), ("max_batch_rows", max_batch_rows)):
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise InvalidParameterError(
+                    f"The {name!r} parameter of HFBackend must be an int >= 1. Got {value!r} instead."
+                )
+        self.max_batch_rows = max_batch_rows
+        #: The most sequences decoded at once so far (memory-sized batches; see rows_that_fit).
+        self.largest_batch = 0
         if model is None:
             from metricwise.models import DEFAULT_MODEL
 
@@ -317,14 +327,75 @@ class HFBackend:
         self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0
     ) -> list[SampleSet]:
         def draw(batch: list[str], m: int) -> list[list[Candidate]]:
-            seeds = [sample_seed(config.seed, start + j, p) for p in batch for j in range(m)]
-            cands = self._decode(batch, m, config, seeds)
-            return [cands[i * m : (i + 1) * m] for i in range(len(batch))]
+            return self._decode_fitting(batch, m, config, start)
 
         return sample_sets(prompts, config, start, self.greedy, draw)
 
     def greedy(self, prompts: Sequence[str], config: SamplingConfig) -> list[Candidate]:
-        return self._decode(list(prompts), 1, config, None)
+        return [row[0] for row in self._decode_fitting(list(prompts), 1, config, None)]
+
+    # -- batches that fit in memory -------------------------------------------------------------
+    def _decode_fitting(
+        self, prompts: list[str], m: int, config: SamplingConfig, start: int | None
+    ) -> list[list[Candidate]]:
+        """``m`` candidates per prompt (samples ``start .. start + m - 1``; ``start=None`` is
+        greedy), decoded in as few batches as fit in memory (:meth:`rows_that_fit`): whole
+        prompts while their ``m`` rows fit together, else one prompt's samples in chunks (its
+        prefill is kept and reused between the chunks)."""
+        if not prompts:
+            return []
+        lengths = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
+        fit = self.rows_that_fit(max(lengths) + config.max_tokens)
+        per_call = max(1, fit // m) if m <= fit else 1
+        chunk = min(m, fit)
+        rows: list[list[Candidate]] = []
+        for first in range(0, len(prompts), per_call):
+            group = prompts[first : first + per_call]
+            got: list[list[Candidate]] = [[] for _ in group]
+            for j0 in range(0, m, chunk):
+                count = min(chunk, m - j0)
+                seeds = (
+                    None
+                    if start is None
+                    else [
+                        sample_seed(config.seed, start + j0 + j, p)
+                        for p in group
+                        for j in range(count)
+                    ]
+                )
+                cands = self._decode(group, count, config, seeds)
+                for i in range(len(group)):
+                    got[i] += cands[i * count : (i + 1) * count]
+            rows += got
+        return rows
+
+    def rows_that_fit(self, tokens: int) -> int:
+        """How many sequences of ``tokens`` tokens (prompt and new ones) one decode may hold.
+
+        ``max_batch_rows`` when set; otherwise the memory left for decoding (on a CUDA device
+        its free memory now; on a CPU half the machine's RAM, so that a run splits the same way
+        whatever else is running) over one row's share: its KV cache
+        (2 x layers x key-value heads x head size x the parameters' bytes per number x
+        ``tokens``) and the (rows, vocabulary) float32 buffers of a sampling step
+        (:data:`_SAMPLING_BUFFERS` of them). An estimate: a fifth of the memory is kept back.
+        """
+        if self.max_batch_rows is not None:
+            return self.max_batch_rows
+        free = _memory_for_decoding(self.device)
+        if free is None:
+            return 1 << 30
+        config = getattr(self.model.config, "text_config", None) or self.model.config
+        heads = int(getattr(config, "num_attention_heads", 1) or 1)
+        kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+        head_dim = int(
+            getattr(config, "head_dim", None) or getattr(config, "hidden_size", heads) // heads
+        )
+        layers = int(getattr(config, "num_hidden_layers", 1) or 1)
+        element = next(self.model.parameters()).element_size()
+        vocab = int(getattr(config, "vocab_size", 0) or 0)
+        per_row = 2 * layers * kv_heads * head_dim * element * tokens
+        per_row += _SAMPLING_BUFFERS * 4 * (-(-vocab // CDF_BLOCK) * CDF_BLOCK)
+        return max(1, int(0.8 * free) // max(1, per_row))
 
     def close(self) -> None:
         self.model = None
@@ -496,6 +567,7 @@ class HFBackend:
         next_position = positions[:, -1:] + 1
 
         total = len(prompts) * m
+        self.largest_batch = max(self.largest_batch, total)
         state = DecodeState(
             total,
             config,
@@ -568,6 +640,26 @@ class HFBackend:
 
     def _detokenize(self, tokens: list[int]) -> str:
         return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
+
+#: (rows, vocabulary) float32 arrays a sampling step holds per row at once: the model's logits
+#: and their float32 copy, the selector's two weight buffers, and process_logits' temporaries.
+_SAMPLING_BUFFERS = 8
+
+
+def _memory_for_decoding(device: Any) -> int | None:
+    """Bytes a decode may use on ``device``: CUDA's free memory plus what torch holds unused;
+    half the RAM of a CPU (Linux); None where unknown."""
+    torch = _torch()
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type == "cpu":
+        try:
+            return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 2
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
 
 
 def _uniforms(seeds: Sequence[tuple[int, ...]], steps: int, device: Any) -> Any:
