@@ -66,6 +66,43 @@ def test_mbr_settles_when_the_best_candidate_stays_best():
     assert settled_probability(apart, "chrf", adaptive) < 0.8
 
 
+def test_best_of_n_settles_by_the_rank_of_the_best_sample_not_by_resampling():
+    from metricwise.metrics.base import Metric
+
+    class Length(Metric):
+        """A pointwise utility that records the context of every call."""
+
+        name = "length_reward"
+        higher_is_better = True
+        pointwise = True
+
+        def __init__(self) -> None:
+            self.contexts: list[str | None] = []
+
+        def pointwise_scores(self, cands, *, context=None):
+            self.contexts.append(context)
+            return [float(len(c)) for c in cands]
+
+        def _score_one(self, pred, ref):
+            return float(len(pred))
+
+    metric = Length()
+    samples = SampleSet(
+        candidates=tuple(
+            Candidate(t, logp=-1.0, logq=-1.0, n_tokens=1, finish_reason="eos")
+            for t in ["a", "bbb", "cc", "d"]
+        ),
+        prompt="question?",
+    )
+    decision = decide(samples, metric)
+    assert decision.output == "bbb" and metric.contexts == ["question?"]
+    # Resampling the 4 samples seen never beats "bbb"; whether one of the 12 to come does is
+    # the question: the best of 16 exchangeable draws is among the first 4 with chance 4/16.
+    assert settled_probability(decision, metric, Adaptive(max_n=16)) == pytest.approx(4 / 16)
+    assert settled_probability(decision, metric, Adaptive(max_n=4)) == 1.0
+    assert metric.contexts == ["question?"]  # no score computed, none without its question
+
+
 def test_a_failed_decision_is_never_settled():
     assert settled_probability(decide(["n/a"], "squared_error"), "squared_error", Adaptive()) == 0.0
 

@@ -35,6 +35,12 @@ weights, Kish's ESS otherwise). Sampling stops when ``P(settled) >= confidence``
     the same way (the candidates' expected utilities recomputed from one pairwise matrix).
     This is the resampling idea of confidence-based pruning (Cheng and Vlachos 2023) applied
     to the stopping decision.
+``mbr`` with a pointwise utility (a reward model, a judge: best-of-N)
+    The answer is the best-scoring sample, and resampling the samples seen can never beat it,
+    so the bootstrap would stop at once. Instead: the probability that the best of the
+    ``max_n`` samples is among the ``m`` seen, ``m / (m + f)`` with ``f`` usable samples still
+    to come, which holds for any score distribution when samples are exchangeable draws (a
+    lower bound when scores tie). ``tolerance`` is not used; no score is computed.
 """
 
 from __future__ import annotations
@@ -145,6 +151,8 @@ def settled_probability(
     future = round(to_come * decision.n_valid / max(1, decision.n_total))
     if future == 0:
         return 1.0  # nothing more will be drawn: the decision is final
+    if decision.rule == "mbr" and metric_obj.pointwise:
+        return decision.n_valid / (decision.n_valid + future)
     drawn = rng.multinomial(future, weights, size=adaptive.resamples)
     resampled = (effective * weights[None, :] + drawn) / (effective + future)
     if decision.rule == "mbr":
