@@ -93,7 +93,7 @@ def test_process_logits_matches_transformers_warpers():
     for config in [
         SamplingConfig(temperature=0.5, top_k=50),
         SamplingConfig(top_p=0.9),
-        SamplingConfig(top_p=0.999),  # nucleus beyond the partial sort: full-sort fallback
+        SamplingConfig(top_p=0.999),  # nucleus beyond the partial sort: the radix select
         SamplingConfig(temperature=2.0, top_p=0.5, min_p=0.1),
     ]:
         ours = process_logits(logits, config)
@@ -459,16 +459,35 @@ def test_the_decode_loop_reads_the_device_once_per_window(monkeypatch, config):
             )
 
 
+def sync_free_top_p(monkeypatch):
+    """Make process_logits use the top-p kernel an accelerator gets (the CPU's reads a flag)."""
+    import metricwise.backends.hf as hf_module
+    from metricwise.backends.truncation import top_p_filter
+
+    monkeypatch.setattr(
+        hf_module,
+        "top_p_filter",
+        lambda scores, top_p, sync_free: top_p_filter(scores, top_p, sync_free=True),
+    )
+
+
 @pytest.mark.parametrize(
     "config",
-    [SamplingConfig(), SamplingConfig(temperature=0.6, top_k=7), SamplingConfig(min_p=0.05)],
-    ids=["ancestral", "temp-topk", "minp"],
+    [
+        SamplingConfig(),
+        SamplingConfig(temperature=0.6, top_k=7),
+        SamplingConfig(min_p=0.05),
+        SamplingConfig(temperature=0.8, top_p=0.9),
+        SamplingConfig(temperature=3.0, top_p=0.999),  # a nucleus past 1024 of the 2500 tokens
+    ],
+    ids=["ancestral", "temp-topk", "minp", "temp-topp", "wide-topp"],
 )
 def test_the_token_selector_never_reads_the_device(monkeypatch, config):
     gen = torch.Generator().manual_seed(2)
     logits = (torch.randn(6, 2500, generator=gen) * 3).float()
     uniforms = torch.rand(6, generator=gen, dtype=torch.float64).clamp(min=1e-9)
-    expected = TokenSelector(6, 2500, config, "cpu")(logits, uniforms)
+    expected = TokenSelector(6, 2500, config, "cpu")(logits, uniforms)  # the CPU's kernels
+    sync_free_top_p(monkeypatch)
     select = TokenSelector(6, 2500, config, "cpu")
 
     def refuse(*args, **kwargs):

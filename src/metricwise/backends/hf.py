@@ -52,7 +52,8 @@ from metricwise.backends.base import (
     sample_seed,
     sample_sets,
 )
-from metricwise.backends.sampling import CDF_BLOCK, TOP_P_PARTIAL, is_ancestral
+from metricwise.backends.sampling import CDF_BLOCK, is_ancestral
+from metricwise.backends.truncation import top_p_filter
 from metricwise.errors import BackendError, InvalidParameterError, MissingDependencyError
 from metricwise.guards import Guards
 from metricwise.types import Candidate, SampleSet, SamplingConfig
@@ -82,40 +83,14 @@ def process_logits(logits: Any, config: SamplingConfig) -> Any:
         kth = torch.topk(scores, config.top_k, dim=-1).values[:, -1:]
         scores = scores.masked_fill(scores < kth, -math.inf)
     if config.top_p < 1.0:
-        scores = _top_p(scores, config.top_p)
+        # On an accelerator the radix select, which never waits for the device; on a CPU the
+        # partial sort, which reads a flag back (free there) and is cheaper. Same kept set.
+        scores = top_p_filter(scores, config.top_p, sync_free=scores.device.type != "cpu")
     if config.min_p > 0.0:
         probs = torch.softmax(scores, dim=-1)
         threshold = config.min_p * probs.max(dim=-1, keepdim=True).values
         scores = scores.masked_fill(probs < threshold, -math.inf)
     return scores
-
-
-def _top_p(scores: Any, top_p: float) -> Any:
-    """Keep the smallest set of most probable tokens whose mass reaches ``top_p``.
-
-    A token is kept when the mass of the tokens ranked before it is below ``top_p`` (at least
-    one token is always kept). Rows whose nucleus lies within the top ``TOP_P_PARTIAL`` tokens
-    (nearly all of them) need only a partial sort.
-    """
-    torch = _torch()
-    probs = torch.softmax(scores, dim=-1)
-    k = min(TOP_P_PARTIAL, scores.shape[-1])
-    top_probs, top_idx = torch.topk(probs, k, dim=-1)
-    before = top_probs.cumsum(dim=-1) - top_probs
-    keep_top = before < top_p
-    keep_top[:, 0] = True
-    inside = (top_probs.sum(dim=-1) >= top_p) | (k == scores.shape[-1])
-    keep = torch.zeros_like(scores, dtype=torch.bool)
-    keep.scatter_(1, top_idx, keep_top)
-    if not bool(inside.all()):
-        rows = (~inside).nonzero(as_tuple=True)[0]
-        sorted_probs, sorted_idx = torch.sort(probs[rows], dim=-1, descending=True)
-        sorted_keep = (sorted_probs.cumsum(dim=-1) - sorted_probs) < top_p
-        sorted_keep[:, 0] = True
-        full = torch.zeros_like(sorted_keep)
-        full.scatter_(1, sorted_idx, sorted_keep)
-        keep[rows] = full
-    return scores.masked_fill(~keep, -math.inf)
 
 
 class TokenSelector:

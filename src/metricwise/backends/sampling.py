@@ -7,8 +7,10 @@
   model itself: q is p, and one pass over the vocabulary serves both.
 - **Top-p.** A token is kept when the mass of the tokens ranked before it is below ``top_p``
   (the most probable token is always kept); the nucleus is searched among the
-  :data:`TOP_P_PARTIAL` most probable tokens first, with a full sort only for rows whose nucleus
-  is larger.
+  :data:`TOP_P_PARTIAL` most probable tokens first. The hf backend ranks ties by token id and
+  sums masses exactly in fixed point (:mod:`metricwise.backends.truncation`, which finds a wider
+  nucleus by a radix select, with no host read on an accelerator); the llamacpp backend's numpy
+  kernel keeps every token tied at the cut and sorts rows whose nucleus is wider.
 - **Inverse CDF.** Sample ``i`` draws one uniform number per step from its own stream and takes
   the first token id whose cumulative weight reaches it; the cumulative sums are taken in blocks
   of :data:`CDF_BLOCK` ids (float32 within a block, float64 across blocks), so that the hf and
