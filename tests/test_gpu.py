@@ -87,6 +87,21 @@ def test_a_seeded_run_repeats_on_the_device():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.999])
+def test_the_radix_top_p_on_the_device_keeps_the_cpus_set(top_p):
+    """The sync-free kernel (scatter-add histograms on the device) against the CPU's partial
+    sort, on flat and peaked rows of a 262,144-token vocabulary; ties included (bf16 logits)."""
+    torch = _cuda()
+    from metricwise.backends.truncation import top_p_keep
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 262_144, generator=gen) * torch.linspace(0.5, 8, 16)[:, None]
+    logits = logits.bfloat16().float()  # many equal values, as a bf16 model's logits have
+    on_device = top_p_keep(logits.cuda(), top_p, sync_free=True).cpu()
+    assert torch.equal(on_device, top_p_keep(logits, top_p))
+
+
+@pytest.mark.gpu
 @pytest.mark.xfail(
     strict=True,
     reason="issue 13: metricwise's loop reads the device only at the end of a window (checked on "
