@@ -103,6 +103,29 @@ def test_process_logits_matches_transformers_warpers():
         assert torch.allclose(ours[finite], reference[finite], atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        SamplingConfig(temperature=0.7, top_k=20),
+        SamplingConfig(top_p=0.9, min_p=0.05),
+        SamplingConfig(temperature=1.5, top_k=50, top_p=0.95, min_p=0.01),
+        SamplingConfig(),
+    ],
+    ids=["temp-topk", "topp-minp", "all", "none"],
+)
+def test_process_logits_into_reused_buffers_gives_the_same_values(config):
+    gen = torch.Generator().manual_seed(3)
+    logits = (torch.randn(5, 3000, generator=gen) * 3).float()
+    fresh = process_logits(logits, config)
+    out = torch.full((8, 3000), 123.0)[:5]  # stale values from an earlier step
+    scratch = torch.ones(8, 3000, dtype=torch.bool)[:5]
+    reused = process_logits(logits, config, out=out, scratch=scratch)
+    assert torch.equal(reused, fresh)
+    assert torch.equal(
+        logits, (torch.randn(5, 3000, generator=torch.Generator().manual_seed(3)) * 3).float()
+    )
+
+
 @pytest.mark.parametrize("vocab", [5, 1024, 2500])
 def test_token_selector_draws_each_token_with_its_probability(vocab):
     """Evenly spaced uniforms through the inverse CDF hit each token in proportion to q."""

@@ -69,19 +69,29 @@ def _torch() -> Any:
     return torch
 
 
-def process_logits(logits: Any, config: SamplingConfig) -> Any:
+def process_logits(
+    logits: Any, config: SamplingConfig, *, out: Any = None, scratch: Any = None
+) -> Any:
     """Apply temperature, top-k, top-p and min-p to raw logits, shape (B, V), float32.
 
     Removed tokens get ``-inf``. ``log_softmax`` of the result is the sampling distribution q.
     Matches transformers' ``TemperatureLogitsWarper``, ``TopKLogitsWarper``,
     ``TopPLogitsWarper`` and ``MinPLogitsWarper`` applied in that order.
+
+    ``out`` (shape (B, V) float32) and ``scratch`` (shape (B, V) bool), when given, are written
+    in place of fresh tensors: a decode reuses them every step, because a fresh (B, V) tensor
+    costs page faults on a CPU comparable to the arithmetic itself. The values are the same.
     """
     torch = _torch()
-    scores = logits / config.temperature if config.temperature != 1.0 else logits.clone()
+    scores = torch.empty_like(logits) if out is None else out
+    if config.temperature != 1.0:
+        torch.div(logits, config.temperature, out=scores)
+    else:
+        scores.copy_(logits)
     vocab = scores.shape[-1]
     if 0 < config.top_k < vocab:
         kth = torch.topk(scores, config.top_k, dim=-1).values[:, -1:]
-        scores = scores.masked_fill(scores < kth, -math.inf)
+        scores.masked_fill_(torch.lt(scores, kth, out=scratch), -math.inf)
     if config.top_p < 1.0:
         # On an accelerator the radix select, which never waits for the device; on a CPU the
         # partial sort, which reads a flag back (free there) and is cheaper. Same kept set.
@@ -89,7 +99,7 @@ def process_logits(logits: Any, config: SamplingConfig) -> Any:
     if config.min_p > 0.0:
         probs = torch.softmax(scores, dim=-1)
         threshold = config.min_p * probs.max(dim=-1, keepdim=True).values
-        scores = scores.masked_fill(probs < threshold, -math.inf)
+        scores.masked_fill_(torch.lt(probs, threshold, out=scratch), -math.inf)
     return scores
 
 
@@ -119,7 +129,11 @@ class TokenSelector:
         # The padding past V stays zero: padded ids have no weight and are never drawn.
         self.raw = torch.zeros(rows, width, device=device)
         self.ancestral = is_ancestral(config)
-        self.q: Any = None  # allocated on the first sampled step that needs it (greedy never does)
+        # Allocated on the first sampled step that needs them (greedy never does): q's weights,
+        # and process_logits' scores and comparison mask.
+        self.q: Any = None
+        self.scores: Any = None
+        self.scratch: Any = None
 
     def _weights(self, scores: Any, buffer: Any) -> tuple[Any, Any, Any]:
         """``exp(scores - max)`` into ``buffer`` (rows, V padded), its block sums, and logsumexp (float64)."""
@@ -151,9 +165,14 @@ class TokenSelector:
             if self.ancestral:
                 scores, weights, blocks, lse_q = logits, raw_weights, raw_blocks, lse_raw
             else:
-                scores = process_logits(logits, self.config)
                 if self.q is None:
                     self.q = torch.zeros_like(self.raw)
+                    self.scores = torch.empty(self.raw.shape[0], self.vocab, device=self.raw.device)
+                    self.scratch = torch.empty_like(self.scores, dtype=torch.bool)
+                rows = logits.shape[0]
+                scores = process_logits(
+                    logits, self.config, out=self.scores[:rows], scratch=self.scratch[:rows]
+                )
                 weights, blocks, lse_q = self._weights(scores, self.q)
             tokens = self._inverse_cdf(weights, blocks, uniforms.to(blocks.device))
             logq = scores.gather(1, tokens[:, None]).squeeze(-1).double() - lse_q
