@@ -451,6 +451,20 @@ def test_factory_and_parameter_errors(fake, monkeypatch):
         OpenAIBackend("ftp://x", "m")
 
 
+def test_a_misspelt_option_is_named_before_any_request(fake):
+    from metricwise.errors import UnknownNameError
+
+    server = fake()
+    for backend_name, options, meant in (
+        ("openai", {"base_url": server.url, "cache_promt": True}, "cache_prompt"),
+        ("hf", {"max_batch_row": 2}, "max_batch_rows"),  # refused before a model loads
+        ("llamacpp", {"n_ctxx": 512}, "n_ctx"),
+    ):
+        with pytest.raises(UnknownNameError, match=rf"takes no option .*Did you mean '{meant}'"):
+            load_backend(backend_name, None, **options)
+    assert server.requests == []
+
+
 # -- rebuilding q from the top-N list ------------------------------------------------------------------
 def reference_logq(logits: np.ndarray, token: int, config: SamplingConfig, order=HF_ORDER) -> float:
     """q over the whole vocabulary, sorted once, in numpy (independent of the backend's code)."""

@@ -195,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="K=V[,K=V]",
-        help="backend options, e.g. device=cuda or base_url=http://127.0.0.1:8080",
+        help="backend options, e.g. device=cuda or base_url=http://127.0.0.1:8080 (a wrong key "
+        "is refused with the backend's list; see the README's backend table)",
     )
     _add_limit_arguments(e)
     e.add_argument(
@@ -408,7 +409,9 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="K=V[,K=V]",
-        help="backend options, e.g. device=cuda,dtype=bfloat16 or base_url=http://127.0.0.1:8080",
+        help="backend options, e.g. device=cuda,dtype=bfloat16,max_batch_rows=256 (hf) or "
+        "base_url=http://127.0.0.1:8080,cache_prompt=true (openai); a wrong key is refused with "
+        "the backend's list of options",
     )
     g.add_argument(
         "--input",

@@ -10,6 +10,7 @@ so a stored set can be extended from n to 2n without changing its first n sample
 
 from __future__ import annotations
 
+import inspect
 import re
 import threading
 import time
@@ -346,5 +347,28 @@ def load_backend(name: str, model: str | None, **options: Any) -> Backend:
             f"The 'backend' parameter must be one of {', '.join(names)}. Got {name!r} instead."
             f"{did_you_mean(name, names)}"
         )
+    _check_options(name, BACKENDS[name], options)
     backend: Backend = BACKENDS[name](model, **options)
     return backend
+
+
+def _check_options(name: str, factory: BackendFactory, options: dict[str, Any]) -> None:
+    """Refuse an option the backend does not take (a misspelt ``--model_args`` key), naming
+    the ones it does, before anything loads."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a factory without a signature: it checks for itself
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = [
+        n
+        for n, p in list(parameters.items())[1:]  # the first is the model
+        if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    for option in options:
+        if option not in accepted:
+            raise UnknownNameError(
+                f"The {name} backend takes no option {option!r} (--model_args); it takes "
+                f"{', '.join(accepted)}.{did_you_mean(option, accepted)}"
+            )

@@ -92,6 +92,7 @@ the requests still running are cancelled at once (their sockets are shut down).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import inspect
 import itertools
 import json
 import math
@@ -1144,3 +1145,20 @@ def create_backend(model: str | None = None, **options: Any) -> OpenAIBackend:
             )
     guards = options.pop("guards", None)
     return OpenAIBackend(base_url, model, guards=guards, **options)
+
+
+# The factory forwards its options to OpenAIBackend: its signature says so, so that a misspelt
+# --model_args key is refused by name before any request (load_backend reads it).
+create_backend.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [
+        inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+        *(
+            p.replace(  # base_url too is an option here (the model may be the URL instead)
+                kind=inspect.Parameter.KEYWORD_ONLY,
+                default=None if p.default is inspect.Parameter.empty else p.default,
+            )
+            for n, p in inspect.signature(OpenAIBackend).parameters.items()
+            if n != "model"
+        ),
+    ]
+)
