@@ -105,7 +105,7 @@ def test_prompt_tokens_and_cached_ones_are_counted_from_usage(fake):
         assert (backend.prompt_tokens, backend.cached_prompt_tokens) == (20, 0)
         # The next round, samples 2 and 3: both prompts are cached now.
         backend.sample(["p1", "p2"], SamplingConfig(n=4, max_tokens=4, seed=1), start=2)
-        assert (backend.prompt_tokens, backend.cached_prompt_tokens) == (20, 18)
+        assert (backend.prompt_tokens, backend.cached_prompt_tokens) == (40, 18)  # since made
     plain = fake()  # no usage in the answers: nothing counted, nothing fails
     with backend_for(plain.url) as backend:
         backend.sample(["p1"], config)
@@ -705,9 +705,9 @@ def test_llama_server_keeps_the_prompt_between_rounds_only_when_asked(llama_serv
     first_round = (cached.prompt_tokens, cached.cached_prompt_tokens)
     second_round = SamplingConfig(n=8, max_tokens=6, seed=3)
     cached.sample([prompt], second_round, start=4)
-    length = cached.prompt_tokens // 4  # one request per sample on a one-slot server
-    assert length > 20 and cached.prompt_tokens == first_round[0]
-    assert cached.cached_prompt_tokens == 4 * (length - 1)
+    length = first_round[0] // 4  # one request per sample on a one-slot server
+    assert length > 20 and cached.prompt_tokens == 2 * first_round[0]  # counted since made
+    assert cached.cached_prompt_tokens - first_round[1] == 4 * (length - 1)
     assert first_round[1] >= 3 * (length - 1)  # all but the round's first request
     plain = OpenAIBackend(llama_server_one_slot)
     plain.sample([prompt], second_round, start=4)

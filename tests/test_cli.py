@@ -298,6 +298,29 @@ def test_openai_without_model_asks_the_server_not_the_default_name(tmp_path, cap
     assert [b["model"] for b in server.posts()] == ["fake-model"]
 
 
+def test_the_run_says_how_many_prompt_tokens_the_server_took_from_its_cache(tmp_path, capsys):
+    from fake_openai_server import FakeServer, fake_choice
+
+    def with_usage(handler, path, body):
+        if not path.endswith("completions"):
+            return None
+        choices = [fake_choice(body["seed"] + j, body, j) for j in range(body["n"])]
+        usage = {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 9}}
+        return 200, {"choices": choices, "usage": usage}, {}
+
+    server = FakeServer(behaviour=with_usage, lifetime=60.0)
+    try:
+        prompts = tmp_path / "p.jsonl"
+        prompts.write_text('{"id": 1, "prompt": "x"}\n{"id": 2, "prompt": "y"}\n')
+        argv = ["sample", "--backend", "openai", "--model_args", f"base_url={server.url},server=generic", "-n", "2",
+                "--max_tokens", "3", "--input", str(prompts), "--store", str(tmp_path / "s.sqlite")]  # fmt: skip
+        code, _, err = run(argv, capsys=capsys)
+    finally:
+        server.close()
+    assert code == 0, err
+    assert "the server read 20 prompt tokens, 18 of them from its prefix cache" in err
+
+
 def test_a_resumed_progress_bar_starts_where_the_last_run_stopped():
     pytest.importorskip("tqdm")
     from metricwise.progress import Progress

@@ -847,6 +847,16 @@ def _sampling_session(
                     file=sys.stderr,
                 )
             yield store, backend, done
+            prompt_tokens = getattr(backend, "prompt_tokens", 0)
+            if prompt_tokens and not args.quiet:
+                cached = getattr(backend, "cached_prompt_tokens", 0)
+                llama = any(s.kind == "llama.cpp" for s in getattr(backend, "servers", ()))
+                hint = " (--model_args cache_prompt=true lets llama-server keep a prompt)"
+                print(
+                    f"metricwise {args.command}: the server read {prompt_tokens} prompt tokens, "
+                    f"{cached} of them from its prefix cache{hint if llama and not cached else ''}",
+                    file=sys.stderr,
+                )
         finally:
             backend.close()
 

@@ -512,9 +512,9 @@ class OpenAIBackend:
         self.requests_sent = 0
         #: ``{"exact": k, "approximate": m}``: how the last call's ``logq`` values were obtained.
         self.logq_exact: dict[str, int] = {"exact": 0, "approximate": 0}
-        #: Prompt tokens of the last call's answers, and how many of them the server took from
-        #: its prefix cache (``usage.prompt_tokens`` and ``usage.prompt_tokens_details.
-        #: cached_tokens``; 0 where a server does not report them).
+        #: Prompt tokens of all answers since the backend was made, and how many of them the
+        #: server took from its prefix cache (``usage.prompt_tokens`` and
+        #: ``usage.prompt_tokens_details.cached_tokens``; 0 where a server does not report them).
         self.prompt_tokens = 0
         self.cached_prompt_tokens = 0
         self.model = model if model else self._served_model()
@@ -654,7 +654,6 @@ class OpenAIBackend:
     ) -> list[list[Candidate]]:
         self.requests_sent = 0
         self.logq_exact = {"exact": 0, "approximate": 0}
-        self.prompt_tokens = self.cached_prompt_tokens = 0
         if not prompts:
             return []
         deadline = self.guards.deadline()
@@ -865,7 +864,7 @@ class OpenAIBackend:
         return body
 
     def _count_prompt_tokens(self, usage: Any) -> None:
-        """Add an answer's prompt tokens, and those its server had cached, to the call's counts."""
+        """Add an answer's prompt tokens, and those its server had cached, to the counts."""
         if not isinstance(usage, dict):
             return
         details = usage.get("prompt_tokens_details")
