@@ -144,8 +144,9 @@ class MBRStats:
     ----------
     method:
         ``"exact"`` (every hypothesis against every pseudo-reference), ``"prune"``
-        (confidence-based pruning, Cheng and Vlachos 2023) or ``"aggregate"`` (one aggregated
-        reference, DeNero et al. 2009; Vamvas and Sennrich 2024), or ``"pointwise"`` (a metric
+        (confidence-based pruning, Cheng and Vlachos 2023), ``"aggregate"`` (one aggregated
+        reference, DeNero et al. 2009; Vamvas and Sennrich 2024), ``"aggregate_to_fine"`` (the
+        aggregate's best 32, then exact among them), or ``"pointwise"`` (a metric
         that scores one answer, such as a reward model: best-of-N, one evaluation per
         hypothesis). See :func:`metricwise.decide`.
     n_hypotheses, n_references:
@@ -155,10 +156,13 @@ class MBRStats:
         exact MBR, fewer for the approximations (counting the row that gives the output's
         exact expected utility).
     rounds:
-        Rounds of growing reference subsets (``"prune"``); 1 otherwise.
+        Rounds of growing subsets of the samples (``"prune"``: 32 samples, duplicates counted,
+        then twice as many each round; 0 when one hypothesis needs no search), 2 for
+        ``"aggregate_to_fine"`` (its two stages); 1 otherwise.
     remaining:
-        Hypotheses still in contention when the search stopped (all of them for ``"exact"``
-        and ``"aggregate"``).
+        Hypotheses still in contention when the search stopped: those that went on to the
+        exact stage for ``"aggregate_to_fine"``; all of them for ``"exact"`` and
+        ``"aggregate"``.
     """
 
     method: str
