@@ -235,6 +235,19 @@ def test_attempts_that_all_time_out_are_a_timeout(fake):
         backend.sample(["x"], SamplingConfig(n=1, max_tokens=3))
 
 
+def test_a_quiet_server_is_reported_while_the_call_waits(fake, monkeypatch):
+    import metricwise.backends.openai as openai_module
+
+    monkeypatch.setattr(openai_module, "QUIET_WARNING_SECONDS", 0.3)
+    server = fake(mode="hang", hang_seconds=5.0)
+    with (
+        backend_for(server.url, timeout=1.0, max_retries=0) as backend,
+        pytest.warns(UserWarning, match=r"No answer from .* for \d+ s \(1 requests in flight\)"),
+        pytest.raises(SamplingTimeout),
+    ):
+        backend.sample(["x"], SamplingConfig(n=1, max_tokens=3))
+
+
 def test_a_callers_cancellation_ends_the_call_at_once(fake):
     from metricwise.backends.http import Cancellation, Cancelled
 

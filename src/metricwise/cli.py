@@ -9,8 +9,10 @@ import argparse
 import contextlib
 import inspect
 import itertools
+import os
 import sys
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
@@ -1202,9 +1204,25 @@ def _run_models(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def _warnings_as_messages(command: str) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that writes metricwise's own warnings as one line,
+    ``metricwise <command>: warning: ...``, and leaves other libraries' warnings as they are."""
+    default = warnings.showwarning
+
+    def show(message: Any, category: Any, filename: str, lineno: int, *rest: Any) -> None:
+        if f"{os.sep}metricwise{os.sep}" in filename:
+            print(f"metricwise {command}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, *rest)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _warnings_as_messages(args.command)
     try:
         return int(args.handler(args))
     except MetricwiseError as exc:
@@ -1224,6 +1242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

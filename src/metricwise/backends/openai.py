@@ -97,6 +97,7 @@ import itertools
 import json
 import math
 import threading
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -384,6 +385,10 @@ def _split_urls(base_url: str | Sequence[str]) -> list[str]:
             f"The 'base_url' parameter of OpenAIBackend must name at least one URL. Got {base_url!r} instead."
         )
     return [_normalise_url(p) for p in parts]
+
+
+#: Seconds without any answer after which a call warns that it is still waiting.
+QUIET_WARNING_SECONDS = 30.0
 
 
 @dataclass
@@ -679,8 +684,23 @@ class OpenAIBackend:
             for p in range(len(prompts)):
                 for first in range(start, start + m, limit):
                     submit(_Job(p, first, min(limit, start + m - first)))
+            quiet_since = time.monotonic()
             while pending:
-                done, _ = cf.wait(list(pending), return_when=cf.FIRST_COMPLETED)
+                done, _ = cf.wait(
+                    list(pending), timeout=QUIET_WARNING_SECONDS, return_when=cf.FIRST_COMPLETED
+                )
+                if not done:
+                    # Nothing answered for a while: say so rather than wait in silence for
+                    # --timeout (a stopped llama-server keeps its connections open).
+                    warnings.warn(
+                        f"No answer from {self._urls()} for {time.monotonic() - quiet_since:.0f} s "
+                        f"({len(pending)} requests in flight); a request is abandoned after "
+                        f"{self.retry.timeout:g} s (--timeout) and retried up to "
+                        f"{self.retry.max_retries} times (--max_retries).",
+                        stacklevel=3,
+                    )
+                    continue
+                quiet_since = time.monotonic()
                 for future in done:
                     job = pending.pop(future)
                     got = future.result()  # a failed request fails the call (and cancels the rest)
