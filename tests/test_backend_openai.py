@@ -9,6 +9,7 @@ import math
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -590,16 +591,18 @@ def start_llama_server(
         "--no-webui",
         *(extra or []),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Its log goes to a file: a pipe nobody reads fills after some dozens of requests (64 KiB)
+    # and the server then blocks writing to it, so every later request hangs.
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     import urllib.request
 
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"llama-server exited: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
-            )
+            log.seek(0)
+            raise RuntimeError(f"llama-server exited: {log.read().decode()[-2000:]}")
         try:
             with urllib.request.urlopen(url + "/health", timeout=1) as r:
                 if r.status == 200:
