@@ -441,7 +441,9 @@ class OpenAIBackend:
         requests of one prompt (its N samples, the rounds of adaptive sampling) evaluate the
         prompt once: later ones only its last token. Off by default because logits computed
         from a cached prompt round differently from a fresh prefill (as a shared batch does,
-        see Reproducibility above), so a rerun can flip tokens. vLLM and hosted APIs cache
+        see Reproducibility above), so a sample depends on what the server had cached (on a
+        one-slot server, 28 of 48 sixteen-token samples differed from uncached ones; each
+        setting repeated itself exactly). vLLM and hosted APIs cache
         prefixes on their own side (their ``usage`` says how much, see
         :attr:`cached_prompt_tokens`); this option sends nothing to them.
     extra_body : dict, optional
