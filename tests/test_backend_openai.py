@@ -591,25 +591,26 @@ def start_llama_server(
         "--no-webui",
         *(extra or []),
     ]
-    # Its log goes to a file: a pipe nobody reads fills after some dozens of requests (64 KiB)
-    # and the server then blocks writing to it, so every later request hangs.
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
     import urllib.request
 
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            log.seek(0)
-            raise RuntimeError(f"llama-server exited: {log.read().decode()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=1) as r:
-                if r.status == 200:
-                    return proc, url
-        except Exception:
-            time.sleep(0.2)
-    proc.kill()
+    url = f"http://127.0.0.1:{port}"
+    # Its log goes to a file: a pipe nobody reads fills after some dozens of requests (64 KiB)
+    # and the server then blocks writing to it, so every later request hangs. (The server
+    # keeps writing to the file after this handle closes.)
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                log.seek(0)
+                raise RuntimeError(f"llama-server exited: {log.read().decode()[-2000:]}")
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        return proc, url
+            except Exception:
+                time.sleep(0.2)
+        proc.kill()
     raise RuntimeError("llama-server did not become healthy within 60 s")
 
 
