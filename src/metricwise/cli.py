@@ -833,6 +833,7 @@ def _sampling_session(
     The store opens first: a bad --store path is reported before a model loads for minutes.
     """
     from metricwise.backends import load_backend
+    from metricwise.backends.base import prompt_cache_summary
     from metricwise.models import cache_dir
     from metricwise.store import SampleStore
 
@@ -849,16 +850,9 @@ def _sampling_session(
                     file=sys.stderr,
                 )
             yield store, backend, done
-            prompt_tokens = getattr(backend, "prompt_tokens", 0)
-            if prompt_tokens and not args.quiet:
-                cached = getattr(backend, "cached_prompt_tokens", 0)
-                llama = any(s.kind == "llama.cpp" for s in getattr(backend, "servers", ()))
-                hint = " (--model_args cache_prompt=true lets llama-server keep a prompt)"
-                print(
-                    f"metricwise {args.command}: the server read {prompt_tokens} prompt tokens, "
-                    f"{cached} of them from its prefix cache{hint if llama and not cached else ''}",
-                    file=sys.stderr,
-                )
+            summary = prompt_cache_summary(backend)
+            if summary and not args.quiet:
+                print(f"metricwise {args.command}: {summary}", file=sys.stderr)
         finally:
             backend.close()
 

@@ -352,6 +352,22 @@ def load_backend(name: str, model: str | None, **options: Any) -> Backend:
     return backend
 
 
+def prompt_cache_summary(backend: Any) -> str | None:
+    """How many prompt tokens a server backend's server read and how many it took from its
+    prefix cache (``prompt_tokens``, ``cached_prompt_tokens``), with the ``cache_prompt``
+    hint for a llama-server that cached nothing; None for a backend that counts none."""
+    prompt_tokens = getattr(backend, "prompt_tokens", 0)
+    if not prompt_tokens:
+        return None
+    cached = getattr(backend, "cached_prompt_tokens", 0)
+    llama = any(getattr(s, "kind", "") == "llama.cpp" for s in getattr(backend, "servers", ()))
+    hint = " (--model_args cache_prompt=true lets llama-server keep a prompt)"
+    return (
+        f"the server read {prompt_tokens} prompt tokens, {cached} of them from its prefix cache"
+        f"{hint if llama and not cached else ''}"
+    )
+
+
 def _check_options(name: str, factory: BackendFactory, options: dict[str, Any]) -> None:
     """Refuse an option the backend does not take (a misspelt ``--model_args`` key), naming
     the ones it does, before anything loads."""

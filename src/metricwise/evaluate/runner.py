@@ -214,6 +214,7 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
     ``backend`` replaces loading ``config.model`` (tests pass a tiny model's backend).
     """
     from metricwise.backends import load_backend
+    from metricwise.backends.base import prompt_cache_summary
     from metricwise.models import cache_dir
     from metricwise.store import SampleStore, greedy_sampling_config
     from metricwise.tasks import get_task
@@ -373,6 +374,9 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                             bootstrap_iters=config.bootstrap_iters,
                             seed=config.seed,
                         )
+        summary = prompt_cache_summary(backend)
+        if summary:
+            say(f"metricwise eval: {summary}")
     finally:
         if owned:
             backend.close()
