@@ -117,6 +117,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def with_usage(prompt_tokens: int, cached: Callable[[dict[str, Any]], int]) -> Callable[..., Any]:
+    """A ``behaviour`` that answers as usual and adds ``usage``: ``prompt_tokens`` per request,
+    ``cached(body)`` of them taken from a prefix cache (as llama-server and vLLM report it)."""
+
+    def behaviour(handler: Any, path: str, body: dict[str, Any]) -> Any:
+        if not path.endswith("completions"):
+            return None
+        choices = [fake_choice(body["seed"] + j, body, j) for j in range(body["n"])]
+        details = {"cached_tokens": cached(body)}
+        usage = {"prompt_tokens": prompt_tokens, "prompt_tokens_details": details}
+        return 200, {"choices": choices, "usage": usage}, {}
+
+    return behaviour
+
+
 class FakeServer:
     """``http.server`` in a thread on 127.0.0.1.
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fake_openai_server import FakeServer, fake_choice, free_port
+from fake_openai_server import FakeServer, free_port, with_usage
 from metricwise import SamplingConfig
 from metricwise.backends import load_backend
 from metricwise.backends.openai import (
@@ -89,17 +89,13 @@ def test_every_sampling_parameter_is_sent_and_n_is_asked_once(fake):
 def test_prompt_tokens_and_cached_ones_are_counted_from_usage(fake):
     seen: set[str] = set()
 
-    def with_usage(handler: Any, path: str, body: dict[str, Any]) -> Any:
-        if not path.endswith("completions"):
-            return None
-        # A server with a prefix cache: a prompt seen before is cached but for its last token.
+    def prefix_cache(body: dict[str, Any]) -> int:
+        # A prompt seen before is cached but for its last token.
         cached = 9 if body["prompt"] in seen else 0
         seen.add(body["prompt"])
-        choices = [fake_choice(body["seed"] + j, body, j) for j in range(body["n"])]
-        usage = {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": cached}}
-        return 200, {"choices": choices, "usage": usage}, {}
+        return cached
 
-    server = fake(behaviour=with_usage)
+    server = fake(behaviour=with_usage(10, prefix_cache))
     config = SamplingConfig(n=2, max_tokens=4, seed=1)
     with backend_for(server.url, concurrency=1) as backend:
         backend.sample(["p1", "p2"], config)

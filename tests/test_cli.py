@@ -299,16 +299,9 @@ def test_openai_without_model_asks_the_server_not_the_default_name(tmp_path, cap
 
 
 def test_the_run_says_how_many_prompt_tokens_the_server_took_from_its_cache(tmp_path, capsys):
-    from fake_openai_server import FakeServer, fake_choice
+    from fake_openai_server import FakeServer, with_usage
 
-    def with_usage(handler, path, body):
-        if not path.endswith("completions"):
-            return None
-        choices = [fake_choice(body["seed"] + j, body, j) for j in range(body["n"])]
-        usage = {"prompt_tokens": 10, "prompt_tokens_details": {"cached_tokens": 9}}
-        return 200, {"choices": choices, "usage": usage}, {}
-
-    server = FakeServer(behaviour=with_usage, lifetime=60.0)
+    server = FakeServer(behaviour=with_usage(10, lambda body: 9), lifetime=60.0)
     try:
         prompts = tmp_path / "p.jsonl"
         prompts.write_text('{"id": 1, "prompt": "x"}\n{"id": 2, "prompt": "y"}\n')

@@ -279,17 +279,10 @@ def test_a_bad_bootstrap_count_fails_before_any_sampling(tmp_path):
 
 
 def test_eval_through_a_server_says_how_much_of_the_prompts_it_cached(tmp_path, capsys):
-    from fake_openai_server import FakeServer, fake_choice
+    from fake_openai_server import FakeServer, with_usage
     from metricwise.backends.openai import OpenAIBackend
 
-    def with_usage(handler, path, body):
-        if not path.endswith("completions"):
-            return None
-        choices = [fake_choice(body["seed"] + j, body, j) for j in range(body["n"])]
-        usage = {"prompt_tokens": 50, "prompt_tokens_details": {"cached_tokens": 49}}
-        return 200, {"choices": choices, "usage": usage}, {}
-
-    server = FakeServer(behaviour=with_usage, lifetime=60.0)
+    server = FakeServer(behaviour=with_usage(50, lambda body: 49), lifetime=60.0)
     try:
         backend = OpenAIBackend(server.url, "fake-model", server="generic", max_retries=0)
         settings = dict(limit=2, n=2, output_path=None, curve_subsets=0, quiet=False)
