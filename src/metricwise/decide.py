@@ -1065,11 +1065,11 @@ def _aggregate_to_fine_choice(
     as exact MBR breaks them. Cost O(entries) + ``_AGGREGATE_TOP`` x R evaluations.
     """
     hypotheses = scorer.hypotheses
-    sign = 1.0 if scorer.metric.higher_is_better else -1.0
-    coarse = sign * scorer.aggregate(weights)
-    if len(hypotheses) <= _AGGREGATE_TOP:
+    if len(hypotheses) <= _AGGREGATE_TOP:  # all of them go on: the aggregate ranks nothing
         top = np.arange(len(hypotheses))
     else:
+        sign = 1.0 if scorer.metric.higher_is_better else -1.0
+        coarse = sign * scorer.aggregate(weights)
         # Stable sort from the order exact MBR's tie-break prefers (more weight, then value).
         ranked = sorted(_support_order(hypotheses, evidence), key=lambda i: -coarse[i])
         top = np.array(sorted(ranked[:_AGGREGATE_TOP]))
