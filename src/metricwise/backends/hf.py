@@ -584,7 +584,9 @@ class HFBackend:
                 )
                 window.append((chosen, p_chosen, q_chosen))
                 if len(window) == self.sync_every or step == config.max_tokens - 1:
-                    still = _replay(state, window, active, window_start, deadline)
+                    still = _replay(
+                        state, window, active, list(range(len(active))), window_start, deadline
+                    )
                     window, window_start = [], step + 1
                     if not still:
                         break
@@ -674,17 +676,19 @@ def _replay(
     state: DecodeState,
     window: list[tuple[Any, Any, Any]],
     active: np.ndarray,
+    going: list[int],
     first_step: int,
     deadline: float,
 ) -> list[int]:
     """Read back the ``window``'s steps (tokens, logp, logq of every row of the batch, on the
-    device) in one transfer and record them step by step in ``state``; returns the rows still
-    going after the last step. A row that finished inside the window is not advanced past its
-    end: the tokens decoded for it after that are ignored."""
+    device) in one transfer and record the ``going`` rows' steps in ``state`` in order; returns
+    the rows still going after the last step. A row that finished inside the window is not
+    advanced past its end: the tokens decoded for it after that are ignored. ``active[row]`` is
+    the sequence a row of the batch decodes."""
     torch = _torch()
     steps = torch.stack([torch.stack([t.double() for t in step]) for step in window]).cpu().numpy()
     tokens = steps[:, 0].astype(np.int64)  # ids < 2**53 travel exactly as float64
-    still = list(range(len(active)))
+    still = list(going)
     for offset in range(len(window)):
         going = state.advance(
             active[still].tolist(),
