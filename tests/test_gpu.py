@@ -55,14 +55,17 @@ def _teacher_forced(model, tokenizer, prompt, token_ids, config):
     ],
     ids=["ancestral", "truncated"],
 )
-def test_cuda_logp_and_logq_equal_teacher_forcing(config):
+@pytest.mark.parametrize("kv_cache", ["dynamic", "static"])
+def test_cuda_logp_and_logq_equal_teacher_forcing(config, kv_cache):
+    """A static cache on CUDA is compiled by default (CUDA graphs); a dynamic one is not."""
     _cuda()
     from metricwise.backends.hf import HFBackend
     from tiny_lm import tiny_model_and_tokenizer
 
     model, tokenizer = tiny_model_and_tokenizer()
     model = model.to("cuda")
-    backend = HFBackend(model, tokenizer=tokenizer, device="cuda")
+    backend = HFBackend(model, tokenizer=tokenizer, device="cuda", kv_cache=kv_cache)
+    assert backend.compile == (kv_cache == "static")
     for prompt, sample_set in zip(PROMPTS, backend.sample(PROMPTS, config), strict=True):
         for c in sample_set.candidates:
             logp, logq = _teacher_forced(model, tokenizer, prompt, c.token_ids, config)
@@ -102,15 +105,26 @@ def test_the_radix_top_p_on_the_device_keeps_the_cpus_set(top_p):
 
 
 @pytest.mark.gpu
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13: metricwise's loop reads the device only at the end of a window (checked on "
-    "CPU in tests/test_backend_hf.py), but transformers' eager forward reads the padding mask "
-    "(masking_utils.fast_all) every step; a static cache under torch.compile skips that read "
-    "and is not built yet",
+@pytest.mark.parametrize(
+    ("kv_cache", "compile"),
+    [
+        pytest.param(
+            "dynamic",
+            False,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="with a dynamic cache transformers' mask code reads the padding mask "
+                "(masking_utils.fast_all) every step; the static cache skips that read (on CPU: "
+                "tests/test_backend_hf.py::test_with_a_static_cache_nothing_in_a_step_reads_the_device)",
+            ),
+        ),
+        ("static", False),
+        ("static", True),
+    ],
+    ids=["dynamic", "static", "static-compiled"],
 )
-def test_the_decode_loop_never_waits_for_the_device(monkeypatch):
-    """From the token selector's creation to the first read-back (sync_every is larger than
+def test_the_decode_loop_never_waits_for_the_device(monkeypatch, kv_cache, compile):
+    """From the token selector's first call to the read-back (sync_every is larger than
     max_tokens, so that is the loop's last step), nothing may wait for the device: sampling,
     the log-probability sums and the model's forward passes."""
     torch = _cuda()
@@ -119,9 +133,18 @@ def test_the_decode_loop_never_waits_for_the_device(monkeypatch):
     from tiny_lm import tiny_model_and_tokenizer
 
     model, tokenizer = tiny_model_and_tokenizer()
-    backend = HFBackend(model.to("cuda"), tokenizer=tokenizer, device="cuda", sync_every=64)
+    backend = HFBackend(
+        model.to("cuda"),
+        tokenizer=tokenizer,
+        device="cuda",
+        sync_every=64,
+        kv_cache=kv_cache,
+        compile=compile,
+    )
     config = SamplingConfig(n=4, max_tokens=8, seed=1)
-    backend.sample(PROMPTS, config)  # warm-up outside the check
+    # Warm-up outside the check, on a batch of the checked one's shape (one prompt, the same
+    # static capacity): compiling and recording CUDA graphs wait for the device; replaying does not.
+    backend.sample(["a warm-up batch"], config)
 
     class CheckedSelector(hf.TokenSelector):
         def __call__(self, *args, **kwargs):

@@ -33,13 +33,28 @@ materialised. With Gemma 3's 262k-token vocabulary and 128 sequences, the straig
 
 EOS and the token that completes a stop string are included in ``logp``/``logq`` and
 ``n_tokens``; the returned text excludes EOS and everything from the stop string on.
+
+Two KV caches (``kv_cache``):
+
+- ``dynamic`` (on a CPU, and for models without a static cache): the cache grows by one
+  position per step and finished rows leave the batch at each read-back.
+- ``static`` (by default on CUDA where the model supports it): transformers' ``StaticCache``,
+  sized once per batch (prompt width + ``max_tokens``, rounded up to
+  :data:`STATIC_CACHE_ROUNDING`), a fixed (rows, capacity) attention mask, and finished rows kept
+  in the batch (their tokens ignored) until every row has finished. Every step has the same
+  shapes, so nothing in a step, the model's mask building included, reads the device (with a
+  dynamic cache transformers checks the padding mask on the host every step), and the step can
+  be compiled (``compile``: ``torch.compile``, with CUDA graphs on CUDA). The samples are those
+  of the dynamic cache up to rounding (the attention runs over the masked capacity).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -252,6 +267,21 @@ class HFBackend:
         The most sequences decoded at once; by default as many as fit in memory
         (:meth:`rows_that_fit`). Prompts x n sequences beyond it are decoded in several
         batches, which changes the logits by rounding only.
+    kv_cache:
+        ``"dynamic"``, ``"static"`` or ``"auto"`` (static on a CUDA device when the model
+        supports it, dynamic otherwise); see the module docstring. ``"static"`` for a model
+        without static-cache support is refused, naming the reason.
+    compile:
+        Compile the decoding step with ``torch.compile`` (mode ``reduce-overhead``, i.e. CUDA
+        graphs, on CUDA). Needs the static cache. None (default): on with a static cache on
+        CUDA, as transformers' ``generate`` does. The first batch of each new shape pays for the
+        compilation; when compiling fails, a warning says why and the batch is decoded without.
+    sdpa_backends:
+        The scaled-dot-product attention kernels the model may use, any of ``flash``,
+        ``efficient``, ``cudnn``, ``math`` (a sequence, or one string joined by ``+``), or None
+        for torch's own choice. ``"auto"`` (default): every kernel but cuDNN's on CUDA
+        (:data:`CUDA_SDPA_BACKENDS`), torch's choice elsewhere. Only models that run SDPA are
+        affected.
     """
 
     def __init__(
@@ -266,8 +296,19 @@ class HFBackend:
         reuse_prefill: bool = True,
         sync_every: int | None = None,
         max_batch_rows: int | None = None,
+        kv_cache: str = "auto",
+        compile: bool | None = None,
+        sdpa_backends: str | Sequence[str] | None = "auto",
     ) -> None:
         torch = _torch()
+        if kv_cache not in ("auto", "dynamic", "static"):
+            raise InvalidParameterError(
+                f"The 'kv_cache' parameter of HFBackend must be 'auto', 'dynamic' or 'static'. Got {kv_cache!r} instead."
+            )
+        if compile not in (None, True, False):
+            raise InvalidParameterError(
+                f"The 'compile' parameter of HFBackend must be true, false or None. Got {compile!r} instead."
+            )
         for name, value in (("sync_every", sync_every), ("max_batch_rows", max_batch_rows)):
             if value is not None and (
                 isinstance(value, bool) or not isinstance(value, int) or value < 1
@@ -300,6 +341,31 @@ class HFBackend:
         self.model.eval()
         self.device = torch.device(device)
         self.sync_every = sync_every or (1 if self.device.type == "cpu" else 16)
+        self.sdpa_backends = _sdpa_backends(sdpa_backends, self.device)
+        unsupported = _static_cache_unsupported(self.model)
+        if kv_cache == "static" and unsupported:
+            raise InvalidParameterError(
+                f"kv_cache='static' is not available for this model: {unsupported}. Use kv_cache='dynamic'."
+            )
+        #: "static" or "dynamic": the KV cache the decode loop uses (see the module docstring).
+        self.kv_cache = (
+            "static"
+            if kv_cache == "static"
+            or (kv_cache == "auto" and self.device.type == "cuda" and not unsupported)
+            else "dynamic"
+        )
+        if compile and self.kv_cache != "static":
+            raise InvalidParameterError(
+                "compile=True needs kv_cache='static' (a dynamic cache changes shape every step; "
+                f"on {self.device.type} the default is {self.kv_cache}): add kv_cache=static."
+            )
+        #: Whether the decoding step runs through torch.compile.
+        self.compile = (
+            compile
+            if compile is not None
+            else self.kv_cache == "static" and self.device.type == "cuda"
+        )
+        self._compiled_forward: Any = None
         self.guards = guards or Guards()
         self.signature = signature or default_signature
         if self.tokenizer.pad_token_id is None:
@@ -308,13 +374,19 @@ class HFBackend:
         self.end_ids = _end_ids(self.model, self.tokenizer)
         #: Prefill forward passes run so far (tests check one per prompt batch).
         self.prefill_calls = 0
-        #: (prompts, prefill result) of the last prompt batch; see :meth:`_prefill`.
-        self._kept_prefill: tuple[tuple[str, ...], tuple[Any, Any, Any, Any]] | None = None
+        #: (prompts, prefill result, static cache capacity or None) of the last prompt batch;
+        #: see :meth:`_prefill`.
+        self._kept_prefill: tuple[tuple[str, ...], tuple[Any, Any, Any, Any], int | None] | None = (
+            None
+        )
         self.reuse_prefill = reuse_prefill
         # transformers 5.x renamed forward's past_key_values to cache and warns on the old name
         # (a FutureWarning on every call would reach the user); older versions know only the old one.
         forward = inspect.signature(self.model.forward).parameters
         self._cache_argument = "cache" if "cache" in forward else "past_key_values"
+        # Older transformers index a static cache by an explicit cache_position (the same for
+        # every row, since the batch is left-padded); newer ones keep the length in the cache.
+        self._cache_position_argument = "cache_position" in forward
 
     # -- protocol --------------------------------------------------------------------------
     def sample(
@@ -370,7 +442,7 @@ class HFBackend:
         its free memory now; on a CPU half the machine's RAM, so that a run splits the same way
         whatever else is running) over one row's share: its KV cache
         (2 x layers x key-value heads x head size x the parameters' bytes per number x
-        ``tokens``) and the (rows, vocabulary) float32 buffers of a sampling step
+        ``tokens``, rounded up as a static cache is) and the (rows, vocabulary) float32 buffers of a sampling step
         (:data:`_SAMPLING_BUFFERS` of them). An estimate: a fifth of the memory is kept back.
         """
         if self.max_batch_rows is not None:
@@ -387,6 +459,8 @@ class HFBackend:
         layers = int(getattr(config, "num_hidden_layers", 1) or 1)
         element = next(self.model.parameters()).element_size()
         vocab = int(getattr(config, "vocab_size", 0) or 0)
+        if self.kv_cache == "static":  # the capacity it allocates (see _prefill)
+            tokens = -(-tokens // STATIC_CACHE_ROUNDING) * STATIC_CACHE_ROUNDING
         per_row = 2 * layers * kv_heads * head_dim * element * tokens
         per_row += _SAMPLING_BUFFERS * 4 * (-(-vocab // CDF_BLOCK) * CDF_BLOCK)
         return max(1, int(0.8 * free) // max(1, per_row))
@@ -466,8 +540,9 @@ class HFBackend:
 
     # -- prefill -------------------------------------------------------------------------------
     def _prefill(self, prompts: list[str], max_tokens: int) -> tuple[Any, Any, Any, Any]:
-        """Run the prompt batch once: last-position logits (P, V) float32, the KV cache, the
-        attention mask and position ids (P, L), left-padded.
+        """Run the prompt batch once: last-position logits (P, V) float32, the KV cache (of the
+        backend's ``kv_cache`` kind; a static one holds the prompts and ``max_tokens`` more
+        positions at least), the attention mask and position ids (P, L), left-padded.
 
         Every prompt's token count is checked first (:meth:`_check_lengths`), before any
         forward pass, with room for ``max_tokens`` new tokens.
@@ -481,13 +556,15 @@ class HFBackend:
         torch = _torch()
         import copy
 
-        from transformers import DynamicCache
+        from transformers import DynamicCache, StaticCache
 
         key = tuple(prompts)
         if self._kept_prefill is not None:
-            rows = _rows_within(self._kept_prefill[0], key)
-            if rows is not None:
-                return self._reuse_prefill(self._kept_prefill[1], rows, max_tokens)
+            kept_prompts, kept, kept_capacity = self._kept_prefill
+            rows = _rows_within(kept_prompts, key)
+            roomy = kept_capacity is None or kept_capacity >= kept[2].shape[1] + max_tokens
+            if rows is not None and roomy:
+                return self._reuse_prefill(kept, rows, max_tokens)
         self._kept_prefill = None
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
@@ -495,9 +572,17 @@ class HFBackend:
         attention = enc["attention_mask"].to(self.device)
         self._check_lengths(attention.sum(dim=-1).tolist(), max_tokens)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache(config=self.model.config)
+        capacity: int | None = None
+        cache: Any
+        if self.kv_cache == "static":
+            # Rounded up, so that batches of similar prompts share one compiled step.
+            needed = input_ids.shape[1] + max_tokens
+            capacity = -(-needed // STATIC_CACHE_ROUNDING) * STATIC_CACHE_ROUNDING
+            cache = StaticCache(config=self.model.config, max_cache_len=capacity)
+        else:
+            cache = DynamicCache(config=self.model.config)
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), self._attention_kernels():
                 out = self.model(
                     input_ids=input_ids,
                     attention_mask=attention,
@@ -514,6 +599,7 @@ class HFBackend:
             self._kept_prefill = (
                 key,
                 (result[0].clone(), copy.deepcopy(cache), attention, positions),
+                capacity,
             )
         return result
 
@@ -534,7 +620,7 @@ class HFBackend:
         cache = copy.deepcopy(cache)
         if rows != list(range(attention.shape[0])):
             index = torch.tensor(rows, dtype=torch.long, device=attention.device)
-            cache.batch_select_indices(index)
+            _select_cache_rows(cache, index)
             logits, attention, positions = logits[index], attention[index], positions[index]
         self._check_lengths(attention.sum(dim=-1).tolist(), max_tokens)
         return logits.clone(), cache, attention, positions
@@ -547,20 +633,60 @@ class HFBackend:
         config: SamplingConfig,
         seeds: Sequence[tuple[int, ...]] | None,
     ) -> list[Candidate]:
-        """Decode ``m`` continuations of every prompt; ``seeds=None`` is greedy."""
-        torch = _torch()
+        """Decode ``m`` continuations of every prompt; ``seeds=None`` is greedy.
+
+        When the compiled step fails (torch.compile cannot handle the model, or its compiler is
+        missing), the batch is decoded again without it, from a fresh copy of its prefill, and
+        the backend stops compiling.
+        """
         if not prompts:
             return []
+        try:
+            return self._decode_batch(prompts, m, config, seeds, compiled=self.compile)
+        except _CompileFailed as failure:
+            warnings.warn(
+                f"torch.compile failed on the decoding step ({failure}); decoding without it "
+                "from now on (compile=False)",
+                stacklevel=2,
+            )
+            self.compile = False
+            return self._decode_batch(prompts, m, config, seeds, compiled=False)
+
+    def _decode_batch(
+        self,
+        prompts: list[str],
+        m: int,
+        config: SamplingConfig,
+        seeds: Sequence[tuple[int, ...]] | None,
+        *,
+        compiled: bool,
+    ) -> list[Candidate]:
+        torch = _torch()
+        static = self.kv_cache == "static"
         deadline = self.guards.deadline()
         logits, cache, attention, positions = self._prefill(prompts, config.max_tokens)
+        total = len(prompts) * m
         if m > 1:
-            cache.batch_repeat_interleave(m)
+            _repeat_cache_rows(cache, m)
             logits = logits.repeat_interleave(m, dim=0)
             attention = attention.repeat_interleave(m, dim=0)
             positions = positions.repeat_interleave(m, dim=0)
         next_position = positions[:, -1:] + 1
+        extra: dict[str, Any] = {}
+        if static:
+            # One mask for the whole decode: the prompts', then every position of the cache
+            # (those past the current one are hidden by causality). Its width is the cache's
+            # capacity, so that batches of other prompt widths have the same shapes.
+            width = attention.shape[1]
+            capacity = max(width + config.max_tokens, *(x.max_cache_len for x in cache.layers))
+            attention = torch.cat([attention, attention.new_ones((total, capacity - width))], -1)
+            if self._cache_position_argument:
+                cache_positions = torch.arange(
+                    width, width + config.max_tokens, device=attention.device
+                )
+            if compiled:
+                _mark_static_addresses(cache)
 
-        total = len(prompts) * m
         self.largest_batch = max(self.largest_batch, total)
         state = DecodeState(
             total,
@@ -573,43 +699,79 @@ class HFBackend:
         uniforms = None if seeds is None else _uniforms(seeds, config.max_tokens, logits.device)
         active = np.arange(total)  # the sequence each row of the batch decodes
         rows = torch.arange(total, device=logits.device)  # the same, on the device
+        going = list(range(total))  # the rows of the batch not finished yet
         window: list[tuple[Any, Any, Any]] = []  # the steps not read back yet
         window_start = 0
 
         select = TokenSelector(total, logits.shape[-1], config, logits.device)
-        with torch.inference_mode():
+        forward = self._step_forward(compiled)
+        with torch.inference_mode(), self._attention_kernels():
             for step in range(config.max_tokens):
                 chosen, p_chosen, q_chosen = select(
                     logits, None if uniforms is None else uniforms[rows, step]
                 )
                 window.append((chosen, p_chosen, q_chosen))
                 if len(window) == self.sync_every or step == config.max_tokens - 1:
-                    still = _replay(
-                        state, window, active, list(range(len(active))), window_start, deadline
-                    )
+                    going = _replay(state, window, active, going, window_start, deadline)
                     window, window_start = [], step + 1
-                    if not still:
+                    if not going:
                         break
-                    if len(still) < len(active):
-                        keep = torch.tensor(still, dtype=torch.long, device=self.device)
+                    # A dynamic cache drops the finished rows; a static one keeps its shape and
+                    # decodes them on, their tokens ignored.
+                    if not static and len(going) < len(active):
+                        keep = torch.tensor(going, dtype=torch.long, device=self.device)
                         cache.batch_select_indices(keep)
                         attention = attention[keep]
                         next_position = next_position[keep]
                         chosen = chosen[keep]
                         rows = rows[keep]
-                        active = active[still]
-                attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
-                out = self.model(
-                    input_ids=chosen[:, None],
-                    attention_mask=attention,
-                    position_ids=next_position,
-                    use_cache=True,
-                    **{self._cache_argument: cache},
-                )
+                        active = active[going]
+                        going = list(range(len(active)))
+                if static:
+                    if self._cache_position_argument:
+                        extra["cache_position"] = cache_positions[step : step + 1]
+                else:
+                    attention = torch.cat([attention, attention.new_ones((len(active), 1))], dim=-1)
+                if compiled:
+                    # The previous step's outputs are consumed: CUDA graphs may reuse their memory.
+                    torch.compiler.cudagraph_mark_step_begin()
+                try:
+                    out = forward(
+                        input_ids=chosen[:, None],
+                        attention_mask=attention,
+                        position_ids=next_position,
+                        use_cache=True,
+                        **{self._cache_argument: cache},
+                        **extra,
+                    )
+                except Exception as exc:
+                    if compiled:
+                        raise _CompileFailed(f"{type(exc).__name__}: {exc}") from exc
+                    raise
                 logits = out.logits[:, -1, :].float()
                 next_position = next_position + 1
 
         return [state.candidate(seq) for seq in range(total)]
+
+    def _step_forward(self, compiled: bool) -> Any:
+        """The model's forward for one decoding step, compiled once per backend when asked."""
+        if not compiled:
+            return self.model
+        if self._compiled_forward is None:
+            torch = _torch()
+            self._compiled_forward = torch.compile(
+                self.model.__call__,
+                mode="reduce-overhead" if self.device.type == "cuda" else None,
+            )
+        return self._compiled_forward
+
+    def _attention_kernels(self) -> Any:
+        """A context in which SDPA uses only ``sdpa_backends`` (nothing when None)."""
+        if self.sdpa_backends is None:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([getattr(SDPBackend, SDPA_KERNELS[n]) for n in self.sdpa_backends])
 
     def _check_lengths(self, lengths: list[int], max_tokens: int) -> None:
         """Refuse an empty prompt, and one that with ``max_tokens`` new tokens exceeds the
@@ -636,6 +798,108 @@ class HFBackend:
 
     def _detokenize(self, tokens: list[int]) -> str:
         return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
+
+#: A static cache's capacity (prompt width + max_tokens) is rounded up to a multiple of this, so
+#: that batches of similar prompts have one shape (and share one compiled step).
+STATIC_CACHE_ROUNDING = 128
+
+#: The names ``sdpa_backends`` takes, and torch's SDPBackend members they stand for.
+SDPA_KERNELS = {
+    "flash": "FLASH_ATTENTION",
+    "efficient": "EFFICIENT_ATTENTION",
+    "cudnn": "CUDNN_ATTENTION",
+    "math": "MATH",
+}
+#: The kernels allowed on CUDA by default: all but cuDNN's, whose host-side cost (about 2.3 ms
+#: per call on an H200, torch 2.11; issue 13's profile) exceeds the GPU time of a whole decoding
+#: step of a small model.
+CUDA_SDPA_BACKENDS = ("flash", "efficient", "math")
+
+
+class _CompileFailed(Exception):
+    """The compiled decoding step raised; the batch is decoded again without compiling."""
+
+
+def _sdpa_backends(value: str | Sequence[str] | None, device: Any) -> tuple[str, ...] | None:
+    """The SDPA kernel names of ``sdpa_backends`` (see HFBackend), checked; None for torch's choice."""
+    if value is None:
+        return None
+    if value == "auto":
+        return CUDA_SDPA_BACKENDS if device.type == "cuda" else None
+    names = value.split("+") if isinstance(value, str) else list(value)
+    bad = [n for n in names if n not in SDPA_KERNELS]
+    if not names or bad:
+        raise InvalidParameterError(
+            f"The 'sdpa_backends' parameter of HFBackend takes 'auto', None or kernels among "
+            f"{', '.join(SDPA_KERNELS)} (joined by '+'). Got {value!r} instead."
+        )
+    return tuple(names)
+
+
+def _static_cache_unsupported(model: Any) -> str | None:
+    """Why the decode loop cannot use a static cache with ``model``; None when it can.
+
+    It needs transformers to declare the model compilable with a static cache, and every layer
+    of that cache to be a plain (or sliding-window) key-value layer, whose rows the loop repeats
+    and selects itself (transformers' static layers have no such methods).
+    """
+    if not getattr(model, "_can_compile_fullgraph", False):
+        return f"transformers does not declare a static cache for {type(model).__name__}"
+    try:
+        from transformers import StaticCache
+        from transformers.cache_utils import StaticLayer, StaticSlidingWindowLayer
+
+        layers = StaticCache(config=model.config, max_cache_len=STATIC_CACHE_ROUNDING).layers
+    except (ImportError, ValueError, TypeError, AttributeError) as exc:
+        return f"transformers cannot build a StaticCache for it ({exc})"
+    others = sorted(
+        {type(x).__name__ for x in layers if type(x) not in (StaticLayer, StaticSlidingWindowLayer)}
+    )
+    if others:
+        return f"its static cache has {', '.join(others)} layers, whose rows cannot be repeated"
+    return None
+
+
+def _change_static_rows(cache: Any, change: Any) -> None:
+    """Apply ``change`` (a function of a tensor whose dim 0 is the batch) to every layer of a
+    static cache."""
+    for layer in cache.layers:
+        if layer.is_initialized:
+            layer.keys, layer.values = change(layer.keys), change(layer.values)
+            layer.batch_size = layer.keys.shape[0]
+
+
+def _repeat_cache_rows(cache: Any, repeats: int) -> None:
+    """Each row of ``cache`` ``repeats`` times in a row (the prompts' rows to their samples')."""
+    from transformers import StaticCache
+
+    if isinstance(cache, StaticCache):
+        _change_static_rows(cache, lambda t: t.repeat_interleave(repeats, dim=0))
+    else:
+        cache.batch_repeat_interleave(repeats)
+
+
+def _select_cache_rows(cache: Any, index: Any) -> None:
+    """Keep the rows ``index`` (a device tensor of row numbers) of ``cache``, in that order."""
+    from transformers import StaticCache
+
+    if isinstance(cache, StaticCache):
+        _change_static_rows(cache, lambda t: t.index_select(0, index))
+    else:
+        cache.batch_select_indices(index)
+
+
+def _mark_static_addresses(cache: Any) -> None:
+    """Tell torch.compile that the static cache's tensors keep their addresses (each step
+    writes them in place), so that CUDA graphs capture them instead of copying them; the rows
+    repeated or selected for a batch are new tensors that transformers did not mark."""
+    torch = _torch()
+    for layer in cache.layers:
+        if layer.is_initialized:
+            for tensor in (layer.keys, layer.values, getattr(layer, "cumulative_length", None)):
+                if isinstance(tensor, torch.Tensor):
+                    torch._dynamo.mark_static_address(tensor)
 
 
 #: (rows, vocabulary) float32 arrays a sampling step holds per row at once: the model's logits
