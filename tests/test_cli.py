@@ -560,3 +560,28 @@ def test_eval_mbr_metrics_keep_the_commas_of_a_spec(capsys, monkeypatch):
         ["eval", "--tasks", "arith", "--mbr_metrics", "chrf(word_order=2"], capsys=capsys
     )
     assert code == 2 and "malformed" in err and "chrf(word_order=2" in err
+
+
+def test_quiet_hides_the_libraries_progress_bars_too(tiny_model_dir, tmp_path, capsys):
+    """transformers' "Loading weights" bar is off under --quiet, and back on after the command."""
+    from transformers.utils import logging as transformers_logging
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "the cat sat on"}\n')
+    common = [
+        "--model",
+        str(tiny_model_dir),
+        "-n",
+        "2",
+        "--max_tokens",
+        "3",
+        "--input",
+        str(prompts),
+    ]
+    store = ["--store", str(tmp_path / "s.sqlite")]
+    assert transformers_logging.is_progress_bar_enabled()
+    code, _, err = run(["sample", *common, *store], capsys=capsys)
+    assert code == 0 and "Loading weights" in err
+    code, _, err = run(["sample", *common, *store, "--quiet"], capsys=capsys)
+    assert code == 0 and err == ""
+    assert transformers_logging.is_progress_bar_enabled()

@@ -1212,13 +1212,45 @@ def _warnings_as_messages(command: str) -> Callable[..., None]:
     return show
 
 
+@contextlib.contextmanager
+def _library_progress_bars(enabled: bool) -> Iterator[None]:
+    """Turn off the Hugging Face libraries' own progress bars (transformers' "Loading weights",
+    the hub's) for the command when ``enabled`` is False, and put them back after it."""
+    if enabled:
+        yield
+        return
+    variable = "HF_HUB_DISABLE_PROGRESS_BARS"
+    before = os.environ.get(variable)
+    os.environ[variable] = "1"  # read when transformers is first imported
+    # Whether transformers' bars were on before: as the environment said, unless it is
+    # imported already (metricwise used in-process), when its own switch says.
+    was_enabled = before is None or before.strip().lower() not in ("1", "true", "yes", "on")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        was_enabled = transformers_logging.is_progress_bar_enabled()
+        transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = before
+        if "transformers" in sys.modules and was_enabled:
+            from transformers.utils import logging as transformers_logging
+
+            transformers_logging.enable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     shown = warnings.showwarning
     warnings.showwarning = _warnings_as_messages(args.command)
     try:
-        return int(args.handler(args))
+        with _library_progress_bars(not getattr(args, "quiet", False)):
+            return int(args.handler(args))
     except MetricwiseError as exc:
         print(f"metricwise {args.command}: error: {exc}", file=sys.stderr)
         if isinstance(exc, BackendError) and args.command in ("sample", "predict", "eval"):
