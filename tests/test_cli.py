@@ -585,3 +585,21 @@ def test_quiet_hides_the_libraries_progress_bars_too(tiny_model_dir, tmp_path, c
     code, _, err = run(["sample", *common, *store, "--quiet"], capsys=capsys)
     assert code == 0 and err == ""
     assert transformers_logging.is_progress_bar_enabled()
+
+
+def test_the_rerun_banner_counts_the_samples_of_partly_sampled_prompts(
+    tiny_model_dir, tmp_path, capsys
+):
+    """n raised from 2 to 4 keeps the first 2 samples; the banner says so instead of "0"."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "the cat sat on"}\n{"prompt": "what is two plus three ?"}\n')
+    common = ["--model", str(tiny_model_dir), "--max_tokens", "3", "--input", str(prompts)]
+    common += ["--store", str(tmp_path / "s.sqlite"), "--seed", "4"]
+    code, _, _ = run(["sample", *common, "-n", "2", "--quiet"], capsys=capsys)
+    assert code == 0
+    code, _, err = run(["sample", *common, "-n", "4"], capsys=capsys)
+    assert code == 0
+    assert "0 already in the store" in err
+    assert "and 4 of the 8 samples of 2 more (only the rest are drawn)" in err
+    code, _, err = run(["sample", *common, "-n", "4"], capsys=capsys)
+    assert "2 already in the store" in err and "more (only" not in err

@@ -841,12 +841,19 @@ def _sampling_session(
     with SampleStore(store_path) as store:
         backend = load_backend(args.backend, args.model, **options)
         try:
-            distinct = len(set(prompts))
-            done = distinct - len(store.missing(backend.signature, prompts, config))
+            held = store.held(backend.signature, prompts, config)
+            done = sum(count >= config.n for count in held.values())
+            partly = [count for count in held.values() if 0 < count < config.n]
             if not args.quiet:
+                more = (
+                    f", and {sum(partly)} of the {len(partly) * config.n} samples of "
+                    f"{len(partly)} more (only the rest are drawn)"
+                    if partly
+                    else ""
+                )
                 print(
-                    f"metricwise {args.command}: {distinct} prompts x n={config.n} from {backend.signature}; "
-                    f"{done} already in the store {store_path}",
+                    f"metricwise {args.command}: {len(held)} prompts x n={config.n} from {backend.signature}; "
+                    f"{done} already in the store {store_path}{more}",
                     file=sys.stderr,
                 )
             yield store, backend, done

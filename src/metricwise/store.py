@@ -119,9 +119,21 @@ class SampleStore:
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
 
+    def held(self, model: str, prompts: Sequence[str], config: SamplingConfig) -> dict[str, int]:
+        """How many of its ``config.n`` samples the store holds, per distinct prompt of ``prompts``."""
+        return {
+            p: int(
+                self._db.execute(
+                    "SELECT COUNT(*) FROM samples WHERE set_key = ? AND idx < ?",
+                    (set_key(model, p, config), config.n),
+                ).fetchone()[0]
+            )
+            for p in dict.fromkeys(prompts)
+        }
+
     def missing(self, model: str, prompts: Sequence[str], config: SamplingConfig) -> list[str]:
         """The distinct prompts among ``prompts`` that do not have all ``config.n`` samples yet."""
-        return [p for p in dict.fromkeys(prompts) if len(self.lookup(model, p, config)) < config.n]
+        return [p for p, count in self.held(model, prompts, config).items() if count < config.n]
 
     # -- writing -------------------------------------------------------------------------------
     def add(
