@@ -467,6 +467,11 @@ BAD_FIELDS = [
     ({"burn_in": 4}, "burn_in", "applies to 'decoding' global"),
     ({"decoding": "global", "temperature": 0}, "decoding", "temperature > 0"),
     (
+        {"metric": "exact_match", "decoding": "global", "weights": "importance"},
+        "weights",
+        "correct for the sampler twice",
+    ),
+    (
         {"metric": "exact_match", "decoding": "global", "adaptive": True},
         "decoding",
         "cannot be combined",

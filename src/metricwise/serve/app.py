@@ -639,6 +639,15 @@ class ServerState:
                 "has no distribution to normalise). Got temperature 0 instead.",
                 param="decoding",
             )
+        if req.weights == "importance":
+            raise APIError(
+                400,
+                "The 'weights' field is 'importance', which cannot weight the states of 'decoding' "
+                "global: the chain's states already follow the global distribution, and "
+                "exp(logp - logq) would correct for the sampler twice. Use weights 'uniform' or "
+                "'model'.",
+                param="weights",
+            )
         return ChainSettings(burn_in=req.burn_in or 0, thin=req.thin or 1)
 
     # -- sampling and deciding ---------------------------------------------------------------------
