@@ -280,8 +280,8 @@ def test_sample_and_predict_return_chain_states_from_stored_proposals(
         (["--decoding", "global", "--burn_in", "-1"], "'burn_in'"),
         (["--decoding", "global", "--thin", "0"], "'thin'"),
         (["--decoding", "global", "--adaptive"], "cannot be combined"),
-        (["--burn_in", "4"], "'--burn_in' option applies to '--decoding global'"),
-        (["--thin", "2"], "'--thin' option applies to '--decoding global'"),
+        (["--burn_in", "4"], "'--burn_in' applies to '--decoding global'"),
+        (["--thin", "2"], "'--thin' applies to '--decoding global'"),
         (["--decoding", "global", "--weights", "importance"], "correct for the sampler twice"),
     ],
 )
@@ -336,4 +336,18 @@ def test_eval_refuses_chain_flags_without_global_decoding(capsys, monkeypatch):
         metricwise.backends, "load_backend", lambda *a, **k: pytest.fail("a model was loaded")
     )
     code, _, err = _run(["eval", "--tasks", "arith", "--burn_in", "8"], capsys)
-    assert code == 2 and "'--burn_in' option applies to '--decoding global'" in err
+    assert code == 2 and "'--burn_in' applies to '--decoding global'" in err
+
+
+def test_eval_refuses_global_decoding_with_adaptive_in_its_own_words(capsys, monkeypatch):
+    import metricwise.backends
+    from metricwise.adaptive import Adaptive
+    from metricwise.evaluate.runner import EvalConfig
+
+    monkeypatch.setattr(
+        metricwise.backends, "load_backend", lambda *a, **k: pytest.fail("a model was loaded")
+    )
+    code, _, err = _run(["eval", "--tasks", "arith", "--decoding", "global", "--adaptive"], capsys)
+    assert code == 2 and "'--decoding global' and '--adaptive' cannot be combined" in err
+    with pytest.raises(InvalidParameterError, match="'decoding global' and 'adaptive' cannot"):
+        EvalConfig(model="m", tasks=["arith"], decodings=["local", "global"], adaptive=Adaptive())

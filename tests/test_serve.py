@@ -464,7 +464,7 @@ BAD_FIELDS = [
     ({"metric": "squared_error", "valid_range": [5, 0]}, "valid_range", "lo < hi"),
     ({"metric": "exact_match", "adaptive": {"max_n": 1000}}, "adaptive.max_n", "--max_n"),
     ({"decoding": "globl"}, "decoding", "'local' or 'global'"),
-    ({"burn_in": 4}, "burn_in", "applies to 'decoding' global"),
+    ({"burn_in": 4}, "burn_in", "applies to 'decoding global'"),
     ({"decoding": "global", "temperature": 0}, "decoding", "temperature > 0"),
     (
         {"metric": "exact_match", "decoding": "global", "weights": "importance"},

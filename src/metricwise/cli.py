@@ -511,37 +511,37 @@ def _add_decoding_arguments(parser: argparse.ArgumentParser, *, evaluation: bool
 
 def _chain_settings(args: argparse.Namespace) -> Any:
     """The ChainSettings of --decoding global (None for local), checked before any model loads."""
-    from metricwise.global_decoding import ChainSettings, check_decoding
+    from metricwise.global_decoding import ChainSettings, check_chain_use
 
-    if check_decoding(args.decoding) == "local":
-        _check_chain_flags_unused(args)
+    check_chain_use(
+        args.decoding,
+        chain_given=_chain_flags_given(args),
+        temperature=args.temperature,
+        weights=getattr(args, "weights", None),
+        adaptive=bool(getattr(args, "adaptive", False)),
+        spell=_flag,
+    )
+    if args.decoding == "local":
         return None
-    if getattr(args, "weights", None) == "importance":
-        raise InvalidParameterError(
-            "The '--weights' option is 'importance', which cannot weight the states of '--decoding "
-            "global': the chain's states already follow the global distribution, and exp(logp - logq) "
-            "would correct for the sampler twice. Use --weights uniform (or importance weights on "
-            "local samples, which target the same distribution at temperature 1)."
-        )
-    if args.temperature == 0:
-        raise InvalidParameterError(
-            "The '--decoding' option is 'global', which needs a sampling temperature > 0 (greedy "
-            "decoding has no distribution to normalise). Got --temperature 0 instead."
-        )
     return ChainSettings(burn_in=args.burn_in, thin=args.thin)
 
 
-def _check_chain_flags_unused(args: argparse.Namespace) -> None:
-    """--burn_in and --thin shape a global-decoding chain; given without one they are a mistake."""
+def _chain_flags_given(args: argparse.Namespace) -> dict[str, int]:
+    """--burn_in and --thin where they differ from their defaults (argparse cannot tell apart a
+    default and the same value typed)."""
     from metricwise.global_decoding import ChainSettings
 
     defaults = ChainSettings()
-    for flag in ("burn_in", "thin"):
-        if getattr(args, flag) != getattr(defaults, flag):
-            raise InvalidParameterError(
-                f"The '--{flag}' option applies to '--decoding global'. Got --{flag} "
-                f"{getattr(args, flag)} with --decoding {args.decoding} instead."
-            )
+    return {
+        flag: getattr(args, flag)
+        for flag in ("burn_in", "thin")
+        if getattr(args, flag) != getattr(defaults, flag)
+    }
+
+
+def _flag(name: str) -> str:
+    """A parameter as the command line spells it: ``burn_in`` -> ``--burn_in``."""
+    return f"--{name}"
 
 
 def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -941,11 +941,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     options = _decision_options(args)
     config, backend_options = _sampling_config(args), _backend_options(args)
     adaptive = _adaptive_settings(args)
-    if _chain_settings(args) is not None and adaptive is not None:
-        raise InvalidParameterError(
-            "The '--decoding global' and '--adaptive' options cannot be combined: a chain's "
-            "states are not a prefix of its proposals. Use one of them."
-        )
+    _chain_settings(args)  # global decoding with --adaptive and the like fail before any model
     records = _read_prompts(args.input)
     prompts = [prompt for _, prompt in records]
     chains = None
@@ -1075,11 +1071,17 @@ def _run_eval(args: argparse.Namespace) -> int:
         float(gen.get("temperature", 1.0))
     ]
     adaptive = _adaptive_settings(args)  # min_n > max_n and the like fail before any model
-    from metricwise.global_decoding import ChainSettings
-
-    if "global" not in args.decoding:
-        _check_chain_flags_unused(args)
+    from metricwise.global_decoding import ChainSettings, check_chain_use
     from metricwise.metrics.base import split_specs
+
+    decodings = [d.strip() for d in args.decoding.split(",") if d.strip()]
+    for decoding in decodings:
+        check_chain_use(
+            decoding,
+            chain_given=None if "global" in decodings else _chain_flags_given(args),
+            adaptive=adaptive is not None,
+            spell=_flag,
+        )
 
     config = EvalConfig(
         model=args.model,
@@ -1109,7 +1111,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         adaptive=adaptive,
         tolerance=args.tolerance if adaptive is not None else None,
-        decodings=[d.strip() for d in args.decoding.split(",") if d.strip()],
+        decodings=decodings,
         mbr_metrics=split_specs(args.mbr_metrics or ""),
         chain=ChainSettings(burn_in=args.burn_in, thin=args.thin),
     )

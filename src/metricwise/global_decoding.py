@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,6 +167,68 @@ def check_decoding(decoding: str) -> str:
             f"The 'decoding' parameter must be one of {', '.join(DECODINGS)}. Got {decoding!r} instead."
         )
     return decoding
+
+
+class ChainMisuse(InvalidParameterError):
+    """A setting that cannot go with the decoding asked for; ``param`` names the one to change
+    (a server's 400 points at it)."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def check_chain_use(
+    decoding: str,
+    *,
+    chain_given: dict[str, int] | None = None,
+    temperature: float | None = None,
+    weights: str | None = None,
+    adaptive: bool = False,
+    spell: Callable[[str], str] = str,
+) -> None:
+    """Refuse the settings that cannot go with ``decoding``: one rule set for the CLI, the
+    server and eval, each spelling parameters as its users write them (``spell("burn_in")`` is
+    ``--burn_in`` on the command line, ``burn_in`` in a request body).
+
+    ``chain_given`` holds the chain settings (``burn_in``, ``thin``) the user set explicitly.
+
+    Raises :class:`ChainMisuse` for: a chain setting with local decoding; global decoding with
+    adaptive sampling (a chain's states are not a prefix of its proposals), at temperature 0
+    (greedy decoding has no distribution to normalise), or with importance weights (the states
+    already follow the target: exp(logp - logq) would correct for the sampler twice).
+    """
+    check_decoding(decoding)
+    d = spell("decoding")
+    if decoding == "local":
+        for name, value in (chain_given or {}).items():
+            raise ChainMisuse(
+                f"'{spell(name)}' applies to '{d} global' only. Got {spell(name)} {value} with "
+                f"{d} local instead.",
+                name,
+            )
+        return
+    if adaptive:
+        raise ChainMisuse(
+            f"'{d} global' and '{spell('adaptive')}' cannot be combined: a chain's states are not "
+            "a prefix of its proposals. Use one of them.",
+            "decoding",
+        )
+    if temperature == 0:
+        raise ChainMisuse(
+            f"'{d} global' needs a sampling temperature > 0 (greedy decoding has no distribution "
+            f"to normalise). Got {spell('temperature')} 0 instead.",
+            "decoding",
+        )
+    if weights == "importance":
+        w = spell("weights")
+        raise ChainMisuse(
+            f"'{w} importance' cannot weight the states of '{d} global': they already follow the "
+            "global distribution, and exp(logp - logq) would correct for the sampler twice. Use "
+            f"{w} uniform or model (or importance weights on local samples, which target the "
+            "same distribution at temperature 1).",
+            "weights",
+        )
 
 
 def log_weight(candidate: Candidate, temperature: float = 1.0) -> float:

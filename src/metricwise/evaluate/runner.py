@@ -22,7 +22,12 @@ from metricwise.errors import InvalidParameterError
 from metricwise.evaluate.decoders import Decoder, default_decoders, extractor_for
 from metricwise.evaluate.scoring import ItemRecord, score_task
 from metricwise.evaluate.stats import DEFAULT_BOOTSTRAP_ITERS, paired_bootstrap, resample_indices
-from metricwise.global_decoding import ChainSettings, chain_summary, check_decoding, global_chains
+from metricwise.global_decoding import (
+    ChainSettings,
+    chain_summary,
+    check_chain_use,
+    global_chains,
+)
 from metricwise.io import json_safe, write_json_line
 from metricwise.metrics import get as get_metric
 from metricwise.progress import Progress
@@ -97,17 +102,12 @@ class EvalConfig:
                 f"The 'decodings' parameter of eval must name local, global or both, once each. Got {self.decodings!r} instead."
             )
         for decoding in self.decodings:
-            check_decoding(decoding)
+            check_chain_use(decoding, adaptive=self.adaptive is not None)
         for name in self.mbr_metrics:
             get_metric(name)  # an unknown utility, or its missing model, fails before sampling
         if not isinstance(self.chain, ChainSettings):
             raise InvalidParameterError(
                 f"The 'chain' parameter of eval must be a ChainSettings. Got {self.chain!r} instead."
-            )
-        if "global" in self.decodings and self.adaptive is not None:
-            raise InvalidParameterError(
-                "The 'adaptive' and global 'decodings' parameters of eval cannot be combined: a "
-                "chain's states are not a prefix of its proposals. Use one of them."
             )
         if self.adaptive is not None:
             if not isinstance(self.adaptive, Adaptive):

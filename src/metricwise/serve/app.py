@@ -613,41 +613,21 @@ class ServerState:
     @staticmethod
     def _chain(req: CompletionRequest | ChatCompletionRequest, adaptive: Any) -> Any:
         """The ChainSettings of ``decoding: "global"``, or None; its misuses are 400s."""
-        from metricwise.global_decoding import ChainSettings
+        from metricwise.global_decoding import ChainMisuse, ChainSettings, check_chain_use
 
+        given = {name: getattr(req, name) for name in ("burn_in", "thin")}
+        try:
+            check_chain_use(
+                req.decoding or "local",
+                chain_given={name: value for name, value in given.items() if value is not None},
+                temperature=req.temperature,
+                weights=req.weights,
+                adaptive=adaptive is not None,
+            )
+        except ChainMisuse as exc:
+            raise APIError(400, str(exc), param=exc.param) from None
         if req.decoding != "global":
-            for name in ("burn_in", "thin"):
-                if getattr(req, name) is not None:
-                    raise APIError(
-                        400,
-                        f"The '{name}' field applies to 'decoding' global. Got it with decoding "
-                        f"{req.decoding or 'local'!r} instead.",
-                        param=name,
-                    )
             return None
-        if adaptive is not None:
-            raise APIError(
-                400,
-                "The 'decoding' field is 'global', which cannot be combined with 'adaptive': a "
-                "chain's states are not a prefix of its proposals. Use one of them.",
-                param="decoding",
-            )
-        if req.temperature == 0:
-            raise APIError(
-                400,
-                "The 'decoding' field is 'global', which needs a temperature > 0 (greedy decoding "
-                "has no distribution to normalise). Got temperature 0 instead.",
-                param="decoding",
-            )
-        if req.weights == "importance":
-            raise APIError(
-                400,
-                "The 'weights' field is 'importance', which cannot weight the states of 'decoding' "
-                "global: the chain's states already follow the global distribution, and "
-                "exp(logp - logq) would correct for the sampler twice. Use weights 'uniform' or "
-                "'model'.",
-                param="weights",
-            )
         return ChainSettings(burn_in=req.burn_in or 0, thin=req.thin or 1)
 
     # -- sampling and deciding ---------------------------------------------------------------------
