@@ -755,6 +755,11 @@ def test_kv_cache_compile_and_sdpa_backends_are_checked(monkeypatch):
             HFBackend(model, tokenizer=tokenizer, **{name: bad})
     with pytest.raises(InvalidParameterError, match="compile=True needs kv_cache='static'"):
         HFBackend(model, tokenizer=tokenizer, compile=True)  # a CPU's default cache is dynamic
+    # Settings that cannot work fail before a model is loaded.
+    with pytest.raises(InvalidParameterError, match="Got kv_cache='dynamic'"):
+        HFBackend("no-such-model", compile=True, kv_cache="dynamic")
+    with pytest.raises(InvalidParameterError, match="'sdpa_backends'"):
+        HFBackend("no-such-model", sdpa_backends="flash+fast")
     backend = HFBackend(model, tokenizer=tokenizer, sdpa_backends="math+flash")
     assert backend.sdpa_backends == ("math", "flash") and backend.kv_cache == "dynamic"
     assert HFBackend(model, tokenizer=tokenizer).sdpa_backends is None  # torch's choice on a CPU
@@ -766,6 +771,8 @@ def test_kv_cache_compile_and_sdpa_backends_are_checked(monkeypatch):
     ):
         HFBackend(model, tokenizer=tokenizer, kv_cache="static")
     assert HFBackend(model, tokenizer=tokenizer, kv_cache="auto").kv_cache == "dynamic"
+    with pytest.raises(InvalidParameterError, match="static KV cache, which this model cannot"):
+        HFBackend(model, tokenizer=tokenizer, compile=True)
 
 
 def test_the_attention_kernels_asked_for_are_the_ones_used(monkeypatch):
@@ -797,6 +804,39 @@ def test_a_step_that_fails_to_compile_is_decoded_without_compiling(monkeypatch):
         got = backend.sample(PROMPTS, config)
     assert samples_of(got) == samples_of(eager) and backend.compile is False
     assert backend.prefill_calls == 1  # the retry starts from the kept prefill
+
+
+def test_compile_refused_by_torch_itself_decodes_without_compiling(monkeypatch):
+    """torch.compile raises when called on a Python it does not support: same fallback."""
+    model, tokenizer = tiny_model_and_tokenizer()
+    config = SamplingConfig(n=2, max_tokens=6, seed=59)
+    eager = HFBackend(model, tokenizer=tokenizer, kv_cache="static").sample(PROMPTS, config)
+
+    def refusing_compile(function, **options):
+        raise RuntimeError("torch.compile is not supported on Python 3.15+")
+
+    monkeypatch.setattr(torch, "compile", refusing_compile)
+    backend = HFBackend(model, tokenizer=tokenizer, kv_cache="static", compile=True)
+    with pytest.warns(UserWarning, match="torch.compile failed.*Python 3.15"):
+        got = backend.sample(PROMPTS, config)
+    assert samples_of(got) == samples_of(eager) and backend.compile is False
+
+
+def test_out_of_memory_in_a_compiled_step_is_not_a_compile_failure(monkeypatch):
+    model, tokenizer = tiny_model_and_tokenizer()
+
+    def exhausted_compile(function, **options):
+        def compiled(*args, **kwargs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", exhausted_compile)
+    backend = HFBackend(model, tokenizer=tokenizer, kv_cache="static", compile=True)
+    # Not redone without compiling (which would succeed here): the batch's error stands.
+    with pytest.raises(Exception, match="out of memory"):
+        backend.sample(PROMPTS, SamplingConfig(n=2, max_tokens=6, seed=60))
+    assert backend.compile is True
 
 
 @pytest.mark.slow

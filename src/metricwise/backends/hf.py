@@ -46,6 +46,9 @@ Two KV caches (``kv_cache``):
   dynamic cache transformers checks the padding mask on the host every step), and the step can
   be compiled (``compile``: ``torch.compile``, with CUDA graphs on CUDA). The samples are those
   of the dynamic cache up to rounding (the attention runs over the masked capacity).
+  Not compiled, a sliding-window layer (Gemma 3's, 512 tokens) whose window is full makes a
+  small host-to-device copy every step in transformers' cache code, which waits for the
+  device: ``compile=False`` with such a model and long prompts is not free of host syncs.
 """
 
 from __future__ import annotations
@@ -316,6 +319,13 @@ class HFBackend:
                 raise InvalidParameterError(
                     f"The {name!r} parameter of HFBackend must be an int >= 1. Got {value!r} instead."
                 )
+        if compile and kv_cache == "dynamic":
+            raise InvalidParameterError(
+                "compile=True needs kv_cache='static' (a dynamic cache changes shape every step). "
+                "Got kv_cache='dynamic' instead."
+            )
+        self.device = torch.device(device)
+        self.sdpa_backends = _sdpa_backends(sdpa_backends, self.device)
         self.max_batch_rows = max_batch_rows
         #: The most sequences decoded at once so far (memory-sized batches; see rows_that_fit).
         self.largest_batch = 0
@@ -339,9 +349,7 @@ class HFBackend:
                 f"hf:{getattr(model.config, '_name_or_path', '') or type(model).__name__}"
             )
         self.model.eval()
-        self.device = torch.device(device)
         self.sync_every = sync_every or (1 if self.device.type == "cpu" else 16)
-        self.sdpa_backends = _sdpa_backends(sdpa_backends, self.device)
         unsupported = _static_cache_unsupported(self.model)
         if kv_cache == "static" and unsupported:
             raise InvalidParameterError(
@@ -356,8 +364,10 @@ class HFBackend:
         )
         if compile and self.kv_cache != "static":
             raise InvalidParameterError(
-                "compile=True needs kv_cache='static' (a dynamic cache changes shape every step; "
-                f"on {self.device.type} the default is {self.kv_cache}): add kv_cache=static."
+                f"compile=True needs a static KV cache, which this model cannot use: {unsupported}."
+                if unsupported
+                else "compile=True needs kv_cache='static' (a dynamic cache changes shape every "
+                f"step, and kv_cache='auto' is dynamic on {self.device.type}): add kv_cache='static'."
             )
         #: Whether the decoding step runs through torch.compile.
         self.compile = (
@@ -704,7 +714,7 @@ class HFBackend:
         window_start = 0
 
         select = TokenSelector(total, logits.shape[-1], config, logits.device)
-        forward = self._step_forward(compiled)
+        forward = self._step_forward(compiled)  # raises _CompileFailed
         with torch.inference_mode(), self._attention_kernels():
             for step in range(config.max_tokens):
                 chosen, p_chosen, q_chosen = select(
@@ -745,7 +755,8 @@ class HFBackend:
                         **extra,
                     )
                 except Exception as exc:
-                    if compiled:
+                    # Out of memory is the batch's size, not the compiler's doing.
+                    if compiled and not isinstance(exc, torch.cuda.OutOfMemoryError):
                         raise _CompileFailed(f"{type(exc).__name__}: {exc}") from exc
                     raise
                 logits = out.logits[:, -1, :].float()
@@ -754,15 +765,20 @@ class HFBackend:
         return [state.candidate(seq) for seq in range(total)]
 
     def _step_forward(self, compiled: bool) -> Any:
-        """The model's forward for one decoding step, compiled once per backend when asked."""
+        """The model's forward for one decoding step, compiled once per backend when asked;
+        raises :class:`_CompileFailed` when torch.compile itself refuses (an unsupported Python,
+        say)."""
         if not compiled:
             return self.model
         if self._compiled_forward is None:
             torch = _torch()
-            self._compiled_forward = torch.compile(
-                self.model.__call__,
-                mode="reduce-overhead" if self.device.type == "cuda" else None,
-            )
+            try:
+                self._compiled_forward = torch.compile(
+                    self.model.__call__,
+                    mode="reduce-overhead" if self.device.type == "cuda" else None,
+                )
+            except Exception as exc:
+                raise _CompileFailed(f"{type(exc).__name__}: {exc}") from exc
         return self._compiled_forward
 
     def _attention_kernels(self) -> Any:
