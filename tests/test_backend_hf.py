@@ -839,23 +839,61 @@ def test_out_of_memory_in_a_compiled_step_is_not_a_compile_failure(monkeypatch):
     assert backend.compile is True
 
 
+def test_compiled_steps_decode_every_batch_of_a_shape_in_one_cache(monkeypatch):
+    """The cache a compiled step writes keeps its tensors (addresses) from batch to batch of
+    the same shapes, so CUDA graphs recorded once replay; the rows copied into it give the
+    samples a fresh cache gives. Here the "compiled" step is the model itself, recording the
+    cache it is handed."""
+    model, tokenizer = tiny_model_and_tokenizer()
+    eager = HFBackend(model, tokenizer=tokenizer, kv_cache="static", reuse_prefill=False)
+    held = HFBackend(
+        model, tokenizer=tokenizer, kv_cache="static", compile=True, reuse_prefill=False
+    )
+    addresses: set[int] = set()
+
+    def recording_step(**inputs):
+        addresses.add(inputs[held._cache_argument].layers[0].keys.data_ptr())
+        return model(**inputs)
+
+    monkeypatch.setattr(held, "_step_forward", lambda compiled: recording_step)
+    config = SamplingConfig(n=3, max_tokens=8, seed=61, top_k=20)
+    seen = []  # per batch: (the held cache, the addresses its steps were handed)
+    # The first two batches have 2 x 3 rows and one capacity; the last 1 x 3: another cache.
+    for prompts in (PROMPTS, ["x", "a longer prompt than the others"], PROMPTS[:1]):
+        addresses.clear()
+        got, want = held.sample(prompts, config), eager.sample(prompts, config)
+        assert samples_of(got) == samples_of(want)
+        for s, t in zip(got, want, strict=True):
+            for a, b in zip(s.candidates, t.candidates, strict=True):
+                assert a.logp == pytest.approx(b.logp, abs=1e-5)
+        seen.append((held._held_decode_cache, set(addresses)))
+    assert held.compile is True
+    assert seen[0][0] is seen[1][0] and seen[0][1] == seen[1][1] and len(seen[0][1]) == 1
+    assert seen[2][0] is not seen[0][0] and len(seen[2][1]) == 1
+
+
 @pytest.mark.slow
 def test_a_compiled_step_gives_the_eager_steps_samples():
-    """torch.compile (inductor, on a CPU) of the static-cache step, then a batch of another shape."""
+    """torch.compile (inductor, on a CPU) of the static-cache step: a batch, another of the
+    same shape (decoded in the first one's cache), then one of another shape."""
     model, tokenizer = tiny_model_and_tokenizer()
     eager = HFBackend(model, tokenizer=tokenizer, kv_cache="static")
     compiled = HFBackend(model, tokenizer=tokenizer, kv_cache="static", compile=True)
+    held = []
     for prompts, config in (
         (PROMPTS, SamplingConfig(n=4, max_tokens=10, seed=57)),
+        (["x", "y z"], SamplingConfig(n=4, max_tokens=10, seed=62)),
         ([*PROMPTS, "x"], SamplingConfig(n=2, max_tokens=10, seed=58, top_k=20)),
     ):
         got = compiled.sample(prompts, config)
+        held.append(compiled._held_decode_cache)
         want = eager.sample(prompts, config)
         assert compiled.compile is True
         assert samples_of(got) == samples_of(want)
         for s, t in zip(got, want, strict=True):
             for a, b in zip(s.candidates, t.candidates, strict=True):
                 assert a.logp == pytest.approx(b.logp, abs=1e-4)
+    assert held[0] is held[1] is not held[2]
 
 
 @pytest.mark.slow

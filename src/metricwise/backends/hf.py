@@ -46,6 +46,9 @@ Two KV caches (``kv_cache``):
   dynamic cache transformers checks the padding mask on the host every step), and the step can
   be compiled (``compile``: ``torch.compile``, with CUDA graphs on CUDA). The samples are those
   of the dynamic cache up to rounding (the attention runs over the masked capacity).
+  A compiled step decodes every batch in one cache kept between calls (a batch's rows are
+  copied into it), so that its tensors keep their addresses and the CUDA graphs recorded for
+  one batch replay for the next of the same shape; a new address would record them again.
   Not compiled, a sliding-window layer (Gemma 3's, 512 tokens) whose window is full makes a
   small host-to-device copy every step in transformers' cache code, which waits for the
   device: ``compile=False`` with such a model and long prompts is not free of host syncs.
@@ -376,6 +379,8 @@ class HFBackend:
             else self.kv_cache == "static" and self.device.type == "cuda"
         )
         self._compiled_forward: Any = None
+        #: The static cache compiled steps decode in, kept across batches (see _decode_cache).
+        self._held_decode_cache: Any = None
         self.guards = guards or Guards()
         self.signature = signature or default_signature
         if self.tokenizer.pad_token_id is None:
@@ -460,6 +465,7 @@ class HFBackend:
         free = _memory_for_decoding(self.device)
         if free is None:
             return 1 << 30
+        free += _cache_bytes(self._held_decode_cache)  # the next batch reuses or replaces it
         config = getattr(self.model.config, "text_config", None) or self.model.config
         heads = int(getattr(config, "num_attention_heads", 1) or 1)
         kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
@@ -478,6 +484,7 @@ class HFBackend:
     def close(self) -> None:
         self.model = None
         self._kept_prefill = None
+        self._held_decode_cache = None
 
     # -- teacher-forced scoring ------------------------------------------------------------------
     def continuation_logprobs(
@@ -676,8 +683,11 @@ class HFBackend:
         deadline = self.guards.deadline()
         logits, cache, attention, positions = self._prefill(prompts, config.max_tokens)
         total = len(prompts) * m
-        if m > 1:
+        if compiled:
+            cache = self._decode_cache(cache, m)
+        elif m > 1:
             _repeat_cache_rows(cache, m)
+        if m > 1:
             logits = logits.repeat_interleave(m, dim=0)
             attention = attention.repeat_interleave(m, dim=0)
             positions = positions.repeat_interleave(m, dim=0)
@@ -780,6 +790,22 @@ class HFBackend:
             except Exception as exc:
                 raise _CompileFailed(f"{type(exc).__name__}: {exc}") from exc
         return self._compiled_forward
+
+    def _decode_cache(self, prefill: Any, repeats: int) -> Any:
+        """The static cache a compiled step decodes in, holding each row of the ``prefill``
+        cache ``repeats`` times in a row: the one held from an earlier batch of the same
+        shapes, the rows copied into it (no second cache of the batch's size), else the
+        repeated ``prefill`` itself, held from now on. Its tensors keep their addresses from
+        batch to batch, so the CUDA graphs recorded for one batch replay for the next (a new
+        address records new ones, and torch keeps every graph it recorded)."""
+        held = self._held_decode_cache
+        if held is not None and _copy_cache_into(held, prefill, repeats):
+            return held
+        self._held_decode_cache = None  # freed before the new one is made
+        if repeats > 1:
+            _repeat_cache_rows(prefill, repeats)
+        self._held_decode_cache = prefill
+        return prefill
 
     def _attention_kernels(self) -> Any:
         """A context in which SDPA uses only ``sdpa_backends`` (nothing when None)."""
@@ -916,6 +942,62 @@ def _mark_static_addresses(cache: Any) -> None:
             for tensor in (layer.keys, layer.values, getattr(layer, "cumulative_length", None)):
                 if isinstance(tensor, torch.Tensor):
                     torch._dynamo.mark_static_address(tensor)
+
+
+def _copy_cache_into(target: Any, source: Any, repeats: int = 1) -> bool:
+    """Copy static cache ``source`` into ``target`` in place, each of its rows ``repeats``
+    times in a row (keys and values by ``copy_``, a layer's other tensors, such as its length,
+    as they are, and its other attributes, such as a sliding layer's length, by value); False,
+    copying nothing, when their layers differ in kind or a tensor in shape, dtype or device."""
+    torch = _torch()
+    if len(target.layers) != len(source.layers):
+        return False
+    for old, new in zip(target.layers, source.layers, strict=True):
+        if type(old) is not type(new) or vars(old).keys() != vars(new).keys():
+            return False
+        for name, value in vars(new).items():
+            kept = getattr(old, name)
+            if isinstance(value, torch.Tensor) != isinstance(kept, torch.Tensor):
+                return False
+            if not isinstance(value, torch.Tensor):
+                continue
+            shape = value.shape
+            if name in ("keys", "values"):
+                shape = torch.Size((shape[0] * repeats, *shape[1:]))
+            if kept.shape != shape or kept.dtype != value.dtype or kept.device != value.device:
+                return False
+    with torch.inference_mode():  # the cache's tensors were made in it
+        _copy_layers(target, source, repeats)
+    return True
+
+
+def _copy_layers(target: Any, source: Any, repeats: int) -> None:
+    """The copy of :func:`_copy_cache_into`, once every shape is known to match."""
+    torch = _torch()
+    for old, new in zip(target.layers, source.layers, strict=True):
+        for name, value in vars(new).items():
+            if name in ("keys", "values"):
+                rows, *rest = value.shape
+                getattr(old, name).view(rows, repeats, *rest).copy_(
+                    value.unsqueeze(1).expand(rows, repeats, *rest)
+                )
+            elif isinstance(value, torch.Tensor):
+                getattr(old, name).copy_(value)
+            elif name != "batch_size":
+                setattr(old, name, value)
+
+
+def _cache_bytes(cache: Any) -> int:
+    """Bytes held by the tensors of a cache's layers (0 for None)."""
+    torch = _torch()
+    if cache is None:
+        return 0
+    return sum(
+        value.numel() * value.element_size()
+        for layer in cache.layers
+        for value in vars(layer).values()
+        if isinstance(value, torch.Tensor)
+    )
 
 
 #: (rows, vocabulary) float32 arrays a sampling step holds per row at once: the model's logits
