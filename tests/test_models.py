@@ -141,7 +141,9 @@ def test_missing_package_is_a_clear_error(monkeypatch):
 
 def test_missing_torch_or_transformers_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "transformers", None)  # makes `import transformers` fail
-    with pytest.raises(MissingDependencyError, match=r"pip install 'metricwise\[hf\]'"):
+    with pytest.raises(
+        MissingDependencyError, match=r"pip install torch==2.13.0 'metricwise\[hf\]'"
+    ):
         models.load_hf_causal_lm(tmp_path)
 
 
@@ -197,3 +199,32 @@ def test_named_models_load_and_convert_once(name, monkeypatch):
     with torch.no_grad():
         loss = model(**ids, labels=ids["input_ids"]).loss.item()
     assert loss < 6.0  # a working language model, not random weights (log 49152 = 10.8)
+
+
+def test_a_missing_torch_is_named_with_the_pinned_install_command(monkeypatch):
+    """Every part that needs torch says what needs it, what is missing and how to install it
+    (torch pinned first: an unpinned one pulls several GB of CUDA packages)."""
+    from metricwise.backends import hf, truncation
+    from metricwise.metrics.model_based import require_torch
+    from metricwise.representation import hidden
+
+    with monkeypatch.context() as patch:
+        patch.setitem(sys.modules, "torch", None)  # `import torch` raises ImportError
+        for needs, what in (
+            (hf._torch, "The hf backend"),
+            (truncation._torch, "Top-p truncation"),
+            (hidden._import_torch, "Hidden-state extraction"),
+        ):
+            with pytest.raises(
+                MissingDependencyError,
+                match=rf"^{what} needs torch \(torch is not installed\): "
+                r"pip install torch==2.13.0 'metricwise\[hf\]'\.$",
+            ):
+                needs()
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(
+        MissingDependencyError,
+        match=r"^The bertscore utility needs torch and transformers \(transformers is not "
+        r"installed\): pip install torch==2.13.0 'metricwise\[embed\]'\.$",
+    ):
+        require_torch("bertscore")

@@ -6,6 +6,8 @@ Messages follow one template: what was wrong, which parameter, what was expected
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MetricwiseError(Exception):
     """Base class of every error metricwise raises on purpose."""
@@ -42,6 +44,27 @@ class SamplingTimeout(BackendError):
     A timeout is a failure to sample, not a sample: the batch in flight is discarded, batches
     committed before it stay in the store, and the next run asks for the missing samples again.
     """
+
+
+def import_torch(purpose: str, *, extra: str = "hf", with_transformers: bool = False) -> Any:
+    """The ``torch`` module (with ``transformers`` importable too when ``with_transformers``).
+
+    Raises :class:`MissingDependencyError` naming ``purpose`` (what needs it, e.g. "The hf
+    backend"), the module that is missing and the install command: torch pinned first, since
+    an unpinned torch pulls several GB of CUDA packages, then the ``extra``.
+    """
+    try:
+        import torch
+
+        if with_transformers:
+            import transformers  # noqa: F401
+    except ImportError as exc:
+        needs = "torch and transformers" if with_transformers else "torch"
+        raise MissingDependencyError(
+            f"{purpose} needs {needs} ({exc.name} is not installed): "
+            f"pip install torch==2.13.0 'metricwise[{extra}]'."
+        ) from None
+    return torch
 
 
 def did_you_mean(name: str, choices: list[str]) -> str:

@@ -44,10 +44,10 @@ from metricwise.errors import (
     MissingDependencyError,
     UnknownNameError,
     did_you_mean,
+    import_torch,
 )
 
 DEFAULT_MODEL = "gemma-3-270m"
-_HF_EXTRA = "pip install 'metricwise[hf]'"
 #: Bumped when the layout of a converted directory changes, so that old conversions are redone.
 _CONVERSION_VERSION = 1
 
@@ -374,14 +374,9 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> ResolvedModel:
 
 # -- loading with transformers ---------------------------------------------------------------------
 def _import_hf() -> tuple[Any, Any]:
-    try:
-        import torch
-        import transformers
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"Loading a model needs torch and transformers ({exc.name} is not installed): {_HF_EXTRA} "
-            "(on CPU-only machines install torch from the CPU index first)."
-        ) from None
+    torch = import_torch("Loading a model", with_transformers=True)
+    import transformers
+
     return torch, transformers
 
 

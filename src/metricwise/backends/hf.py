@@ -57,6 +57,7 @@ Two KV caches (``kv_cache``):
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import math
 import os
@@ -75,19 +76,11 @@ from metricwise.backends.base import (
 )
 from metricwise.backends.sampling import CDF_BLOCK, is_ancestral
 from metricwise.backends.truncation import top_p_filter
-from metricwise.errors import BackendError, InvalidParameterError, MissingDependencyError
+from metricwise.errors import BackendError, InvalidParameterError, import_torch
 from metricwise.guards import Guards
 from metricwise.types import Candidate, SampleSet, SamplingConfig
 
-
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise MissingDependencyError(
-            "The hf backend needs torch and transformers: pip install torch==2.13.0 'metricwise[hf]'."
-        ) from None
-    return torch
+_torch = functools.partial(import_torch, "The hf backend")
 
 
 def process_logits(

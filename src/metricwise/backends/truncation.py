@@ -31,11 +31,12 @@ Two kernels compute that same set (:func:`top_p_filter` chooses with ``sync_free
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
 from metricwise.backends.sampling import TOP_P_PARTIAL
-from metricwise.errors import MissingDependencyError
+from metricwise.errors import import_torch
 
 #: Fixed-point scale of a probability's mass (see the module docstring).
 MASS_SCALE_BITS = 62
@@ -44,14 +45,7 @@ MASS_SCALE_BITS = 62
 _RADIX_PASSES: tuple[tuple[int, int], ...] = ((14, 16), (0, 14))
 
 
-def _torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise MissingDependencyError(
-            "Top-p truncation needs torch: pip install torch==2.13.0 'metricwise[hf]'."
-        ) from None
-    return torch
+_torch = functools.partial(import_torch, "Top-p truncation")
 
 
 def mass_limit(top_p: float) -> int:

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from metricwise.errors import InvalidParameterError, MissingDependencyError
+from metricwise.errors import InvalidParameterError, import_torch
 from metricwise.metrics.base import Metric
 
 #: The cache's bound, in bytes of cached arrays (their ``nbytes``; keys and bookkeeping add
@@ -142,14 +142,7 @@ def shared_model(key: tuple[str, ...], loader: Callable[[], Any]) -> Any:
 
 def require_torch(utility: str) -> None:
     """Raise MissingDependencyError when torch or transformers is not installed."""
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as exc:
-        raise MissingDependencyError(
-            f"The {utility} utility needs torch and transformers ({exc.name} is missing): "
-            "pip install torch==2.13.0 'metricwise[embed]'."
-        ) from None
+    import_torch(f"The {utility} utility", extra="embed", with_transformers=True)
 
 
 def model_source(model: object, utility: str, *, how_to_get: str) -> str:

@@ -27,13 +27,14 @@ torch is imported only when a model is run; the model is used on whatever device
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from metricwise.errors import InvalidParameterError, MissingDependencyError
+from metricwise.errors import InvalidParameterError, import_torch
 
 SKIP_EMPTY = "empty"
 SKIP_TOO_SHORT = "too_short"
@@ -267,14 +268,7 @@ def encode_responses(
     return out
 
 
-def _import_torch() -> Any:
-    try:
-        import torch
-    except ImportError:
-        raise MissingDependencyError(
-            "Hidden-state extraction needs torch and transformers: pip install 'metricwise[hf]'."
-        ) from None
-    return torch
+_import_torch = functools.partial(import_torch, "Hidden-state extraction")
 
 
 def _model_device(model: Any) -> Any:
