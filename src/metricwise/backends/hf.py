@@ -275,6 +275,8 @@ class HFBackend:
         graphs, on CUDA). Needs the static cache. None (default): on with a static cache on
         CUDA, as transformers' ``generate`` does. The first batch of each new shape pays for the
         compilation; when compiling fails, a warning says why and the batch is decoded without.
+        Holds the last batch's decode cache between calls (its graphs replay for the next batch
+        of that shape); :meth:`close` frees it.
     sdpa_backends:
         The scaled-dot-product attention kernels the model may use, any of ``flash``,
         ``efficient``, ``cudnn``, ``math`` (a sequence, or one string joined by ``+``), or None
