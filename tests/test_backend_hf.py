@@ -804,6 +804,7 @@ def test_a_step_that_fails_to_compile_is_decoded_without_compiling(monkeypatch):
         got = backend.sample(PROMPTS, config)
     assert samples_of(got) == samples_of(eager) and backend.compile is False
     assert backend.prefill_calls == 1  # the retry starts from the kept prefill
+    assert backend._held_decode_cache is None  # nothing kept for a compiled step
 
 
 def test_compile_refused_by_torch_itself_decodes_without_compiling(monkeypatch):

@@ -662,6 +662,8 @@ class HFBackend:
                 stacklevel=2,
             )
             self.compile = False
+            # What compiling held (the decode cache, the compiled graphs' memory) is not needed.
+            self._compiled_forward = self._held_decode_cache = None
             return self._decode_batch(prompts, m, config, seeds, compiled=False)
 
     def _decode_batch(
