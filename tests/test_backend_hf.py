@@ -367,6 +367,40 @@ def test_running_out_of_time_is_a_failure_not_samples(backend):
         timed.sample(PROMPTS, SamplingConfig(n=2, max_tokens=50))
 
 
+def test_the_time_budget_bounds_the_whole_call_however_many_chunks_memory_makes(monkeypatch):
+    """--max_seconds is per batch of prompts: every chunk that a small memory cap makes reads
+    one deadline. Each chunk used to start its own, so 10 chunks of 0.3 s ran 3 s under a
+    budget of 0.5 s (issue 23: -n 400 under a 10 s budget ran 130 s and exited 0)."""
+    import time
+
+    from metricwise.errors import SamplingTimeout
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    timed = HFBackend(model, tokenizer=tokenizer, max_batch_rows=2, guards=Guards(max_seconds=0.5))
+    timed.sample(PROMPTS[:1], SamplingConfig(n=2, max_tokens=2))  # warm: a first call is slow
+    chunks = []
+    decode = timed._decode
+
+    def slow_decode(*args, **kwargs):
+        chunks.append(time.monotonic())
+        time.sleep(0.3)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(timed, "_decode", slow_decode)
+    started = time.monotonic()
+    with pytest.raises(SamplingTimeout, match=r"budget of 0.5 s"):
+        timed.sample(PROMPTS[:1], SamplingConfig(n=20, max_tokens=2, seed=3))
+    assert len(chunks) <= 2 and time.monotonic() - started < 1.5
+    # A chunk that would start past the deadline is not started, and the message counts
+    # what the call had done.
+    monkeypatch.setattr(timed, "_decode", lambda *args: (decode(*args), time.sleep(0.6))[0])
+    with pytest.raises(
+        SamplingTimeout,
+        match=r"1 prompts x 20 sequences .* budget of 0.5 s .* after 2 of them \(10 batches",
+    ):
+        timed.sample(PROMPTS[:1], SamplingConfig(n=20, max_tokens=2, seed=3))
+
+
 def test_temperature_zero_sampling_is_greedy(backend):
     sets = backend.sample(PROMPTS[:1], SamplingConfig(n=3, temperature=0.0, max_tokens=5))
     greedy = backend.greedy(PROMPTS[:1], SamplingConfig(max_tokens=5))[0]

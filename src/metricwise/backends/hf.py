@@ -61,6 +61,7 @@ import functools
 import inspect
 import math
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -76,7 +77,7 @@ from metricwise.backends.base import (
 )
 from metricwise.backends.sampling import CDF_BLOCK, is_ancestral
 from metricwise.backends.truncation import top_p_filter
-from metricwise.errors import BackendError, InvalidParameterError, import_torch
+from metricwise.errors import BackendError, InvalidParameterError, SamplingTimeout, import_torch
 from metricwise.guards import Guards
 from metricwise.types import Candidate, SampleSet, SamplingConfig
 
@@ -402,22 +403,35 @@ class HFBackend:
     def sample(
         self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0
     ) -> list[SampleSet]:
+        # One wall-clock budget for the whole call (--max_seconds is per batch of prompts),
+        # read by every chunk _decode_fitting makes; the greedy path starts its own.
+        deadline = self.guards.deadline()
+
         def draw(batch: list[str], m: int) -> list[list[Candidate]]:
-            return self._decode_fitting(batch, m, config, start)
+            return self._decode_fitting(batch, m, config, start, deadline)
 
         return sample_sets(prompts, config, start, self.greedy, draw)
 
     def greedy(self, prompts: Sequence[str], config: SamplingConfig) -> list[Candidate]:
-        return [row[0] for row in self._decode_fitting(list(prompts), 1, config, None)]
+        deadline = self.guards.deadline()
+        return [row[0] for row in self._decode_fitting(list(prompts), 1, config, None, deadline)]
 
     # -- batches that fit in memory -------------------------------------------------------------
     def _decode_fitting(
-        self, prompts: list[str], m: int, config: SamplingConfig, start: int | None
+        self,
+        prompts: list[str],
+        m: int,
+        config: SamplingConfig,
+        start: int | None,
+        deadline: float,
     ) -> list[list[Candidate]]:
         """``m`` candidates per prompt (samples ``start .. start + m - 1``; ``start=None`` is
         greedy), decoded in as few batches as fit in memory (:meth:`rows_that_fit`): whole
         prompts while their ``m`` rows fit together, else one prompt's samples in chunks (its
-        prefill is kept and reused between the chunks)."""
+        prefill is kept and reused between the chunks).
+
+        Every chunk reads the one monotonic ``deadline`` of the call: a budget of
+        ``max_seconds`` bounds the whole call, however many chunks memory asks for."""
         if not prompts:
             return []
         lengths = [len(ids) for ids in self.tokenizer(prompts)["input_ids"]]
@@ -425,6 +439,7 @@ class HFBackend:
         per_call = max(1, fit // m) if m <= fit else 1
         chunk = min(m, fit)
         rows: list[list[Candidate]] = []
+        chunks = -(-len(prompts) // per_call) * -(-m // chunk)
         for first in range(0, len(prompts), per_call):
             group = prompts[first : first + per_call]
             got: list[list[Candidate]] = [[] for _ in group]
@@ -439,7 +454,16 @@ class HFBackend:
                         for j in range(count)
                     ]
                 )
-                cands = self._decode(group, count, config, seeds)
+                if time.monotonic() > deadline:
+                    done = len(rows) * m + sum(map(len, got))
+                    raise SamplingTimeout(
+                        f"Decoding {len(prompts)} prompts x {m} sequences ran past the wall-clock "
+                        f"budget of {self.guards.max_seconds:g} s (--max_seconds) after {done} of "
+                        f"them ({chunks} batches of at most {min(m, fit) * per_call} rows fit in "
+                        "memory); nothing from this call was kept. Raise --max_seconds or ask for "
+                        "fewer prompts or samples at once (--batch_size, -n)."
+                    )
+                cands = self._decode(group, count, config, seeds, deadline)
                 for i in range(len(group)):
                     got[i] += cands[i * count : (i + 1) * count]
             rows += got
@@ -644,8 +668,10 @@ class HFBackend:
         m: int,
         config: SamplingConfig,
         seeds: Sequence[tuple[int, ...]] | None,
+        deadline: float,
     ) -> list[Candidate]:
-        """Decode ``m`` continuations of every prompt; ``seeds=None`` is greedy.
+        """Decode ``m`` continuations of every prompt; ``seeds=None`` is greedy; past the
+        monotonic ``deadline`` the decode raises :class:`SamplingTimeout`.
 
         When the compiled step fails (torch.compile cannot handle the model, or its compiler is
         missing), the batch is decoded again without it, from a fresh copy of its prefill, and
@@ -654,7 +680,7 @@ class HFBackend:
         if not prompts:
             return []
         try:
-            return self._decode_batch(prompts, m, config, seeds, compiled=self.compile)
+            return self._decode_batch(prompts, m, config, seeds, deadline, compiled=self.compile)
         except _CompileFailed as failure:
             warnings.warn(
                 f"torch.compile failed on the decoding step ({failure}); decoding without it "
@@ -664,7 +690,7 @@ class HFBackend:
             self.compile = False
             # What compiling held (the decode cache, the compiled graphs' memory) is not needed.
             self._compiled_forward = self._held_decode_cache = None
-            return self._decode_batch(prompts, m, config, seeds, compiled=False)
+            return self._decode_batch(prompts, m, config, seeds, deadline, compiled=False)
 
     def _decode_batch(
         self,
@@ -672,12 +698,12 @@ class HFBackend:
         m: int,
         config: SamplingConfig,
         seeds: Sequence[tuple[int, ...]] | None,
+        deadline: float,
         *,
         compiled: bool,
     ) -> list[Candidate]:
         torch = _torch()
         static = self.kv_cache == "static"
-        deadline = self.guards.deadline()
         logits, cache, attention, positions = self._prefill(prompts, config.max_tokens)
         total = len(prompts) * m
         if compiled:
