@@ -10,7 +10,9 @@ import contextlib
 import inspect
 import itertools
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
@@ -1252,13 +1254,50 @@ def _library_progress_bars(enabled: bool) -> Iterator[None]:
             transformers_logging.enable_progress_bar()
 
 
+@contextlib.contextmanager
+def _interrupt_once() -> Iterator[None]:
+    """SIGINT ends the command once: the first raises KeyboardInterrupt, and every later one is
+    ignored, so that the cleanup the first started (requests cancelled, their sockets shut
+    down, the store's transaction rolled back) runs to its end.
+
+    Supervisors and ``timeout`` often send SIGINT to a process and to its group at once; a
+    second KeyboardInterrupt landing inside that cleanup used to leave worker threads blocked
+    on network reads, which the interpreter then joined at exit (a hang of up to --timeout),
+    or to land in the interpreter's own shutdown (a traceback). After a real SIGINT the
+    process is on its way out, so SIGINT stays ignored after the command returns; without
+    one, the previous handler is put back. Does nothing outside the main thread or where
+    SIGINT is ignored already (a job started in the background).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN or previous is None:
+        yield
+        return
+    received = False
+
+    def interrupt(signum: int, frame: Any) -> None:
+        nonlocal received
+        received = True
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        if not received:
+            signal.signal(signal.SIGINT, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     shown = warnings.showwarning
     warnings.showwarning = _warnings_as_messages(args.command)
     try:
-        with _library_progress_bars(not getattr(args, "quiet", False)):
+        with _interrupt_once(), _library_progress_bars(not getattr(args, "quiet", False)):
             return int(args.handler(args))
     except MetricwiseError as exc:
         print(f"metricwise {args.command}: error: {exc}", file=sys.stderr)
