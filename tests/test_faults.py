@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -257,6 +258,43 @@ def test_a_sigint_during_the_cleanup_of_the_first_is_ignored():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("command", ["sample", "predict", "eval"])
+def test_a_damaged_store_is_a_message_and_exit_2_in_every_command(command, tmp_path, capsys):
+    """A store with a damaged page used to end sample, predict and eval with exit 1 and a
+    sqlite3.DatabaseError traceback. No server is needed: the store opens first."""
+    from test_store import damaged_store
+
+    store, _ = damaged_store(tmp_path / "damaged.sqlite")
+    before = store.read_bytes()
+    url = "http://127.0.0.1:9/v1"  # never reached
+    args = {
+        "sample": sample_args(url, tmp_path),
+        "predict": [*sample_args(url, tmp_path), "--metric", "exact_match"],
+        "eval": ["eval", "--backend", "openai", "--model_args", f"base_url={url}", "--tasks",
+                 "arith", "--limit", "2", "-n", "2", "--output_path", str(tmp_path / "out"), "-q"],
+    }[command]  # fmt: skip
+    if command == "predict":
+        args[0] = "predict"
+    args = [*args, "--store", str(store)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"metricwise {command}: error: The sample store {str(store)!r} is damaged" in err
+    assert "nothing was written to it" in err and "metricwise recover" in err
+    assert "Traceback" not in err and store.read_bytes() == before
+
+
+def test_metricwise_recover_writes_the_intact_rows_to_a_new_store(tmp_path, capsys):
+    from test_store import damaged_store
+
+    store, _ = damaged_store(tmp_path / "damaged.sqlite")
+    assert main(["recover", str(store), str(tmp_path / "new.sqlite")]) == 0
+    err = capsys.readouterr().err
+    copied = int(re.search(r"copied (\d+) samples of 200 sample sets", err).group(1))
+    assert 1500 < copied < 1600 and f"wrote {tmp_path / 'new.sqlite'}" in err
+    assert main(["recover", str(store), str(tmp_path / "new.sqlite")]) == 2
+    assert "exists already" in capsys.readouterr().err
 
 
 def test_an_error_ends_the_process_at_once_while_other_requests_hang(tmp_path):

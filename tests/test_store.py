@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from metricwise import Candidate, SampleSet, SamplingConfig
-from metricwise.store import SampleStore, set_key
+from metricwise.errors import InvalidParameterError, StoreDamagedError
+from metricwise.store import SampleStore, recover_store, set_key
 
 
 class CountingBackend:
@@ -176,6 +178,88 @@ def test_a_file_that_is_not_sqlite_is_a_clear_error(tmp_path):
     bad.write_text("hello, I am text " * 100)
     with pytest.raises(Exception, match="cannot be opened as SQLite"):
         SampleStore(bad)
+
+
+PAGE = 4096
+
+
+def damaged_store(path: Path, n_prompts: int = 200, n: int = 8) -> tuple[Path, int]:
+    """A store of ``n_prompts`` x ``n`` samples (CountingBackend's) with 512 bytes overwritten at
+    the start of the page holding prompt 100's samples (a leaf of the samples table); returns
+    the path and that page's number (from 1, as SQLite counts)."""
+    config = SamplingConfig(n=n, max_tokens=4, seed=0)
+    with SampleStore(path) as store:
+        store.sample(CountingBackend(), [f"prompt {i}" for i in range(n_prompts)], config)
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = path.read_bytes()
+    assert len(data) % PAGE == 0
+    page = data.index(b"prompt 100#3") // PAGE  # 0-based
+    with open(path, "r+b") as f:
+        f.seek(page * PAGE)
+        f.write(bytes(range(256)) * 2)
+    return path, page + 1
+
+
+def test_a_damaged_page_is_refused_when_the_store_opens(tmp_path):
+    path, _ = damaged_store(tmp_path / "store.sqlite")
+    with pytest.raises(StoreDamagedError) as refused:
+        SampleStore(path)
+    message = str(refused.value)
+    # SQLite either lists what its check found or stops at the first damaged page it meets.
+    assert re.search(
+        r"is damaged \(SQLite(: database disk image is malformed|'s quick_check: Page \d+)", message
+    )
+    assert "nothing was written to it" in message
+    assert f"metricwise recover {path} {tmp_path / 'store'}.recovered.sqlite" in message
+
+
+def test_a_damaged_page_met_while_reading_is_refused_the_same_way(tmp_path, monkeypatch):
+    """A store too large for the check at opening meets the damage when it reads the page."""
+    import metricwise.store
+
+    path, _ = damaged_store(tmp_path / "store.sqlite")
+    monkeypatch.setattr(metricwise.store, "QUICK_CHECK_MAX_BYTES", 0)
+    with SampleStore(path) as store:
+        config = SamplingConfig(n=8, max_tokens=4, seed=0)
+        assert len(store.lookup("counting", "prompt 1", config)) == 8  # an intact page
+        with pytest.raises(StoreDamagedError, match=r"is damaged .*malformed.*rolled back"):
+            store.sample(CountingBackend(), [f"prompt {i}" for i in range(200)], config)
+
+
+def test_recover_copies_the_intact_rows_and_a_rerun_draws_only_the_lost(tmp_path):
+    path, _ = damaged_store(tmp_path / "store.sqlite")
+    recovered = tmp_path / "recovered.sqlite"
+    recovery = recover_store(path, recovered)
+    assert recovery.sets == 200 and recovery.lost_sets == 0
+    assert 0 < recovery.lost_samples < 100 and recovery.samples == 1600 - recovery.lost_samples
+    with pytest.raises(InvalidParameterError, match="exists already"):
+        recover_store(path, recovered)
+    config = SamplingConfig(n=8, max_tokens=4, seed=0)
+    backend = CountingBackend()
+    with SampleStore(recovered) as store:  # passes quick_check
+        assert store.count() == recovery.samples
+        prompts = [f"prompt {i}" for i in range(200)]
+        sets = store.sample(backend, prompts, config)
+    # Only the prompts that lost samples are asked again, from their first lost index, and
+    # every sample is the one a clean run gives.
+    asked = sum(8 - start for batch, start, _ in backend.calls for _ in batch)
+    assert asked > 0 and sum(len(batch) for batch, _, _ in backend.calls) < 10
+    assert asked >= recovery.lost_samples
+    assert [[c.text for c in s.candidates] for s in sets] == [
+        [f"p#{i}".replace("p", p) for i in range(8)] for p in prompts
+    ]
+
+
+def test_recover_drops_a_row_whose_content_was_damaged_but_still_parses(tmp_path):
+    """A damaged byte inside a prompt leaves a row SQLite reads; its key no longer matches."""
+    path = tmp_path / "store.sqlite"
+    with SampleStore(path) as store:
+        store.sample(CountingBackend(), ["prompt A", "prompt B"], SamplingConfig(n=2))
+        store._db.execute("UPDATE sample_sets SET prompt = 'prompt C' WHERE prompt = 'prompt B'")
+        store._db.commit()
+    recovery = recover_store(path, tmp_path / "new.sqlite")
+    assert (recovery.sets, recovery.dropped_sets) == (1, 1)
+    assert (recovery.samples, recovery.dropped_samples) == (2, 2)
 
 
 WORKER = textwrap.dedent(

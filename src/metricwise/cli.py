@@ -307,6 +307,21 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tasks", help="list the built-in tasks", formatter_class=HelpFormatter)
     t.set_defaults(handler=_run_tasks)
 
+    rec = sub.add_parser(
+        "recover",
+        help="copy the intact rows of a damaged sample store to a new store",
+        description=(
+            "Copy every sample that SQLite can still read from a damaged --store file to a new "
+            "store, checked row by row (a sample set must hash to its key, a sample must be a "
+            "valid sample of a kept set). Pass the new store as --store: a rerun of the same "
+            "command draws only the samples that were lost. The damaged file is only read."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    rec.add_argument("damaged", help="the damaged store (a .sqlite file)")
+    rec.add_argument("recovered", help="the new store to write (must not exist)")
+    rec.set_defaults(handler=_run_recover)
+
     _add_optional_subcommands(sub)
     _accept_hyphenated_flags(parser)
     return parser
@@ -1149,6 +1164,14 @@ def _run_report(args: argparse.Namespace) -> int:
         if not args.no_plots:
             for path in write_plots(results, directory):
                 print(f"wrote {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _run_recover(args: argparse.Namespace) -> int:
+    from metricwise.store import recover_store
+
+    recovery = recover_store(args.damaged, args.recovered)
+    print(f"metricwise recover: {recovery.describe()}; wrote {args.recovered}", file=sys.stderr)
     return EXIT_OK
 
 

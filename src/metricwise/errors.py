@@ -28,6 +28,11 @@ class UnknownNameError(InvalidParameterError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class StoreDamagedError(InvalidParameterError):
+    """The sample store's file is damaged (SQLite reports it corrupt, or it is not a database);
+    the message says how to recover its intact rows (CLI exit code 2)."""
+
+
 class MissingDependencyError(MetricwiseError, ImportError):
     """An optional extra is needed but not installed (CLI exit code 1)."""
 

@@ -16,20 +16,29 @@ Samples are keyed by (model signature, prompt, sampling settings, seed) and the 
   in the store and in what both processes return.
 
 ``n`` is not part of the key; everything else in :class:`~metricwise.types.SamplingConfig` is.
+
+A store whose file was damaged (a disk or copy error inside its pages) is found when it opens
+(SQLite's ``PRAGMA quick_check``, for files up to :data:`QUICK_CHECK_MAX_BYTES`) or at the first
+read of a damaged page, and refused with :class:`~metricwise.errors.StoreDamagedError`; nothing
+is written to it. :func:`recover_store` (``metricwise recover``) copies its intact rows to a new
+store, from which a rerun draws only what was lost.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
-from metricwise.errors import BackendError, InvalidParameterError
+from metricwise.errors import BackendError, InvalidParameterError, StoreDamagedError
 from metricwise.types import Candidate, SampleSet, SamplingConfig, sample_problem
 
 if TYPE_CHECKING:
@@ -57,6 +66,71 @@ CREATE TABLE IF NOT EXISTS samples (
 
 #: Called after each committed batch with (prompts done, prompts total).
 ProgressCallback = Callable[[int, int], None]
+
+
+#: Stores up to this size are checked with ``PRAGMA quick_check`` when they open (measured: 0.12 s
+#: for 145 MiB in the page cache, 2.2 s from disk); a larger one is checked page by page as it is
+#: read.
+QUICK_CHECK_MAX_BYTES = 256 << 20
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _is_damage(exc: sqlite3.DatabaseError) -> bool:
+    """Whether SQLite says the file is corrupt (``SQLITE_CORRUPT``), as opposed to locked,
+    read-only or not a database at all."""
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if code is not None:
+        return bool(code & 0xFF == 11)  # SQLITE_CORRUPT and its extended codes
+    return "malformed" in str(exc)
+
+
+def damaged_store_message(path: str, detail: str, *, opening: bool = False) -> str:
+    """What is damaged, that nothing was written, and the two ways to recover the intact rows."""
+    stem = path[:-7] if path.endswith(".sqlite") else path
+    written = (
+        "nothing was written to it"
+        if opening
+        else "nothing more was written to it (the batch in progress was rolled back)"
+    )
+    return (
+        f"The sample store {path!r} is damaged ({detail}); {written}. Copy its intact rows to a new store with "
+        f"`metricwise recover {path} {stem}.recovered.sqlite` (or SQLite's own `sqlite3 {path} "
+        ".recover | sqlite3 new.sqlite`) and pass the new one as --store: a rerun draws only the "
+        "samples that were lost."
+    )
+
+
+def _refuse_damage(method: _Method) -> _Method:
+    """Turn SQLite's corruption errors inside ``method`` (a generator method too) into
+    :class:`StoreDamagedError` naming the store and the way to recover it."""
+
+    def refuse(store: SampleStore, exc: sqlite3.DatabaseError) -> StoreDamagedError:
+        return StoreDamagedError(damaged_store_message(store.path, f"SQLite: {exc}"))
+
+    if getattr(method, "__code__", None) and method.__code__.co_flags & 0x20:  # a generator
+
+        @functools.wraps(method)
+        def generate(self: SampleStore, *args: Any, **kwargs: Any) -> Any:
+            try:
+                yield from method(self, *args, **kwargs)
+            except sqlite3.DatabaseError as exc:
+                if not _is_damage(exc):
+                    raise
+                raise refuse(self, exc) from None
+
+        return cast(_Method, generate)
+
+    @functools.wraps(method)
+    def call(self: SampleStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                raise
+            raise refuse(self, exc) from None
+
+    return cast(_Method, call)
 
 
 def config_key_fields(config: SamplingConfig) -> dict[str, Any]:
@@ -94,15 +168,50 @@ class SampleStore:
             ) from None
         try:
             self._db = sqlite3.connect(self.path, timeout=60.0)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise InvalidParameterError(
                 f"The sample store {self.path!r} cannot be opened as SQLite: {exc}."
             ) from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._check_intact()
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            if _is_damage(exc):
+                raise StoreDamagedError(
+                    damaged_store_message(self.path, f"SQLite: {exc}", opening=True)
+                ) from None
+            raise InvalidParameterError(
+                f"The sample store {self.path!r} cannot be opened as SQLite: {exc}."
+            ) from None
+        except StoreDamagedError:
+            self._db.close()
+            raise
+
+    def _check_intact(self) -> None:
+        """``PRAGMA quick_check`` (b-tree pages, records, indices), for stores up to
+        :data:`QUICK_CHECK_MAX_BYTES`; raises :class:`StoreDamagedError` with SQLite's findings."""
+        if self.path == ":memory:" or not os.path.exists(self.path):
+            return
+        if os.path.getsize(self.path) > QUICK_CHECK_MAX_BYTES:
+            return
+        findings = [row[0] for row in self._db.execute("PRAGMA quick_check(5)").fetchall()]
+        if findings != ["ok"]:
+            lines = [
+                line.strip() for f in findings for line in str(f).splitlines() if "***" not in line
+            ]
+            # "Page N is never used" follows from the damaged page; name that page first.
+            lines.sort(key=lambda line: "never used" in line)
+            raise StoreDamagedError(
+                damaged_store_message(
+                    self.path, f"SQLite's quick_check: {'; '.join(lines[:2])}", opening=True
+                )
+            )
 
     # -- reading -------------------------------------------------------------------------------
+    @_refuse_damage
     def lookup(self, model: str, prompt: str, config: SamplingConfig) -> dict[int, Candidate]:
         """Stored candidates with index < ``config.n``, by index."""
         rows = self._db.execute(
@@ -116,9 +225,11 @@ class SampleStore:
             for row in rows
         }
 
+    @_refuse_damage
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
 
+    @_refuse_damage
     def held(self, model: str, prompts: Sequence[str], config: SamplingConfig) -> dict[str, int]:
         """How many of its ``config.n`` samples the store holds, per distinct prompt of ``prompts``."""
         return {
@@ -136,6 +247,7 @@ class SampleStore:
         return [p for p, count in self.held(model, prompts, config).items() if count < config.n]
 
     # -- writing -------------------------------------------------------------------------------
+    @_refuse_damage
     def add(
         self,
         model: str,
@@ -282,6 +394,7 @@ class SampleStore:
         return [s.candidates[0] for s in sets]
 
     # -- export --------------------------------------------------------------------------------
+    @_refuse_damage
     def iter_sets(self) -> Iterator[dict[str, Any]]:
         """Every stored set as ``{"model", "prompt", "config", "candidates": [...]}``, by creation time."""
         sets = self._db.execute(
@@ -339,3 +452,150 @@ def _first_missing(stored: dict[int, Candidate], n: int) -> int:
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What :func:`recover_store` copied: rows of each table read intact, and the rows it could
+    not read (``lost_*``, counted by row id) or dropped as inconsistent (a sample set whose key
+    does not match its content, a sample whose set was lost or whose fields are not a sample)."""
+
+    sets: int
+    samples: int
+    #: None when the table's top pages are damaged, so that how many rows it had is unknown.
+    lost_sets: int | None
+    lost_samples: int | None
+    dropped_sets: int
+    dropped_samples: int
+
+    def describe(self) -> str:
+        def lost(count: int | None, what: str) -> str:
+            return (
+                f"an unknown number of {what} (the table's top pages are damaged)"
+                if count is None
+                else f"{count} {what}"
+            )
+
+        return (
+            f"copied {self.samples} samples of {self.sets} sample sets; could not read "
+            f"{lost(self.lost_samples, 'samples')} and {lost(self.lost_sets, 'sets')}; dropped "
+            f"{self.dropped_samples} samples and {self.dropped_sets} sets as inconsistent"
+        )
+
+
+def recover_store(damaged: str | Path, target: str | Path) -> Recovery:
+    """Copy the intact rows of a damaged sample store to a new store at ``target``.
+
+    Each table is read by ranges of row ids; a range that SQLite cannot read is halved until
+    single rows, which are skipped (lost). A sample set is kept only when its key is the hash
+    of its model, prompt and settings, and a sample only when its set was kept and its fields
+    are a valid sample (:func:`~metricwise.types.sample_problem`), so that a damaged row that
+    still parses is never taken for a result. Cost: one query per readable range, about
+    ``2 * log2(rows)`` more per damaged page. ``target`` must not exist.
+    """
+    damaged, target = str(damaged), str(target)
+    if not os.path.exists(damaged):
+        raise InvalidParameterError(f"The store to recover, {damaged!r}, does not exist.")
+    if os.path.exists(target):
+        raise InvalidParameterError(
+            f"The recovered store's path {target!r} exists already; name a new file."
+        )
+    source = sqlite3.connect(f"file:{damaged}?mode=ro", uri=True)
+    try:
+        sets, lost_sets = _readable_rows(
+            source, "sample_sets", "set_key, model, prompt, config, created"
+        )
+        samples, lost_samples = _readable_rows(
+            source, "samples", "set_key, idx, text, logp, logq, n_tokens, finish_reason"
+        )
+    finally:
+        source.close()
+    kept_sets = [row for row in sets if _set_row_consistent(row)]
+    keys = {row[0] for row in kept_sets}
+    kept_samples = [row for row in samples if row[0] in keys and _sample_row_valid(row)]
+    with SampleStore(target) as store, store._db:
+        store._db.executemany(
+            "INSERT OR IGNORE INTO sample_sets (set_key, model, prompt, config, created) VALUES (?, ?, ?, ?, ?)",
+            kept_sets,
+        )
+        store._db.executemany(
+            "INSERT OR IGNORE INTO samples (set_key, idx, text, logp, logq, n_tokens, finish_reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            kept_samples,
+        )
+    return Recovery(
+        sets=len(kept_sets),
+        samples=len(kept_samples),
+        lost_sets=lost_sets,
+        lost_samples=lost_samples,
+        dropped_sets=len(sets) - len(kept_sets),
+        dropped_samples=len(samples) - len(kept_samples),
+    )
+
+
+def _readable_rows(
+    db: sqlite3.Connection, table: str, columns: str
+) -> tuple[list[tuple[Any, ...]], int | None]:
+    """Every row of ``table`` that SQLite can read, and how many row ids in its range it could
+    not (None when even ``max(rowid)`` is unreadable: then row ids up to a bound from the file's
+    size are tried, since the store never deletes and its row ids are dense from 1)."""
+    known = True
+    try:
+        top = db.execute(f"SELECT max(rowid) FROM {table}").fetchone()[0] or 0
+    except sqlite3.DatabaseError:
+        known = False
+        pages, size = (db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "page_size"))
+        top = pages * size // 8  # a record takes more than 8 bytes
+    rows: list[tuple[Any, ...]] = []
+    lost = 0
+    ranges = [(1, int(top))]
+    while ranges:
+        low, high = ranges.pop()
+        try:
+            got = db.execute(
+                f"SELECT rowid, {columns} FROM {table} WHERE rowid BETWEEN ? AND ? ORDER BY rowid",
+                (low, high),
+            ).fetchall()
+        except sqlite3.DatabaseError:
+            if low == high:
+                lost += 1
+            else:
+                middle = (low + high) // 2
+                ranges += [(middle + 1, high), (low, middle)]
+            continue
+        rows += [row[1:] for row in got]
+    return rows, lost if known else None
+
+
+def _set_row_consistent(row: tuple[Any, ...]) -> bool:
+    key, model, prompt, config, created = row
+    try:
+        payload = json.dumps(
+            {"model": model, "prompt": prompt, "config": json.loads(config)}, sort_keys=True
+        )
+    except (TypeError, ValueError):
+        return False
+    return (
+        isinstance(created, float)
+        and math.isfinite(created)
+        and hashlib.sha256(payload.encode("utf-8")).hexdigest() == key
+    )
+
+
+def _sample_row_valid(row: tuple[Any, ...]) -> bool:
+    _, idx, text, logp, logq, n_tokens, finish_reason = row
+    if not isinstance(idx, int) or idx < 0 or not isinstance(text, str):
+        return False
+    if any(v is not None and not isinstance(v, float) for v in (logp, logq)):
+        return False
+    if n_tokens is not None and not isinstance(n_tokens, int):
+        return False
+    if finish_reason is not None and not isinstance(finish_reason, str):
+        return False
+    try:
+        candidate = Candidate(
+            text=text, logp=logp, logq=logq, n_tokens=n_tokens, finish_reason=finish_reason
+        )
+    except (TypeError, ValueError):
+        return False
+    return sample_problem(candidate) is None
