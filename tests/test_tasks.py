@@ -23,6 +23,7 @@ from metricwise.tasks.base import Item, format_number
 from metricwise.tasks.fewshot import fields_key
 from metricwise.tasks.math_word import asdiv_answer, equation_target
 from metricwise.tasks.registry import builtin_task
+from metricwise.tasks.stars import ASPECTS, generate_reviews
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "my_task.yaml"
@@ -42,6 +43,7 @@ EXPECTED_SIZES = {
     "asdiv": (1876, 207),  # 2305 problems, 2084 with one numeric answer
     "math": (4500, 419),  # 5000 rows; 419 of the 500 held apart have solutions <= 800 chars
     "arith": (200, 100),
+    "stars": (200, 100),
 }
 
 _CACHE: dict[tuple[str, str], list[Item]] = {}
@@ -224,6 +226,33 @@ def test_arith_is_generated_and_correct() -> None:
     assert generate_arith(8, seed=3) == generate_arith(8, seed=3) != generate_arith(8, seed=4)
 
 
+def test_stars_is_generated_and_rated_by_construction() -> None:
+    task = get_task("stars")
+    items = task.load(None)
+    assert items == task.load(Path("/nonexistent"))  # needs no data directory
+    praise = {adj: True for _, _, good, _ in ASPECTS for adj in good}
+    praise.update({adj: False for _, _, _, bad in ASPECTS for adj in bad})
+    verbs = {subject: verb for subject, verb, _, _ in ASPECTS}
+    for i, it in enumerate(items):
+        sentences = re.findall(r"The (\w+) (was|were) (\w+)\.", it.fields["review"])
+        assert " ".join(f"The {s} {v} {a}." for s, v, a in sentences) == it.fields["review"]
+        assert len(sentences) == 4 and len({s for s, _, _ in sentences}) == 4
+        assert all(verbs[s] == v for s, v, _ in sentences)
+        rating = 1 + sum(praise[a] for _, _, a in sentences)
+        assert rating == 1 + i % 5  # every prefix is balanced over the ratings
+        assert it.references == (float(rating),) and it.target == str(rating)
+        assert task.valid_range == (1.0, 5.0)
+    assert len({it.fields["review"] for it in items}) == 200
+    shots = task.load(None, split="fewshot")
+    assert len({it.fields["review"] for it in shots}) == 100
+    assert not {it.fields["review"] for it in items} & {it.fields["review"] for it in shots}
+    assert {it.target for it in shots} == {"1", "2", "3", "4", "5"}
+    assert generate_reviews(8, seed=3) == generate_reviews(8, seed=3) != generate_reviews(8, seed=4)
+    # The scoring shape of the other bounded ratings (stsb): squared error first, so the mean.
+    assert task.metrics == ("squared_error", "absolute_error") and task.answer_type == "number"
+    assert Extractor.from_spec(task.extractor, valid_range=task.valid_range)(" 7 stars") == 5.0
+
+
 # -- helpers ------------------------------------------------------------------------------------
 def test_answer_helpers() -> None:
     assert [format_number(x) for x in (18.0, -3.0, 9.43, 0.5)] == ["18", "-3", "9.43", "0.5"]
@@ -395,6 +424,14 @@ def test_prompt_with_k_shots_has_the_expected_structure() -> None:
     prompt = stsb.format_prompt(item, [item, item])
     assert prompt.startswith(stsb.instruction + "\n\n") and prompt.count("Similarity (0-5):") == 3
     assert prompt.endswith("Sentence 2: A cat is sleeping.\nSimilarity (0-5):")
+    stars = get_task("stars")
+    items = stars.load(None)
+    shots = select_shots(stars.load(None, split="fewshot"), items[:1], 3, seed=0)[0]
+    blocks = stars.format_prompt(items[0], shots).split("\n\n")
+    assert blocks[0] == stars.instruction and "1 to 5 stars" in blocks[0]
+    for block, shot in zip(blocks[1:4], shots, strict=True):
+        assert block == f"Review: {shot.fields['review']}\nStars (1-5): {shot.target}"
+    assert blocks[4] == f"Review: {items[0].fields['review']}\nStars (1-5):"
 
 
 # -- YAML user tasks ----------------------------------------------------------------------------
