@@ -347,14 +347,14 @@ def test_bad_prompts_are_refused_before_decoding(backend):
     from metricwise.errors import InvalidParameterError
 
     # Alone or inside a batch (where it used to be sampled from padding alone).
-    with pytest.raises(InvalidParameterError, match="Prompt 1 of the batch is empty"):
+    with pytest.raises(InvalidParameterError, match=r"Prompt 1 of the batch \(''\) is empty"):
         backend.sample(["the cat sat on", ""], SamplingConfig(n=2, max_tokens=3))
-    with pytest.raises(InvalidParameterError, match="Prompt 0 of the batch is empty"):
+    with pytest.raises(InvalidParameterError, match=r"Prompt 0 of the batch \(''\) is empty"):
         backend.greedy([""], SamplingConfig(max_tokens=3))
     context = backend.model.config.max_position_embeddings
     with pytest.raises(
         InvalidParameterError,
-        match=rf"Prompt 1 of the batch has \d+ tokens; with max_tokens=8 it exceeds the model's context of {context}",
+        match=rf"Prompt 1 of the batch \('the cat the cat .*\.\.\.'\) has \d+ tokens; with max_tokens=8 it exceeds the model's context of {context}",
     ):
         backend.sample(["the cat", "the cat " * context], SamplingConfig(n=1, max_tokens=8))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -190,6 +192,66 @@ def test_sample_then_decide_and_resume_from_the_store(tiny_model_dir, tmp_path, 
     code, out, _ = run(["predict", *common, "--metric", "token_f1"], capsys=capsys)
     assert code == 0
     assert [json.loads(line)["id"] for line in out.splitlines()] == ["a", "b"]
+
+
+def test_a_prompt_too_long_is_named_by_its_line_before_the_weights_load(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
+    """A 40,013-token prompt was refused only after the model loaded (24 s), as "Prompt 1 of
+    the batch"; a 50 MB line took 150 s and 6.3 GB before "Prompt 0 of the batch"."""
+    import metricwise.models
+    from metricwise.backends.base import MAX_PROMPT_CHARS
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights were loaded")
+
+    monkeypatch.setattr(metricwise.models, "load_hf_causal_lm", no_weights)
+    prompts = tmp_path / "prompts.jsonl"
+    context = 256  # tiny_llama_config's max_position_embeddings
+    prompts.write_text(
+        json.dumps({"id": "ok", "prompt": "the cat sat on"})
+        + "\n"
+        + json.dumps({"id": "long", "prompt": "the cat " * context})
+        + "\n"
+    )
+    args = ["--model", str(tiny_model_dir), "--input", str(prompts), "--max_tokens", "8"]
+    args += ["--store", str(tmp_path / "s.sqlite")]
+    code, _, err = run(["sample", *args], capsys=capsys)
+    assert code == 2, err
+    assert re.search(
+        r"prompts.jsonl: line 2 \(id 'long'\) has \d+ tokens; with max_tokens=8 it exceeds the "
+        r"model's context of 256 tokens",
+        err,
+    )
+    prompts.write_text('{"prompt": "hi"}\n' + json.dumps({"prompt": "x" * (MAX_PROMPT_CHARS + 1)}))
+    code, _, err = run(["predict", *args, "--metric", "exact_match"], capsys=capsys)
+    assert code == 2 and "prompts.jsonl: line 2: the prompt has 4,000,001 characters" in err
+    assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_eval_names_a_task_item_too_long_for_the_model_before_the_weights_load(
+    tiny_model_dir, tmp_path
+):
+    """In a process of its own, as a user runs it: transformers is first imported during the
+    command, so -q used to end with huggingface_hub's "Cannot enable progress bars"
+    UserWarning and its file path."""
+    import subprocess
+    import sys
+
+    args = ["eval", "--model", str(tiny_model_dir), "--tasks", "arith", "--limit", "2", "-n", "2",
+            "--gen_kwargs", "max_tokens=300", "--output_path", str(tmp_path / "out"), "-q",
+            "--store", str(tmp_path / "s.sqlite")]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "metricwise.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": ""},
+    )
+    assert done.returncode == 2, done.stderr
+    assert re.search(r"error: arith: item 'q000' has \d+ tokens; with max_tokens=300", done.stderr)
+    assert done.stderr.count("\n") == 1, done.stderr  # the error line and nothing else
+    assert not (tmp_path / "s.sqlite").exists()  # refused before the store and the weights
 
 
 @pytest.mark.parametrize(

@@ -821,9 +821,18 @@ def _run_decide(args: argparse.Namespace) -> int:
 # sample and predict
 
 
-def _read_prompts(path: str) -> list[tuple[Any, str]]:
-    """(id, prompt) pairs from a JSONL file; every line is checked before any model is loaded."""
+def _read_prompts(
+    args: argparse.Namespace, config: Any, options: dict[str, Any]
+) -> list[tuple[Any, str]]:
+    """(id, prompt) pairs from the --input JSONL file. Every line is checked before any model
+    is loaded: its shape, and what the backend can tell without its weights (a prompt too long
+    for any context, or, with the tokenizer alone, too long for this model's with
+    --max_tokens), each named by its line."""
+    from metricwise.backends.base import check_prompts_before_loading
+
+    path = args.input
     records: list[tuple[Any, str]] = []
+    labels: list[str] = []
     for line in read_jsonl(path):
         record = line.value
         if not isinstance(record.get("prompt"), str):
@@ -833,10 +842,21 @@ def _read_prompts(path: str) -> list[tuple[Any, str]]:
         if not record["prompt"]:
             raise InvalidParameterError(f"{_name(path)}: line {line.number}: the 'prompt' is empty")
         records.append((record.get("id", line.number), record["prompt"]))
+        labels.append(
+            f"{_name(path)}: line {line.number}"
+            + (f" (id {record['id']!r})" if "id" in record else "")
+        )
     if not records:
         raise InvalidParameterError(
             f"{_name(path)}: no prompts found (expected one JSON object per line)."
         )
+    check_prompts_before_loading(
+        args.backend,
+        args.model,
+        [(label, prompt) for label, (_, prompt) in zip(labels, records, strict=True)],
+        config.max_tokens,
+        **options,
+    )
     return records
 
 
@@ -933,7 +953,7 @@ def _sample_decoded(
 def _run_sample(args: argparse.Namespace) -> int:
     config, options = _sampling_config(args), _backend_options(args)
     _chain_settings(args)  # a bad --decoding fails before the input is read
-    records = _read_prompts(args.input)
+    records = _read_prompts(args, config, options)
     sets, chains = _sample_decoded(args, [prompt for _, prompt in records], config, options)
     sink = _open_output(args.output)
     try:
@@ -959,7 +979,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     config, backend_options = _sampling_config(args), _backend_options(args)
     adaptive = _adaptive_settings(args)
     _chain_settings(args)  # global decoding with --adaptive and the like fail before any model
-    records = _read_prompts(args.input)
+    records = _read_prompts(args, config, backend_options)
     prompts = [prompt for _, prompt in records]
     chains = None
     if adaptive is None:
@@ -1274,7 +1294,12 @@ def _library_progress_bars(enabled: bool) -> Iterator[None]:
         if "transformers" in sys.modules and was_enabled:
             from transformers.utils import logging as transformers_logging
 
-            transformers_logging.enable_progress_bar()
+            # huggingface_hub read the variable when it was imported during the command and
+            # keeps its own bars off: it says so with a UserWarning that the user of a -q run
+            # should not see.
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Cannot enable progress bars")
+                transformers_logging.enable_progress_bar()
 
 
 @contextlib.contextmanager

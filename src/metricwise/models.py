@@ -25,6 +25,7 @@ The cache directory is ``$METRICWISE_CACHE``, else ``$XDG_CACHE_HOME/metricwise`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -559,27 +560,58 @@ def load_hf_causal_lm(
         name_or_path if isinstance(name_or_path, ResolvedModel) else resolve_model(name_or_path)
     )
     torch_dtype = _torch_dtype(torch, dtype)
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     source = convert_gguf(resolved) if resolved.kind == "gguf" else resolved.reference
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(source))
+        tokenizer = _tokenizer(str(source))
         model: Any = AutoModelForCausalLM.from_pretrained(str(source), dtype=torch_dtype)
     except (OSError, ValueError, KeyError) as exc:
-        hint = (
-            " (a hub id needs network access; pass a local directory or .gguf file offline)"
-            if resolved.kind == "hub"
-            else ""
-        )
-        raise BackendError(
-            f"transformers could not load {resolved.name!r} from {source}{hint}: {exc}"
-        ) from exc
+        raise _load_failure(resolved, source, exc) from exc
     try:
         model.to(device)
     except (RuntimeError, AssertionError) as exc:
         raise BackendError(f"Could not move {resolved.name!r} to device {device!r}: {exc}") from exc
     model.eval()
     return model, tokenizer
+
+
+def load_hf_tokenizer(name_or_path: str | os.PathLike[str]) -> tuple[Any, int | None]:
+    """The tokenizer of a causal LM and its context length in tokens (None when its config
+    states none), without loading the weights: what checking prompts before a long load needs.
+
+    The tokenizer is the one :func:`load_hf_causal_lm` then uses (the last two are kept), so
+    the check costs no second load. Raises as :func:`load_hf_causal_lm` does.
+    """
+    _import_hf()
+    from transformers import AutoConfig
+
+    resolved = resolve_model(name_or_path)
+    source = convert_gguf(resolved) if resolved.kind == "gguf" else resolved.reference
+    try:
+        tokenizer = _tokenizer(str(source))
+        config = AutoConfig.from_pretrained(str(source))
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_failure(resolved, source, exc) from exc
+    config = getattr(config, "text_config", None) or config
+    context = getattr(config, "max_position_embeddings", None)
+    return tokenizer, context if isinstance(context, int) and context > 0 else None
+
+
+@functools.lru_cache(maxsize=2)
+def _tokenizer(source: str) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(source)
+
+
+def _load_failure(resolved: ResolvedModel, source: Any, exc: Exception) -> BackendError:
+    hint = (
+        " (a hub id needs network access; pass a local directory or .gguf file offline)"
+        if resolved.kind == "hub"
+        else ""
+    )
+    return BackendError(f"transformers could not load {resolved.name!r} from {source}{hint}: {exc}")
 
 
 def describe_models() -> str:

@@ -70,7 +70,9 @@ import numpy as np
 
 from metricwise.backends.base import (
     DecodeState,
+    check_prompt_lengths,
     looks_like_control_token,
+    prompt_excerpt,
     register_backend,
     sample_seed,
     sample_sets,
@@ -530,7 +532,7 @@ class HFBackend:
                 )
         prompt_ids = [self.tokenizer(p)["input_ids"] for p in prompts]
         longest = max(len(ids) for ids in cont_ids)
-        self._check_lengths([len(ids) for ids in prompt_ids], longest)
+        self._check_lengths([len(ids) for ids in prompt_ids], longest, list(prompts))
         pad = int(self.tokenizer.pad_token_id)
         with torch.inference_mode():
             if longest == 1:
@@ -600,13 +602,13 @@ class HFBackend:
             rows = _rows_within(kept_prompts, key)
             roomy = kept_capacity is None or kept_capacity >= kept[2].shape[1] + max_tokens
             if rows is not None and roomy:
-                return self._reuse_prefill(kept, rows, max_tokens)
+                return self._reuse_prefill(kept, rows, max_tokens, list(key))
         self._kept_prefill = None
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True)
         input_ids = enc["input_ids"].to(self.device)
         attention = enc["attention_mask"].to(self.device)
-        self._check_lengths(attention.sum(dim=-1).tolist(), max_tokens)
+        self._check_lengths(attention.sum(dim=-1).tolist(), max_tokens, prompts)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
         capacity: int | None = None
         cache: Any
@@ -640,10 +642,10 @@ class HFBackend:
         return result
 
     def _reuse_prefill(
-        self, kept: tuple[Any, Any, Any, Any], rows: list[int], max_tokens: int
+        self, kept: tuple[Any, Any, Any, Any], rows: list[int], max_tokens: int, prompts: list[str]
     ) -> tuple[Any, Any, Any, Any]:
-        """A copy of the ``rows`` of the ``kept`` prefill (prompts of the kept batch, in the
-        order asked).
+        """A copy of the ``rows`` of the ``kept`` prefill (rows of the kept batch that hold
+        ``prompts``, in the order asked).
 
         The kept batch's left padding stays: a subset is padded to the kept batch's longest
         prompt, which the attention mask hides, so its prompts' KV values are the very ones
@@ -658,7 +660,7 @@ class HFBackend:
             index = torch.tensor(rows, dtype=torch.long, device=attention.device)
             _select_cache_rows(cache, index)
             logits, attention, positions = logits[index], attention[index], positions[index]
-        self._check_lengths(attention.sum(dim=-1).tolist(), max_tokens)
+        self._check_lengths(attention.sum(dim=-1).tolist(), max_tokens, prompts)
         return logits.clone(), cache, attention, positions
 
     # -- decoding ------------------------------------------------------------------------------
@@ -838,28 +840,43 @@ class HFBackend:
 
         return sdpa_kernel([getattr(SDPBackend, SDPA_KERNELS[n]) for n in self.sdpa_backends])
 
-    def _check_lengths(self, lengths: list[int], max_tokens: int) -> None:
+    def _check_lengths(self, lengths: list[int], max_tokens: int, prompts: list[str]) -> None:
         """Refuse an empty prompt, and one that with ``max_tokens`` new tokens exceeds the
-        model's context; ``lengths`` are the prompts' token counts (the attention mask's sums).
+        model's context; ``lengths`` are the ``prompts``' token counts (the attention mask's sums).
 
         A batched empty prompt would be sampled from its padding alone; positions past the
         context are either an error deep in the model or silently wrong (and a megabyte prompt
         would only fail when memory runs out), so both are checked before the forward pass.
+        The CLI and the harness check the same before the weights load
+        (:meth:`check_prompts`), naming the file's line or the item.
         """
-        for i, n_tokens in enumerate(lengths):
-            if n_tokens == 0:
-                raise InvalidParameterError(
-                    f"Prompt {i} of the batch is empty: the tokenizer produced no tokens for it."
-                )
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if not isinstance(limit, int) or limit <= 0:
-            return
-        for i, n_tokens in enumerate(lengths):
-            if n_tokens + max_tokens > limit:
-                raise InvalidParameterError(
-                    f"Prompt {i} of the batch has {n_tokens} tokens; with max_tokens={max_tokens} it exceeds the "
-                    f"model's context of {limit} tokens. Shorten the prompt or lower max_tokens."
-                )
+        config = getattr(self.model.config, "text_config", None) or self.model.config
+        check_prompt_lengths(
+            lengths,
+            [f"Prompt {i} of the batch ({prompt_excerpt(p)})" for i, p in enumerate(prompts)],
+            max_tokens,
+            getattr(config, "max_position_embeddings", None),
+        )
+
+    @staticmethod
+    def check_prompts(
+        model: Any, prompts: Sequence[tuple[str, str]], max_tokens: int, **options: Any
+    ) -> None:
+        """Refuse, before the weights load, a prompt that tokenizes to nothing or that with
+        ``max_tokens`` new tokens exceeds the model's context. ``prompts`` are (label, text)
+        pairs; the label names the prompt in the message (``"prompts.jsonl: line 2"``). Only
+        the tokenizer and the config are read (the tokenizer is the one the backend then uses).
+        """
+        if model is not None and not isinstance(model, (str, os.PathLike)):
+            return  # a loaded model object: checked as its batches are decoded
+        from metricwise.models import DEFAULT_MODEL, load_hf_tokenizer
+
+        tokenizer, context = load_hf_tokenizer(model if model is not None else DEFAULT_MODEL)
+        lengths: list[int] = []
+        for first in range(0, len(prompts), 256):  # bounded memory for many prompts
+            texts = [text for _, text in prompts[first : first + 256]]
+            lengths += [len(ids) for ids in tokenizer(texts)["input_ids"]]
+        check_prompt_lengths(lengths, [label for label, _ in prompts], max_tokens, context)
 
     def _detokenize(self, tokens: list[int]) -> str:
         return str(self.tokenizer.decode(tokens, skip_special_tokens=True))

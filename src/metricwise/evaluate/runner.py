@@ -214,7 +214,7 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
     ``backend`` replaces loading ``config.model`` (tests pass a tiny model's backend).
     """
     from metricwise.backends import load_backend
-    from metricwise.backends.base import prompt_cache_summary
+    from metricwise.backends.base import check_prompts_before_loading, prompt_cache_summary
     from metricwise.models import cache_dir
     from metricwise.store import SampleStore, greedy_sampling_config
     from metricwise.tasks import get_task
@@ -237,6 +237,15 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
         for task in tasks
     ]
 
+    for task, items, prompts, _ in prepared if backend is None else ():
+        # A prompt too long for the model is named by its item before the weights load.
+        check_prompts_before_loading(
+            config.backend,
+            config.model,
+            [(f"{task.name}: item {item.id!r}", p) for item, p in zip(items, prompts, strict=True)],
+            task.max_tokens if config.max_tokens is None else config.max_tokens,
+            **config.model_args,
+        )
     store_path = config.store or str(cache_dir() / "samples.sqlite")
     # The store opens before the model loads, so that a bad --store path fails in a second.
     store = SampleStore(store_path)
