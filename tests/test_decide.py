@@ -551,6 +551,25 @@ def test_text_in_any_script_is_an_answer_and_its_punctuation_is_not():
     assert decide(["-1", "?", "x"], "exact_match").n_valid == 2  # a digit or a letter is enough
 
 
+@pytest.mark.parametrize("metric", ["chrf", "bleu", "token_f1", "exact_match", "absolute_error"])
+def test_a_runaway_sample_is_left_out_as_too_long_not_decided_over(metric):
+    """chrF over three samples, one of them 50 MB, used to peak at 5 GB and take 53 s; a text
+    over MAX_ANSWER_CHARS is left out, as a hypothesis too."""
+    from metricwise.decide import MAX_ANSWER_CHARS
+
+    runaway = "7 cats sat " * (MAX_ANSWER_CHARS // 10)
+    assert len(runaway) > MAX_ANSWER_CHARS
+    decision = decide(["3 cats sat", "3 cats sat down", runaway], metric)
+    assert decision.excluded == {"too_long": 1} and decision.n_valid == 2
+    assert "7" not in str(decision.output)
+    hypotheses = decide(["3 cats sat", "3 cats sat"], metric, candidates=[runaway, "3 cats sat"])
+    assert hypotheses.output in ("3 cats sat", 3.0)
+    just_under = "3 cats sat " * ((MAX_ANSWER_CHARS - 1) // 11)
+    assert decide([just_under], metric).n_valid == 1
+    failed = decide([runaway], metric)
+    assert failed.output is None and "(1 too_long)" in failed.failure
+
+
 def test_only_empty_answers_fail_explicitly():
     decision = decide(["", "...", " \n"], "exact_match")
     assert decision.output is None

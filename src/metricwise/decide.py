@@ -28,7 +28,10 @@ Samples that cannot be an answer are left out before deciding and counted by rea
 ``Decision.excluded``: truncated candidates (their finish reason, e.g. ``"length"``), texts
 with no number for numeric rules (``"unparsable"``), and texts with no letter or digit for
 text rules (``"empty"``: ``""``, ``" /"``, ``"..."``), so that empty answers, which all
-normalize to ``""``, cannot outvote real ones. With none left the decision fails with a reason.
+normalize to ``""``, cannot outvote real ones, and texts longer than :data:`MAX_ANSWER_CHARS`
+(``"too_long"``), a runaway rather than an answer, whose n-gram statistics alone would take
+gigabytes (chrF over one 50 MB sample peaked at 5 GB). With none left the decision fails with a
+reason.
 
 Memory is bounded whatever N: a candidates x samples matrix (MBR's utilities, the mode's
 closeness) that would not fit in ``_PAIRWISE_BUDGET_BYTES`` (256 MiB) is filled and reduced in
@@ -60,6 +63,10 @@ from metricwise.metrics.base import Metric, resolve
 from metricwise.types import COMPLETE_FINISH_REASONS, Decision, MBRStats, SampleSet, SupportItem
 
 RULES: tuple[str, ...] = ("mode", "mean", "median", "quantile", "grid", "mbr")
+#: A sample or hypothesis text longer than this (about 25,000 tokens of English) is left out of
+#: a decision as ``"too_long"``: it bounds the memory of any metric's statistics per sample
+#: (chrF's n-grams of 100,000 characters take about 11 MB).
+MAX_ANSWER_CHARS = 100_000
 NUMBER_RULES: frozenset[str] = frozenset({"mean", "median", "quantile", "grid"})
 WEIGHTINGS: tuple[str, ...] = ("uniform", "model", "importance")
 _TIE_RTOL = 1e-9
@@ -252,6 +259,9 @@ def decide(
         if not include_incomplete and reason is not None and reason not in COMPLETE_FINISH_REASONS:
             excluded[reason] = excluded.get(reason, 0) + 1
             continue
+        if isinstance(item, str) and len(item) > MAX_ANSWER_CHARS:
+            excluded["too_long"] = excluded.get("too_long", 0) + 1
+            continue
         value = _to_value(item, numeric=numeric, extract_fn=extract_fn, valid_range=valid_range)
         if value is None:
             excluded["unparsable"] = excluded.get("unparsable", 0) + 1
@@ -376,6 +386,8 @@ def _best_hypothesis(
         )
     hypotheses: list[Any] = []
     for item in candidates:
+        if isinstance(item, str) and len(item) > MAX_ANSWER_CHARS:
+            continue
         value = _to_value(item, numeric=numeric, extract_fn=extract_fn, valid_range=valid_range)
         if value is not None and (numeric or _is_answer_text(value)):
             hypotheses.append(value)
