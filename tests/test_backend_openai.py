@@ -195,7 +195,9 @@ def test_client_errors_are_not_retried(fake):
 def test_unreachable_server_names_the_url():
     url = f"http://127.0.0.1:{free_port()}"
     started = time.monotonic()
-    with pytest.raises(BackendError, match=r"127\.0\.0\.1.*unreachable"):
+    with pytest.raises(
+        BackendError, match=r"127\.0\.0\.1.*unreachable.*name the model with --model"
+    ):
         OpenAIBackend(url, max_retries=1, backoff=0.0, server="generic")  # asks /v1/models
     backend = backend_for(url, max_retries=1)
     with pytest.raises(BackendError, match=rf"{url}/v1 is unreachable"):
@@ -240,6 +242,33 @@ def test_a_quiet_server_is_reported_while_the_call_waits(fake, monkeypatch):
     with (
         backend_for(server.url, timeout=1.0, max_retries=0) as backend,
         pytest.warns(UserWarning, match=r"No answer from .* for \d+ s \(1 requests in flight\)"),
+        pytest.raises(SamplingTimeout),
+    ):
+        backend.sample(["x"], SamplingConfig(n=1, max_tokens=3))
+
+
+@pytest.mark.parametrize(
+    ("max_seconds", "said"),
+    [
+        (1.5, r"not retried: the batch's wall-clock budget \(--max_seconds\) ends in 1 s"),
+        (4.5, r"retried up to 2 times, all that fit in the 4 s left .*--max_retries is 4"),
+        (None, r"retried up to 4 times \(--max_retries\)"),
+    ],
+)
+def test_the_quiet_warning_counts_only_the_retries_that_fit_in_the_budget(
+    fake, monkeypatch, max_seconds, said
+):
+    """It used to say "retried up to 4 times" when no retry fitted in the time left."""
+    import metricwise.backends.openai as openai_module
+    from metricwise.guards import Guards
+
+    monkeypatch.setattr(openai_module, "QUIET_WARNING_SECONDS", 0.3)
+    server = fake(mode="hang", hang_seconds=3.0)
+    with (
+        backend_for(
+            server.url, timeout=1.0, max_retries=4, guards=Guards(max_seconds=max_seconds)
+        ) as backend,
+        pytest.warns(UserWarning, match=said),
         pytest.raises(SamplingTimeout),
     ):
         backend.sample(["x"], SamplingConfig(n=1, max_tokens=3))

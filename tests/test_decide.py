@@ -570,6 +570,14 @@ def test_a_runaway_sample_is_left_out_as_too_long_not_decided_over(metric):
     assert failed.output is None and "(1 too_long)" in failed.failure
 
 
+def test_null_log_probabilities_are_named_as_missing_not_nan():
+    with pytest.raises(InvalidParameterError) as refused:
+        decide(["a", "b", "a"], "exact_match", weights="model", logprobs=[None, None, None])
+    message = str(refused.value)
+    assert "no value (null) for 3 of 3 samples (0, 1, 2)" in message and "nan" not in message
+    assert "weights='uniform'" in message
+
+
 def test_only_empty_answers_fail_explicitly():
     decision = decide(["", "...", " \n"], "exact_match")
     assert decision.output is None

@@ -456,6 +456,16 @@ def _unpack_samples(
 def _check_logprobs(values: Sequence[float] | None, n: int, name: str) -> np.ndarray | None:
     if values is None:
         return None
+    if not isinstance(values, np.ndarray):
+        missing = [i for i, v in enumerate(values) if v is None]
+        if missing:
+            which = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+            raise InvalidParameterError(
+                f"The '{name}' parameter of decide has no value (null) for {len(missing)} of "
+                f"{len(values)} samples ({which}): whatever drew them returned no "
+                "log-probabilities. The 'model' and 'importance' weights need one for every "
+                "sample; use weights='uniform'."
+            )
     arr = np.asarray(values, dtype=np.float64)
     if arr.shape != (n,):
         raise InvalidParameterError(

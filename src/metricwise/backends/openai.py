@@ -556,6 +556,30 @@ class OpenAIBackend:
         results = self._run(list(prompts), config, 0, 1, greedy=True, cancel=cancel)
         return [row[0] for row in results]
 
+    def _retries_left(self, deadline: float) -> str:
+        """How a request abandoned now would be retried: as often as --max_retries says, or as
+        the whole attempts that fit before the batch's ``deadline`` (--max_seconds) allow."""
+        if self.retry.max_retries == 0:
+            return "not retried (--max_retries 0)"
+        left = deadline - time.monotonic()
+        # The attempt in flight may take up to one more --timeout; whole attempts after it.
+        fit = (
+            math.floor((left - self.retry.timeout) / self.retry.timeout)
+            if left < math.inf
+            else None
+        )
+        if fit is not None and fit < 1:
+            return (
+                f"not retried: the batch's wall-clock budget (--max_seconds) ends in {left:.0f} s, "
+                "too soon for another attempt"
+            )
+        if fit is not None and fit < self.retry.max_retries:
+            return (
+                f"retried up to {fit} times, all that fit in the {left:.0f} s left of the batch's "
+                f"wall-clock budget (--max_seconds; --max_retries is {self.retry.max_retries})"
+            )
+        return f"retried up to {self.retry.max_retries} times (--max_retries)"
+
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
@@ -697,8 +721,7 @@ class OpenAIBackend:
                     warnings.warn(
                         f"No answer from {self._urls()} for {time.monotonic() - quiet_since:.0f} s "
                         f"({len(pending)} requests in flight); a request is abandoned after "
-                        f"{self.retry.timeout:g} s (--timeout) and retried up to "
-                        f"{self.retry.max_retries} times (--max_retries).",
+                        f"{self.retry.timeout:g} s (--timeout) and {self._retries_left(deadline)}.",
                         stacklevel=3,
                     )
                     continue
@@ -1019,7 +1042,7 @@ class OpenAIBackend:
         )
         raise BackendError(
             f"The OpenAI-compatible server at {self._urls()} {state} "
-            f"(asked GET /v1/models; pass model=... to skip): {'; '.join(errors)}"
+            f"(asked GET /v1/models; name the model with --model (model= in Python) to skip the question): {'; '.join(errors)}"
         )
 
     def _get(
