@@ -11,7 +11,12 @@ what the store holds. This script exercises those promises end to end, through t
 - every round runs ``metricwise sample --backend openai`` writers as subprocesses into ONE shared
   store file: a plain writer, a writer killed with ``kill -9`` after a delay drawn from the seeded
   RNG (then, half the time, the same command again to resume), two writers started at once on
-  overlapping prompt sets (both must exit 0), or two at once with one of them killed. The n asked
+  overlapping prompt sets (both must exit 0), two at once with one of them killed, a writer sent
+  SIGINT to itself and to its process group at once (as `timeout` and supervisors do: it must
+  exit 130 within 3 s with no traceback, and half the time the same command resumes), or a
+  damaged copy of the store (512 bytes overwritten inside a page of samples: a writer on it must
+  exit 2 within 3 s naming the damage and `metricwise recover`, which must then copy intact rows
+  that equal the store's, and a writer on the recovered copy completes it). The n asked
   for climbs over the rounds (1 up to ``-n``), so stored sets are extended, and concurrent writers
   may ask for different n;
 - after every round, sqlite3 is asked directly: integrity_check is ok; no (set_key, idx) pair
@@ -69,7 +74,9 @@ FIELDS = ("text", "logp", "logq", "n_tokens", "finish_reason")
 WRITER_TIMEOUT = 60.0
 #: Seconds kept back from --max_seconds for the final writer, the reference run and the checks.
 FINAL_RESERVE = 20.0
-KINDS = ("plain", "kill", "concurrent", "concurrent_kill")
+KINDS = ("plain", "kill", "concurrent", "concurrent_kill", "sigint2", "damaged")
+#: Seconds a writer may take to exit after two SIGINTs, or to refuse a damaged store.
+CLEAN_EXIT_BOUND = 3.0
 
 
 @dataclass
@@ -144,6 +151,8 @@ class Stats:
     kills_idle: int = 0
     finished_before_kill: int = 0
     concurrent_pairs: int = 0
+    double_sigints: int = 0
+    damaged_stores: int = 0
     outputs_equal: int = 0
     ns: list[int] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -233,7 +242,14 @@ class Writers:
         self.env = dict(os.environ, PYTHONPATH=str(REPO_ROOT / "src"))
 
     def start(
-        self, name: str, prompts: Sequence[str], n: int, batch_size: int, store: Path
+        self,
+        name: str,
+        prompts: Sequence[str],
+        n: int,
+        batch_size: int,
+        store: Path,
+        *,
+        own_group: bool = False,
     ) -> Writer:
         self.count += 1
         stem = self.workdir / f"w{self.count:03d}-{name}"
@@ -272,7 +288,15 @@ class Writers:
         ]
         with open(err, "wb") as err_file:
             proc = subprocess.Popen(
-                cmd, env=self.env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=err_file
+                cmd,
+                env=self.env,
+                cwd=REPO_ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=err_file,
+                # As in a terminal: a soak started in the background ignores SIGINT, and its
+                # writers would inherit that.
+                preexec_fn=_default_sigint,
+                start_new_session=own_group,
             )
         writer = Writer(name, list(prompts), n, batch_size, output, err, proc)
         self.live.append(writer)
@@ -517,10 +541,18 @@ def plan(rounds: int, n: int, rng: random.Random) -> list[tuple[str, int]]:
     A round has work only where it asks for more than is stored, so n grows first on the rounds
     that kill a writer (a kill of a writer with nothing to do tests nothing), then on the others.
     """
-    rest = [("kill", "concurrent", "concurrent_kill", "plain")[i % 4] for i in range(rounds - 1)]
+    cycle = ("kill", "concurrent", "concurrent_kill", "sigint2", "plain", "damaged")
+    rest = [cycle[i % len(cycle)] for i in range(rounds - 1)]
     rng.shuffle(rest)
     kinds = ["plain", *rest]
-    priority = {"kill": 0, "concurrent_kill": 0, "concurrent": 1, "plain": 2}
+    priority = {
+        "kill": 0,
+        "concurrent_kill": 0,
+        "sigint2": 0,
+        "concurrent": 1,
+        "plain": 2,
+        "damaged": 3,
+    }
     later = sorted(range(1, rounds), key=lambda r: (priority[kinds[r]], rng.random()))
     growth = [0] * rounds
     for step in range(n - 1):  # n - 1 steps of one from n = 1, spread over the favoured rounds
@@ -612,6 +644,13 @@ def run_round(
         print(line, flush=True)
         return
 
+    if kind == "sigint2":
+        sigint_round(r, n, prompts, store, writers, rng, timing, stats, batch)
+        return
+    if kind == "damaged":
+        damaged_round(r, n, prompts, store, writers, stats)
+        return
+
     # Two writers at once on overlapping prompt sets (a fifth to three fifths shared); the second
     # walks the other way, so that both reach the shared prompts at about the same time.
     cut = max(1, round(len(prompts) * rng.uniform(0.2, 0.4)))
@@ -645,6 +684,118 @@ def run_round(
     print(
         f"round {r:2d} conc.+kill  n={n:2d}/{n_b:2d} {len(a_prompts)}+{len(b_prompts)} prompts: "
         f"{victim.name} {state} at {delay:.2f} s, {survivor.name} rc {survivor.returncode}",
+        flush=True,
+    )
+
+
+def sigint_round(
+    r: int,
+    n: int,
+    prompts: list[str],
+    store: Path,
+    writers: Writers,
+    rng: random.Random,
+    timing: Timing,
+    stats: Stats,
+    batch: int,
+) -> None:
+    """SIGINT to a writer and to its process group at once, mid-run: exit 130 within
+    CLEAN_EXIT_BOUND, no traceback; the store is checked after the round as after any other."""
+    chosen = subset(rng, prompts, low=0.8)
+    delay = timing.kill_delay(rng, batch)
+    w = writers.start(f"r{r}-sigint2", chosen, n, batch, store, own_group=True)
+    with suppress(subprocess.TimeoutExpired):
+        w.proc.wait(timeout=writers.deadline.bound(max(0.0, w.started + delay - time.monotonic())))
+    where = "it finished first"
+    if w.proc.poll() is None:
+        w.proc.send_signal(signal.SIGINT)
+        with suppress(ProcessLookupError):
+            os.killpg(w.proc.pid, signal.SIGINT)
+        sent = time.monotonic()
+        rc = writers.wait(w)
+        took = time.monotonic() - sent
+        tail = w.stderr_tail()
+        where = f"exit {rc} {took:.2f} s after two SIGINTs"
+        stats.double_sigints += 1
+        if rc != 130 or took > CLEAN_EXIT_BOUND or "Traceback" in tail or "Exception" in tail:
+            stats.fail(
+                f"{w.name}: two SIGINTs gave exit {rc} after {took:.2f} s (expected 130 within "
+                f"{CLEAN_EXIT_BOUND:g} s, no traceback); stderr: {tail}"
+            )
+    else:
+        writers.wait(w)
+        if w.returncode == 0:
+            check_output(w, store, stats)
+        else:
+            stats.fail(
+                f"{w.name} exited {w.returncode} before its SIGINTs; stderr: {w.stderr_tail()}"
+            )
+    line = f"round {r:2d} sigint x2   n={n:2d} {len(chosen):3d} prompts batch {batch}: at {delay:.2f} s, {where}"
+    if rng.random() < 0.5:
+        resume = writers.start(f"r{r}-resume", chosen, n, batch, store)
+        finish(resume, writers, store, stats)
+        line += f"; resumed: rc {resume.returncode}, {resume.seconds:.1f} s"
+    print(line, flush=True)
+
+
+def damaged_round(
+    r: int, n: int, prompts: list[str], store: Path, writers: Writers, stats: Stats
+) -> None:
+    """A copy of the store with a damaged page of samples: refused with exit 2 and a message;
+    `metricwise recover` copies rows equal to the store's; a writer completes the recovered copy.
+    The soak store itself is left as it was."""
+    copy = writers.workdir / f"r{r}-damaged.sqlite"
+    with connect(store) as db:
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        # A consistent snapshot of the store as one file (the WAL folded in), taken read-only.
+        db.execute(f"VACUUM INTO '{copy}'")
+    # VACUUM INTO leaves no free page, so a page two thirds in is a b-tree page (a table's or
+    # an index's), whose damaged header SQLite's check finds.
+    page = (copy.stat().st_size // page_size) * 2 // 3
+    with open(copy, "r+b") as f:
+        f.seek(page * page_size)
+        f.write(bytes(range(256)) * 2)
+    w = writers.start(f"r{r}-on-damaged", prompts, n, 2, copy)
+    started = time.monotonic()
+    rc = writers.wait(w)
+    took = time.monotonic() - started
+    tail = w.stderr_tail()
+    stats.damaged_stores += 1
+    if (
+        rc != 2
+        or "is damaged" not in tail
+        or "metricwise recover" not in tail
+        or "Traceback" in tail
+    ):
+        stats.fail(f"{w.name}: a damaged store gave exit {rc} after {took:.1f} s; stderr: {tail}")
+    recovered = copy.with_name(f"r{r}-recovered.sqlite")
+    done = subprocess.run(
+        [sys.executable, "-c", CLI_CODE, "recover", str(copy), str(recovered)],
+        env=writers.env,
+        capture_output=True,
+        text=True,
+        timeout=writers.deadline.bound(WRITER_TIMEOUT),
+    )
+    if done.returncode != 0:
+        stats.fail(f"metricwise recover exited {done.returncode}: {done.stderr[-500:]}")
+        print(
+            f"round {r:2d} damaged     page {page + 1}: exit {rc} in {took:.1f} s; recover failed",
+            flush=True,
+        )
+        return
+    held, got = stored_sets(store, prompts), stored_sets(recovered, prompts)
+    for prompt in prompts:
+        have = dict(held[prompt])
+        for i, sample in got[prompt]:
+            if have.get(i) != sample:
+                stats.fail(f"recovered sample {i} of {prompt!r} differs from the store's")
+                break
+    copied = sum(len(v) for v in got.values())
+    heal = writers.start(f"r{r}-on-recovered", prompts, n, 2, recovered)
+    finish(heal, writers, recovered, stats)
+    print(
+        f"round {r:2d} damaged     page {page + 1}: exit {rc} in {took:.1f} s; recovered {copied} of "
+        f"{sum(len(v) for v in held.values())} samples; completed: rc {heal.returncode}",
         flush=True,
     )
 
@@ -798,6 +949,10 @@ def soak(
             writers.stop_all()
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -851,6 +1006,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{stats.finished_before_kill} writers finished before their kill"
     )
     print(f"concurrent pairs  {stats.concurrent_pairs}")
+    print(
+        f"double SIGINTs    {stats.double_sigints} mid-run (exit 130 within {CLEAN_EXIT_BOUND:g} s expected)"
+    )
+    print(f"damaged stores    {stats.damaged_stores} refused, recovered and completed")
     if counts:
         print(
             f"samples           expected {counts['expected']}, stored {counts['stored']}, duplicated {counts['duplicated']}, "

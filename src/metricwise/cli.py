@@ -62,9 +62,15 @@ examples:
 """
 
 
+_RECOVER_EXAMPLE = """\
+examples:
+  metricwise recover samples.sqlite samples.recovered.sqlite
+  metricwise sample --input prompts.jsonl -n 8 --store samples.recovered.sqlite   # draws what was lost
+"""
+
 _EVAL_EXAMPLE = """\
 examples:
-  metricwise eval --model gemma-3-270m --tasks arith --limit 50 -n 8 --output_path out/arith
+  metricwise eval --model gemma-3-270m --tasks stars,arith --limit 40 -n 8 --output_path out/demo
   metricwise eval --model gemma-3-270m --tasks stsb,triviaqa --limit 200 -n 16 --num_fewshot 5 \\
       --data_dir ../shared/data --output_path out/real --log_samples
   metricwise eval --tasks stsb --temperatures 0.5,0.8,1.0 --limit 100 --data_dir data --output_path out/sweep
@@ -318,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=HelpFormatter,
     )
+    rec.epilog = _RECOVER_EXAMPLE
     rec.add_argument("damaged", help="the damaged store (a .sqlite file)")
     rec.add_argument("recovered", help="the new store to write (must not exist)")
     rec.set_defaults(handler=_run_recover)
