@@ -574,7 +574,8 @@ def test_a_metric_argument_named_like_a_decide_parameter_reaches_the_metric(monk
     from metricwise import metrics
     from metricwise.metrics import base as metrics_base
 
-    monkeypatch.setattr(metrics_base, "_REGISTRY", dict(metrics_base._REGISTRY))
+    metrics.names()  # discover the built-in metrics before copying
+    monkeypatch.setattr(metrics_base.METRICS, "_entries", dict(metrics_base.METRICS._entries))
 
     class Longest(metrics.Metric):
         def __init__(self, samples: int = 8):

@@ -168,7 +168,7 @@ def test_a_metric_is_named_by_its_registration(name):
 def scratch_registry(monkeypatch):
     """A copy of the registry that the test may add to; the real one is left as it was."""
     metrics.names()  # discover the built-in metrics before copying
-    monkeypatch.setattr(metrics_base, "_REGISTRY", dict(metrics_base._REGISTRY))
+    monkeypatch.setattr(metrics_base.METRICS, "_entries", dict(metrics_base.METRICS._entries))
 
 
 def test_a_third_party_metric_registers_with_the_decorator(scratch_registry):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import inspect
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
@@ -27,6 +26,7 @@ from metricwise.errors import (
     did_you_mean,
 )
 from metricwise.guards import Guards, is_repeating, truncate_at_stop
+from metricwise.registry import Registry
 from metricwise.types import Candidate, SampleSet, SamplingConfig, sample_problem
 
 
@@ -281,58 +281,25 @@ class DecodeState:
 
 #: A backend's constructor: ``factory(model, **options)``; ``model=None`` is its default model.
 BackendFactory = Callable[..., Backend]
-#: Backend name -> factory, filled by :func:`register_backend` as the backend modules are imported.
-BACKENDS: dict[str, BackendFactory] = {}
-_DISCOVERED = False
-_DISCOVERING = False
-_DISCOVERY_LOCK = threading.RLock()
+#: The backends: every module of :mod:`metricwise.backends`, then the ``metricwise.backends``
+#: entry points of installed plugins (see :mod:`metricwise.registry`).
+BACKENDS: Registry[BackendFactory] = Registry("backend", "metricwise.backends")
 
 
 def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
     """Register a backend class or factory under ``name`` (``--backend name``); refuses duplicates.
 
-    A backend is one module in ``metricwise/backends/`` whose class carries this decorator: the
-    package's modules are imported on first use, so adding a module is all it takes. Modules
-    import their heavy dependencies (torch, llama.cpp) inside functions, so discovery is cheap.
+    A backend is one module in ``metricwise/backends/`` (or a plugin's entry point) whose class
+    carries this decorator: modules are found on first use, so adding a module is all it
+    takes. Modules import their heavy dependencies (torch, llama.cpp) inside functions, so
+    discovery is cheap.
     """
-
-    def decorator(factory: BackendFactory) -> BackendFactory:
-        if BACKENDS.get(name, factory) is not factory:
-            raise InvalidParameterError(f"A backend named {name!r} is already registered.")
-        BACKENDS[name] = factory
-        return factory
-
-    return decorator
+    return BACKENDS.register(name)
 
 
 def backend_names() -> list[str]:
     """Sorted names of the registered backends."""
-    _discover_backends()
-    return sorted(BACKENDS)
-
-
-def _discover_backends() -> None:
-    # Thread-safe like the metric registry: another thread waits for the whole set, and only
-    # the discovering thread itself can re-enter (a module that asks while it is imported).
-    global _DISCOVERED, _DISCOVERING
-    if _DISCOVERED:
-        return
-    with _DISCOVERY_LOCK:
-        if _DISCOVERED or _DISCOVERING:
-            return
-        _DISCOVERING = True
-        try:
-            import importlib
-            import pkgutil
-
-            import metricwise.backends as package
-
-            for module in pkgutil.iter_modules(package.__path__):
-                if not module.name.startswith("_"):
-                    importlib.import_module(f"{package.__name__}.{module.name}")
-        finally:
-            _DISCOVERING = False
-        _DISCOVERED = True
+    return BACKENDS.names()
 
 
 #: A prompt of more characters is refused before it is tokenized (no model's context holds it:
@@ -381,8 +348,7 @@ def check_prompts_before_loading(
                 f"{label}: the prompt has {len(text):,} characters, more than the "
                 f"{MAX_PROMPT_CHARS:,} any model's context holds."
             )
-    backend_names()  # discovers the backends
-    check = getattr(BACKENDS.get(name), "check_prompts", None)
+    check = getattr(BACKENDS[name], "check_prompts", None) if name in BACKENDS else None
     if check is not None:
         check(model, prompts, max_tokens, **options)
 

@@ -8,14 +8,14 @@ decisions use, fills a whole matrix at once (``pairwise``). Subclasses that can 
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
+from metricwise.errors import InvalidParameterError
 from metricwise.io import json_or_text
+from metricwise.registry import Registry
 
 MetricKind = Literal["text", "number"]
 
@@ -171,7 +171,26 @@ class CallableMetric(Metric):
 
 MetricFactory = Callable[..., Metric]
 _Factory = TypeVar("_Factory", bound=MetricFactory)
-_REGISTRY: dict[str, MetricFactory] = {}
+
+
+def _named(name: str, factory: MetricFactory) -> MetricFactory:
+    """On a :class:`Metric` subclass, set the class attribute ``name`` (a class that sets a
+    different one itself is refused: its results would be signed with a name that :func:`get`
+    does not know)."""
+    if isinstance(factory, type) and issubclass(factory, Metric):
+        own = factory.__dict__.get("name")
+        if own is not None and own != name:
+            raise InvalidParameterError(
+                f"The metric class {factory.__qualname__} sets name = {own!r} but is registered "
+                f"as {name!r}. Remove its name attribute: register sets it."
+            )
+        factory.name = name
+    return factory
+
+
+#: The metrics: every module of :mod:`metricwise.metrics`, then the ``metricwise.metrics``
+#: entry points of installed plugins (see :mod:`metricwise.registry`).
+METRICS: Registry[MetricFactory] = Registry("metric", "metricwise.metrics", prepare=_named)
 
 
 def register(name: str) -> Callable[[_Factory], _Factory]:
@@ -197,17 +216,7 @@ def register(name: str) -> Callable[[_Factory], _Factory]:
         )
 
     def decorator(factory: _Factory) -> _Factory:
-        if name in _REGISTRY:
-            raise InvalidParameterError(f"A metric named {name!r} is already registered.")
-        if isinstance(factory, type) and issubclass(factory, Metric):
-            own = factory.__dict__.get("name")
-            if own is not None and own != name:
-                raise InvalidParameterError(
-                    f"The metric class {factory.__qualname__} sets name = {own!r} but is registered "
-                    f"as {name!r}. Remove its name attribute: register sets it."
-                )
-            factory.name = name
-        _REGISTRY[name] = factory
+        METRICS.add(name, factory)
         return factory
 
     return decorator
@@ -215,8 +224,7 @@ def register(name: str) -> Callable[[_Factory], _Factory]:
 
 def names() -> list[str]:
     """Sorted names of all registered metrics."""
-    _load_builtin_metrics()
-    return sorted(_REGISTRY)
+    return METRICS.names()
 
 
 _SPEC = re.compile(r"(?P<name>[A-Za-z_]\w*)\((?P<args>.*)\)", re.DOTALL)
@@ -276,15 +284,11 @@ def get(name: str, **kwargs: Any) -> Metric:
     ``name`` may carry arguments (``"reward(model=/models/rm)"``, see :func:`parse_spec`);
     keyword arguments given here override them.
     """
-    _load_builtin_metrics()
     name, spec_args = parse_spec(name)
     kwargs = {**spec_args, **kwargs}
-    if name not in _REGISTRY:
-        raise UnknownNameError(
-            f"Unknown metric {name!r}.{did_you_mean(name, list(_REGISTRY))} Known metrics: {', '.join(sorted(_REGISTRY))}."
-        )
+    factory = METRICS.get(name)
     try:
-        return _REGISTRY[name](**kwargs)
+        return factory(**kwargs)
     except TypeError as exc:
         raise InvalidParameterError(f"Bad arguments for metric {name!r}: {exc}.") from None
 
@@ -315,40 +319,3 @@ def resolve(
     raise InvalidParameterError(
         f"The 'metric' parameter must be a registered name, a Metric or a callable. Got {metric!r} instead."
     )
-
-
-_BUILTINS_LOADED = False
-_LOADING = False
-_LOAD_LOCK = threading.RLock()
-
-
-def _load_builtin_metrics() -> None:
-    """Import every module of :mod:`metricwise.metrics` but this one, once, on first use.
-
-    The modules register their metrics themselves, so adding a metric is adding a module: no
-    list to update. Discovery imports them all, so a metric module imports its heavy
-    dependencies (torch for ``embedding_cosine``) when the metric is built, not at import.
-
-    Thread-safe: a thread that asks while another is loading waits for the whole registry (a
-    server's first concurrent requests would otherwise see a part of it).
-    """
-    global _BUILTINS_LOADED, _LOADING
-    if _BUILTINS_LOADED:
-        return
-    with _LOAD_LOCK:
-        # Only the loading thread itself gets here while _LOADING (the lock is reentrant): a
-        # module that asks for the registry while it is imported must not recurse.
-        if _BUILTINS_LOADED or _LOADING:
-            return
-        _LOADING = True
-        try:
-            import importlib
-            import pkgutil
-
-            package = importlib.import_module("metricwise.metrics")
-            for module in pkgutil.iter_modules(package.__path__, prefix="metricwise.metrics."):
-                if module.name != __name__:
-                    importlib.import_module(module.name)
-        finally:
-            _LOADING = False
-        _BUILTINS_LOADED = True

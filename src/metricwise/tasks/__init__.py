@@ -28,7 +28,9 @@ Adding a built-in task is adding one module here: parse the data file with the r
 a loader with :func:`~metricwise.tasks.splits.split_loader` or
 :func:`~metricwise.tasks.splits.holdout_loader`, and call
 ``builtin_task(Task(name=..., loader=...))`` (:func:`~metricwise.tasks.registry.builtin_task`)
-beside the parser. The package imports every one of its modules, so nothing else lists it;
+beside the parser. The registry imports every module of the package on first use, so nothing
+else lists it (a separately installed package adds tasks through the ``metricwise.tasks`` entry
+point group);
 ``tests/test_tasks.py`` checks every registered task and wants its row counts in
 ``EXPECTED_SIZES``.
 """
@@ -36,15 +38,13 @@ beside the parser. The package imports every one of its modules, so nothing else
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
-import pkgutil
 from typing import Any
 
 from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
 from metricwise.tasks.base import SPLITS, Item, Task, check_task, resolve_data_dir
 from metricwise.tasks.fewshot import STRATEGIES, select_shots
-from metricwise.tasks.registry import registered
+from metricwise.tasks.registry import TASKS
 from metricwise.tasks.yaml_task import load_task_file
 
 __all__ = [
@@ -61,21 +61,19 @@ __all__ = [
     "task_names",
 ]
 
-# Every module of the package is imported once, so that each task family module registers its
-# tasks: adding a family is adding a file, with no list to update. Generic modules (base, readers,
-# fewshot, yaml_task, ...) register nothing.
-for _module in pkgutil.iter_modules(__path__, f"{__name__}."):
-    importlib.import_module(_module.name)
-del _module
-
-_REGISTRY: dict[str, Task] = registered()
+# Every module of the package is imported on first use (TASKS.discover), so that each task
+# family module registers its tasks: adding a family is adding a file, with no list to update.
+# Generic modules (base, readers, fewshot, yaml_task, ...) register nothing.
+#: Built-in tasks are checked once, when first asked for (register_task checks at once).
+_CHECKED: set[str] = set()
 _TUPLE_FIELDS = ("metrics", "corpus_metrics", "stop", "similarity_fields", "valid_range")
 _OVERRIDABLE = tuple(f.name for f in dataclasses.fields(Task) if f.name != "loader")
 
 
 def task_names() -> list[str]:
-    """Sorted names of the registered tasks (the built-in ones and any :func:`register_task`)."""
-    return sorted(_REGISTRY)
+    """Sorted names of the registered tasks (the built-in ones, plugins' and any
+    :func:`register_task`)."""
+    return TASKS.names()
 
 
 def register_task(task: Task) -> Task:
@@ -90,9 +88,10 @@ def register_task(task: Task) -> Task:
         raise InvalidParameterError(
             f"The 'task' parameter of register_task must be a Task. Got {task!r} instead."
         )
-    if task.name in _REGISTRY:
+    if task.name in TASKS:
         raise InvalidParameterError(f"A task named {task.name!r} is already registered.")
-    _REGISTRY[task.name] = check_task(task)
+    TASKS.add(task.name, check_task(task))
+    _CHECKED.add(task.name)
     return task
 
 
@@ -129,8 +128,11 @@ def get_task(name: str | os.PathLike[str], **overrides: Any) -> Task:
         raise InvalidParameterError(
             f"The 'name' parameter of get_task must be a task name or a YAML file path. Got {name!r} instead."
         )
-    elif name in _REGISTRY:
-        task = _REGISTRY[name]
+    elif name in TASKS:
+        task = TASKS[name]
+        if name not in _CHECKED:
+            check_task(task)
+            _CHECKED.add(name)
     else:
         names = task_names()
         hint = did_you_mean(name, names) or did_you_mean(name.lower(), names)

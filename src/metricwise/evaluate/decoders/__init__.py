@@ -60,6 +60,7 @@ from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_m
 from metricwise.extract import Extractor, answer_after, extract_number
 from metricwise.metrics import get as get_metric
 from metricwise.metrics.base import Metric
+from metricwise.registry import Registry
 from metricwise.tasks.base import Task
 from metricwise.types import COMPLETE_FINISH_REASONS, Candidate, Decision, SampleSet
 
@@ -277,8 +278,31 @@ _LABEL = re.compile(
     r"(?:@(?P<wrapper>[A-Za-z_]\w*))?"
 )
 _NAME = re.compile(rf"[A-Za-z_]\w*(?:\+(?!(?:{_WEIGHTS})$)[A-Za-z_]\w*)?")
-_REGISTRY: dict[str, type[Decoder]] = {}
 D = TypeVar("D", bound=type[Decoder])
+
+
+def _check_decoder(name: str, cls: type[Decoder]) -> type[Decoder]:
+    """A registered decoder is a plain name (or a variant such as ``mbr+greedy``) on a
+    :class:`Decoder` subclass, which takes the name."""
+    if not _NAME.fullmatch(name):
+        raise InvalidParameterError(
+            "The 'name' parameter of register_decoder must be an identifier such as 'median', or "
+            f"a variant of one such as 'mbr+greedy' (not a weighting). Got {name!r} instead."
+        )
+    if not (isinstance(cls, type) and issubclass(cls, Decoder)):
+        raise InvalidParameterError(
+            f"register_decoder registers Decoder subclasses. Got {cls!r} instead."
+        )
+    cls.name = name
+    return cls
+
+
+#: The decoders, in registration order (the built-in ones below first): this package's modules,
+#: then the ``metricwise.decoders`` entry points of installed plugins (see
+#: :mod:`metricwise.registry`). A decoder in a module of its own here is found too.
+DECODERS: Registry[type[Decoder]] = Registry(
+    "decoder", __name__, keep_order=True, prepare=_check_decoder
+)
 
 
 def register_decoder(name: str) -> Callable[[D], D]:
@@ -296,16 +320,11 @@ def register_decoder(name: str) -> Callable[[D], D]:
         )
 
     def wrap(cls: D) -> D:
-        if name in _REGISTRY:
+        if name in DECODERS._entries:
             raise InvalidParameterError(
-                f"The decoder {name!r} is already registered (by {_REGISTRY[name].__qualname__})."
+                f"The decoder {name!r} is already registered (by {DECODERS._entries[name].__qualname__})."
             )
-        if not (isinstance(cls, type) and issubclass(cls, Decoder)):
-            raise InvalidParameterError(
-                f"register_decoder registers Decoder subclasses. Got {cls!r} instead."
-            )
-        cls.name = name
-        _REGISTRY[name] = cls
+        DECODERS.add(name, cls)
         return cls
 
     return wrap
@@ -319,19 +338,18 @@ def get_decoder_class(name: str) -> type[Decoder]:
     UnknownNameError
         For an unregistered name, with the closest registered one.
     """
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        names = decoder_names()
-        raise UnknownNameError(
-            f"The decoder must be one of {', '.join(map(repr, names))}. Got {name!r} instead."
-            f"{did_you_mean(str(name), names)}"
-        ) from None
+    if isinstance(name, str) and name in DECODERS:
+        return DECODERS[name]
+    names = decoder_names()
+    raise UnknownNameError(
+        f"The decoder must be one of {', '.join(map(repr, names))}. Got {name!r} instead."
+        f"{did_you_mean(str(name), names)}"
+    )
 
 
 def decoder_names() -> list[str]:
     """The registered decoder names, in registration order."""
-    return list(_REGISTRY)
+    return DECODERS.names()
 
 
 def make_decoder(kind: str, metric: str | None = None, weights: str = "uniform") -> Decoder:
