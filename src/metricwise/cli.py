@@ -1227,18 +1227,12 @@ def _run_metrics(args: argparse.Namespace) -> int:
     rows = []
     for name in metrics.names():
         try:
-            metric = metrics.get(name)
-        except MetricwiseError as exc:  # an optional extra is missing
+            info = metrics.describe(name)  # read from the class: no model is loaded
+        except MetricwiseError as exc:  # a factory that needs an optional extra
             rows.append((name, "?", "?", f"unavailable: {exc}"))
             continue
-        rows.append(
-            (
-                name,
-                "higher" if metric.higher_is_better else "lower",
-                metric.bayes_rule or "mbr",
-                (type(metric).__doc__ or "").strip().splitlines()[0],
-            )
-        )
+        direction = "higher" if info.higher_is_better else "lower"
+        rows.append((name, direction, info.bayes_rule or "mbr", info.summary))
     width = max(len(r[0]) for r in rows)
     print(f"{'metric':<{width}}  better  rule      description")
     for name, direction, rule, doc in rows:

@@ -11,6 +11,26 @@ here on first use; nothing lists them. Shared text pieces are in :mod:`metricwis
 True
 """
 
-from metricwise.metrics.base import CallableMetric, Metric, get, names, register, resolve
+from metricwise.metrics.base import (
+    METRICS,
+    CallableMetric,
+    Metric,
+    MetricInfo,
+    describe,
+    get,
+    names,
+    register,
+    resolve,
+)
 
-__all__ = ["CallableMetric", "Metric", "get", "names", "register", "resolve"]
+__all__ = [
+    "METRICS",
+    "CallableMetric",
+    "Metric",
+    "MetricInfo",
+    "describe",
+    "get",
+    "names",
+    "register",
+    "resolve",
+]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import numpy as np
@@ -225,6 +226,32 @@ def register(name: str) -> Callable[[_Factory], _Factory]:
 def names() -> list[str]:
     """Sorted names of all registered metrics."""
     return METRICS.names()
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """What a registered metric declares, read without building it (no model is loaded)."""
+
+    name: str
+    higher_is_better: bool
+    bayes_rule: str | None
+    kind: str
+    summary: str
+
+
+def describe(name: str) -> MetricInfo:
+    """The declared direction, rule, kind and first docstring line of the registered metric
+    ``name``, read from its class: ``metricwise metrics`` and test collection list every metric
+    without building the model-based ones (a factory that is not a class is built)."""
+    factory = METRICS.get(name)
+    source: Any = factory if isinstance(factory, type) else factory()
+    return MetricInfo(
+        name=name,
+        higher_is_better=bool(source.higher_is_better),
+        bayes_rule=source.bayes_rule,
+        kind=str(source.kind),
+        summary=((source.__doc__ or "").strip().splitlines() or [""])[0],
+    )
 
 
 _SPEC = re.compile(r"(?P<name>[A-Za-z_]\w*)\((?P<args>.*)\)", re.DOTALL)
