@@ -47,6 +47,7 @@ wrapper (``adaptive``) builds itself around the decoder before the ``@``
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -299,7 +300,8 @@ def _check_decoder(name: str, cls: type[Decoder]) -> type[Decoder]:
 
 #: The decoders, in registration order (the built-in ones below first): this package's modules,
 #: then the ``metricwise.decoders`` entry points of installed plugins (see
-#: :mod:`metricwise.registry`). A decoder in a module of its own here is found too.
+#: :mod:`metricwise.registry`). A decoder in a module of its own here is found too, and runs in
+#: every evaluation (:func:`default_decoders`).
 DECODERS: Registry[type[Decoder]] = Registry(
     "decoder", __name__, keep_order=True, prepare=_check_decoder
 )
@@ -779,8 +781,28 @@ def default_decoders(
     decoders += [MBR(m) for m in dict.fromkeys(extra_mbr_metrics) if m not in mbr_metrics]
     if adaptive is not None:
         decoders += [AdaptiveRule(d, adaptive, tolerance) for d in rules]
+    decoders += _added_decoders()
     decoders.append(Oracle())
     return decoders
+
+
+def _added_decoders() -> list[Decoder]:
+    """One of each decoder registered outside this module (a module of its own in this
+    package, a plugin's entry point) that is built without a metric or weighting; one that
+    needs them is named in a warning and left to ``Decoder.from_label``."""
+    added = []
+    for name, cls in DECODERS.items():
+        if cls.__module__ == __name__:
+            continue
+        try:
+            added.append(cls.from_parts())
+        except InvalidParameterError as exc:
+            warnings.warn(
+                f"The decoder {name!r} ({cls.__module__}) needs parameters, so evaluations do not "
+                f"run it by default: {exc}",
+                stacklevel=3,
+            )
+    return added
 
 
 def rule_decoder(metric: str, answer_type: str) -> BayesRule:

@@ -1,0 +1,1 @@
+"""CONTRIBUTING.md's four recipes as a metricwise plugin package (see ../pyproject.toml)."""
