@@ -334,7 +334,9 @@ def test_the_limits_are_in_help_and_checked(tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": 1, "prompt": "x"}\n')
     code, _, err = run(["sample", "--input", str(prompts), "--timeout", "5"], capsys=capsys)
-    assert code == 2 and "apply to --backend openai" in err
+    assert (
+        code == 2 and "apply to backends that make HTTP requests (openai). Got --backend hf" in err
+    )
     code, _, err = run(["sample", "--input", str(prompts), "--max_seconds", "0"], capsys=capsys)
     assert code == 2 and "'max_seconds'" in err
 

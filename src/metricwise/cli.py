@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a named model (see `metricwise models`), a local directory or .gguf file, or a hub id (default: gemma-3-270m; with --backend openai: the model the server serves)",
     )
-    e.add_argument("--backend", default="hf", help="hf, llamacpp or openai")
+    e.add_argument("--backend", default="hf", help=_backend_help())
     e.add_argument(
         "--model_args",
         action="append",
@@ -428,7 +428,7 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--backend",
         default="hf",
-        help="hf (transformers), llamacpp, or openai (an OpenAI-compatible server)",
+        help=_backend_help(),
     )
     g.add_argument(
         "--model_args",
@@ -598,20 +598,50 @@ def _add_limit_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: What the built-in backends are, for --help; a plugin's backend is listed by its name.
+_BACKEND_NOTES = {
+    "hf": "transformers",
+    "llamacpp": "llama.cpp in-process",
+    "openai": "an OpenAI-compatible server",
+}
+
+
+def _backend_help() -> str:
+    """--backend's help: every registered backend, plugins' included."""
+    from metricwise.backends.base import backend_names
+
+    names = [
+        f"{name} ({_BACKEND_NOTES[name]})" if name in _BACKEND_NOTES else name
+        for name in backend_names()
+    ]
+    return f"one of {', '.join(names)}"
+
+
 def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of load_backend: --model_args plus the limits, checked before anything loads."""
+    from metricwise.backends.base import backend_names, backend_options
     from metricwise.backends.http import RetryPolicy
     from metricwise.guards import Guards
 
     options = _parse_key_values(args.model_args, "--model_args")
     options["guards"] = Guards(max_seconds=args.max_seconds)
     policy = RetryPolicy(timeout=args.timeout, max_retries=args.max_retries)
-    if args.backend == "openai":
+    if args.backend not in backend_names():
+        return options  # load_backend names the backends there are
+    # The HTTP limits go to every backend that takes them (openai, or a plugin's server backend).
+    accepted = backend_options(args.backend)
+    if accepted is not None and {"timeout", "max_retries"} <= set(accepted):
         options.setdefault("timeout", policy.timeout)
         options.setdefault("max_retries", policy.max_retries)
     elif (args.timeout, args.max_retries) != (RetryPolicy.timeout, RetryPolicy.max_retries):
+        takers = [
+            n
+            for n in backend_names()
+            if {"timeout", "max_retries"} <= set(backend_options(n) or ())
+        ]
         raise InvalidParameterError(
-            f"The '--timeout' and '--max_retries' options apply to --backend openai. Got --backend {args.backend} instead."
+            f"The '--timeout' and '--max_retries' options apply to backends that make HTTP requests "
+            f"({', '.join(takers)}). Got --backend {args.backend} instead."
         )
     return options
 

@@ -386,20 +386,29 @@ def prompt_cache_summary(backend: Any) -> str | None:
     )
 
 
-def _check_options(name: str, factory: BackendFactory, options: dict[str, Any]) -> None:
-    """Refuse an option the backend does not take (a misspelt ``--model_args`` key), naming
-    the ones it does, before anything loads."""
+def backend_options(name: str) -> list[str] | None:
+    """The keyword options backend ``name``'s factory takes (``--model_args`` keys and the
+    limits such as ``timeout``), or None when it takes any (``**options``) or has no signature."""
+    factory = BACKENDS.get(name)
     try:
         parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):  # a factory without a signature: it checks for itself
-        return
+        return None
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    accepted = [
+        return None
+    return [
         n
         for n, p in list(parameters.items())[1:]  # the first is the model
         if p.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     ]
+
+
+def _check_options(name: str, factory: BackendFactory, options: dict[str, Any]) -> None:
+    """Refuse an option the backend does not take (a misspelt ``--model_args`` key), naming
+    the ones it does, before anything loads."""
+    accepted = backend_options(name)
+    if accepted is None:
+        return
     for option in options:
         if option not in accepted:
             raise UnknownNameError(
