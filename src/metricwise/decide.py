@@ -53,13 +53,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
 from metricwise.errors import InvalidParameterError, MetricwiseError, UnknownNameError, did_you_mean
 from metricwise.extract import Extractor, check_range, clip, extract_number
-from metricwise.metrics.base import Metric, resolve
+from metricwise.metrics.base import AggregatableMetric, Metric, StatisticsMetric, resolve
 from metricwise.types import COMPLETE_FINISH_REASONS, Decision, MBRStats, SampleSet, SupportItem
 
 RULES: tuple[str, ...] = ("mode", "mean", "median", "quantile", "grid", "mbr")
@@ -934,15 +934,15 @@ def _check_mbr(method: object, metric: Metric, rule: str) -> None:
         )
 
 
-def _has_statistics(metric: Metric) -> bool:
+def _has_statistics(metric: Metric) -> TypeGuard[StatisticsMetric]:
     """Whether ``metric`` computes per-string statistics once and compares row subsets of them
-    (``statistics`` and ``pairwise_statistics``: chrF, BLEU, token F1)."""
-    return all(callable(getattr(metric, n, None)) for n in ("statistics", "pairwise_statistics"))
+    (a :class:`~metricwise.metrics.base.StatisticsMetric`: chrF, BLEU, token F1)."""
+    return isinstance(metric, StatisticsMetric)
 
 
-def _can_aggregate(metric: Metric) -> bool:
+def _can_aggregate(metric: Metric) -> TypeGuard[AggregatableMetric]:
     """Whether ``metric`` scores hypotheses against averaged statistics (chrF)."""
-    return _has_statistics(metric) and callable(getattr(metric, "aggregate_statistics", None))
+    return isinstance(metric, AggregatableMetric)
 
 
 def _mbr_search(
@@ -1028,21 +1028,23 @@ class _PairScorer:
         self.hypotheses, self.refs = hypotheses, refs
         self.evaluations = 0
         self.stats: Any = None
+        self.stats_metric: StatisticsMetric | None = None
         if _has_statistics(metric):
             same = hypotheses is refs
-            self.stats = metric.statistics(hypotheses if same else [*hypotheses, *refs])  # type: ignore[attr-defined]
+            self.stats_metric = metric
+            self.stats = metric.statistics(hypotheses if same else [*hypotheses, *refs])
             self.hyp_rows = np.arange(len(hypotheses))
             self.ref_rows = self.hyp_rows if same else len(hypotheses) + np.arange(len(refs))
 
     def pairwise(self, hyp_index: np.ndarray, ref_index: np.ndarray) -> np.ndarray:
         """Shape (len(hyp_index), len(ref_index)): ``u(hypotheses[i], refs[j])``."""
         self.evaluations += len(hyp_index) * len(ref_index)
-        if self.stats is None:
+        if self.stats_metric is None:
             return self.metric.pairwise(
                 [self.hypotheses[i] for i in hyp_index], [self.refs[j] for j in ref_index]
             )
         take = self.stats.take
-        return self.metric.pairwise_statistics(  # type: ignore[attr-defined]
+        return self.stats_metric.pairwise_statistics(
             take(self.hyp_rows[hyp_index]), take(self.ref_rows[ref_index])
         )
 
@@ -1059,10 +1061,11 @@ class _PairScorer:
 
     def aggregate(self, weights: np.ndarray) -> np.ndarray:
         """Shape (H,): each hypothesis against the ``weights``-averaged references."""
+        metric = self.metric
+        if not _can_aggregate(metric):  # refused before any work (see _check_mbr)
+            raise InvalidParameterError(f"The metric {metric.signature()!r} cannot aggregate.")
         take = self.stats.take
-        return self.metric.aggregate_statistics(  # type: ignore[attr-defined]
-            take(self.hyp_rows), take(self.ref_rows), weights
-        )
+        return metric.aggregate_statistics(take(self.hyp_rows), take(self.ref_rows), weights)
 
 
 def _aggregate_choice(scorer: _PairScorer, evidence: np.ndarray, weights: np.ndarray) -> int:

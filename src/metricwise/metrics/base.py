@@ -10,13 +10,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 
 from metricwise.errors import InvalidParameterError
 from metricwise.io import json_or_text
 from metricwise.registry import Registry
+
+if TYPE_CHECKING:
+    from metricwise.metrics.overlap import NgramStatistics
 
 MetricKind = Literal["text", "number"]
 
@@ -120,6 +123,52 @@ class Metric:
 
     def __repr__(self) -> str:
         return f"<Metric {self.signature()} ({'higher' if self.higher_is_better else 'lower'} is better)>"
+
+
+class StatisticsMetric(Metric):
+    """A metric with sufficient statistics (chrF, BLEU, token F1), as sacrebleu keeps them.
+
+    :meth:`statistics` computes each text's n-gram counts once; :meth:`pairwise_statistics`
+    compares any rows of one such call, so MBR over hypotheses and samples, pruning's growing
+    reference sets and the exact stage of ``aggregate_to_fine`` reuse them. ``pairwise`` is
+    defined here once, over the distinct texts. :func:`metricwise.decide` dispatches on this
+    class, never on attribute probes.
+    """
+
+    def statistics(self, texts: Sequence[Any]) -> NgramStatistics:
+        """The statistics of ``texts``, numbered alike for all (compare rows of one call)."""
+        raise NotImplementedError
+
+    def pairwise_statistics(self, cand: NgramStatistics, ref: NgramStatistics) -> np.ndarray:
+        """(C, R) scores from the statistics of C candidates and R references, both from one
+        :meth:`statistics` call (or its ``take``); the same object twice is symmetric."""
+        raise NotImplementedError
+
+    def pairwise(self, cands: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
+        """Return the (C, R) float64 matrix ``M[i, j] = score(cands[i], refs[j])``."""
+        return self._pairwise_deduplicated(cands, refs, self._pairwise_unique)
+
+    def _pairwise_unique(self, cands: list[Any], refs: list[Any]) -> np.ndarray:
+        if cands == refs:
+            stats = self.statistics(cands)
+            return self.pairwise_statistics(stats, stats)
+        # Candidates and references are numbered together, so that their n-grams compare.
+        stats = self.statistics([*cands, *refs])
+        n_c = len(cands)
+        return self.pairwise_statistics(
+            stats.take(np.arange(n_c)), stats.take(np.arange(n_c, n_c + len(refs)))
+        )
+
+
+class AggregatableMetric(StatisticsMetric):
+    """A :class:`StatisticsMetric` whose references can be averaged into one (chrF): what
+    ``decide(..., mbr="aggregate")`` and ``"aggregate_to_fine"`` need."""
+
+    def aggregate_statistics(
+        self, cand: NgramStatistics, ref: NgramStatistics, weights: np.ndarray
+    ) -> np.ndarray:
+        """Shape (C,): each candidate's score against the ``weights``-average of the references."""
+        raise NotImplementedError
 
 
 class CallableMetric(Metric):

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from metricwise.errors import InvalidParameterError
-from metricwise.metrics.base import Metric, register
+from metricwise.metrics.base import StatisticsMetric, register
 from metricwise.metrics.overlap import NgramStatistics, clipped_overlap, token_statistics
 from metricwise.text import as_text
 
@@ -97,7 +97,7 @@ def _ngram_bags(tokens: list[str], max_order: int) -> list[Counter]:
 
 
 @register("bleu")
-class BLEU(Metric):
+class BLEU(StatisticsMetric):
     """Sentence BLEU (0-100) equal to ``sacrebleu.sentence_bleu(pred, [ref])``. Decided by MBR.
 
     Parameters
@@ -245,21 +245,6 @@ class BLEU(Metric):
                 merged[n] |= bag  # multiset union: the largest count of each n-gram
         closest = min((abs(hyp.length - f.length), f.length) for f in ref_feats)[1]
         return float(self._from_features([hyp], [_Features(closest, merged)])[0, 0])
-
-    def pairwise(self, cands: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
-        """Return the (C, R) float64 matrix ``M[i, j] = BLEU(cands[i], refs[j])`` (0-100)."""
-        return self._pairwise_deduplicated(cands, refs, self._pairwise_unique)
-
-    def _pairwise_unique(self, cands: list[Any], refs: list[Any]) -> np.ndarray:
-        if cands == refs:
-            stats = self.statistics(cands)
-            return self.pairwise_statistics(stats, stats)
-        # Candidates and references are numbered together, so that their n-grams compare.
-        stats = self.statistics([*cands, *refs])
-        n_c = len(cands)
-        return self.pairwise_statistics(
-            stats.take(np.arange(n_c)), stats.take(np.arange(n_c, n_c + len(refs)))
-        )
 
     def statistics(self, texts: Sequence[Any]) -> NgramStatistics:
         """The token n-gram bags (n = 1..max order) of ``texts``, numbered alike for all.

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from metricwise.errors import InvalidParameterError
-from metricwise.metrics.base import Metric, register
+from metricwise.metrics.base import AggregatableMetric, register
 from metricwise.metrics.overlap import NgramStatistics, ngram_entries
 from metricwise.text import as_text
 
@@ -67,7 +67,7 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
 
 
 @register("chrf")
-class CHRF(Metric):
+class CHRF(AggregatableMetric):
     """chrF / chrF++ (0-100) equal to ``sacrebleu.sentence_chrf(pred, [ref])``. Decided by MBR.
 
     Parameters
@@ -189,21 +189,6 @@ class CHRF(Metric):
     # -- the metric -----------------------------------------------------------------------------
     def _score_one(self, pred: Any, ref: Any) -> float:
         return float(self._pairwise_unique([pred], [ref])[0, 0])
-
-    def pairwise(self, cands: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
-        """Return the (C, R) float64 matrix ``M[i, j] = chrF(cands[i], refs[j])`` (0-100)."""
-        return self._pairwise_deduplicated(cands, refs, self._pairwise_unique)
-
-    def _pairwise_unique(self, cands: list[Any], refs: list[Any]) -> np.ndarray:
-        if cands == refs:
-            stats = self.statistics(cands)
-            return self.pairwise_statistics(stats, stats)
-        # Candidates and references are numbered together, so that their n-grams compare.
-        stats = self.statistics([*cands, *refs])
-        n_c = len(cands)
-        return self.pairwise_statistics(
-            stats.take(np.arange(n_c)), stats.take(np.arange(n_c, n_c + len(refs)))
-        )
 
     def pairwise_statistics(self, cand: NgramStatistics, ref: NgramStatistics) -> np.ndarray:
         """(C, R) chrF from the :meth:`statistics` of C candidates and R references.

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from metricwise.metrics.base import Metric, register
+from metricwise.metrics.base import Metric, StatisticsMetric, register
 from metricwise.metrics.overlap import NgramStatistics, bag_sizes, token_statistics
 from metricwise.text import equality_pairwise, f1_from_counts, normalize_answer
 
@@ -42,7 +42,7 @@ def _token_bag(text: Any) -> Counter:
 
 
 @register("token_f1")
-class TokenF1(Metric):
+class TokenF1(StatisticsMetric):
     """SQuAD token F1 between normalized answers (0..1). Decided by MBR.
 
     ``pairwise`` scores distinct strings only: their tokens are numbered together
@@ -56,20 +56,6 @@ class TokenF1(Metric):
         overlap = np.array([[sum((p & r).values())]], dtype=np.float64)
         return float(
             f1_from_counts(overlap, bag_sizes([p])[:, None], bag_sizes([r])[None, :])[0, 0]
-        )
-
-    def pairwise(self, cands: Sequence[Any], refs: Sequence[Any]) -> np.ndarray:
-        return self._pairwise_deduplicated(cands, refs, self._pairwise_unique)
-
-    def _pairwise_unique(self, cands: list[Any], refs: list[Any]) -> np.ndarray:
-        if cands == refs:
-            stats = self.statistics(cands)
-            return self.pairwise_statistics(stats, stats)
-        # Candidates and references are numbered together, so that their tokens compare.
-        stats = self.statistics([*cands, *refs])
-        n_c = len(cands)
-        return self.pairwise_statistics(
-            stats.take(np.arange(n_c)), stats.take(np.arange(n_c, n_c + len(refs)))
         )
 
     def statistics(self, texts: Sequence[Any]) -> NgramStatistics:
