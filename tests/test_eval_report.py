@@ -12,6 +12,7 @@ import pytest
 from metricwise.evaluate.report import (
     load_results,
     render_markdown,
+    render_summary,
     render_verdicts,
     write_plots,
 )
@@ -139,20 +140,59 @@ OLD_ARITH = {
 }
 
 
-def test_a_verdict_per_task_comes_first(rating_results):
+def test_a_verdict_per_metric_comes_first(rating_results):
     table = render_markdown({"runs": [OLD_ARITH]})
-    assert table.splitlines()[0] == (
-        "- arith, absolute error: greedy 101.0, median 81.9 (-19.1 [-53.3, +14.7], "
-        "not significant at 40 items), prior 153.3"
+    lines = table.splitlines()
+    assert lines[0] == (
+        "- arith, absolute error ↓ (40 items): best median 81.9; "
+        "vs greedy 101.0: -19.1 [-53.3, +14.7] n.s.; vs prior 153.3"
     )
-    assert table.splitlines()[1] == "" and table.splitlines()[2].startswith("| Task |")
-    # The metric's own rule: the mean for squared error, with the interval's verdict.
-    (line,) = render_verdicts(rating_results)
+    # Every metric of the task has its line, not only the primary one.
+    assert lines[1] == (
+        "- arith, squared error ↓ (40 items): best median 20000; "
+        "vs greedy 30000: -10000 [-20000, -10] better"
+    )
+    assert lines[2] == "" and lines[3].startswith("| Task |")
+    # The best decoder, with its paired difference against greedy and the prior; the metric's
+    # own rule (the mean for squared error) follows when it is not the best.
+    verdicts = render_verdicts(rating_results)
     run = rating_results["runs"][0]
-    mean = next(r for r in run["scores"] if r["decoder"] == "mean")
     assert run["rule_decoders"] == {"squared_error": "mean", "absolute_error": "median"}
-    assert line.startswith("rating, squared error: greedy ") and ", mean " in line
-    assert f"{mean['vs_greedy']['difference']:+.2f} [" in line and "at 4 items" in line
+    metrics = ["squared_error", "absolute_error", *(r["metric"] for r in run["corpus"])]
+    assert len(verdicts) == len(dict.fromkeys(metrics)) >= 3  # pearson and spearman too
+    rows = {r["decoder"]: r for r in run["scores"] if r["metric"] == "squared_error"}
+    best = min(
+        (label for label in rows if label != "oracle"), key=lambda label: rows[label]["value"]
+    )
+    line = verdicts[0]
+    assert line.startswith(f"rating, squared error ↓ (4 items): best {best} ")
+    assert best not in ("greedy", "mean")  # the fixture's median is best
+    mean = rows["mean"]  # about three significant figures of the largest value (2.30)
+    assert f"; rule mean {mean['value']:.2f} vs greedy: {mean['vs_greedy']['difference']:+.2f} [" in line
+
+
+def test_a_verdict_says_when_greedy_is_best_and_what_came_next():
+    accuracy = [
+        score("greedy", "accuracy", 0.05, direction="higher"),
+        score("prior", "accuracy", 0.0, (-0.05, -0.125, 0.0), direction="higher"),
+        score("mode", "accuracy", 0.025, (-0.025, -0.075, 0.0), direction="higher"),
+        score("median", "accuracy", 0.05, (0.0, -0.075, 0.075), direction="higher"),
+        score("mean", "accuracy", 0.0, (-0.05, -0.125, 0.0), direction="higher"),
+        score("oracle", "accuracy", 0.5, (0.45, 0.3, 0.6), direction="higher"),
+    ]
+    accuracy[0]["vs_prior"] = {"difference": 0.05, "ci": [0.0, 0.125], "p_value": 0.2}
+    run = dict(OLD_ARITH, scores=OLD_ARITH["scores"][:2], corpus=accuracy)
+    verdicts = render_verdicts({"runs": [run]})
+    assert verdicts[-1] == (
+        "arith, accuracy ↑ (40 items): best greedy 0.050, no decoder beats it "
+        "(next median 0.050: +0.000 [-0.075, +0.075] n.s., samplers 0.000-0.050); "
+        "vs prior 0.000: +0.050 [+0.000, +0.125] n.s.; rule mode 0.025 vs greedy: "
+        "-0.025 [-0.075, +0.000] n.s."
+    )
+    # When the prior is best, it is named as a constant.
+    for row in accuracy:
+        row["value"] = {"prior": 0.9}.get(row["decoder"], row["value"])
+    assert "best prior 0.900 (a constant); vs greedy 0.050" in render_verdicts({"runs": [run]})[-1]
 
 
 def test_verdicts_name_the_rule_of_each_kind_of_metric():
@@ -164,9 +204,8 @@ def test_verdicts_name_the_rule_of_each_kind_of_metric():
         score("mbr[token_f1]", "exact_match", 0.25, (0.15, 0.05, 0.25), direction="higher"),
     ]
     (line,) = render_verdicts({"runs": [exact]})
-    assert (
-        line
-        == "qa, exact match: greedy 0.100, mode 0.300 (+0.200 [+0.100, +0.300], better than greedy at 40 items)"
+    assert line == (
+        "qa, exact match ↑ (40 items): best mode 0.300; vs greedy 0.100: +0.200 [+0.100, +0.300] better"
     )
     f1 = copy.deepcopy(exact)
     for row in f1["scores"]:
@@ -174,10 +213,12 @@ def test_verdicts_name_the_rule_of_each_kind_of_metric():
     f1["scores"][2]["vs_greedy"].update({"difference": -0.05, "ci": [-0.09, -0.01]})
     f1["scores"][2]["value"] = 0.05
     (line,) = render_verdicts({"runs": [f1]})
-    assert ", mbr[token_f1] 0.050 (" in line and "worse than greedy at 40 items" in line
+    assert line.endswith("; rule mbr[token_f1] 0.050 vs greedy: -0.050 [-0.090, -0.010] worse")
     sweep = [dict(OLD_ARITH, temperature=t) for t in (0.5, 1.0)]
     assert [v.split(",")[0] for v in render_verdicts({"runs": sweep})] == [
         "arith (T=0.5)",
+        "arith (T=0.5)",
+        "arith (T=1.0)",
         "arith (T=1.0)",
     ]
 
@@ -196,6 +237,39 @@ def test_results_written_by_earlier_versions_still_render(path, tmp_path):
     assert write_plots(results, tmp_path)
 
 
+@pytest.mark.parametrize("path", RESULTS_IN_DOCS, ids=lambda p: p.parent.name)
+def test_the_first_screen_fits_120_columns(path):
+    results = load_results(path)
+    screen = render_summary(results)
+    assert max(len(line) for line in screen.splitlines()) <= 120
+    full = render_markdown(results)
+    assert max(len(line) for line in full.splitlines()) > 120  # what the first screen replaces
+    # The verdicts first, then one table per task and metric, every score in one of them.
+    lines = screen.splitlines()
+    assert lines[0].startswith("- ")
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| Decoder")]
+    scores = [r for run in results["runs"] for r in (*run["scores"], *run.get("corpus", []))]
+    assert len(rows) >= len(scores)  # global decoding adds its global - local table
+
+
+def test_the_first_screen_gives_each_metric_a_table_of_its_own(rating_results):
+    screen = render_summary(rating_results, width=120)
+    run = rating_results["runs"][0]
+    assert "\nrating, squared error ↓ (T=0.7, 4 items)\n| Decoder " in screen
+    assert "\nrating, absolute error ↓ (T=0.7, 4 items)\n| Decoder " in screen
+    mean = next(
+        r for r in run["scores"] if r["decoder"] == "mean" and r["metric"] == "squared_error"
+    )
+    block = screen.split("rating, squared error ↓ (T=0.7")[1].split("\n\n")[0]
+    row = next(line for line in block.splitlines() if line.startswith("| mean "))
+    assert cells(row)[:3] == ["mean", "8", f"{mean['value']:.2f}"]
+    # A narrower screen drops columns rather than overflow: the value's interval goes first.
+    widest = max(len(line) for line in screen.splitlines() if line.startswith("|"))
+    narrow = render_summary(rating_results, width=widest - 1)
+    assert narrow.count("95% CI") < screen.count("95% CI")  # the widest table dropped it
+    assert max(len(line) for line in narrow.splitlines()) < widest
+
+
 def test_unknown_decoders_and_missing_fields_render():
     # A user's own decoder (not registered here), no temperature, n, curves or corpus.
     run = {
@@ -208,7 +282,10 @@ def test_unknown_decoders_and_missing_fields_render():
         ],
     }
     table = render_markdown({"runs": [run]})
-    assert table.splitlines()[0] == "- mine, absolute error: greedy 2.00"
+    assert table.splitlines()[0] == (
+        "- mine, absolute error ↓ (3 items): best trimmed_mean+model 1.50; "
+        "vs greedy 2.00: -0.50 [-1.00, +0.10] n.s."
+    )
     assert "| mine | 2 | trimmed_mean+model |  |  | absolute_error |" in table
     assert render_markdown({"runs": []}).startswith("| Task |")
 
@@ -218,8 +295,9 @@ def test_a_verdict_says_when_answers_did_not_parse():
     rows = {(r["decoder"], r["metric"]): r for r in run["scores"]}
     rows["greedy", "absolute_error"].update({"parse_rate": 0.9, "strict_rate": 0.6})
     rows["median", "absolute_error"]["parse_rate"] = 0.5
-    (line,) = render_verdicts({"runs": [run]})
-    assert line.endswith("prior 153.3; parsed: greedy 90% (60% strict, 30% fallback), median 50%")
+    line, squared = render_verdicts({"runs": [run]})
+    assert line.endswith("vs prior 153.3; parsed: greedy 90% (60% strict, 30% fallback), median 50%")
+    assert "parsed" not in squared  # once per task, on its first line
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +328,7 @@ def test_an_adaptive_row_shows_its_mean_samples_used_out_of_n(adaptive_results):
         if r["decoder"] == "mean@adaptive" and r["metric"] == "squared_error"
     )
     # The verdict gives the rule's twin beside the rule, with the samples it needed.
-    (verdict,) = render_verdicts(adaptive_results)
+    verdict = render_verdicts(adaptive_results)[0]
     assert f"mean@adaptive {value:.3f} with {used:.1f} of 8 samples" in verdict
 
 

@@ -165,8 +165,10 @@ def test_report_rerenders_a_results_directory(backend, tmp_path, capsys):
     run_eval(config(tmp_path, curve_subsets=0), backend=backend)
     (tmp_path / "out" / "results.md").unlink()
     assert main(["report", str(tmp_path / "out")]) == 0
-    assert "| arith |" in capsys.readouterr().out
-    assert (tmp_path / "out" / "results.md").exists()
+    screen = capsys.readouterr().out  # the first screen: verdicts, then a table per metric
+    assert screen.startswith("- arith, absolute error ↓ (4 items): best ")
+    assert "\narith, squared error ↓ (T=1.0, 4 items)\n| Decoder " in screen
+    assert "| arith | 1 | greedy |" in (tmp_path / "out" / "results.md").read_text()
 
 
 def test_signatures_name_the_extractor_and_escape_its_separators():

@@ -1132,7 +1132,7 @@ def _adaptive_settings(args: argparse.Namespace) -> Any:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from metricwise.evaluate.report import render_markdown
+    from metricwise.evaluate.report import render_summary
     from metricwise.evaluate.runner import EvalConfig, run_eval
 
     gen = _parse_key_values(args.gen_kwargs, "--gen_kwargs")
@@ -1202,22 +1202,31 @@ def _run_eval(args: argparse.Namespace) -> int:
             max_tokens=1 if config.max_tokens is None else config.max_tokens,
         )
     results = run_eval(config)
-    print(render_markdown(results))
+    # The first screen: a verdict per metric, then tables that fit 120 columns; the full
+    # table is in results.md.
+    print(render_summary(results))
     if args.output_path:
         written = "results and table" if args.no_plots else "results, table and plots"
-        print(f"\n{written} written to {args.output_path}", file=sys.stderr)
+        print(
+            f"\n{written} written to {args.output_path} (the full table: results.md)",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
 def _run_report(args: argparse.Namespace) -> int:
-    from metricwise.evaluate.report import load_results, render_markdown, write_plots
+    from metricwise.evaluate.report import (
+        load_results,
+        render_markdown,
+        render_summary,
+        write_plots,
+    )
 
     directory = Path(args.directory)
     results = load_results(directory)
-    table = render_markdown(results)
-    print(table)
+    print(render_summary(results))
     if directory.is_dir():
-        (directory / "results.md").write_text(table + "\n", encoding="utf-8")
+        (directory / "results.md").write_text(render_markdown(results) + "\n", encoding="utf-8")
         if not args.no_plots:
             for path in write_plots(results, directory):
                 print(f"wrote {path}", file=sys.stderr)

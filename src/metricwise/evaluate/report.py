@@ -93,6 +93,8 @@ def _rule_label(run: dict[str, Any], metric: str, labels: set[str]) -> str | Non
     recorded = run.get("rule_decoders", {}).get(metric)
     if recorded in labels:
         return str(recorded)
+    if metric == "accuracy":  # the corpus statistic: exact match of numbers, the mode's metric
+        return "mode" if "mode" in labels else None
     answer_type = run.get("answer_type")
     if answer_type is None:  # older results: only number tasks have the mean and median rules
         answer_type = "number" if {"mean", "median"} & labels else "text"
@@ -104,11 +106,13 @@ def _rule_label(run: dict[str, Any], metric: str, labels: set[str]) -> str | Non
 
 
 def _decimals(*values: float | None) -> int:
-    """About three significant figures of the largest value: 101.0, 81.9, 4.85, 0.065."""
+    """About three significant figures of the largest value, at most three decimals: 24961,
+    101.0, 81.9, 4.85, 0.065, 0.050."""
     finite = [abs(v) for v in values if v is not None and math.isfinite(v) and v != 0]
     if not finite:
         return 2
-    return max(1, 2 - math.floor(math.log10(max(finite))))
+    largest = max(finite)
+    return min(3, max(0 if largest >= 1000 else 1, 2 - math.floor(math.log10(largest))))
 
 
 def _num(value: float | None, decimals: int, *, sign: bool = False) -> str:
@@ -117,95 +121,340 @@ def _num(value: float | None, decimals: int, *, sign: bool = False) -> str:
     return f"{value:{'+' if sign else ''}.{decimals}f}"
 
 
-def render_verdicts(results: dict[str, Any]) -> list[str]:
-    """One line per task (and temperature) that says whether the metric's own rule helped.
+def _judged(vs: dict[str, Any] | None, direction: str | None) -> str:
+    """``better`` or ``worse`` when a paired interval excludes 0, else ``n.s.`` (not
+    significant)."""
+    low, high = vs["ci"] if vs else (None, None)
+    if low is None or high is None or not (low > 0 or high < 0):
+        return "n.s."
+    return "better" if (low > 0) == (direction == "higher") else "worse"
 
-    The primary metric (the task's first), greedy's score, the score of the metric's Bayes
-    rule decoder (median for absolute error, mean for squared error, mode for exact match,
-    mbr[m] for a metric without a closed form) with its paired difference against greedy and
-    the 95% interval, whether that interval excludes 0 at this many items, and the no-model
-    prior::
 
-        arith, absolute error: greedy 101.0, median 81.9 (-19.1 [-53.3, +14.7], not significant at 40 items), prior 153.3
+def _vs_clause(vs: dict[str, Any] | None, direction: str | None, decimals: int) -> str:
+    """``-0.78 [-1.33, -0.22] better``: a paired difference, its 95% interval, its verdict."""
+    if not vs:
+        return ""
+    low, high = vs["ci"]
+    return (
+        f"{_num(vs['difference'], decimals, sign=True)} "
+        f"[{_num(low, decimals, sign=True)}, {_num(high, decimals, sign=True)}] "
+        f"{_judged(vs, direction)}"
+    )
 
-    With adaptive decoders (``eval --adaptive``) the rule's adaptive twin follows the rule:
-    ``mean@adaptive 3.52 with 9.5 of 32 samples``.
 
-    When greedy or the rule did not parse every answer (or parsed some only by the extractor's
-    fallback), their parse rates follow: ``; parsed: greedy 90% (60% strict, 30% fallback)``.
-    """
-    runs = results.get("runs", [])
+def _best(rows: dict[str, dict[str, Any]], order: list[str]) -> str | None:
+    """The decoder with the best value among ``rows`` (the oracle, which reads the references,
+    is never a candidate); ties go to the first of ``order`` (greedy, the rule, the prior)."""
+    candidates = [
+        label
+        for label, row in rows.items()
+        if not ((d := _decoder(label)) is not None and d.uses_references)
+        and row.get("value") is not None
+        and math.isfinite(row["value"])
+    ]
+    if not candidates:
+        return None
+    sign = 1.0 if next(iter(rows.values())).get("direction") == "higher" else -1.0
+    rank = {label: i for i, label in enumerate(order)}
+    return min(
+        candidates, key=lambda label: (-sign * rows[label]["value"], rank.get(label, len(order)))
+    )
+
+
+def _task_titles(runs: list[dict[str, Any]]) -> list[str]:
+    """Each run's title: the task, ``(global)`` for global decoding, ``(T=0.5)`` in a sweep."""
     temperatures: dict[str, set[Any]] = {}
     for run in runs:
         temperatures.setdefault(_run_title(run), set()).add(run.get("temperature"))
+    return [
+        _run_title(run)
+        + (f" (T={run.get('temperature')})" if len(temperatures[_run_title(run)]) > 1 else "")
+        for run in runs
+    ]
+
+
+def render_verdicts(results: dict[str, Any]) -> list[str]:
+    """One line per metric of each task (and temperature): which decoder is best, and whether
+    that is more than noise against greedy and against the no-model prior.
+
+    Each line names the metric, its direction and the number of items, then the best decoder
+    (never the oracle, which reads the references) with its value, then its paired difference
+    against greedy and against the prior with the 95% interval and ``better``, ``worse`` or
+    ``n.s.`` (not significant: whether the interval excludes 0 at this many items)::
+
+        stars, squared error ↓ (40 items): best prior 2.00 (a constant); vs greedy 2.83: -0.82 [-1.83, +0.10] n.s.; rule mean 2.04 vs greedy: -0.78 [-1.33, -0.22] better
+
+    When greedy is best, the line says so and gives the runner-up against it and the range of
+    the decoders that read the samples::
+
+        arith, accuracy ↑ (40 items): best greedy 0.050, no decoder beats it (next median+model 0.050: +0.000 [-0.075, +0.075] n.s., samplers 0.000-0.050); vs prior 0.000: +0.050 [+0.000, +0.125] n.s.; rule mode 0.025 vs greedy: -0.025 [-0.075, +0.000] n.s.
+
+    When the metric's own Bayes rule (median for absolute error, mean for squared error, mode
+    for exact match, mbr[m] for a metric without a closed form) is not the best, it follows with
+    its own difference against greedy, so that the principled choice is never hidden behind
+    the luckiest of many decoders; with adaptive decoders (``eval --adaptive``) the rule's
+    adaptive twin follows it: ``mean@adaptive 3.52 with 9.5 of 32 samples``. Corpus statistics
+    (accuracy, Pearson, Spearman) get a line each, after the per-item metrics.
+
+    On a task's first line, when greedy, the rule or the best decoder did not parse every
+    answer (or parsed some only by the extractor's fallback), their parse rates follow:
+    ``; parsed: greedy 90% (60% strict, 30% fallback)``.
+    """
+    runs = results.get("runs", [])
     verdicts = []
-    for run in runs:
-        rows = run.get("scores") or []
-        if not rows:
-            continue
-        metric = rows[0]["metric"]  # rows follow the task's metrics, the primary one first
-        by_label = {r["decoder"]: r for r in rows if r["metric"] == metric}
-        greedy = by_label.get(Greedy().label)
-        prior = next(
-            (r for label, r in by_label.items() if (d := _decoder(label)) and d.uses_prior), None
-        )
-        rule_label = _rule_label(run, metric, set(by_label))
-        rule = by_label.get(rule_label) if rule_label else None
-        values = [r["value"] for r in (greedy, rule, prior) if r is not None]
-        decimals = _decimals(*values)
-        task = _run_title(run)
-        if len(temperatures.get(task, ())) > 1:
-            task += f" (T={run.get('temperature')})"
-        parts = []
-        if greedy is not None:
-            parts.append(f"greedy {_num(greedy['value'], decimals)}")
-        if rule is not None:
-            text = f"{rule_label} {_num(rule['value'], decimals)}"
-            vs = rule.get("vs_greedy")
-            if vs:
-                low, high = vs["ci"]
-                if low is not None and high is not None and (low > 0 or high < 0):
-                    better = (low > 0) == (rule.get("direction") == "higher")
-                    judged = f"{'better' if better else 'worse'} than greedy"
-                else:
-                    judged = "not significant"
-                text += (
-                    f" ({_num(vs['difference'], decimals, sign=True)} "
-                    f"[{_num(low, decimals, sign=True)}, {_num(high, decimals, sign=True)}], "
-                    f"{judged} at {run.get('n_items', '?')} items)"
-                )
-            parts.append(text)
-        # The rule's adaptive twin: its score at the samples it needed.
-        used = run.get("samples_used") or {}
-        twin = next(
-            (
-                label
-                for label in used
-                if label in by_label and rule_label and _curve_label(label) == rule_label
-            ),
-            None,
-        )
-        if twin is not None:
-            parts.append(
-                f"{twin} {_num(by_label[twin]['value'], decimals)} "
-                f"with {used[twin]['mean']:.1f} of {run.get('n', '?')} samples"
+    for run, task in zip(runs, _task_titles(runs), strict=True):
+        rows = [*(run.get("scores") or []), *(run.get("corpus") or [])]
+        metrics = list(dict.fromkeys(r["metric"] for r in rows))
+        for index, metric in enumerate(metrics):
+            by_label = {r["decoder"]: r for r in rows if r["metric"] == metric}
+            verdicts.append(_metric_verdict(run, task, metric, by_label, first=index == 0))
+    return verdicts
+
+
+def _metric_verdict(
+    run: dict[str, Any],
+    task: str,
+    metric: str,
+    by_label: dict[str, dict[str, Any]],
+    *,
+    first: bool,
+) -> str:
+    """One line of :func:`render_verdicts`: ``metric`` of one run."""
+    greedy_label = Greedy().label
+    greedy = by_label.get(greedy_label)
+    prior_label = next(
+        (label for label in by_label if (d := _decoder(label)) and d.uses_prior), None
+    )
+    prior = by_label.get(prior_label) if prior_label else None
+    rule_label = _rule_label(run, metric, set(by_label))
+    order = [label for label in (greedy_label, rule_label, prior_label) if label]
+    best_label = _best(by_label, order)
+    best = by_label.get(best_label) if best_label else None
+    direction = next(iter(by_label.values())).get("direction")
+    decimals = _decimals(*(r["value"] for r in (greedy, best, prior) if r is not None))
+    arrow = {"higher": " ↑", "lower": " ↓"}.get(str(direction), "")
+    head = f"{task}, {metric.replace('_', ' ')}{arrow} ({run.get('n_items', '?')} items): "
+    parts: list[str] = []
+    if best is None:
+        parts.append("no decoder scored")
+    elif best_label == greedy_label:
+        text = f"best greedy {_num(best['value'], decimals)}, no decoder beats it"
+        others = [
+            label
+            for label, row in by_label.items()
+            if label not in (greedy_label, prior_label)
+            and not ((d := _decoder(label)) is not None and d.uses_references)
+            and row.get("vs_greedy")
+        ]
+        runner_up = _best({label: by_label[label] for label in others}, order)
+        if runner_up is not None:
+            row = by_label[runner_up]
+            text += (
+                f" (next {runner_up} {_num(row['value'], decimals)}: "
+                f"{_vs_clause(row.get('vs_greedy'), direction, decimals)}"
             )
-        if prior is not None:
-            parts.append(f"prior {_num(prior['value'], decimals)}")
-        # Unparsed answers are scored as the task's fallback: say so beside the numbers.
+            samplers = [
+                by_label[label]["value"]
+                for label in others
+                if (d := _decoder(label)) is None or d.uses_samples
+            ]
+            if len(samplers) > 1:
+                text += (
+                    f", samplers {_num(min(samplers), decimals)}-{_num(max(samplers), decimals)}"
+                )
+            text += ")"
+        parts.append(text)
+    else:
+        constant = " (a constant)" if best_label == prior_label else ""
+        parts.append(f"best {best_label} {_num(best['value'], decimals)}{constant}")
+        if greedy is not None and best.get("vs_greedy"):
+            parts.append(
+                f"vs greedy {_num(greedy['value'], decimals)}: "
+                f"{_vs_clause(best['vs_greedy'], direction, decimals)}"
+            )
+    if prior is not None and best is not None and best_label != prior_label:
+        vs_prior = best.get("vs_prior")
+        parts.append(
+            f"vs prior {_num(prior['value'], decimals)}"
+            + (f": {_vs_clause(vs_prior, direction, decimals)}" if vs_prior else "")
+        )
+    rule = by_label.get(rule_label) if rule_label else None
+    if rule is not None and rule_label not in (best_label, greedy_label):
+        text = f"rule {rule_label} {_num(rule['value'], decimals)}"
+        if rule.get("vs_greedy"):
+            text += f" vs greedy: {_vs_clause(rule['vs_greedy'], direction, decimals)}"
+        parts.append(text)
+    # The rule's adaptive twin: its score at the samples it needed.
+    used = run.get("samples_used") or {}
+    twin = next(
+        (
+            label
+            for label in used
+            if label in by_label and rule_label and _curve_label(label) == rule_label
+        ),
+        None,
+    )
+    if twin is not None:
+        parts.append(
+            f"{twin} {_num(by_label[twin]['value'], decimals)} "
+            f"with {used[twin]['mean']:.1f} of {run.get('n', '?')} samples"
+        )
+    # Unparsed answers are scored as the task's fallback: say so beside the numbers.
+    unparsed = []
+    if first:
+        shown = dict.fromkeys(label for label in (greedy_label, rule_label, best_label) if label)
         unparsed = [
-            f"{label} {_parsed_text(row)}"
-            for label, row in ((Greedy().label, greedy), (rule_label, rule))
-            if row is not None
-            and row.get("parse_rate") is not None
+            f"{label} {_parsed_text(by_label[label])}"
+            for label in shown
+            if label in by_label
+            and by_label[label].get("parse_rate") is not None
             and (
-                row["parse_rate"] < 1.0
-                or row.get("strict_rate", row["parse_rate"]) < row["parse_rate"]
+                by_label[label]["parse_rate"] < 1.0
+                or by_label[label].get("strict_rate", by_label[label]["parse_rate"])
+                < by_label[label]["parse_rate"]
             )
         ]
-        verdict = f"{task}, {metric.replace('_', ' ')}: {', '.join(parts)}"
-        verdicts.append(verdict + (f"; parsed: {', '.join(unparsed)}" if unparsed else ""))
-    return verdicts
+    return head + "; ".join(parts) + (f"; parsed: {', '.join(unparsed)}" if unparsed else "")
+
+
+#: The first screen's width: verdicts wrap and tables drop columns to fit it.
+SCREEN_WIDTH = 120
+
+
+def render_summary(results: dict[str, Any], width: int = SCREEN_WIDTH) -> str:
+    """The first screen of ``metricwise eval`` and ``metricwise report``: the verdicts
+    (:func:`render_verdicts`, one per metric of each task, wrapped to ``width``), then one
+    narrow table per task and metric (Decoder | N | value | 95% CI | vs greedy | vs prior |
+    parsed, with about three significant figures), each no wider than ``width``: a table
+    that would be wider drops the strict/fallback split of ``parsed``, then the value's
+    interval. The full table (every column, four decimals) is :func:`render_markdown`'s,
+    in ``results.md``.
+    """
+    import textwrap
+
+    lines = []
+    for verdict in render_verdicts(results):
+        lines += _wrap_clauses(verdict, width)
+    runs = results.get("runs", [])
+    for run, title in zip(runs, _task_titles(runs), strict=True):
+        rows = [*(run.get("scores") or []), *(run.get("corpus") or [])]
+        for metric in dict.fromkeys(r["metric"] for r in rows):
+            block = [r for r in rows if r["metric"] == metric]
+            direction = block[0].get("direction")
+            arrow = {"higher": " ↑", "lower": " ↓"}.get(str(direction), "")
+            temperature = run.get("temperature")
+            lines += [
+                "",
+                f"{title}, {metric.replace('_', ' ')}{arrow}"
+                + (
+                    f" (T={temperature}, {run.get('n_items', '?')} items)"
+                    if temperature is not None
+                    else ""
+                ),
+                *_narrow_table(run, block, width),
+            ]
+    for line in _decoding_lines(results):
+        if line.startswith("- "):  # a chain's summary
+            lines += textwrap.wrap(line, width, subsequent_indent="    ")
+        else:
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def _wrap_clauses(verdict: str, width: int) -> list[str]:
+    """A verdict as a list item of lines no wider than ``width``, broken after its ``; ``
+    (a clause is split only when it alone is too wide)."""
+    import textwrap
+
+    lines: list[str] = []
+    current = "- "
+    clauses = verdict.split("; ")
+    for index, clause in enumerate(clauses):
+        text = clause + (";" if index < len(clauses) - 1 else "")
+        fresh = current in ("- ", "    ")
+        candidate = current + text if fresh else f"{current} {text}"
+        if len(candidate) <= width:
+            current = candidate
+            continue
+        if not fresh:
+            lines.append(current)
+            current = "    "
+        wrapped = textwrap.wrap(
+            current + text, width, subsequent_indent="    ", break_on_hyphens=False
+        )
+        lines += wrapped[:-1]
+        current = wrapped[-1]
+    lines.append(current)
+    return lines
+
+
+def _narrow_table(run: dict[str, Any], rows: list[dict[str, Any]], width: int) -> list[str]:
+    """One metric's rows of one run as a padded markdown table no wider than ``width`` (where
+    dropping columns can make it so)."""
+    decimals = _decimals(*(r.get("value") for r in rows))
+    used = run.get("samples_used") or {}
+    corpus = "stderr" not in rows[0] and "parse_rate" not in rows[0]
+
+    def vs(row: dict[str, Any], key: str) -> str:
+        v = row.get(key)
+        if not v:
+            return ""
+        low, high = v["ci"]
+        mark = " *" if _judged(v, row.get("direction")) != "n.s." else ""
+        return (
+            f"{_num(v['difference'], decimals, sign=True)} "
+            f"[{_num(low, decimals, sign=True)}, {_num(high, decimals, sign=True)}]{mark}"
+        )
+
+    def parsed(row: dict[str, Any], split: bool) -> str:
+        if row.get("parse_rate") is None:
+            return ""
+        if not split or row.get("strict_rate") is None:
+            return f"{row['parse_rate']:.0%}"
+        return f"{row['parse_rate']:.0%} ({row['strict_rate']:.0%} strict)"
+
+    def table(ci: bool, split: bool) -> list[str]:
+        header = [
+            "Decoder",
+            *([] if corpus else ["N"]),
+            "Value",
+            *(["95% CI"] if ci else []),
+            "vs greedy",
+            "vs prior",
+        ]
+        if not corpus:
+            header.append("parsed")
+        body = []
+        for row in rows:
+            low, high = row.get("ci") or (None, None)
+            cells = [
+                row["decoder"],
+                *(
+                    []
+                    if corpus
+                    else [_n_read(row["decoder"], run.get("n", ""), used.get(row["decoder"]))]
+                ),
+                _num(row.get("value"), decimals),
+                *([f"[{_num(low, decimals)}, {_num(high, decimals)}]"] if ci else []),
+                vs(row, "vs_greedy"),
+                vs(row, "vs_prior"),
+            ]
+            if not corpus:
+                cells.append(parsed(row, split))
+            body.append(cells)
+        widths = [max(len(c) for c in column) for column in zip(header, *body, strict=True)]
+
+        def line(cells: list[str]) -> str:
+            return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+        rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+        return [line(header), rule, *(line(c) for c in body)]
+
+    for ci, split in ((True, True), (True, False), (False, False)):
+        lines = table(ci, split)
+        if max(len(line) for line in lines) <= width:
+            break
+    return lines
 
 
 def render_markdown(results: dict[str, Any]) -> str:
