@@ -89,8 +89,8 @@ def test_plot_colours_follow_the_decoder_family_and_line_styles_the_weighting(
     monkeypatch.setattr(plt, "close", figures.append)
     try:
         write_plots(rating_results, tmp_path)
-        (figure,) = figures
-        lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+        figure = figures[0]  # the primary metric's; one plot per metric
+        lines = labelled_lines(figure.axes[0])
     finally:
         for figure in figures:
             close(figure)
@@ -103,6 +103,60 @@ def test_plot_colours_follow_the_decoder_family_and_line_styles_the_weighting(
         assert (looks[family][1], looks[f"{family}+model"][1]) == ("-", "--")
     colours = {label: colour for label, (colour, _) in looks.items() if "+" not in label}
     assert len(set(colours.values())) == len(colours)  # oracle and first were both blue
+
+
+def labelled_lines(ax):
+    """The decoders' lines of a plot (matplotlib names the parts of an error bar ``_...``)."""
+    return {
+        line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")
+    }
+
+
+def test_one_k_plot_per_metric_with_the_rule_and_baselines_strong_and_banded(
+    rating_results, tmp_path, monkeypatch
+):
+    plt = pytest.importorskip("matplotlib.pyplot")
+
+    close, figures = plt.close, []
+    monkeypatch.setattr(plt, "close", figures.append)
+    try:
+        written = write_plots(rating_results, tmp_path)
+        assert [p.name for p in written] == [
+            "plot_rating_k.png",
+            "plot_rating_k_absolute_error.png",
+        ]
+        run = rating_results["runs"][0]
+        for figure, curves, rule in zip(
+            figures, [run["curves"], *run["other_curves"]], ["mean", "median"], strict=True
+        ):
+            ax, diff_ax = figure.axes
+            assert curves["metric"] in ax.get_ylabel()
+            lines = labelled_lines(ax)
+            strong = {label for label, line in lines.items() if line.get_linewidth() > 2}
+            assert strong == {rule, "greedy", "prior"}
+            assert all(lines[label].get_alpha() < 0.5 for label in lines if label not in strong)
+            # A band for the rule's interval at each k, a bar for each flat baseline's.
+            from matplotlib.collections import PolyCollection
+
+            (band,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
+            lows = band.get_paths()[0].vertices[:, 1]
+            assert min(lows) == pytest.approx(min(curves["low"][rule]))
+            assert len(ax.containers) == 2  # greedy's and the prior's error bars
+            # Below: the rule minus greedy, paired, with its interval, against 0.
+            (difference, zero) = diff_ax.get_lines()
+            assert list(difference.get_ydata()) == pytest.approx(
+                curves["vs_greedy"][rule]["difference"]
+            )
+            assert rule in diff_ax.get_ylabel() and list(zero.get_ydata()) == [0.0, 0.0]
+            # The legend sits outside the axes, the strong decoders first.
+            legend = ax.get_legend()
+            assert legend.get_bbox_to_anchor().x0 > ax.get_window_extent().x1 - 1
+            assert {t.get_text() for t in legend.get_texts()[:3]} == strong
+    finally:
+        for figure in figures:
+            close(figure)
+    for path in written:
+        assert path.stat().st_size > 10_000
 
 
 def score(decoder, metric, value, vs_greedy=None, direction="lower"):
@@ -168,7 +222,10 @@ def test_a_verdict_per_metric_comes_first(rating_results):
     assert line.startswith(f"rating, squared error ↓ (4 items): best {best} ")
     assert best not in ("greedy", "mean")  # the fixture's median is best
     mean = rows["mean"]  # about three significant figures of the largest value (2.30)
-    assert f"; rule mean {mean['value']:.2f} vs greedy: {mean['vs_greedy']['difference']:+.2f} [" in line
+    assert (
+        f"; rule mean {mean['value']:.2f} vs greedy: {mean['vs_greedy']['difference']:+.2f} ["
+        in line
+    )
 
 
 def test_a_verdict_says_when_greedy_is_best_and_what_came_next():
@@ -296,7 +353,9 @@ def test_a_verdict_says_when_answers_did_not_parse():
     rows["greedy", "absolute_error"].update({"parse_rate": 0.9, "strict_rate": 0.6})
     rows["median", "absolute_error"]["parse_rate"] = 0.5
     line, squared = render_verdicts({"runs": [run]})
-    assert line.endswith("vs prior 153.3; parsed: greedy 90% (60% strict, 30% fallback), median 50%")
+    assert line.endswith(
+        "vs prior 153.3; parsed: greedy 90% (60% strict, 30% fallback), median 50%"
+    )
     assert "parsed" not in squared  # once per task, on its first line
 
 
@@ -342,8 +401,8 @@ def test_an_adaptive_decoder_is_one_marker_beside_its_fixed_k_curve(
     monkeypatch.setattr(plt, "close", figures.append)
     try:
         write_plots(adaptive_results, tmp_path)
-        (figure,) = figures
-        lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+        figure = figures[0]
+        lines = labelled_lines(figure.axes[0])
     finally:
         for figure in figures:
             close(figure)

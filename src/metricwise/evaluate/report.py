@@ -632,9 +632,174 @@ def line_styles(labels: list[str]) -> dict[str, dict[str, Any]]:
     return styles
 
 
+def _curve_sets(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """A run's decoder@k curves, one per metric, the primary first (results written before
+    ``other_curves`` and the intervals existed have the primary metric's alone, without
+    ``low`` and ``high``)."""
+    curves = run.get("curves")
+    return [curves, *(run.get("other_curves") or [])] if curves else []
+
+
+#: Decoders drawn strong on a k plot (with their intervals): the metric's own Bayes rule and
+#: the two baselines; every other decoder is drawn faint, for context.
+STRONG_WIDTH, FAINT_WIDTH, FAINT_ALPHA, BAND_ALPHA = 2.2, 0.9, 0.35, 0.15
+
+
+def _plot_k(plt: Any, run: dict[str, Any], curves: dict[str, Any], path: Path) -> None:
+    """One metric's decoder@k plot of one run (see :func:`write_plots`)."""
+    metric = curves["metric"]
+    rows = {r["decoder"]: r for r in run["scores"] if r["metric"] == metric}
+    greedy_label = Greedy().label
+    prior_label = next(
+        (label for label in rows if (d := _decoder(label)) is not None and d.uses_prior), None
+    )
+    rule_label = _rule_label(run, metric, set(rows))
+    strong = {label for label in (greedy_label, rule_label, prior_label) if label}
+    # Decoders that read no samples have no curve: flat lines at their score.
+    flat = [
+        r
+        for label, r in rows.items()
+        if label not in curves["values"]
+        and (d := _decoder(label)) is not None
+        and not d.uses_samples
+    ]
+    used = run.get("samples_used") or {}
+    points = [
+        r
+        for label, r in rows.items()
+        if label in used
+        and label not in curves["values"]
+        and used[label]["mean"] > 0  # none on a log axis: every pool was empty
+    ]
+    styles = line_styles(
+        [*curves["values"], *(r["decoder"] for r in flat), *(r["decoder"] for r in points)]
+    )
+    vs_greedy = (curves.get("vs_greedy") or {}).get(rule_label or "")
+    if vs_greedy is not None:
+        fig, (ax, diff_ax) = plt.subplots(
+            2, 1, figsize=(9.5, 6.6), sharex=True, gridspec_kw={"height_ratios": [3, 1.3]}
+        )
+    else:
+        fig, ax = plt.subplots(figsize=(9.5, 5.0))
+    ks = curves["k"]
+    low, high = curves.get("low") or {}, curves.get("high") or {}
+
+    def look(label: str) -> dict[str, Any]:
+        if label in strong:
+            return {"linewidth": STRONG_WIDTH, "zorder": 3}
+        return {"linewidth": FAINT_WIDTH, "alpha": FAINT_ALPHA, "zorder": 2}
+
+    # The strong decoders first, so that they lead the legend.
+    for label in sorted(curves["values"], key=lambda label: label not in strong):
+        values = curves["values"][label]
+        ax.plot(
+            ks,
+            values,
+            markersize=4 if label in strong else 2,
+            label=label,
+            **styles[label],
+            **look(label),
+        )
+        if label in strong and label in low and label in high:
+            ax.fill_between(
+                ks,
+                low[label],
+                high[label],
+                color=styles[label]["color"],
+                alpha=BAND_ALPHA,
+                linewidth=0,
+            )
+    for r in sorted(flat, key=lambda r: r["decoder"] not in strong):
+        label = r["decoder"]
+        style = {k: v for k, v in styles[label].items() if k != "marker"}
+        ax.axhline(r["value"], label=label, **style, **look(label))
+    # A flat baseline's interval is a bar beside the last k (bands of flat lines would overlap).
+    bars = [r for r in flat if r["decoder"] in strong and r.get("ci") and None not in r["ci"]]
+    for position, r in enumerate(bars, start=1):
+        x = ks[-1] * 2 ** (0.12 * position)
+        ax.errorbar(
+            [x],
+            [r["value"]],
+            yerr=[[r["value"] - r["ci"][0]], [r["ci"][1] - r["value"]]],
+            color=styles[r["decoder"]]["color"],
+            capsize=4,
+            linewidth=STRONG_WIDTH,
+            marker="_",
+        )
+    for r in points:
+        style = styles[r["decoder"]]
+        weighting = _family(r["decoder"])[1]
+        ax.plot(
+            [used[r["decoder"]]["mean"]],
+            [r["value"]],
+            linestyle="none",
+            marker=style["marker"],
+            markersize=11,
+            color=style["color"],
+            markerfacecolor=style["color"] if weighting in (None, "uniform") else "none",
+            label=r["decoder"],
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    direction = next(iter(rows.values()))["direction"] if rows else ""
+    xlabel = "k (samples used out of N)" + ("; stars: adaptive, at their mean k" if points else "")
+    if vs_greedy is not None:
+        # The paired difference is what says whether the rule beats greedy: the marginal
+        # intervals above overlap even when it does.
+        colour = styles[str(rule_label)]["color"]
+        diff_ax.plot(
+            ks,
+            vs_greedy["difference"],
+            color=colour,
+            linewidth=STRONG_WIDTH,
+            marker="o",
+            markersize=4,
+        )
+        diff_ax.fill_between(
+            ks, vs_greedy["low"], vs_greedy["high"], color=colour, alpha=0.25, linewidth=0
+        )
+        diff_ax.axhline(0.0, color="black", linestyle=":", linewidth=1.2)
+        diff_ax.set_ylabel(f"{rule_label} − greedy\n(paired, 95%)", fontsize=8)
+        diff_ax.grid(alpha=0.3)
+        diff_ax.set_xlabel(xlabel)
+    else:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(f"{metric} ({'higher' if direction == 'higher' else 'lower'} is better)")
+    banded = [label for label in (rule_label, greedy_label, prior_label) if label in strong]
+    ax.set_title(
+        f"{_run_title(run)}: {metric} against k, T={run['temperature']:g}, {run['n_items']} items\n"
+        f"bold: {', '.join(banded)}"
+        + (" with 95% intervals" if low or flat else "")
+        + "; faint: the other decoders",
+        fontsize=10,
+    )
+    # The strong decoders lead the legend: rule, greedy, prior, then the rest in drawing order.
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: labels[i] not in strong)
+    ax.legend(
+        [handles[i] for i in order],
+        [labels[i] for i in order],
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0.0,
+        frameon=False,
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
-    """PNG plots: the primary metric against k for every decoder (per task and temperature),
-    and against temperature when several temperatures were run.
+    """PNG plots: each metric against k for every decoder (per task and temperature), and the
+    primary metric against temperature when several temperatures were run.
+
+    One k plot per metric (``plot_<task>_k.png`` for the primary one, as before, and
+    ``plot_<task>_k_<metric>.png`` for the others). The metric's own Bayes rule, greedy and
+    the prior are drawn strong with their 95% intervals (a band around the rule's curve, the
+    bootstrap over items at each k; a band around each flat baseline); every other decoder is
+    faint, for context. The legend sits outside the axes.
 
     On the k plot, a decoder that chooses how many samples it reads (``mean@adaptive``) is one
     marker at (mean samples used, score), in its fixed-k decoder's colour, so that it reads
@@ -656,71 +821,13 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
     for run in runs:
         temperatures_by_task.setdefault(_run_title(run), set()).add(run["temperature"])
     for run in runs:
-        curves = run.get("curves")
-        if not curves:
-            continue
         several = len(temperatures_by_task[_run_title(run)]) > 1
-        fig, ax = plt.subplots(figsize=(7.5, 4.8))
-        # Decoders that read no samples have no curve: flat lines at their score.
-        flat = [
-            r
-            for r in run["scores"]
-            if r["metric"] == curves["metric"]
-            and r["decoder"] not in curves["values"]
-            and (d := _decoder(r["decoder"])) is not None
-            and not d.uses_samples
-        ]
-        used = run.get("samples_used") or {}
-        points = [
-            r
-            for r in run["scores"]
-            if r["metric"] == curves["metric"]
-            and r["decoder"] in used
-            and r["decoder"] not in curves["values"]
-            and used[r["decoder"]]["mean"] > 0  # none on a log axis: every pool was empty
-        ]
-        styles = line_styles(
-            [*curves["values"], *(r["decoder"] for r in flat), *(r["decoder"] for r in points)]
-        )
-        for label, values in curves["values"].items():
-            ax.plot(curves["k"], values, markersize=3, label=label, **styles[label])
-        for r in flat:
-            style = {k: v for k, v in styles[r["decoder"]].items() if k != "marker"}
-            ax.axhline(r["value"], linewidth=1, label=r["decoder"], **style)
-        for r in points:
-            style = styles[r["decoder"]]
-            weighting = _family(r["decoder"])[1]
-            ax.plot(
-                [used[r["decoder"]]["mean"]],
-                [r["value"]],
-                linestyle="none",
-                marker=style["marker"],
-                markersize=11,
-                color=style["color"],
-                markerfacecolor=style["color"] if weighting in (None, "uniform") else "none",
-                label=r["decoder"],
-            )
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(curves["k"], [str(k) for k in curves["k"]])
-        direction = next(
-            (r["direction"] for r in run["scores"] if r["metric"] == curves["metric"]), ""
-        )
-        ax.set_xlabel(
-            "k (samples used out of N)" + ("; stars: adaptive, at their mean k" if points else "")
-        )
-        ax.set_ylabel(
-            f"{curves['metric']} ({'higher' if direction == 'higher' else 'lower'} is better)"
-        )
-        ax.set_title(
-            f"{_run_title(run)}: decoder@k, T={run['temperature']:g}, {run['n_items']} items"
-        )
-        ax.legend(fontsize=7, ncol=2)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        name = f"plot_{_run_slug(run)}_k{'_t' + format(run['temperature'], 'g') if several else ''}.png"
-        fig.savefig(out / name, dpi=120)
-        plt.close(fig)
-        written.append(out / name)
+        suffix = "_t" + format(run["temperature"], "g") if several else ""
+        for index, curves in enumerate(_curve_sets(run)):
+            metric_part = "" if index == 0 else f"_{curves['metric']}"
+            path = out / f"plot_{_run_slug(run)}_k{metric_part}{suffix}.png"
+            _plot_k(plt, run, curves, path)
+            written.append(path)
 
     for task, temps in temperatures_by_task.items():
         if len(temps) < 2:

@@ -269,7 +269,21 @@ def score_task(
     )
 
     if curve_subsets > 0 and len(pools[0]) > 1:
-        results["curves"] = _curves(task, decoders, items, greedy, pools, curve_subsets, seed)
+        # The primary metric's curves under "curves" (as results.json has always had them),
+        # the other metrics' in "other_curves".
+        primary, *others = _curves(
+            task,
+            decoders,
+            items,
+            greedy,
+            pools,
+            curve_subsets,
+            seed,
+            indices,
+            greedy_scores=scores.get(greedy_label),
+        )
+        results["curves"] = primary
+        results["other_curves"] = others
     return results, records
 
 
@@ -383,19 +397,33 @@ def _curves(
     pools: Sequence[SampleSet],
     subsets: int,
     seed: int,
-) -> dict[str, Any]:
-    """Primary-metric score of each sampling decoder with k of the N samples, k = 1, 2, 4, ..., N."""
-    metric_name = task.metrics[0]
-    metric = get_metric(metric_name)
+    indices: np.ndarray,
+    greedy_scores: dict[str, np.ndarray] | None = None,
+) -> list[dict[str, Any]]:
+    """Each metric's score of each sampling decoder with k of the N samples, k = 1, 2, 4, ..., N,
+    with a 95% percentile bootstrap interval at each k (over items, on ``indices``, the
+    resamples every score of the run shares).
+
+    One entry per metric of the task, the primary one first:
+    ``{"metric", "k", "values": {label: [...]}, "low": {label: [...]}, "high": {label: [...]}}``.
+    With ``greedy_scores`` (greedy's per-item score of each metric) each entry also has
+    ``vs_greedy``: ``{label: {"difference": [...], "low": [...], "high": [...]}}``, the paired
+    difference from greedy at each k with its 95% interval (the same resampled items for both).
+    A decoder predicts once per subset for every metric (the oracle once per metric).
+    """
+    metric_objs = {name: get_metric(name) for name in task.metrics}
     n = min(len(p) for p in pools)
     ks = powers_of_two_up_to(n)
     rng = np.random.default_rng(seed)
     fallback = fallback_prediction(task)
-    curves: dict[str, Any] = {"metric": metric_name, "k": ks, "values": {}}
     # A decoder that chooses its own number of samples is one point (its mean), not a curve.
     sampling = [d for d in decoders if d.uses_samples and not d.chooses_n]
-    totals = {d.label: np.zeros(len(ks)) for d in sampling}
-    for item, g, pool in zip(items, greedy, pools, strict=True):
+    # per_item[metric][label] -> (n_items, len(ks)): each item's mean score over its subsets.
+    per_item = {
+        m: {d.label: np.zeros((len(items), len(ks))) for d in sampling} for m in metric_objs
+    }
+    for i, (item, g, pool) in enumerate(zip(items, greedy, pools, strict=True)):
+        refs = list(item.references)
         for k_index, k in enumerate(ks):
             draws = 1 if k == n else min(subsets, math.comb(n, k))
             for _ in range(draws):
@@ -404,15 +432,37 @@ def _curves(
                     candidates=tuple(pool.candidates[j] for j in chosen), prompt=pool.prompt
                 )
                 x = DecoderInput(task=task, greedy=g, pool=subset)
-                x_refs = DecoderInput(
-                    task=task, greedy=g, pool=subset, references=item.references, metric=metric
-                )
                 for decoder in sampling:
-                    pred = decoder.predict(x_refs if decoder.uses_references else x)
-                    value = pred if pred is not None else fallback
-                    totals[decoder.label][k_index] += (
-                        metric.score(value, list(item.references)) / draws
-                    )
-    for label, total in totals.items():
-        curves["values"][label] = (total / len(items)).tolist()
+                    shared = None if decoder.uses_references else decoder.predict(x)
+                    for name, metric in metric_objs.items():
+                        pred = (
+                            decoder.predict(
+                                DecoderInput(
+                                    task=task, greedy=g, pool=subset, references=refs, metric=metric
+                                )
+                            )
+                            if decoder.uses_references
+                            else shared
+                        )
+                        value = pred if pred is not None else fallback
+                        per_item[name][decoder.label][i, k_index] += (
+                            metric.score(value, refs) / draws
+                        )
+    curves = []
+    for name, by_label in per_item.items():
+        entry: dict[str, Any] = {"metric": name, "k": ks, "values": {}, "low": {}, "high": {}}
+        for label, matrix in by_label.items():
+            resampled = matrix[indices].mean(axis=1)  # (B, len(ks))
+            entry["values"][label] = matrix.mean(axis=0).tolist()
+            entry["low"][label] = np.percentile(resampled, 2.5, axis=0).tolist()
+            entry["high"][label] = np.percentile(resampled, 97.5, axis=0).tolist()
+            if greedy_scores is not None:
+                paired = matrix - greedy_scores[name][:, None]
+                differences = paired[indices].mean(axis=1)
+                entry.setdefault("vs_greedy", {})[label] = {
+                    "difference": paired.mean(axis=0).tolist(),
+                    "low": np.percentile(differences, 2.5, axis=0).tolist(),
+                    "high": np.percentile(differences, 97.5, axis=0).tolist(),
+                }
+        curves.append(entry)
     return curves
