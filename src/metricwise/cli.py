@@ -261,6 +261,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="write samples_<task>.jsonl with every candidate, prediction and score",
     )
     e.add_argument(
+        "--inspect_log",
+        action="store_true",
+        help="also write an Inspect AI log per task under OUTPUT_PATH/inspect, for `inspect view` "
+        "(needs metricwise[inspect])",
+    )
+    e.add_argument(
         "--store",
         default=None,
         help="sample store (SQLite); default: the cache directory's samples.sqlite",
@@ -1188,6 +1194,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         decodings=decodings,
         mbr_metrics=split_specs(args.mbr_metrics or ""),
         chain=ChainSettings(burn_in=args.burn_in, thin=args.thin),
+        inspect_log=args.inspect_log,
     )
     # Settings are checked (SamplingConfig raises) before any model is loaded.
     from metricwise.types import SamplingConfig

@@ -90,6 +90,8 @@ class EvalConfig:
     mbr_metrics: list[str] = field(default_factory=list)
     decodings: list[str] = field(default_factory=lambda: ["local"])
     chain: ChainSettings = field(default_factory=ChainSettings)
+    #: Write an Inspect AI log per run under ``output_path/inspect`` (``--inspect_log``).
+    inspect_log: bool = False
 
     @property
     def pool_size(self) -> int:
@@ -97,6 +99,14 @@ class EvalConfig:
         return self.chain.proposals(self.n) if "global" in self.decodings else self.n
 
     def __post_init__(self) -> None:
+        if self.inspect_log:
+            if not self.output_path:
+                raise InvalidParameterError(
+                    "The 'inspect_log' parameter of eval needs an output_path to write the logs under. Got None instead."
+                )
+            from metricwise.evaluate.inspect_log import _require_inspect
+
+            _require_inspect()  # before the model loads and samples
         if not self.decodings or len(set(self.decodings)) != len(self.decodings):
             raise InvalidParameterError(
                 f"The 'decodings' parameter of eval must name local, global or both, once each. Got {self.decodings!r} instead."
@@ -397,6 +407,10 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
             Path(config.output_path),
             plots=config.plots,
         )
+        if config.inspect_log:
+            from metricwise.evaluate.inspect_log import write_inspect_logs
+
+            write_inspect_logs(results, all_records, Path(config.output_path) / "inspect")
     return results
 
 

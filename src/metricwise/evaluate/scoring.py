@@ -29,6 +29,7 @@ from metricwise.evaluate.corpus import (
     numeric_accuracy,
 )
 from metricwise.evaluate.decoders import (
+    BayesRule,
     Decoder,
     DecoderInput,
     Greedy,
@@ -62,6 +63,10 @@ __all__ = [
 ]
 
 
+#: The support entries (value, weight, count) an item's record keeps per decision, heaviest first.
+SUPPORT_KEPT = 5
+
+
 @dataclass
 class ItemRecord:
     """One item's predictions and scores, for ``samples_<task>.jsonl``."""
@@ -75,6 +80,9 @@ class ItemRecord:
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     #: Samples read by each decoder that chooses how many (an adaptive one), by label.
     samples_used: dict[str, int] = field(default_factory=dict)
+    #: Each Bayes-rule decoder's decision, by label: rule, expected loss or utility, n_valid of
+    #: n_total, why samples were left out (``excluded``) and the top of the support.
+    decisions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def powers_of_two_up_to(n: int) -> list[int]:
@@ -184,7 +192,13 @@ def score_task(
             )
             # A decoder that reads the references (the oracle) is the best candidate for each
             # metric in turn; every other decoder predicts once for all metrics.
-            shared = None if decoder.uses_references else decoder.predict(x)
+            shared = None
+            if isinstance(decoder, BayesRule):
+                decision = decoder.decision(x)
+                records[i].decisions[decoder.label] = decision.to_dict(max_support=SUPPORT_KEPT)
+                shared = decision.output
+            elif not decoder.uses_references:
+                shared = decoder.predict(x)
             if decoder.chooses_n:
                 n_used = decoder.samples_used(x)
                 if n_used is None:
