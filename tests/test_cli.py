@@ -670,3 +670,47 @@ def test_the_rerun_banner_counts_the_samples_of_partly_sampled_prompts(
     assert "and 4 of the 8 samples of 2 more (only the rest are drawn)" in err
     code, _, err = run(["sample", *common, "-n", "4"], capsys=capsys)
     assert "2 already in the store" in err and "more (only" not in err
+
+
+def test_decide_abstains_above_a_risk_threshold_and_says_how_often(tmp_path, capsys):
+    path = tmp_path / "samples.jsonl"
+    path.write_text(
+        '{"id": 1, "samples": ["3", "4", "1", "5"]}\n{"id": 2, "samples": ["3", "3.1"]}\n'
+    )
+    code, out, err = run(
+        ["decide", "--metric", "squared_error", "--max_expected_loss", "1", str(path)],
+        capsys=capsys,
+    )
+    assert code == 0
+    first, second = (json.loads(line) for line in out.splitlines())
+    assert first["output"] is None and first["abstained"] and first["withheld"] == 3.25
+    assert second["output"] == pytest.approx(3.05) and "abstained" not in second
+    assert "abstained on 1 of 2 prompts (expected loss above 1)" in err
+    code, _, err = run(
+        ["decide", "--metric", "exact_match", "--max_expected_loss", "1", str(path)], capsys=capsys
+    )
+    assert code == 2 and "'min_expected_utility' parameter" in err
+
+
+def test_predict_reports_how_many_prompts_it_abstained_on(tiny_model_dir, tmp_path, capsys):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(
+        '{"id": "a", "prompt": "the cat sat on"}\n{"id": "b", "prompt": "two plus"}\n'
+    )
+    args = ["predict", "--model", str(tiny_model_dir), "-n", "3", "--max_tokens", "4", "--input",
+            str(prompts), "--store", str(tmp_path / "s.sqlite"), "--metric", "token_f1",
+            "--include_incomplete"]  # fmt: skip
+    # A token F1 above 1 is out of reach: every prompt abstains, with its risk and withheld answer.
+    code, out, err = run([*args, "--min_expected_utility", "1.5"], capsys=capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert all(r["output"] is None for r in records)
+    # A prompt with no usable sample fails rather than abstains (the tiny model's samples may
+    # all be empty); every other one abstains.
+    abstained = [r for r in records if r.get("abstained")]
+    assert abstained and all(r["withheld"] is not None for r in abstained)
+    assert all(r["failure"].startswith("none of") for r in records if r not in abstained)
+    assert (
+        f"metricwise predict: abstained on {len(abstained)} of 2 prompts "
+        "(expected utility below 1.5)" in err
+    )

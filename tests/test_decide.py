@@ -674,3 +674,47 @@ def test_a_metric_that_gives_nan_is_a_clear_error_and_infinities_rank():
 
     # Every hypothesis equally unusable: still a decision, the heaviest one.
     assert decide(["x", "y", "y"], hopeless, higher_is_better=True, rule="mbr").output == "y"
+
+
+def test_a_risk_threshold_abstains_instead_of_guessing():
+    spread = decide(["3", "4", "1", "5"], "squared_error", max_expected_loss=1.0)
+    assert spread.output is None and spread.abstained and spread.withheld == 3.25
+    assert spread.expected_loss == pytest.approx(2.1875)  # the risk stays
+    assert spread.failure == (
+        "abstained: the best answer's expected squared_error is 2.1875, above max_expected_loss=1"
+    )
+    assert spread.to_dict()["abstained"] is True and spread.to_dict()["withheld"] == 3.25
+    sure = decide(["3", "3.1", "2.9"], "squared_error", max_expected_loss=1.0)
+    assert sure.output == pytest.approx(3.0) and not sure.abstained and sure.ok
+    assert "abstained" not in sure.to_dict()
+    vote = decide(["Paris", "Paris", "Lyon"], "exact_match", min_expected_utility=0.9)
+    assert (
+        vote.output is None
+        and vote.withheld == "Paris"
+        and "below min_expected_utility=0.9" in vote.failure
+    )
+    assert (
+        decide(["Paris", "Paris", "Lyon"], "exact_match", min_expected_utility=0.5).output
+        == "Paris"
+    )
+
+
+@pytest.mark.parametrize(
+    ("metric", "kwargs", "message"),
+    [
+        (
+            "exact_match",
+            {"max_expected_loss": 0.5},
+            "is a utility: its abstention threshold is the 'min_expected_utility'",
+        ),
+        (
+            "squared_error",
+            {"min_expected_utility": 0.5},
+            "is a loss: its abstention threshold is the 'max_expected_loss'",
+        ),
+        ("squared_error", {"max_expected_loss": float("nan")}, "must be a finite number"),
+    ],
+)
+def test_a_risk_threshold_must_match_the_metrics_direction(metric, kwargs, message):
+    with pytest.raises(InvalidParameterError, match=message):
+        decide([], metric, **kwargs)  # checked before any sample is read

@@ -419,6 +419,19 @@ def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
         "aggregate (one aggregated reference; chrF only) or aggregate_to_fine (the 32 best "
         "against the aggregated reference, then exact among them; chrF only)",
     )
+    g.add_argument(
+        "--max_expected_loss",
+        type=float,
+        default=None,
+        help="abstain (output null, abstained true, the answer in withheld) when the best "
+        "answer's expected loss is above this; for a loss metric",
+    )
+    g.add_argument(
+        "--min_expected_utility",
+        type=float,
+        default=None,
+        help="abstain when the best answer's expected utility is below this; for a utility",
+    )
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -732,6 +745,10 @@ def _decision_options(args: argparse.Namespace) -> dict[str, Any]:
         "include_incomplete": args.include_incomplete,
         "mbr": args.mbr,
     }
+    # Only when given: a metric argument may not share their names (see below).
+    for name in ("max_expected_loss", "min_expected_utility"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     # A decision on no samples checks the metric, its arguments, the rule and the extractor
     # (weights need log-probabilities, so they are checked per record).
     from metricwise.decide import check_weighting, decide
@@ -828,7 +845,7 @@ def _run_decide(args: argparse.Namespace) -> int:
     lines = iter_jsonl(args.input)
     first = next(lines, None)  # a missing input file is reported before the output is created
     sink = _open_output(args.output)
-    n_ok = n_bad = 0
+    n_ok = n_bad = n_abstained = 0
     try:
         for line in itertools.chain([] if first is None else [first], lines):
             message = (
@@ -844,6 +861,7 @@ def _run_decide(args: argparse.Namespace) -> int:
                 else:
                     write_json_line(sink, result)
                     n_ok += 1
+                    n_abstained += bool(result.get("abstained"))
                     continue
             n_bad += 1
             if not args.skip_invalid:
@@ -857,6 +875,9 @@ def _run_decide(args: argparse.Namespace) -> int:
             f"metricwise decide: {n_ok} decisions written, {n_bad} malformed lines skipped",
             file=sys.stderr,
         )
+    summary = _abstention_summary(options, n_abstained, n_ok)
+    if summary:
+        print(f"metricwise decide: {summary}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -1067,7 +1088,19 @@ def _run_predict(args: argparse.Namespace) -> int:
     finally:
         if sink is not sys.stdout:
             sink.close()
+    summary = _abstention_summary(options, sum(d.abstained for d in decisions), len(decisions))
+    if summary and not args.quiet:
+        print(f"metricwise predict: {summary}", file=sys.stderr)
     return EXIT_OK
+
+
+def _abstention_summary(options: dict[str, Any], abstained: int, total: int) -> str | None:
+    """ "abstained on K of N prompts (...)" when a risk threshold was given, else None."""
+    for name, side in (("max_expected_loss", "above"), ("min_expected_utility", "below")):
+        if name in options:
+            what = name.split("_", 1)[1].replace("_", " ")
+            return f"abstained on {abstained} of {total} prompts ({what} {side} {options[name]:g})"
+    return None
 
 
 def _add_adaptive_arguments(parser: argparse.ArgumentParser, *, evaluation: bool = False) -> None:

@@ -119,6 +119,8 @@ def decide(
     candidates: Sequence[Any] | None = None,
     mbr: str = "exact",
     context: str | None = None,
+    max_expected_loss: float | None = None,
+    min_expected_utility: float | None = None,
     **metric_args: Any,
 ) -> Decision:
     """Return the answer that is Bayes-optimal for ``metric`` under the samples' distribution.
@@ -213,6 +215,15 @@ def decide(
         The question the samples answer, for a pointwise metric that reads it (``reward``
         scores each candidate as the answer to it). Defaults to the ``SampleSet``'s prompt;
         other metrics ignore it.
+    max_expected_loss, min_expected_utility:
+        Abstain instead of guessing: when the best answer's expected loss is above
+        ``max_expected_loss`` (a loss metric) or its expected utility below
+        ``min_expected_utility`` (a utility), the decision has ``output=None``,
+        ``abstained=True``, the answer in ``withheld`` and its risk in ``expected_loss`` /
+        ``expected_utility``, and ``failure`` says why. The threshold must match the metric's
+        direction. The expected loss as uncertainty: Tomov, Fuchsgruber and Günnemann,
+        "Task-Awareness Improves LLM Generations and Uncertainty" (2026); ``metricwise eval``
+        measures how well it ranks items (risk-coverage curves) before you pick a threshold.
     **metric_args:
         Passed to the registered metric (for example ``tau=0.9`` for ``pinball``).
 
@@ -237,6 +248,7 @@ def decide(
     metric_obj = resolve(metric, higher_is_better=higher_is_better, **metric_args)
     rule_name = _choose_rule(rule, metric_obj)
     _check_mbr(mbr, metric_obj, "mbr" if candidates is not None else rule_name)
+    threshold = _abstention_threshold(metric_obj, max_expected_loss, min_expected_utility)
     numeric = metric_obj.kind == "number" or rule_name in NUMBER_RULES
 
     raw, logp, logq, finish = _unpack_samples(samples, logprobs, proposal_logprobs)
@@ -327,8 +339,9 @@ def decide(
         )
         for k in order
     )
+    too_risky = _abstention(metric_obj, expected, threshold)
     return Decision(
-        output=output,
+        output=None if too_risky else output,
         rule=rule_name,
         metric=metric_obj.signature(),
         expected_utility=expected if metric_obj.higher_is_better else None,
@@ -340,7 +353,56 @@ def decide(
         effective_sample_size=ess,
         excluded=excluded,
         mbr=mbr_stats,
+        failure=too_risky,
+        abstained=too_risky is not None,
+        withheld=output if too_risky is not None else None,
     )
+
+
+def _abstention_threshold(
+    metric: Metric, max_expected_loss: float | None, min_expected_utility: float | None
+) -> float | None:
+    """The risk threshold of an abstaining decision, checked against the metric's direction
+    (a loss takes ``max_expected_loss``, a utility ``min_expected_utility``); None without one."""
+    if max_expected_loss is None and min_expected_utility is None:
+        return None
+    name, threshold, wanted = (
+        ("min_expected_utility", min_expected_utility, "max_expected_loss")
+        if metric.higher_is_better
+        else ("max_expected_loss", max_expected_loss, "min_expected_utility")
+    )
+    if threshold is None:
+        kind = "utility" if metric.higher_is_better else "loss"
+        raise InvalidParameterError(
+            f"The metric {metric.signature()!r} is a {kind}: its abstention threshold is the "
+            f"'{name}' parameter of decide. Got '{wanted}' instead."
+        )
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, (int, float))
+        or not math.isfinite(threshold)
+    ):
+        raise InvalidParameterError(
+            f"The '{name}' parameter of decide must be a finite number. Got {threshold!r} instead."
+        )
+    return float(threshold)
+
+
+def _abstention(metric: Metric, expected: float, threshold: float | None) -> str | None:
+    """Why the decision abstains (its risk misses ``threshold``), or None."""
+    if threshold is None:
+        return None
+    if metric.higher_is_better and expected < threshold:
+        return (
+            f"abstained: the best answer's expected {metric.name} is {expected:.6g}, below "
+            f"min_expected_utility={threshold:g}"
+        )
+    if not metric.higher_is_better and expected > threshold:
+        return (
+            f"abstained: the best answer's expected {metric.name} is {expected:.6g}, above "
+            f"max_expected_loss={threshold:g}"
+        )
+    return None
 
 
 def _failed(

@@ -221,6 +221,13 @@ class Decision:
     mbr:
         Set by MBR decisions (rule ``"mbr"``): the method (exact or an approximation) and how
         much it computed, as :class:`MBRStats`; ``None`` for the other rules.
+    abstained:
+        True when ``decide`` was given a risk threshold (``max_expected_loss`` or
+        ``min_expected_utility``) that the best answer misses: ``output`` is then ``None``,
+        ``failure`` says why, and ``expected_loss`` / ``expected_utility`` keep the risk of the
+        answer that was withheld (``withheld``).
+    withheld:
+        The answer an abstention held back (``None`` otherwise).
     """
 
     output: Any
@@ -239,6 +246,8 @@ class Decision:
     stopped: str | None = None
     settled_probability: float | None = None
     mbr: MBRStats | None = None
+    abstained: bool = False
+    withheld: Any = None
 
     @property
     def ok(self) -> bool:
@@ -282,6 +291,9 @@ class Decision:
             )
         if self.mbr is not None:
             out["mbr"] = self.mbr.to_dict()
+        if self.abstained:
+            out["abstained"] = True
+            out["withheld"] = self.withheld
         return out
 
 
