@@ -124,10 +124,11 @@ def test_one_k_plot_per_metric_with_the_rule_and_baselines_strong_and_banded(
         assert [p.name for p in written] == [
             "plot_rating_k.png",
             "plot_rating_k_absolute_error.png",
+            "plot_rating_risk.png",  # selective prediction: see the test below
         ]
         run = rating_results["runs"][0]
         for figure, curves, rule in zip(
-            figures, [run["curves"], *run["other_curves"]], ["mean", "median"], strict=True
+            figures[:2], [run["curves"], *run["other_curves"]], ["mean", "median"], strict=True
         ):
             ax, diff_ax = figure.axes
             assert curves["metric"] in ax.get_ylabel()
@@ -430,3 +431,21 @@ def test_an_adaptive_decoder_is_one_marker_beside_its_fixed_k_curve(
         for line in lines.values()
     }
     assert len(looks) == len(lines)  # still no two alike
+
+
+def test_the_risk_plot_draws_the_rules_own_ranking_strong_against_the_baselines(
+    rating_results, tmp_path, monkeypatch
+):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    figures: list = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    written = write_plots(rating_results, tmp_path)
+    assert written[-1].name == "plot_rating_risk.png" and written[-1].stat().st_size > 0
+    (ax,) = figures[-1].axes
+    lines = labelled_lines(ax)
+    strong = [label for label, line in lines.items() if line.get_linewidth() > 2]
+    assert len(strong) == 1 and strong[0].startswith("ranked by its expected loss (risk)")
+    assert any(label.startswith("ranked by samples' spread") for label in lines)
+    assert "answering every item" in lines and "squared_error" in ax.get_ylabel()
+    markdown = render_markdown(rating_results)
+    assert "| rating | mean | squared_error | risk |" in markdown

@@ -528,3 +528,22 @@ def test_adaptive_labels_tolerances_and_bad_settings():
         Decoder.from_label("mean@greedy")
     with pytest.raises(InvalidParameterError, match="'tolerance'"):
         AdaptiveRule(twin.inner, tolerance=-1.0)
+
+
+def test_every_bayes_rule_is_ranked_by_its_own_risk_and_the_baselines():
+    items, prompts, greedy, pools = rating_fixture()
+    results, records = score_task(RATING, items, prompts, greedy, pools, bootstrap_iters=100)
+    rows = {(r["decoder"], r["metric"]): r for r in results["selective"]}
+    mean = rows[("mean", "squared_error")]
+    assert set(mean["rankings"]) == {"risk", "logprob", "spread"}
+    # The mean's expected squared error is the samples' variance: the same ranking as spread.
+    assert mean["rankings"]["risk"]["curve"] == mean["rankings"]["spread"]["curve"]
+    risks = [r.decisions["mean"]["expected_loss"] for r in records]
+    assert mean["full"] == pytest.approx(by(results, "mean", "squared_error")["value"])
+    # The most confident 30% (ceil(0.3 * 4) = 2 items) are the two smallest risks.
+    confident = np.argsort(risks)[:2]
+    values = [r.scores["mean"]["squared_error"] for r in records]
+    assert mean["rankings"]["risk"]["curve"][2][1] == pytest.approx(
+        np.mean([values[i] for i in confident])
+    )
+    assert ("greedy", "squared_error") not in rows  # no risk, no ranking of its own

@@ -511,6 +511,7 @@ def render_markdown(results: dict[str, Any]) -> str:
                 f"[{_fmt(row['ci'][0])}, {_fmt(row['ci'][1])}] | {_vs_text(row.get('vs_greedy'))} | {_vs_text(row.get('vs_prior'))} |"
             )
     lines += _decoding_lines(results)
+    lines += _selective_lines(results)
     return "\n".join(lines)
 
 
@@ -829,6 +830,15 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
             _plot_k(plt, run, curves, path)
             written.append(path)
 
+    for run in runs:
+        several = len(temperatures_by_task[_run_title(run)]) > 1
+        suffix = "_t" + format(run["temperature"], "g") if several else ""
+        risk_row = _selective_row(run)
+        if risk_row is not None:
+            path = out / f"plot_{_run_slug(run)}_risk{suffix}.png"
+            _plot_risk(plt, run, risk_row, path)
+            written.append(path)
+
     for task, temps in temperatures_by_task.items():
         if len(temps) < 2:
             continue
@@ -865,6 +875,107 @@ def write_plots(results: dict[str, Any], out: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+#: How each ranking of the items is named on the risk plot and in results.md.
+_RANKING_NAMES = {
+    "risk": "its expected loss (risk)",
+    "logprob": "greedy's log-prob per token",
+    "spread": "samples' spread",
+}
+
+
+def _selective_row(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The selective-prediction row of the primary metric's own Bayes rule, or None (results
+    written before selective prediction existed, or no rule decoder)."""
+    rows = run.get("selective") or []
+    if not rows:
+        return None
+    metric = run["scores"][0]["metric"]
+    rule = (run.get("rule_decoders") or {}).get(metric)
+    return next((r for r in rows if r["decoder"] == rule and r["metric"] == metric), None)
+
+
+def _plot_risk(plt: Any, run: dict[str, Any], row: dict[str, Any], path: Path) -> None:
+    """Risk-coverage: the metric over the most confident share of items, as ranked by the
+    decision's own risk (strong, with its 95% band) and by the baselines (faint), against
+    answering everything (dotted)."""
+    fig, ax = plt.subplots(figsize=(8.5, 4.8))
+    colours = {"risk": "#d62728", "logprob": "#1f77b4", "spread": "#2ca02c"}
+    for name, ranking in row["rankings"].items():
+        xs = [100 * point[0] for point in ranking["curve"]]
+        ys = [point[1] for point in ranking["curve"]]
+        strong = name == "risk"
+        area = ranking["area"]
+        rho = ranking["spearman"]
+        label = (
+            f"ranked by {_RANKING_NAMES.get(name, name)}: area {_fmt(area['value'], 3)}, "
+            f"Spearman {_fmt(rho['value'], 2)} [{_fmt(rho['ci'][0], 2)}, {_fmt(rho['ci'][1], 2)}]"
+        )
+        ax.plot(
+            xs,
+            ys,
+            marker="o",
+            markersize=4 if strong else 3,
+            linewidth=2.4 if strong else 1.2,
+            alpha=1.0 if strong else 0.75,
+            color=colours.get(name, "grey"),
+            label=label,
+        )
+        if strong:
+            ax.fill_between(
+                xs,
+                [point[2] for point in ranking["curve"]],
+                [point[3] for point in ranking["curve"]],
+                color=colours["risk"],
+                alpha=0.15,
+                linewidth=0,
+            )
+    ax.axhline(
+        row["full"], color="black", linestyle=":", linewidth=1.4, label="answering every item"
+    )
+    direction = "higher" if row["direction"] == "higher" else "lower"
+    ax.set_xlabel("coverage: % of items answered, most confident first")
+    ax.set_ylabel(f"{row['metric']} ({direction} is better)")
+    ax.set_title(
+        f"{_run_title(run)}: when to trust {row['decoder']} ({run.get('n_items', '?')} items)\n"
+        "bold: ranked by the decision's own expected loss, with its 95% interval"
+    )
+    ax.set_xlim(5, 105)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _selective_lines(results: dict[str, Any]) -> list[str]:
+    """results.md's selective-prediction table: for each decoder with a risk, how well each
+    ranking orders the items by their true loss."""
+    rows = [(run, row) for run in results.get("runs", []) for row in run.get("selective") or []]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Selective prediction: the metric over the most confident share of items (area: its mean "
+        "over 10%..100% coverage), and how well a ranking orders items by their true loss "
+        "(Spearman's rho of uncertainty against loss; AUROC for a loss above the median).",
+        "",
+        "| Task | Decoder | Metric | Ranked by | Area | 95% CI | Spearman | 95% CI | AUROC | 95% CI | at 100% |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run, row in rows:
+        for name, ranking in row["rankings"].items():
+            cells = []
+            for key in ("area", "spearman", "auroc"):
+                value, (low, high) = ranking[key]["value"], ranking[key]["ci"]
+                cells += [_fmt(value), f"[{_fmt(low)}, {_fmt(high)}]"]
+            lines.append(
+                f"| {_run_title(run)} | {row['decoder']} | {row['metric']} | {name} | "
+                + " | ".join(cells)
+                + f" | {_fmt(row['full'])} |"
+            )
+    return lines
 
 
 def load_results(directory: Path) -> dict[str, Any]:

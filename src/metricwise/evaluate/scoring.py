@@ -41,6 +41,11 @@ from metricwise.evaluate.decoders import (
     prior_prediction,
     rule_decoder,
 )
+from metricwise.evaluate.selective import (
+    greedy_logprob_uncertainty,
+    selective_prediction,
+    spread_uncertainty,
+)
 from metricwise.evaluate.stats import (
     DEFAULT_BOOTSTRAP_ITERS,
     bootstrap,
@@ -282,6 +287,10 @@ def score_task(
         baselines={"vs_greedy": greedy_label, "vs_prior": prior_label},
     )
 
+    results["selective"] = _selective_rows(
+        task, decoders, scores, records, greedy, pools, metric_objs, indices, seed
+    )
+
     if curve_subsets > 0 and len(pools[0]) > 1:
         # The primary metric's curves under "curves" (as results.json has always had them),
         # the other metrics' in "other_curves".
@@ -299,6 +308,70 @@ def score_task(
         results["curves"] = primary
         results["other_curves"] = others
     return results, records
+
+
+def _selective_rows(
+    task: Task,
+    decoders: Sequence[Decoder],
+    scores: dict[str, dict[str, np.ndarray]],
+    records: Sequence[ItemRecord],
+    greedy: Sequence[Candidate],
+    pools: Sequence[SampleSet],
+    metric_objs: dict[str, Any],
+    indices: np.ndarray,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Selective prediction (:mod:`metricwise.evaluate.selective`) for every Bayes-rule decoder
+    whose metric the task scores: its items ranked by its own risk, and by the baselines."""
+    numeric = task.answer_type == "number"
+    normalize = metric_objs[task.metrics[0]].normalize
+    parsed = [
+        [
+            a if a is None or numeric else normalize(a)
+            for a in (extract_answer(c.text, task) for c in pool.candidates)
+        ]
+        for pool in pools
+    ]
+    baselines = {
+        "logprob": greedy_logprob_uncertainty(greedy),
+        "spread": spread_uncertainty(parsed, numeric),
+    }
+    rows = []
+    for decoder in decoders:
+        if not isinstance(decoder, BayesRule) or decoder.metric not in metric_objs:
+            continue
+        metric = metric_objs[decoder.metric]
+        risk = np.array(
+            [_risk(record.decisions.get(decoder.label)) for record in records], dtype=np.float64
+        )
+        analysis = selective_prediction(
+            scores[decoder.label][decoder.metric],
+            metric.higher_is_better,
+            {"risk": risk, **baselines},
+            indices,
+            seed=seed,
+        )
+        rows.append(
+            {
+                "decoder": decoder.label,
+                "metric": decoder.metric,
+                "direction": "higher" if metric.higher_is_better else "lower",
+                **analysis,
+            }
+        )
+    return rows
+
+
+def _risk(decision: dict[str, Any] | None) -> float:
+    """A decision's uncertainty: its expected loss, or minus its expected utility; inf when it
+    failed (no usable sample)."""
+    if decision is None or decision.get("failure"):
+        return math.inf
+    loss = decision.get("expected_loss")
+    if loss is not None:
+        return float(loss)
+    utility = decision.get("expected_utility")
+    return math.inf if utility is None else -float(utility)
 
 
 def _usage(n_used: np.ndarray, settings: dict[str, Any]) -> dict[str, Any]:
