@@ -952,3 +952,41 @@ def test_the_default_models_static_cache_past_its_sliding_window():
     for s, t in zip(got, want, strict=True):
         for a, b in zip(s.candidates, t.candidates, strict=True):
             assert a.logp == pytest.approx(b.logp, abs=1e-3)
+
+
+def test_token_logprobs_are_the_terms_of_logp_with_the_top_alternatives(backend):
+    config = SamplingConfig(n=3, max_tokens=6, seed=2, temperature=0.8, top_k=5, stop=(" the",))
+    plain = backend.sample(PROMPTS, config)
+    detailed = backend.sample(PROMPTS, config, token_logprobs=3)
+    for prompt, a, b in zip(PROMPTS, plain, detailed, strict=True):
+        assert a.candidates == b.candidates  # asking for them changes no sample
+        assert all(c.tokens is None for c in a.candidates)
+        for cand in b.candidates:
+            assert [t.id for t in cand.tokens] == list(cand.token_ids)
+            # The per-token terms, summed in order, are logp bitwise.
+            assert sum(t.logprob for t in cand.tokens) == cand.logp
+            logits = teacher_forced_logprobs(backend, prompt, cand.token_ids)
+            for k, t in enumerate(cand.tokens):
+                assert len(t.top) == 3
+                assert [i for _, _, i in t.top] == torch.topk(logits[k], 3).indices.tolist()
+                values = [v for _, v, _ in t.top]
+                assert values == sorted(values, reverse=True)
+                assert values == pytest.approx(
+                    logits[k, [i for *_, i in t.top]].tolist(), abs=LOGPROB_TOL
+                )
+                if t.id in [i for *_, i in t.top]:  # the chosen one's entry is its logprob exactly
+                    assert dict((i, v) for _, v, i in t.top)[t.id] == t.logprob
+                assert t.token == backend.tokenizer.decode([t.id], skip_special_tokens=True)
+    greedy = backend.greedy(PROMPTS[:1], config, token_logprobs=0)[0]
+    assert greedy.tokens and all(t.top == () for t in greedy.tokens)
+    assert sum(t.logprob for t in greedy.tokens) == greedy.logp
+
+
+def teacher_forced_logprobs(backend, prompt, token_ids):
+    """log_softmax of the raw logits at each generated position, shape (tokens, V)."""
+    enc = backend.tokenizer(prompt, return_tensors="pt")["input_ids"]
+    ids = torch.cat([enc, torch.tensor([list(token_ids)])], dim=1)
+    with torch.no_grad():
+        logits = backend.model(input_ids=ids).logits[0].float()
+    start = enc.shape[1] - 1
+    return torch.log_softmax(logits[start : start + len(token_ids)], -1)

@@ -21,6 +21,31 @@ COMPLETE_FINISH_REASONS: frozenset[str] = frozenset({"stop", "eos"})
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token as a server reports it: its text, its raw log-probability, and the
+    most probable alternatives at its position.
+
+    Attributes
+    ----------
+    token:
+        The token's text on its own (empty for an end-of-generation token).
+    logprob:
+        ``log p`` of the token in nats under the raw model (temperature 1, no truncation): the
+        per-token terms of :attr:`Candidate.logp`, in order.
+    id:
+        The token id, when the backend knows it.
+    top:
+        ``(text, logprob, id)`` of the most probable tokens at this position, most probable
+        first (empty unless asked for).
+    """
+
+    token: str
+    logprob: float
+    id: int | None = None
+    top: tuple[tuple[str, float, int | None], ...] = ()
+
+
+@dataclass(frozen=True)
 class Candidate:
     """One sampled answer.
 
@@ -40,6 +65,10 @@ class Candidate:
         (the repetition guard fired); ``None`` when unknown (answers given as plain text).
     token_ids:
         The generated token ids when the backend exposes them (for rescoring); not exported.
+    tokens:
+        Per-token log-probabilities (:class:`TokenLogprob`) when the caller asked the backend
+        for them (``token_logprobs``); not exported and not stored: the sample store keeps the
+        sequence totals only.
     """
 
     text: str
@@ -48,6 +77,7 @@ class Candidate:
     n_tokens: int | None = None
     finish_reason: str | None = None
     token_ids: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
+    tokens: tuple[TokenLogprob, ...] | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -27,7 +27,7 @@ from metricwise.errors import (
 )
 from metricwise.guards import Guards, is_repeating, truncate_at_stop
 from metricwise.registry import Registry
-from metricwise.types import Candidate, SampleSet, SamplingConfig, sample_problem
+from metricwise.types import Candidate, SampleSet, SamplingConfig, TokenLogprob, sample_problem
 
 
 @runtime_checkable
@@ -193,6 +193,12 @@ class DecodeState:
         Token ids -> text (special tokens left out).
     sampled:
         False for greedy decoding, whose candidates get ``logq = 0`` (a point mass).
+    token_logprobs:
+        None: record sequence totals only. ``k >= 0``: also record each token's log-probability
+        and, per step, the ``k`` alternatives :meth:`advance` is given, so that every candidate
+        carries :attr:`~metricwise.types.Candidate.tokens`.
+    token_text:
+        Token id -> its text on its own (needed with ``token_logprobs``).
     """
 
     def __init__(
@@ -204,8 +210,13 @@ class DecodeState:
         detokenize: Callable[[list[int]], str],
         *,
         sampled: bool,
+        token_logprobs: int | None = None,
+        token_text: Callable[[int], str] | None = None,
     ) -> None:
         self.config, self.guards = config, guards
+        self.token_logprobs, self.token_text = token_logprobs, token_text
+        #: Per sequence, per token: (raw log-probability, alternatives as (ids, logprobs)).
+        self.steps: list[list[tuple[float, Any]]] = [[] for _ in range(total)]
         self.is_eos, self.detokenize, self.sampled = is_eos, detokenize, sampled
         self.tokens: list[list[int]] = [[] for _ in range(total)]
         self.logp = np.zeros(total)
@@ -221,8 +232,12 @@ class DecodeState:
         logq: Sequence[float],
         step: int,
         deadline: float,
+        top: Sequence[Any] | None = None,
     ) -> list[int]:
         """Record step ``step``'s token for each sequence in ``active`` (row r is ``active[r]``).
+
+        ``top[row]``, when given, is that row's ``(ids, logprobs)`` of the most probable
+        tokens at this step (kept per token when ``token_logprobs`` asks for them).
 
         Returns the rows (indices into ``active``) whose sequences go on. Raises
         :class:`~metricwise.errors.SamplingTimeout` when sequences would go on past the monotonic
@@ -234,6 +249,8 @@ class DecodeState:
             self.tokens[seq].append(token)
             self.logp[seq] += logp[row]
             self.logq[seq] += logq[row]
+            if self.token_logprobs is not None:
+                self.steps[seq].append((float(logp[row]), None if top is None else top[row]))
             reason = self._finish_reason(seq, token)
             if reason is None and step == self.config.max_tokens - 1:
                 reason = "length"
@@ -276,7 +293,27 @@ class DecodeState:
             n_tokens=len(tokens),
             finish_reason=finish,
             token_ids=tuple(tokens),
+            tokens=None if self.token_logprobs is None else self._token_logprobs(seq),
         )
+
+    def _token_logprobs(self, seq: int) -> tuple[TokenLogprob, ...]:
+        text = self.token_text or (lambda i: self.detokenize([i]))
+        end = len(self.tokens[seq]) - 1
+        out = []
+        for t, (token, (logprob, top)) in enumerate(
+            zip(self.tokens[seq], self.steps[seq], strict=True)
+        ):
+            alternatives: tuple[tuple[str, float, int | None], ...] = ()
+            if top is not None and self.token_logprobs:
+                ids, values = top
+                alternatives = tuple(
+                    (text(int(i)), float(v), int(i))
+                    for i, v in list(zip(ids, values, strict=True))[: self.token_logprobs]
+                )
+            # An end-of-generation token is no text ("" as servers report it).
+            is_end = t == end and self.finish[seq] == "eos"
+            out.append(TokenLogprob("" if is_end else text(token), logprob, token, alternatives))
+        return tuple(out)
 
 
 #: A backend's constructor: ``factory(model, **options)``; ``model=None`` is its default model.

@@ -151,6 +151,8 @@ class TokenSelector:
         self.q: Any = None
         self.scores: Any = None
         self.scratch: Any = None
+        #: The raw logsumexp (B,) float64 of the last call's logits.
+        self.lse_raw: Any = None
 
     def _weights(self, scores: Any, buffer: Any) -> tuple[Any, Any, Any]:
         """``exp(scores - max)`` into ``buffer`` (rows, V padded), its block sums, and logsumexp (float64)."""
@@ -175,6 +177,7 @@ class TokenSelector:
         """
         torch = _torch()
         raw_weights, raw_blocks, lse_raw = self._weights(logits, self.raw)
+        self.lse_raw = lse_raw  # for the callers that read the raw log-probabilities of others
         if uniforms is None:
             tokens = logits.argmax(dim=-1)
             logq = torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device)
@@ -403,20 +406,35 @@ class HFBackend:
 
     # -- protocol --------------------------------------------------------------------------
     def sample(
-        self, prompts: Sequence[str], config: SamplingConfig, *, start: int = 0
+        self,
+        prompts: Sequence[str],
+        config: SamplingConfig,
+        *,
+        start: int = 0,
+        token_logprobs: int | None = None,
     ) -> list[SampleSet]:
+        """The protocol's ``sample``. ``token_logprobs=k`` (an int >= 0) also gives every
+        candidate its per-token log-probabilities with the ``k`` most probable alternatives
+        at each position (:attr:`~metricwise.types.Candidate.tokens`); None (default) gives
+        the sequence totals only, and the samples are the same either way."""
         # One wall-clock budget for the whole call (--max_seconds is per batch of prompts),
         # read by every chunk _decode_fitting makes; the greedy path starts its own.
         deadline = self.guards.deadline()
 
         def draw(batch: list[str], m: int) -> list[list[Candidate]]:
-            return self._decode_fitting(batch, m, config, start, deadline)
+            return self._decode_fitting(batch, m, config, start, deadline, token_logprobs)
 
-        return sample_sets(prompts, config, start, self.greedy, draw)
+        def greedy(batch: Sequence[str], c: SamplingConfig) -> list[Candidate]:
+            return self.greedy(batch, c, token_logprobs=token_logprobs)
 
-    def greedy(self, prompts: Sequence[str], config: SamplingConfig) -> list[Candidate]:
+        return sample_sets(prompts, config, start, greedy, draw)
+
+    def greedy(
+        self, prompts: Sequence[str], config: SamplingConfig, *, token_logprobs: int | None = None
+    ) -> list[Candidate]:
         deadline = self.guards.deadline()
-        return [row[0] for row in self._decode_fitting(list(prompts), 1, config, None, deadline)]
+        rows = self._decode_fitting(list(prompts), 1, config, None, deadline, token_logprobs)
+        return [row[0] for row in rows]
 
     # -- batches that fit in memory -------------------------------------------------------------
     def _decode_fitting(
@@ -426,6 +444,7 @@ class HFBackend:
         config: SamplingConfig,
         start: int | None,
         deadline: float,
+        token_logprobs: int | None = None,
     ) -> list[list[Candidate]]:
         """``m`` candidates per prompt (samples ``start .. start + m - 1``; ``start=None`` is
         greedy), decoded in as few batches as fit in memory (:meth:`rows_that_fit`): whole
@@ -465,7 +484,7 @@ class HFBackend:
                         "memory); nothing from this call was kept. Raise --max_seconds or ask for "
                         "fewer prompts or samples at once (--batch_size, -n)."
                     )
-                cands = self._decode(group, count, config, seeds, deadline)
+                cands = self._decode(group, count, config, seeds, deadline, token_logprobs)
                 for i in range(len(group)):
                     got[i] += cands[i * count : (i + 1) * count]
             rows += got
@@ -671,6 +690,7 @@ class HFBackend:
         config: SamplingConfig,
         seeds: Sequence[tuple[int, ...]] | None,
         deadline: float,
+        token_logprobs: int | None = None,
     ) -> list[Candidate]:
         """Decode ``m`` continuations of every prompt; ``seeds=None`` is greedy; past the
         monotonic ``deadline`` the decode raises :class:`SamplingTimeout`.
@@ -682,7 +702,9 @@ class HFBackend:
         if not prompts:
             return []
         try:
-            return self._decode_batch(prompts, m, config, seeds, deadline, compiled=self.compile)
+            return self._decode_batch(
+                prompts, m, config, seeds, deadline, token_logprobs, compiled=self.compile
+            )
         except _CompileFailed as failure:
             warnings.warn(
                 f"torch.compile failed on the decoding step ({failure}); decoding without it "
@@ -692,7 +714,9 @@ class HFBackend:
             self.compile = False
             # What compiling held (the decode cache, the compiled graphs' memory) is not needed.
             self._compiled_forward = self._held_decode_cache = None
-            return self._decode_batch(prompts, m, config, seeds, deadline, compiled=False)
+            return self._decode_batch(
+                prompts, m, config, seeds, deadline, token_logprobs, compiled=False
+            )
 
     def _decode_batch(
         self,
@@ -701,6 +725,7 @@ class HFBackend:
         config: SamplingConfig,
         seeds: Sequence[tuple[int, ...]] | None,
         deadline: float,
+        token_logprobs: int | None = None,
         *,
         compiled: bool,
     ) -> list[Candidate]:
@@ -740,7 +765,11 @@ class HFBackend:
             self.end_ids.__contains__,
             self._detokenize,
             sampled=seeds is not None,
+            token_logprobs=token_logprobs,
+            token_text=self._token_text,
         )
+        top_n = min(token_logprobs or 0, logits.shape[-1])
+        tops: list[tuple[Any, Any]] = []  # the alternatives of the steps not read back yet
         uniforms = None if seeds is None else _uniforms(seeds, config.max_tokens, logits.device)
         active = np.arange(total)  # the sequence each row of the batch decodes
         rows = torch.arange(total, device=logits.device)  # the same, on the device
@@ -756,9 +785,16 @@ class HFBackend:
                     logits, None if uniforms is None else uniforms[rows, step]
                 )
                 window.append((chosen, p_chosen, q_chosen))
+                if top_n:
+                    # Raw log-probabilities less the selector's own logsumexp: the chosen
+                    # token's entry equals its logp bitwise.
+                    values, ids = torch.topk(logits, top_n, dim=-1)
+                    tops.append((ids, values.double() - select.lse_raw[:, None]))
                 if len(window) == self.sync_every or step == config.max_tokens - 1:
-                    going = _replay(state, window, active, going, window_start, deadline)
-                    window, window_start = [], step + 1
+                    going = _replay(
+                        state, window, active, going, window_start, deadline, tops or None
+                    )
+                    window, window_start, tops = [], step + 1, []
                     if not going:
                         break
                     # A dynamic cache drops the finished rows; a static one keeps its shape and
@@ -880,6 +916,14 @@ class HFBackend:
 
     def _detokenize(self, tokens: list[int]) -> str:
         return str(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
+    def _token_text(self, token: int) -> str:
+        """One token's text on its own (special tokens: ""), cached per id."""
+        cache = self.__dict__.setdefault("_token_texts", {})
+        text = cache.get(token)
+        if text is None:
+            text = cache[token] = self._detokenize([token])
+        return str(text)
 
 
 #: A static cache's capacity (prompt width + max_tokens) is rounded up to a multiple of this, so
@@ -1081,6 +1125,7 @@ def _replay(
     going: list[int],
     first_step: int,
     deadline: float,
+    tops: list[tuple[Any, Any]] | None = None,
 ) -> list[int]:
     """Read back the ``window``'s steps (tokens, logp, logq of every row of the batch, on the
     device) in one transfer and record the ``going`` rows' steps in ``state`` in order; returns
@@ -1090,6 +1135,10 @@ def _replay(
     torch = _torch()
     steps = torch.stack([torch.stack([t.double() for t in step]) for step in window]).cpu().numpy()
     tokens = steps[:, 0].astype(np.int64)  # ids < 2**53 travel exactly as float64
+    top_ids = top_values = None
+    if tops is not None:
+        top_ids = torch.stack([ids for ids, _ in tops]).cpu().numpy()
+        top_values = torch.stack([values for _, values in tops]).cpu().numpy()
     still = list(going)
     for offset in range(len(window)):
         going = state.advance(
@@ -1099,6 +1148,9 @@ def _replay(
             steps[offset, 2, still].tolist(),
             first_step + offset,
             deadline,
+            None
+            if top_ids is None or top_values is None
+            else [(top_ids[offset, r].tolist(), top_values[offset, r].tolist()) for r in still],
         )
         still = [still[r] for r in going]
         if not still:

@@ -117,7 +117,7 @@ from metricwise.backends.http import (
 from metricwise.backends.sampling import SAMPLER_ORDER, is_ancestral
 from metricwise.errors import BackendError, InvalidParameterError, SamplingTimeout
 from metricwise.guards import Guards, is_repeating
-from metricwise.types import Candidate, SampleSet, SamplingConfig
+from metricwise.types import Candidate, SampleSet, SamplingConfig, TokenLogprob
 
 #: Sampler orders used to rebuild q: hf's (llama-server is told to use it) and vLLM's.
 HF_ORDER: tuple[str, ...] = SAMPLER_ORDER
@@ -126,7 +126,7 @@ VLLM_ORDER: tuple[str, ...] = ("temperature", "min_p", "top_k", "top_p")
 _SEED_RANGE = 2**31 - 2**24
 #: Raw tail mass below which the unlisted tokens are taken to be absent.
 _TAIL_EPS = 1e-6
-_SERVER_KINDS = ("auto", "llama.cpp", "vllm", "generic")
+_SERVER_KINDS = ("auto", "llama.cpp", "vllm", "metricwise", "generic")
 _ENDPOINTS = ("completions", "chat")
 _MESSAGES = ("user", "json")
 
@@ -251,6 +251,7 @@ class _Step:
     text: bytes
     logprob: float
     top: list[tuple[Any, float]]
+    top_text: list[str] = field(default_factory=list)  # the alternatives' texts
 
 
 def _malformed(what: str) -> RetryableError:
@@ -308,7 +309,11 @@ def _parse_steps(logprobs: Any, where: str) -> list[_Step] | None:
             key = entry.get("id", entry.get("token"))
             steps.append(
                 _Step(
-                    key, _entry_bytes(entry), _logprob(entry.get("logprob"), at, chosen=True), top
+                    key,
+                    _entry_bytes(entry),
+                    _logprob(entry.get("logprob"), at, chosen=True),
+                    top,
+                    [str(e.get("token", "")) for e in top_entries],
                 )
             )
         return steps
@@ -335,6 +340,7 @@ def _parse_steps(logprobs: Any, where: str) -> list[_Step] | None:
                     str(token).encode("utf-8"),
                     _logprob(value, at, chosen=True),
                     alternatives,
+                    [str(k) for k, _ in alternatives],
                 )
             )
         return steps
@@ -396,6 +402,7 @@ class _Job:
     prompt_index: int
     first: int  # sample index of the first choice asked for
     count: int
+    token_logprobs: int | None = None  # per-token alternatives asked for by the caller
 
 
 class OpenAIBackend:
@@ -433,9 +440,12 @@ class OpenAIBackend:
         :class:`~metricwise.errors.SamplingTimeout`); the repetition detector cuts candidates.
     top_logprobs : int
         Alternatives asked per token to rebuild q (raised to ``top_k`` when top-k is on).
-    server : {"auto", "llama.cpp", "vllm", "generic"}
+    server : {"auto", "llama.cpp", "vllm", "metricwise", "generic"}
         What kind of server it is; ``"auto"`` asks ``/props`` (llama-server) and ``/version``
-        (vLLM). It chooses the extra parameters sent and the sampler order q is rebuilt in.
+        (vLLM, or ``metricwise serve``, whose answer says ``"server": "metricwise"``). It chooses
+        the extra parameters sent and the sampler order q is rebuilt in. A ``metricwise serve``
+        gets the run's seed and the first sample's index (``first_sample``), so its samples
+        are the ones its backend would draw directly.
     cache_prompt : bool
         Let ``llama-server`` keep a prompt's KV cache in its slot between requests, so that the
         requests of one prompt (its N samples, the rounds of adaptive sampling) evaluate the
@@ -535,8 +545,12 @@ class OpenAIBackend:
         *,
         start: int = 0,
         cancel: Cancellation | None = None,
+        token_logprobs: int | None = None,
     ) -> list[SampleSet]:
         """The protocol's ``sample``; ``cancel``, when given, ends the call's requests from outside.
+
+        ``token_logprobs=k`` also gives every candidate the server's per-token log-probabilities
+        with ``k`` alternatives each (:attr:`~metricwise.types.Candidate.tokens`), as returned.
 
         Cancelling it (from any thread) closes the call's open connections and makes the call
         raise :class:`~metricwise.backends.http.Cancelled` within a moment: ``metricwise serve``
@@ -546,14 +560,23 @@ class OpenAIBackend:
             prompts,
             config,
             start,
-            lambda batch, c: self.greedy(batch, c, cancel=cancel),
-            lambda batch, m: self._run(batch, config, start, m, greedy=False, cancel=cancel),
+            lambda batch, c: self.greedy(batch, c, cancel=cancel, token_logprobs=token_logprobs),
+            lambda batch, m: self._run(
+                batch, config, start, m, greedy=False, cancel=cancel, token_logprobs=token_logprobs
+            ),
         )
 
     def greedy(
-        self, prompts: Sequence[str], config: SamplingConfig, *, cancel: Cancellation | None = None
+        self,
+        prompts: Sequence[str],
+        config: SamplingConfig,
+        *,
+        cancel: Cancellation | None = None,
+        token_logprobs: int | None = None,
     ) -> list[Candidate]:
-        results = self._run(list(prompts), config, 0, 1, greedy=True, cancel=cancel)
+        results = self._run(
+            list(prompts), config, 0, 1, greedy=True, cancel=cancel, token_logprobs=token_logprobs
+        )
         return [row[0] for row in results]
 
     def _retries_left(self, deadline: float) -> str:
@@ -682,6 +705,7 @@ class OpenAIBackend:
         *,
         greedy: bool,
         cancel: Cancellation | None = None,
+        token_logprobs: int | None = None,
     ) -> list[list[Candidate]]:
         self.requests_sent = 0
         self.logq_exact = {"exact": 0, "approximate": 0}
@@ -709,7 +733,7 @@ class OpenAIBackend:
 
             for p in range(len(prompts)):
                 for first in range(start, start + m, limit):
-                    submit(_Job(p, first, min(limit, start + m - first)))
+                    submit(_Job(p, first, min(limit, start + m - first), token_logprobs))
             quiet_since = time.monotonic()
             while pending:
                 done, _ = cf.wait(
@@ -735,7 +759,7 @@ class OpenAIBackend:
                     # single-choice request never comes back empty (that is a malformed answer),
                     # so this ends.
                     for k in range(len(got), job.count):
-                        submit(_Job(job.prompt_index, job.first + k, 1))
+                        submit(_Job(job.prompt_index, job.first + k, 1, job.token_logprobs))
         except BaseException:
             cancel.cancel()
             for future in pending:
@@ -854,7 +878,7 @@ class OpenAIBackend:
         self, server: _Server, prompt: str, job: _Job, config: SamplingConfig, greedy: bool
     ) -> dict[str, Any]:
         kind = server.kind or "generic"
-        top_n = self._top_n(config) if not greedy else 1
+        top_n = max(self._top_n(config) if not greedy else 1, job.token_logprobs or 0)
         body: dict[str, Any] = {
             "model": self.model,
             "n": job.count,
@@ -905,6 +929,12 @@ class OpenAIBackend:
             )
         elif kind == "vllm":
             body.update({"repetition_penalty": 1.0, "min_tokens": 0, "ignore_eos": False})
+        elif kind == "metricwise":
+            # metricwise serve draws sample i of a prompt from the stream of (seed, i, prompt),
+            # as the local backends do: send the run's seed and the first sample's index, so
+            # that samples drawn through it are the ones its backend draws directly.
+            body["seed"] = int(config.seed)
+            body["first_sample"] = job.first
         body.update(self.extra_body)
         return body
 
@@ -942,7 +972,7 @@ class OpenAIBackend:
         choices = sorted(choices, key=lambda c: int(c.get("index", 0)))
         order = VLLM_ORDER if server.kind == "vllm" else HF_ORDER
         return [
-            self._candidate(choice, k, config, greedy, order)
+            self._candidate(choice, k, config, greedy, order, job.token_logprobs)
             for k, choice in enumerate(choices[: job.count])
         ]
 
@@ -953,6 +983,7 @@ class OpenAIBackend:
         config: SamplingConfig,
         greedy: bool,
         order: Sequence[str],
+        token_logprobs: int | None = None,
     ) -> Candidate:
         where = f"choice {k}"
         if self.endpoint == "chat":
@@ -1004,6 +1035,7 @@ class OpenAIBackend:
             n_tokens=len(steps),
             finish_reason=reason,
             token_ids=_ids(steps),
+            tokens=None if token_logprobs is None else _token_logprobs(steps, token_logprobs),
         )
 
     @staticmethod
@@ -1086,6 +1118,13 @@ class OpenAIBackend:
                     if (
                         candidate == "vllm"
                         and isinstance(answer, dict)
+                        and answer.get("server") == "metricwise"
+                    ):
+                        kind = "metricwise"
+                        break
+                    if (
+                        candidate == "vllm"
+                        and isinstance(answer, dict)
                         and set(answer) == {"version"}
                     ):
                         kind = candidate
@@ -1103,6 +1142,26 @@ class OpenAIBackend:
                 if slots > 0:
                     server.max_n = slots
             server.kind = kind
+
+
+def _token_logprobs(steps: list[_Step], k: int) -> tuple[TokenLogprob, ...]:
+    """The per-token log-probabilities of a choice as :class:`TokenLogprob`, ``k`` alternatives each."""
+
+    def as_id(key: Any) -> int | None:
+        return key if isinstance(key, int) and not isinstance(key, bool) else None
+
+    return tuple(
+        TokenLogprob(
+            s.text.decode("utf-8", "replace"),
+            s.logprob,
+            as_id(s.key),
+            tuple(
+                (text, value, as_id(key))
+                for (key, value), text in list(zip(s.top, s.top_text, strict=False))[:k]
+            ),
+        )
+        for s in steps
+    )
 
 
 def _first_token_alternatives(logprobs: Any, where: str) -> dict[str, float] | None:
