@@ -371,7 +371,8 @@ def test_chat_goes_through_the_model_chat_template(tiny):
                 {"role": "user", "content": "the cat sat on"},
             ],
             max_tokens=4,
-            extra_body={"metric": "exact_match", "samples": 4},
+            # The tiny model's samples run to max_tokens: without this there is no decision.
+            extra_body={"metric": "exact_match", "samples": 4, "include_incomplete": True},
         )
     assert backend.calls == [["<system>be brief\n<user>the cat sat on\n<assistant>"]]
     assert answer.object == "chat.completion"
@@ -482,7 +483,13 @@ BAD_FIELDS = [
         "counting the proposals",
     ),
     ({"temperature": -1}, "temperature", "greater than or equal to 0"),
-    ({"logprobs": 5}, "logprobs", "not supported"),
+    ({"logprobs": 50}, "logprobs", "<= 20 (--max_logprobs)"),
+    ({"first_sample": 4, "metric": "exact_match"}, "first_sample", "without a decision"),
+    # Strict types: a number in a string, or a boolean, is not a number.
+    ({"max_tokens": "8"}, "max_tokens", "valid integer"),
+    ({"n": True}, "n", "valid integer"),
+    ({"temperature": "0.5"}, "temperature", "valid number"),
+    ({"stream": "yes"}, "stream", "valid boolean"),
     ({"presence_penalty": 0.5}, "presence_penalty", "not supported"),
     ({"max_tokens": 100_000}, "max_tokens", "<= 512 (--max_tokens)"),
     ({"stop": ["x"] * 20}, "stop", "at most 16"),
@@ -522,7 +529,8 @@ def test_unknown_model_and_unknown_path_are_404(fake):
         with pytest.raises(openai.NotFoundError) as info:
             srv.client().completions.create(model="gpt-4", prompt="x", max_tokens=3)
         assert info.value.code == "model_not_found" and "fake-model" in info.value.message
-        assert [m.id for m in srv.client().models.list()] == ["fake-model"]
+        listed = [m.id for m in srv.client().models.list()]
+        assert listed[0] == "fake-model" and "fake-model@exact_match" in listed
         status, _, body = http("GET", f"{srv.url}/v1/nothing")
         assert status == 404 and "POST /v1/completions" in assert_error_body(body)["message"]
         status, _, body = http("GET", f"{srv.url}/v1/completions")
@@ -702,7 +710,7 @@ def test_a_local_model_batches_queued_requests_with_the_same_settings(tiny):
                 model="tiny",
                 prompt=prompt,
                 max_tokens=4,
-                extra_body={"metric": "exact_match", "samples": 4},
+                extra_body={"metric": "exact_match", "samples": 4, "include_incomplete": True},
             )
 
         prompts = ["the cat", "the dog", "paris is", "numbers 0"]
@@ -728,7 +736,7 @@ def test_metrics_endpoint_speaks_prometheus(tiny):
             model="tiny",
             prompt="the cat",
             max_tokens=3,
-            extra_body={"metric": "exact_match", "samples": 4},
+            extra_body={"metric": "exact_match", "samples": 4, "include_incomplete": True},
         )
         with pytest.raises(openai.BadRequestError):
             client.completions.create(model="tiny", prompt="x", extra_body={"metric": "nope"})
@@ -909,3 +917,210 @@ def test_serve_in_front_of_a_real_llama_server():
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+# -- issue 25: log-probabilities, failures, request ids, model@metric --------------------------------
+def test_logprobs_on_both_endpoints_are_the_samples_own(tiny):
+    model, tokenizer = tiny
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = TEMPLATE
+    factory = hf_factory(model, tokenizer)
+    prompt = "the cat sat on"
+    config = SamplingConfig(n=2, max_tokens=5, seed=4)
+    direct = factory().sample([prompt], config, token_logprobs=2)[0].candidates
+    with running(factory, SETTINGS) as srv:
+        client = srv.client()
+        answer = client.completions.create(
+            model="tiny", prompt=prompt, max_tokens=5, seed=4, n=2, logprobs=2
+        )
+        chat = client.chat.completions.create(
+            model="tiny",
+            messages=[{"role": "user", "content": "the cat"}],
+            max_tokens=4,
+            logprobs=True,
+            top_logprobs=3,
+        )
+        decided = client.completions.create(
+            model="tiny",
+            prompt=prompt,
+            max_tokens=5,
+            seed=4,
+            logprobs=0,
+            extra_body={"metric": "token_f1", "samples": 2, "include_incomplete": True},
+        )
+    for choice, cand in zip(answer.choices, direct, strict=True):
+        lp = choice.logprobs
+        assert choice.text == cand.text and lp.tokens == [t.token for t in cand.tokens]
+        assert lp.token_logprobs == [t.logprob for t in cand.tokens]
+        assert sum(lp.token_logprobs) == cand.logp
+        assert [list(d.values()) for d in lp.top_logprobs] == [
+            [v for _, v, _ in t.top] for t in cand.tokens
+        ]
+        assert lp.text_offset[0] == 0
+    content = chat.choices[0].logprobs.content
+    assert content and all(len(t.top_logprobs) == 3 for t in content)
+    assert all(t.bytes == list(t.token.encode()) for t in content)
+    # A decision that is one of the samples carries that sample's log-probabilities.
+    index = decided.metricwise["logprobs_of_sample"]
+    assert decided.choices[0].text == direct[index].text
+    assert decided.choices[0].logprobs.token_logprobs == [t.logprob for t in direct[index].tokens]
+    assert decided.choices[0].logprobs.top_logprobs is None  # logprobs=0: the chosen only
+
+
+def test_a_mean_has_no_logprobs_and_says_so(fake):
+    server = fake(behaviour=numbers(["3", "4"]))
+    with running(upstream(server.url)) as srv:
+        answer = srv.client().completions.create(
+            model="fake-model",
+            prompt="x",
+            max_tokens=3,
+            logprobs=1,
+            extra_body={"metric": "squared_error", "samples": 2},
+        )
+    assert answer.choices[0].text == "3.5" and answer.choices[0].logprobs is None
+    assert answer.metricwise["logprobs_of_sample"] is None
+    assert "not the text of any sample" in answer.metricwise["logprobs_note"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        SamplingConfig(n=4, max_tokens=6, seed=11),
+        SamplingConfig(n=3, max_tokens=5, seed=12, temperature=0.7, top_k=4, stop=(" the",)),
+    ],
+    ids=["ancestral", "top-k"],
+)
+def test_metricwise_in_front_of_metricwise_gives_the_direct_samples(tiny, config):
+    """The openai backend against a metricwise server draws the samples its hf backend draws
+    directly (the same seeds), with the same logp, logq and token counts, so decisions agree."""
+    factory = hf_factory(*tiny)
+    prompts = ["the cat sat on", "paris is the"]
+    # One prompt per call, as the openai backend sends them (a batch's padding moves the
+    # logits by rounding).
+    local = factory()
+    direct = [local.sample([p], config)[0] for p in prompts]
+    # The server decodes each request alone: batched with another prompt, the padding would
+    # move the logits by rounding (about 1e-7 here), as it does for a direct batch.
+    with running(factory, replace(SETTINGS, max_batch_prompts=1)) as srv:
+        chained = OpenAIBackend(f"{srv.url}/v1", "tiny", max_retries=0, top_logprobs=8)
+        try:
+            assert chained.servers[0].kind is None
+            through = chained.sample(prompts, config)
+            later = chained.sample(prompts, replace(config, n=config.n + 2), start=config.n)
+            assert chained.servers[0].kind == "metricwise"
+            assert chained.logq_exact["approximate"] == 0
+        finally:
+            chained.close()
+    for a, b in zip(direct, through, strict=True):
+        assert [c.text for c in a.candidates] == [c.text for c in b.candidates]
+        assert [c.logp for c in a.candidates] == [c.logp for c in b.candidates]
+        # q is rebuilt from the raw top-N in float64; the hf backend computes it in float32.
+        assert [c.logq for c in a.candidates] == pytest.approx(
+            [c.logq for c in b.candidates], abs=1e-6
+        )
+        assert [c.n_tokens for c in a.candidates] == [c.n_tokens for c in b.candidates]
+        kwargs = {"include_incomplete": True}
+        assert decide(a, "chrf", **kwargs).output == decide(b, "chrf", **kwargs).output
+    # Samples n .. n+1 through the server are those of a direct set of n + 2.
+    more = [local.sample([p], replace(config, n=config.n + 2))[0] for p in prompts]
+    for whole, part in zip(more, later, strict=True):
+        assert [c.text for c in whole.candidates[config.n :]] == [c.text for c in part.candidates]
+
+
+def test_a_failed_decision_is_an_error_the_client_raises(tiny):
+    with running(hf_factory(*tiny), SETTINGS) as srv:
+        client = srv.client()
+        with pytest.raises(openai.UnprocessableEntityError) as info:
+            client.completions.create(
+                model="tiny",
+                prompt="the cat",
+                max_tokens=2,
+                extra_body={"metric": "exact_match", "samples": 3},
+            )
+        stream = client.completions.create(
+            model="tiny",
+            prompt="the cat",
+            max_tokens=2,
+            stream=True,
+            extra_body={"metric": "exact_match", "samples": 3},
+        )
+        with pytest.raises(openai.APIError) as streamed:
+            list(stream)
+    error = info.value
+    assert error.code == "no_valid_samples" and error.param == "max_tokens"
+    assert "3 cut by max_tokens" in error.message and "include_incomplete" in error.message
+    assert error.response.headers["x-should-retry"] == "false"
+    assert error.request_id and error.request_id.startswith("req-")
+    assert "3 cut by max_tokens" in streamed.value.message
+
+
+def test_the_model_name_can_carry_the_metric(fake):
+    server = fake(behaviour=numbers(["2", "2", "3"]))
+    with running(upstream(server.url)) as srv:
+        client = srv.client()
+        answer = client.completions.create(model="fake-model@exact_match", prompt="x", max_tokens=3)
+        assert answer.choices[0].text == "2" and answer.metricwise["metric"] == "exact_match"
+        assert answer.model == "fake-model@exact_match"
+        assert client.models.retrieve("fake-model@chrf").id == "fake-model@chrf"
+        with pytest.raises(openai.NotFoundError) as info:
+            client.completions.create(model="fake-model@exact_matc", prompt="x", max_tokens=3)
+        assert "Did you mean 'exact_match'" in info.value.message
+        with pytest.raises(openai.BadRequestError) as bad:
+            client.completions.create(
+                model="fake-model@chrf", prompt="x", max_tokens=3, extra_body={"metric": "bleu"}
+            )
+        assert bad.value.param == "metric"
+
+
+def test_request_ids_cors_docs_and_metrics_flags(fake):
+    server = fake()
+    with running(upstream(server.url)) as srv:
+        status, head, _ = http("GET", f"{srv.url}/health", headers={"X-Request-Id": "abc-1"})
+        assert status == 200 and head["x-request-id"] == "abc-1"
+        status, head, _ = http("GET", f"{srv.url}/v1/nothing")
+        assert status == 404 and head["x-request-id"].startswith("req-")
+        # A request id that is not printable ASCII is replaced, not echoed.
+        _, head, _ = http("GET", f"{srv.url}/health", headers={"X-Request-Id": "x" * 200})
+        assert head["x-request-id"].startswith("req-")
+        preflight = {"Origin": "http://app.example", "Access-Control-Request-Method": "POST"}
+        assert http("OPTIONS", f"{srv.url}/v1/completions", headers=preflight)[0] == 405
+        assert http("GET", f"{srv.url}/docs")[0] == 404
+        assert http("GET", f"{srv.url}/openapi.json")[0] == 404
+    settings = ServeSettings(
+        api_key="k", allowed_origins=("http://app.example",), docs=True, open_metrics=True
+    )
+    with running(upstream(server.url), settings) as srv:
+        status, head, _ = http("OPTIONS", f"{srv.url}/v1/completions", headers=preflight)
+        assert status == 200 and head["access-control-allow-origin"] == "http://app.example"
+        status, _, schema = http("GET", f"{srv.url}/openapi.json")
+        body = schema["paths"]["/v1/completions"]["post"]["requestBody"]
+        assert "logprobs" in body["content"]["application/json"]["schema"]["properties"]
+        assert http("GET", f"{srv.url}/docs")[0] == 200
+        assert http("GET", f"{srv.url}/metrics")[0] == 200  # open without the key
+        assert http("GET", f"{srv.url}/v1/models")[0] == 401  # the API still needs it
+
+
+def test_502_and_504_tell_the_client_not_to_retry():
+    from metricwise.errors import BackendError, SamplingTimeout
+    from metricwise.serve.errors import APIError, from_exception
+
+    for exc in (BackendError("down"), SamplingTimeout("slow")):
+        assert from_exception(exc).headers["x-should-retry"] == "false"
+    assert "x-should-retry" not in APIError(429, "busy").headers
+    assert "x-should-retry" not in APIError(503, "loading").headers
+
+
+def test_the_new_flags_reach_the_settings():
+    from metricwise.cli import build_parser
+    from metricwise.serve.cli import _settings
+
+    flags = "--allowed_origins http://a --allowed_origins http://b --docs --open_metrics"
+    args = build_parser().parse_args(
+        ["serve", *flags.split(), "--no_access_log", "--max_logprobs", "5"]
+    )
+    settings = _settings(args)
+    assert settings.allowed_origins == ("http://a", "http://b")
+    assert settings.docs and settings.open_metrics and not settings.access_log
+    assert settings.max_logprobs == 5
+    defaults = _settings(build_parser().parse_args(["serve"]))
+    assert defaults.allowed_origins == () and not defaults.docs and not defaults.open_metrics

@@ -7,12 +7,19 @@ Endpoints
                                (``hf``) or the upstream's chat endpoint (``openai``)
 ``GET /v1/models``             the served model
 ``GET /health``                200 once the model has loaded, 503 before (or if it failed)
+``GET /version``               ``{"version", "server": "metricwise"}`` (no key needed)
 ``GET /metrics``               Prometheus text format (see :mod:`.metrics_registry`)
+``GET /docs``, ``/openapi.json``  with ``docs`` only
 
 A request that names a ``metric`` is sampled ``samples`` times (or adaptively), decided with
 :func:`metricwise.decide`, and answered with the decision as the first choice and a
-``metricwise`` object describing it. Without ``metric`` the request is sampled as asked
-(``temperature: 0`` is greedy) and its ``n`` samples are the choices.
+``metricwise`` object describing it; a model name ``<served>@<metric>`` names the metric too.
+A prompt whose samples give no decision is answered 422 ``no_valid_samples``. Without
+``metric`` the request is sampled as asked (``temperature: 0`` is greedy) and its ``n``
+samples are the choices. ``logprobs`` give each choice's per-token log-probabilities (those of
+the sample a decision chose; none for a decision no sample wrote, such as a mean).
+
+Every answer carries ``X-Request-Id`` (the client's, or a new one), also in the access log.
 
 Life cycle: the model loads in a background thread once the server listens, so ``/health`` and
 requests answer 503 (with ``Retry-After``) until it is ready. On shutdown (SIGTERM) uvicorn stops
@@ -33,7 +40,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -57,7 +64,10 @@ from metricwise.serve.schemas import (
 from metricwise.serve.settings import ServeSettings
 from metricwise.types import Candidate, Decision, SampleSet, SamplingConfig
 
+_Request = TypeVar("_Request", CompletionRequest, ChatCompletionRequest)
 logger = logging.getLogger("uvicorn.error")
+#: One line per request with its id (uvicorn's own access log, which has no id, is off).
+access_logger = logging.getLogger("uvicorn.error.access")
 
 #: decide()'s own keyword arguments: a ``metric_args`` key may not override one of them.
 _DECIDE_KEYWORDS = frozenset(
@@ -87,6 +97,14 @@ class Plan:
     #: Global decoding's chain settings (None: local); ``config.n`` is then the proposals.
     chain: Any = None
     states: int = 0
+    #: Per-token log-probabilities asked for, with this many alternatives (None: none).
+    token_logprobs: int | None = None
+    #: The index of the first sample (``first_sample``); ``config.n`` counts up to the last.
+    first_sample: int = 0
+
+    def options(self) -> dict[str, Any]:
+        """Extra keyword arguments of the backend's ``sample`` this request needs."""
+        return {} if self.token_logprobs is None else {"token_logprobs": self.token_logprobs}
 
 
 @dataclass
@@ -134,20 +152,47 @@ def create_app(
         finally:
             await state.shutdown()
 
+    settings = state.settings
     app = FastAPI(
         title="metricwise",
+        summary="Metric-aware LLM inference behind the OpenAI API",
+        version=_version(),
         lifespan=lifespan,
-        docs_url=None,
+        docs_url="/docs" if settings.docs else None,
         redoc_url=None,
-        openapi_url=None,
+        openapi_url="/openapi.json" if settings.docs else None,
     )
     app.state.metricwise = state
+    if settings.allowed_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.allowed_origins),
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id", "retry-after", "x-should-retry"],
+            max_age=600,
+        )
+    if settings.docs:
+        generate = app.openapi
+
+        def openapi() -> dict[str, Any]:
+            if app.openapi_schema is None:
+                schema = generate()
+                schema.setdefault("components", {}).setdefault("schemas", {}).update(_OPENAPI_DEFS)
+                app.openapi_schema = schema
+            return app.openapi_schema
+
+        app.openapi = openapi  # type: ignore[method-assign]
+    # Outermost, so that every answer (CORS refusals and unhandled errors included) has its id.
+    app.add_middleware(RequestIdMiddleware, access_log=settings.access_log)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message = (
             f"No endpoint {request.method} {request.url.path}; this server has POST /v1/completions, "
-            "POST /v1/chat/completions, GET /v1/models, GET /health and GET /metrics."
+            "POST /v1/chat/completions, GET /v1/models, GET /health, GET /version and GET /metrics."
             if exc.status_code in (404, 405)
             else str(exc.detail)
         )
@@ -164,11 +209,11 @@ def create_app(
         logger.exception("metricwise serve: unhandled error", exc_info=exc)
         return _error_response(from_exception(exc))
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=_openapi_body(CompletionRequest))
     async def completions(request: Request) -> Response:
         return await state.handle(request, "completions", state.completions)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=_openapi_body(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
         return await state.handle(request, "chat_completions", state.chat_completions)
 
@@ -186,7 +231,20 @@ def create_app(
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        return await state.handle(request, "metrics", state.prometheus)
+        return await state.handle(
+            request, "metrics", state.prometheus, authorize=not settings.open_metrics
+        )
+
+    @app.get("/version")
+    async def version(request: Request) -> Response:
+        # Says what this server is, so that metricwise's openai backend in front of it sends
+        # the seed and the first sample's index as metricwise's own backends use them.
+        return await state.handle(
+            request,
+            "version",
+            lambda r: _json_coroutine({"version": _version(), "server": "metricwise"}),
+            authorize=False,
+        )
 
     return app
 
@@ -323,7 +381,19 @@ class ServerState:
         except Exception as exc:
             error = from_exception(exc)
             if error.status == 500:
-                logger.exception("metricwise serve: unhandled error in %s", endpoint)
+                logger.exception(
+                    "metricwise serve: unhandled error in %s (request id %s)",
+                    endpoint,
+                    request_id(request),
+                )
+            elif error.status in (502, 504):
+                logger.warning(
+                    "metricwise serve: %d %s (request id %s): %s",
+                    error.status,
+                    error.code,
+                    request_id(request),
+                    error.message,
+                )
             self.metrics.observe_error(error.type)
             response = _error_response(error)
         self.metrics.observe_request(endpoint, response.status_code, time.monotonic() - started)
@@ -363,6 +433,38 @@ class ServerState:
             )
         return self.scheduler
 
+    def _resolve_model(self, req: _Request) -> _Request:
+        """The request with the metric its model name carries (``tiny@chrf``) set as ``metric``."""
+        from metricwise import metrics
+
+        base, at, metric = req.model.rpartition("@")
+        if not at or base not in self.names:
+            self._check_model(req.model)
+            return req
+        names = metrics.names()
+        if metric not in names:
+            raise APIError(
+                404,
+                f"The model {req.model!r} names the metric {metric!r}, which is not registered."
+                f"{did_you_mean(metric, names)} Known metrics: {', '.join(names)}.",
+                param="model",
+                code="model_not_found",
+            )
+        if req.metric is not None and req.metric != metric:
+            raise APIError(
+                400,
+                f"The 'metric' field must agree with the metric of the model {req.model!r}. "
+                f"Got {req.metric!r} instead.",
+                param="metric",
+            )
+        return req.model_copy(update={"metric": metric})
+
+    def _listed_names(self) -> list[str]:
+        """The served names, then each with every metric (``name@metric``)."""
+        from metricwise import metrics
+
+        return [*self.names, *(f"{n}@{m}" for n in self.names for m in metrics.names())]
+
     def _check_model(self, name: str) -> None:
         if name not in self.names:
             raise APIError(
@@ -388,11 +490,14 @@ class ServerState:
 
     async def models(self, request: Request) -> Response:
         self._check_ready()
-        return JSONResponse({"object": "list", "data": [self._model_card(n) for n in self.names]})
+        return JSONResponse(
+            {"object": "list", "data": [self._model_card(n) for n in self._listed_names()]}
+        )
 
     async def model(self, request: Request, name: str) -> Response:
         self._check_ready()
-        self._check_model(name)
+        if name not in self._listed_names():
+            self._check_model(name)
         return JSONResponse(self._model_card(name))
 
     def _model_card(self, name: str) -> dict[str, Any]:
@@ -421,7 +526,7 @@ class ServerState:
     async def completions(self, request: Request) -> Response:
         req = _validate(CompletionRequest, await self._read_json(request))
         scheduler = self._check_ready()
-        self._check_model(req.model)
+        req = self._resolve_model(req)
         prompts = req.prompts()
         if not 1 <= len(prompts) <= self.settings.max_prompts:
             raise APIError(
@@ -433,13 +538,20 @@ class ServerState:
         for i, prompt in enumerate(prompts):
             self._check_prompt(prompt, "prompt" if isinstance(req.prompt, str) else f"prompt.{i}")
         plan = await self._plan(req, req.max_tokens)
+        if req.stream:
+            return self._stream(
+                req,
+                plan,
+                lambda: self._run(request, scheduler, self.backend, prompts, plan),
+                chat=False,
+            )
         outcome = await self._run(request, scheduler, self.backend, prompts, plan)
         return self._respond(req, plan, outcome, chat=False)
 
     async def chat_completions(self, request: Request) -> Response:
         req = _validate(ChatCompletionRequest, await self._read_json(request))
         scheduler = self._check_ready()
-        self._check_model(req.model)
+        req = self._resolve_model(req)
         if req.max_tokens is not None and req.max_completion_tokens is not None:
             raise APIError(
                 400,
@@ -449,6 +561,13 @@ class ServerState:
         backend, prompt = await self._chat_prompt(req)
         self._check_prompt(prompt, "messages")
         plan = await self._plan(req, req.max_completion_tokens or req.max_tokens)
+        if req.stream:
+            return self._stream(
+                req,
+                plan,
+                lambda: self._run(request, scheduler, backend, [prompt], plan),
+                chat=True,
+            )
         outcome = await self._run(request, scheduler, backend, [prompt], plan)
         return self._respond(req, plan, outcome, chat=True)
 
@@ -550,6 +669,33 @@ class ServerState:
                 f"The '{param}' field must be <= {s.max_tokens} (--max_tokens). Got {max_tokens} instead.",
                 param=param,
             )
+        token_logprobs = req.token_logprobs()
+        if token_logprobs is not None:
+            param = "logprobs" if isinstance(req, CompletionRequest) else "top_logprobs"
+            if token_logprobs > s.max_logprobs:
+                raise APIError(
+                    400,
+                    f"The '{param}' field must be <= {s.max_logprobs} (--max_logprobs). "
+                    f"Got {token_logprobs} instead.",
+                    param=param,
+                )
+            if not _takes(self.backend, "token_logprobs"):
+                raise APIError(
+                    400,
+                    f"The '{param.removeprefix('top_')}' field cannot be served: the backend "
+                    f"{self.backend.signature} gives no per-token log-probabilities.",
+                    param=param.removeprefix("top_"),
+                    code="logprobs_unavailable",
+                )
+        first_sample = req.first_sample or 0
+        if first_sample and (req.metric is not None or req.decoding == "global"):
+            raise APIError(
+                400,
+                "The 'first_sample' field is for samples without a decision (no 'metric', local "
+                f"decoding). Got first_sample={first_sample} with "
+                f"{'metric' if req.metric is not None else 'decoding global'} instead.",
+                param="first_sample",
+            )
         decision: dict[str, Any] | None = None
         adaptive = None
         if req.metric is None:
@@ -583,7 +729,7 @@ class ServerState:
         top_k = req.top_k if req.top_k is not None and req.top_k > 0 else 0
         try:
             config = SamplingConfig(
-                n=proposals,
+                n=first_sample + proposals,
                 temperature=1.0 if req.temperature is None else req.temperature,
                 top_k=top_k,
                 top_p=1.0 if req.top_p is None else req.top_p,
@@ -594,7 +740,16 @@ class ServerState:
             )
         except InvalidParameterError as exc:
             raise APIError(400, str(exc)) from None
-        return Plan(config, decision, adaptive, req.return_samples, chain, n)
+        return Plan(
+            config,
+            decision,
+            adaptive,
+            req.return_samples,
+            chain,
+            n,
+            token_logprobs=token_logprobs,
+            first_sample=first_sample,
+        )
 
     def _check_n(self, n: int, param: str, *, proposals: bool = False) -> None:
         if n > self.settings.max_n:
@@ -640,10 +795,12 @@ class ServerState:
         decisions: list[Decision] | None = None
         if plan.adaptive is not None and plan.decision is not None:
             sets, decisions = await self._run_adaptive(
-                request, scheduler, backend, prompts, plan.config, plan.decision, plan.adaptive
+                request, scheduler, backend, prompts, plan, plan.decision, plan.adaptive
             )
         else:
-            sets = await self._sample(request, scheduler, backend, prompts, plan.config, 0)
+            sets = await self._sample(
+                request, scheduler, backend, prompts, plan.config, plan.first_sample, plan.options()
+            )
         # Usage counts what was generated: every proposal of a global-decoding chain.
         drawn = sum(len(s) for s in sets)
         completion_tokens = sum(c.n_tokens or 0 for s in sets for c in s.candidates)
@@ -671,7 +828,7 @@ class ServerState:
         scheduler: Scheduler,
         backend: Any,
         prompts: list[str],
-        config: SamplingConfig,
+        plan: Plan,
         options: dict[str, Any],
         adaptive: Any,
     ) -> tuple[list[SampleSet], list[Decision]]:
@@ -682,6 +839,7 @@ class ServerState:
         """
         from metricwise.adaptive import settled_probability
 
+        config = plan.config
         candidates: list[list[Candidate]] = [[] for _ in prompts]
         final: dict[int, Decision] = {}
         active = list(range(len(prompts)))
@@ -700,6 +858,7 @@ class ServerState:
                 [prompts[i] for i in active],
                 replace(config, n=n),
                 drawn,
+                plan.options(),
             )
             for i, sample_set in zip(active, new, strict=True):
                 candidates[i].extend(sample_set.candidates)
@@ -739,11 +898,12 @@ class ServerState:
         prompts: list[str],
         config: SamplingConfig,
         start: int,
+        options: dict[str, Any] | None = None,
     ) -> list[SampleSet]:
         """Queue one backend call and wait for it, or for the client to leave (then cancel it)."""
         try:
             job: Job = scheduler.submit(
-                backend, prompts, config, start=start, cancellable=self.upstream
+                backend, prompts, config, start=start, cancellable=self.upstream, options=options
             )
         except QueueFull:
             raise APIError(
@@ -760,6 +920,10 @@ class ServerState:
                 return job.future.result()
             scheduler.cancel(job)
             raise ClientGone
+        except asyncio.CancelledError:
+            # A streamed answer whose client left: the stream's task is cancelled.
+            scheduler.cancel(job)
+            raise
         finally:
             watcher.cancel()
 
@@ -782,16 +946,88 @@ class ServerState:
         *,
         chat: bool,
     ) -> Response:
-        choices: list[tuple[str, str, dict[str, Any] | None]] = []  # text, finish, metricwise
+        head, choices, usage, top = self._answer(req, plan, outcome, chat=chat)
+        body: dict[str, Any] = {
+            **head,
+            "object": "chat.completion" if chat else "text_completion",
+            "choices": [
+                _choice(i, c, c.info if len(choices) > 1 else None, chat=chat)
+                for i, c in enumerate(choices)
+            ],
+            "usage": usage,
+        }
+        if top is not None:
+            body["metricwise"] = top
+        return JSONResponse(_json_safe(body))
+
+    def _stream(
+        self,
+        req: CompletionRequest | ChatCompletionRequest,
+        plan: Plan,
+        run: Callable[[], Awaitable[Outcome]],
+        *,
+        chat: bool,
+    ) -> Response:
+        """A streamed answer: an SSE comment at once and every ``keepalive_seconds`` while the
+        samples are drawn (a decision needs all of them), then the chunks. A failure after the
+        stream has begun is an ``error`` event, which the official client raises."""
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        async def events() -> AsyncIterator[str]:
+            task = asyncio.ensure_future(run())
+            try:
+                yield ": metricwise: sampling\n\n"
+                while not task.done():
+                    await asyncio.wait({task}, timeout=self.settings.keepalive_seconds)
+                    if not task.done():
+                        yield ": metricwise: sampling\n\n"
+                try:
+                    head, choices, usage, top = self._answer(req, plan, task.result(), chat=chat)
+                except ClientGone:
+                    return
+                except Exception as exc:
+                    error = from_exception(exc)
+                    self.metrics.observe_error(error.type)
+                    yield f"data: {json.dumps(error.body(), ensure_ascii=False)}\n\n"
+                    return
+                for event in _stream_events(
+                    head, choices, usage, top, chat=chat, include_usage=include_usage
+                ):
+                    yield f"data: {json.dumps(_json_safe(event), ensure_ascii=False)}\n\n"
+                yield "data: [DONE]\n\n"
+            finally:
+                if not task.done():
+                    task.cancel()
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    def _answer(
+        self,
+        req: CompletionRequest | ChatCompletionRequest,
+        plan: Plan,
+        outcome: Outcome,
+        *,
+        chat: bool,
+    ) -> tuple[dict[str, Any], list[_Choice], dict[str, Any], dict[str, Any] | None]:
+        """(head, choices, usage, the first decision's metricwise object) of an answer; raises
+        the 422 ``no_valid_samples`` error when a prompt has no decision."""
+        k = plan.token_logprobs
+        choices: list[_Choice] = []
         if outcome.decisions is None:
             for sample_set in outcome.sets:
                 for c in sample_set.candidates:
                     finish = "length" if c.finish_reason in ("length", "guard") else "stop"
-                    choices.append((c.text, finish, None))
+                    choices.append(_Choice(c.text, finish, None, _logprobs(c, k, chat=chat)))
         else:
             for i, (sample_set, decision) in enumerate(
                 zip(outcome.sets, outcome.decisions, strict=True)
             ):
+                if not decision.ok:
+                    raise _no_decision(i, len(outcome.sets), decision, plan)
                 info = self._metricwise(decision, sample_set, plan)
                 if outcome.chains is not None:
                     info["chain"] = {
@@ -799,7 +1035,24 @@ class ServerState:
                         for k, v in outcome.chains[i].to_dict().items()
                         if k != "state_proposals"
                     }
-                choices.append((answer_text(decision.output), "stop", info))
+                text = answer_text(decision.output)
+                logprobs = None
+                if k is not None:
+                    # The answer's log-probabilities are those of a sample with its very text;
+                    # a mean (or a normalised answer) no sample wrote has none.
+                    index = next(
+                        (j for j, c in enumerate(sample_set.candidates) if c.text == text), None
+                    )
+                    if index is None:
+                        info["logprobs_of_sample"] = None
+                        info["logprobs_note"] = (
+                            "the answer is not the text of any sample (a mean, a median or a "
+                            "normalised answer), so it has no token log-probabilities"
+                        )
+                    else:
+                        info["logprobs_of_sample"] = index
+                        logprobs = _logprobs(sample_set.candidates[index], k, chat=chat)
+                choices.append(_Choice(text, "stop", info, logprobs))
         completion_tokens = (
             outcome.completion_tokens
             if outcome.completion_tokens is not None
@@ -811,31 +1064,9 @@ class ServerState:
             "total_tokens": outcome.prompt_tokens + completion_tokens,
         }
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
-        created = int(time.time())
-        head = {"id": rid, "created": created, "model": req.model}
-        top = choices[0][2] if choices and choices[0][2] is not None else None
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            events = _stream_events(
-                head, choices, usage, top, chat=chat, include_usage=include_usage
-            )
-            return StreamingResponse(
-                _sse(events),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-            )
-        body: dict[str, Any] = {
-            **head,
-            "object": "chat.completion" if chat else "text_completion",
-            "choices": [
-                _choice(i, text, finish, info if len(choices) > 1 else None, chat=chat)
-                for i, (text, finish, info) in enumerate(choices)
-            ],
-            "usage": usage,
-        }
-        if top is not None:
-            body["metricwise"] = top
-        return JSONResponse(_json_safe(body))
+        head = {"id": rid, "created": int(time.time()), "model": req.model}
+        top = choices[0].info if choices and choices[0].info is not None else None
+        return head, choices, usage, top
 
     def _metricwise(self, decision: Decision, sample_set: SampleSet, plan: Plan) -> dict[str, Any]:
         info = decision.to_dict(max_support=self.settings.max_support)
@@ -843,6 +1074,9 @@ class ServerState:
         info["seed"] = plan.config.seed
         if plan.return_samples:
             info["samples"] = [c.to_dict() for c in sample_set.candidates]
+            if plan.token_logprobs is not None:
+                for sample, c in zip(info["samples"], sample_set.candidates, strict=True):
+                    sample["logprobs"] = _logprobs(c, plan.token_logprobs, chat=False)
         return info
 
 
@@ -854,13 +1088,117 @@ def _is_upstream(backend: Any) -> bool:
 
 
 def _sample_call(
-    backend: Any, prompts: list[str], config: SamplingConfig, start: int, cancel: Any
+    backend: Any,
+    prompts: list[str],
+    config: SamplingConfig,
+    start: int,
+    cancel: Any,
+    options: dict[str, Any],
 ) -> list[SampleSet]:
     if cancel is not None:
-        sets: list[SampleSet] = backend.sample(prompts, config, start=start, cancel=cancel)
-    else:
-        sets = backend.sample(prompts, config, start=start)
+        options = {**options, "cancel": cancel}
+    sets: list[SampleSet] = backend.sample(prompts, config, start=start, **options)
     return sets
+
+
+def _takes(backend: Any, keyword: str) -> bool:
+    """Whether ``backend.sample`` takes the keyword argument ``keyword``."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(backend.sample).parameters
+    except (TypeError, ValueError, AttributeError):
+        return False
+    return keyword in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("metricwise")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+async def _json_coroutine(body: dict[str, Any]) -> Response:
+    return JSONResponse(body)
+
+
+def _openapi_body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of an endpoint that reads its body itself (for /docs)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    defs = schema.pop("$defs", {})
+    _OPENAPI_DEFS.update(defs)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+#: The nested schemas of the request bodies, added to the OpenAPI components.
+_OPENAPI_DEFS: dict[str, Any] = {}
+
+
+# -- request ids and the access log ---------------------------------------------------------------
+#: An incoming X-Request-Id is echoed when it is this long at most and printable ASCII.
+_MAX_REQUEST_ID = 128
+
+
+def request_id(request: Request) -> str | None:
+    """The id :class:`RequestIdMiddleware` gave this request."""
+    state = request.scope.get("state") or {}
+    value = state.get("request_id")
+    return value if isinstance(value, str) else None
+
+
+class RequestIdMiddleware:
+    """Gives every HTTP request an id: the client's ``X-Request-Id`` when it sends a sane one
+    (printable ASCII, at most 128 characters), else a new ``req-<hex>``. The id is echoed as
+    ``X-Request-Id`` on the answer (the official client reads it as ``request_id``, errors
+    included), and ends the access-log line of the request."""
+
+    def __init__(self, app: Any, access_log: bool = True) -> None:
+        self.app = app
+        self.access_log = access_log
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next(
+            (v for k, v in scope.get("headers", ()) if k.lower() == b"x-request-id"), b""
+        ).decode("latin-1")
+        rid = (
+            given
+            if 0 < len(given) <= _MAX_REQUEST_ID and given.isascii() and given.isprintable()
+            else f"req-{uuid.uuid4().hex}"
+        )
+        scope.setdefault("state", {})["request_id"] = rid
+        status = [0]
+        started = time.monotonic()
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", ()) if k != b"x-request-id"]
+                message = {**message, "headers": [*headers, (b"x-request-id", rid.encode())]}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if self.access_log:
+                client = scope.get("client")
+                access_logger.info(
+                    '%s - "%s %s HTTP/%s" %d %.0f ms request_id=%s',
+                    f"{client[0]}:{client[1]}" if client else "-",
+                    scope.get("method", ""),
+                    scope.get("path", ""),
+                    scope.get("http_version", "1.1"),
+                    status[0],
+                    1000 * (time.monotonic() - started),
+                    rid,
+                )
 
 
 def _adds_bos(tokenizer: Any) -> bool:
@@ -1085,14 +1423,99 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _choice(
-    index: int, text: str, finish: str, info: dict[str, Any] | None, *, chat: bool
-) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": index, "finish_reason": finish, "logprobs": None}
+@dataclass
+class _Choice:
+    """One choice of an answer: its text, finish reason, metricwise object and logprobs."""
+
+    text: str
+    finish: str
+    info: dict[str, Any] | None
+    logprobs: dict[str, Any] | None = None
+
+
+def _logprobs(c: Candidate, k: int | None, *, chat: bool) -> dict[str, Any] | None:
+    """A candidate's per-token log-probabilities as OpenAI writes them, ``k`` alternatives per
+    token: chat's ``{"content": [...]}`` (with the token ids as ``id``, as llama-server adds),
+    or completions' ``tokens`` / ``token_logprobs`` / ``top_logprobs`` / ``text_offset``. All
+    generated tokens are listed, the end-of-generation token (as "") and the tokens of a stop
+    string included, so that the log-probabilities sum to the sample's ``logp``. Completions'
+    object carries chat's ``content`` list too: two tokens can share a text, and a dict keyed
+    by text keeps one of them, while ``content`` names each by its id (metricwise's openai
+    backend reads it, and rebuilds q exactly)."""
+    if k is None or c.tokens is None:
+        return None
+    content = []
+    for t in c.tokens:
+        entry: dict[str, Any] = {
+            "token": t.token,
+            "logprob": t.logprob,
+            "bytes": list(t.token.encode("utf-8")),
+            "top_logprobs": [
+                {"token": a, "logprob": v, "bytes": list(a.encode("utf-8")), "id": i}
+                for a, v, i in t.top[:k]
+            ],
+        }
+        if t.id is not None:
+            entry["id"] = t.id
+        content.append(entry)
     if chat:
-        choice["message"] = {"role": "assistant", "content": text}
+        return {"content": content, "refusal": None}
+    offsets, at = [], 0
+    for t in c.tokens:
+        offsets.append(at)
+        at += len(t.token)
+    tops: list[dict[str, float]] = []
+    for t in c.tokens:
+        alternatives: dict[str, float] = {}
+        for a, v, _ in t.top[:k]:
+            alternatives.setdefault(a, v)  # two ids with one text: the more probable
+        tops.append(alternatives)
+    return {
+        "tokens": [t.token for t in c.tokens],
+        "token_logprobs": [t.logprob for t in c.tokens],
+        "top_logprobs": tops if k > 0 else None,
+        "text_offset": offsets,
+        "content": content,
+    }
+
+
+def _no_decision(index: int, prompts: int, decision: Decision, plan: Plan) -> APIError:
+    """The 422 answer for a prompt whose samples gave no decision, naming why."""
+    excluded = dict(decision.excluded)
+    n = decision.n_total
+    why = {
+        "length": "cut by max_tokens",
+        "guard": "cut by the repetition guard",
+        "unparsable": "unparsable by the extractor",
+        "empty": "empty",
+        "too_long": "over 100,000 characters",
+    }
+    parts = [f"{count} {why.get(reason, reason)}" for reason, count in sorted(excluded.items())]
+    hints = []
+    if excluded.get("length") or excluded.get("guard"):
+        hints.append(
+            f"raise max_tokens (it was {plan.config.max_tokens}) or send include_incomplete: "
+            "true to decide over the cut samples"
+        )
+    if excluded.get("unparsable"):
+        hints.append("choose another extractor, or prompt for the answer's format")
+    where = f"prompt {index}" if prompts > 1 else "the prompt"
+    return APIError(
+        422,
+        f"No decision for {where}: none of its {n} samples could be used as an answer"
+        f"{' (' + ', '.join(parts) + ')' if parts else f' ({decision.failure})'}."
+        f"{' Hint: ' + '; '.join(hints) + '.' if hints else ''}",
+        param="max_tokens" if excluded.get("length") else None,
+        code="no_valid_samples",
+    )
+
+
+def _choice(index: int, c: _Choice, info: dict[str, Any] | None, *, chat: bool) -> dict[str, Any]:
+    choice: dict[str, Any] = {"index": index, "finish_reason": c.finish, "logprobs": c.logprobs}
+    if chat:
+        choice["message"] = {"role": "assistant", "content": c.text}
     else:
-        choice["text"] = text
+        choice["text"] = c.text
     if info is not None:
         choice["metricwise"] = info
     return choice
@@ -1100,20 +1523,20 @@ def _choice(
 
 def _stream_events(
     head: dict[str, Any],
-    choices: list[tuple[str, str, dict[str, Any] | None]],
+    choices: list[_Choice],
     usage: dict[str, Any],
     top: dict[str, Any] | None,
     *,
     chat: bool,
     include_usage: bool,
 ) -> list[dict[str, Any]]:
-    """The chunks of a streamed answer: each choice's whole text at once, as the decision needs
-    every sample first; then its finish reason (chat); the ``metricwise`` object rides on the
-    last chunk, and usage on a final chunk without choices when ``include_usage`` asks for it."""
+    """The chunks of a streamed answer given whole: each choice's text (and logprobs) at once;
+    then its finish reason (chat); the ``metricwise`` object rides on the last chunk, and usage
+    on a final chunk without choices when ``include_usage`` asks for it."""
     kind = "chat.completion.chunk" if chat else "text_completion"
     events: list[dict[str, Any]] = []
-    for i, (text, finish, info) in enumerate(choices):
-        extra = {"metricwise": info} if info is not None and len(choices) > 1 else {}
+    for i, c in enumerate(choices):
+        extra = {"metricwise": c.info} if c.info is not None and len(choices) > 1 else {}
         if chat:
             events.append(
                 {
@@ -1122,9 +1545,9 @@ def _stream_events(
                     "choices": [
                         {
                             "index": i,
-                            "delta": {"role": "assistant", "content": text},
+                            "delta": {"role": "assistant", "content": c.text},
                             "finish_reason": None,
-                            "logprobs": None,
+                            "logprobs": c.logprobs,
                         }
                     ],
                 }
@@ -1137,7 +1560,7 @@ def _stream_events(
                         {
                             "index": i,
                             "delta": {},
-                            "finish_reason": finish,
+                            "finish_reason": c.finish,
                             "logprobs": None,
                             **extra,
                         }
@@ -1152,9 +1575,9 @@ def _stream_events(
                     "choices": [
                         {
                             "index": i,
-                            "text": text,
-                            "finish_reason": finish,
-                            "logprobs": None,
+                            "text": c.text,
+                            "finish_reason": c.finish,
+                            "logprobs": c.logprobs,
                             **extra,
                         }
                     ],
@@ -1165,12 +1588,6 @@ def _stream_events(
     if include_usage:
         events.append({**head, "object": kind, "choices": [], "usage": usage})
     return events
-
-
-async def _sse(events: list[dict[str, Any]]) -> AsyncIterator[str]:
-    for event in events:
-        yield f"data: {json.dumps(_json_safe(event), ensure_ascii=False)}\n\n"
-    yield "data: [DONE]\n\n"
 
 
 def _error_response(error: APIError) -> JSONResponse:

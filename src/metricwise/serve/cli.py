@@ -22,8 +22,11 @@ API_KEY_ENV = "METRICWISE_API_KEY"
 _EPILOG = """\
 A request is a normal OpenAI request plus metricwise fields (the official client sends them with
 extra_body): metric, samples, rule, weights, weight_temperature, extractor, valid_range, grid,
-metric_args, include_incomplete, adaptive, return_samples. Without metric the request is sampled
-as asked (temperature 0 is greedy).
+metric_args, include_incomplete, adaptive, return_samples. A client that cannot add fields names
+the metric in the model instead: "gemma-3-270m@chrf" (GET /v1/models lists every such name).
+Without metric the request is sampled as asked (temperature 0 is greedy). logprobs (completions)
+and logprobs/top_logprobs (chat) return per-token log-probabilities. A prompt whose samples give
+no decision (all cut by max_tokens, all unparsable) is answered 422 no_valid_samples.
 
 examples:
   metricwise serve --model gemma-3-270m
@@ -50,7 +53,7 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         "serve",
         help="serve metric-aware answers behind an OpenAI-compatible API",
         description="An OpenAI-compatible server (POST /v1/completions, POST /v1/chat/completions, "
-        "GET /v1/models, GET /health, GET /metrics) that samples from any metricwise backend and "
+        "GET /v1/models, GET /health, GET /version, GET /metrics) that samples from any metricwise backend and "
         "answers with the Bayes-optimal answer for the metric a request names.",
         epilog=_EPILOG,
         formatter_class=HelpFormatter,
@@ -102,7 +105,24 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
     n.add_argument(
         "--no_access_log",
         action="store_true",
-        help="do not log one line per request",
+        help="do not log one line per request (each line ends with its request id)",
+    )
+    n.add_argument(
+        "--allowed_origins",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="let browsers on ORIGIN call the server (CORS; repeatable, '*' for any; default: CORS off)",
+    )
+    n.add_argument(
+        "--docs",
+        action="store_true",
+        help="serve the OpenAPI schema at /openapi.json and its pages at /docs (without the API key)",
+    )
+    n.add_argument(
+        "--open_metrics",
+        action="store_true",
+        help="GET /metrics answers without the API key (for a scraper that has none)",
     )
     s = p.add_argument_group(
         "server limits",
@@ -138,6 +158,11 @@ def add_serve_parser(subparsers: Any) -> argparse.ArgumentParser:
         defaults.max_prompt_chars,
     )
     limit("max_prompts", "most prompts in one completions request", defaults.max_prompts)
+    limit(
+        "max_logprobs",
+        "most alternatives per token a request may ask for ('logprobs', 'top_logprobs')",
+        defaults.max_logprobs,
+    )
     limit("max_body_bytes", "largest request body (413 beyond it)", defaults.max_body_bytes)
     limit(
         "max_concurrent",
@@ -183,6 +208,11 @@ def _settings(args: argparse.Namespace) -> Any:
         max_concurrent=args.max_concurrent,
         max_queue=args.max_queue,
         max_batch_prompts=args.max_batch_prompts,
+        max_logprobs=args.max_logprobs,
+        allowed_origins=tuple(args.allowed_origins),
+        docs=args.docs,
+        open_metrics=args.open_metrics,
+        access_log=not args.no_access_log,
     )
 
 
@@ -255,7 +285,8 @@ def run_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        access_log=not args.no_access_log,
+        # The application logs each request itself, with its request id.
+        access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=args.drain_seconds,
         server_header=False,

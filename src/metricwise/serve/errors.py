@@ -25,12 +25,18 @@ _DEFAULTS: dict[int, tuple[str, str | None]] = {
     404: ("invalid_request_error", "not_found"),
     405: ("invalid_request_error", "method_not_allowed"),
     413: ("invalid_request_error", "request_too_large"),
+    422: ("invalid_request_error", "no_valid_samples"),
     429: ("rate_limit_error", "queue_full"),
     500: ("server_error", "internal_error"),
     502: ("upstream_error", "backend_failed"),
     503: ("unavailable_error", "model_loading"),
     504: ("timeout_error", "backend_timeout"),
 }
+
+
+#: Statuses a retry of the same request cannot help: the decision fails again (422), the
+#: server erred (500), the backend already retried (502) or used its whole time budget (504).
+_NO_RETRY = frozenset({422, 500, 502, 504})
 
 
 class APIError(Exception):
@@ -47,7 +53,8 @@ class APIError(Exception):
     type, code:
         OpenAI's error ``type`` and a machine-readable ``code``; defaults by status.
     headers:
-        Extra response headers (``Retry-After`` for 429 and 503, ``WWW-Authenticate`` for 401).
+        Extra response headers (``Retry-After`` for 429 and 503, ``WWW-Authenticate`` for 401);
+        ``x-should-retry: false`` is added where a retry cannot help (see :data:`_NO_RETRY`).
     """
 
     def __init__(
@@ -68,6 +75,9 @@ class APIError(Exception):
         self.type = type or default_type
         self.code = code if code is not None else default_code
         self.headers = dict(headers or {})
+        if status in _NO_RETRY or self.code == "model_failed":
+            # The official client retries 5xx by itself; these would fail the same way again.
+            self.headers.setdefault("x-should-retry", "false")
 
     def body(self) -> dict[str, Any]:
         return {

@@ -35,8 +35,11 @@ from metricwise.backends.http import Cancellation
 from metricwise.errors import BackendError, InvalidParameterError
 from metricwise.types import SampleSet, SamplingConfig
 
-#: ``call(backend, prompts, config, start, cancel) -> one SampleSet per prompt``, run in a worker.
-BackendCall = Callable[[Any, list[str], SamplingConfig, int, Cancellation | None], list[SampleSet]]
+#: ``call(backend, prompts, config, start, cancel, options) -> one SampleSet per prompt``, run in
+#: a worker; ``options`` are extra keyword arguments of the backend's ``sample``.
+BackendCall = Callable[
+    [Any, list[str], SamplingConfig, int, Cancellation | None, dict[str, Any]], list[SampleSet]
+]
 
 
 class QueueFull(Exception):
@@ -55,9 +58,11 @@ class Job:
     cancel: Cancellation | None = None
     state: str = "queued"  # queued -> running -> done, or cancelled at any point
     batched_with: int = field(default=0)
+    #: Extra keyword arguments of ``backend.sample`` (``token_logprobs``), as sorted pairs.
+    options: tuple[tuple[str, Any], ...] = ()
 
-    def key(self) -> tuple[int, SamplingConfig, int]:
-        return (id(self.backend), self.config, self.start)
+    def key(self) -> tuple[int, SamplingConfig, int, tuple[tuple[str, Any], ...]]:
+        return (id(self.backend), self.config, self.start, self.options)
 
 
 class Scheduler:
@@ -122,6 +127,7 @@ class Scheduler:
         *,
         start: int = 0,
         cancellable: bool = False,
+        options: dict[str, Any] | None = None,
     ) -> Job:
         """Queue one call; raises :class:`QueueFull` when ``max_queue`` jobs wait already."""
         # Jobs in the queue beyond the idle workers are the ones that wait.
@@ -134,6 +140,7 @@ class Scheduler:
             start=start,
             future=asyncio.get_running_loop().create_future(),
             cancel=Cancellation() if cancellable else None,
+            options=tuple(sorted((options or {}).items())),
         )
         self._queue.append(job)
         self._wake.set()
@@ -222,7 +229,14 @@ class Scheduler:
         self.calls += 1
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self._executor, self._call, head.backend, prompts, head.config, head.start, cancel
+            self._executor,
+            self._call,
+            head.backend,
+            prompts,
+            head.config,
+            head.start,
+            cancel,
+            dict(head.options),
         )
 
     @staticmethod

@@ -1,10 +1,11 @@
 """Request bodies, validated with pydantic: OpenAI's fields plus metricwise's.
 
 Unknown fields are refused (400 naming the field, with a "did you mean"): a misspelt
-``sample`` for ``samples`` must not silently give a greedy answer. OpenAI fields that ask for
-something the server does not do (``logprobs``, penalties, ``logit_bias``, tools, ``echo``,
-``best_of``, ``suffix``) are accepted only with values that ask for nothing, so a client that
-sends its defaults keeps working and one that relies on them hears that they are not done.
+``sample`` for ``samples`` must not silently give a greedy answer. Types are strict: ``"8"``
+is not a number and ``true`` is not an integer. OpenAI fields that ask for something the
+server does not do (penalties, ``logit_bias``, tools, ``echo``, ``best_of``, ``suffix``) are
+accepted only with values that ask for nothing, so a client that sends its defaults keeps
+working and one that relies on them hears that they are not done.
 
 Every field of a request is data: metric and extractor names are looked up in metricwise's
 registries, ``metric_args`` take numbers and booleans (and two named string options), and
@@ -28,7 +29,7 @@ _MAX_SEED = 2**63 - 1
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class AdaptiveSettings(_Strict):
@@ -54,7 +55,8 @@ class DecisionFields(_Strict):
     weights: str | None = Field(None, min_length=1, max_length=100)
     weight_temperature: float | None = Field(None, gt=0)
     extractor: str | None = Field(None, min_length=1, max_length=100)
-    valid_range: tuple[float, float] | None = None
+    # JSON has no tuples: a two-element list is what this takes (strict mode would refuse it).
+    valid_range: tuple[float, float] | None = Field(None, strict=False)
     grid: list[float] | None = Field(None, min_length=1, max_length=_MAX_GRID)
     metric_args: dict[str, StrictBool | int | float | str] | None = Field(None, max_length=20)
     include_incomplete: StrictBool = False
@@ -79,6 +81,9 @@ class _Sampling(DecisionFields):
     thin: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0, le=_MAX_SEED)
+    # metricwise's: choice i is sample first_sample + i of the seed's stream (samples 16..31 of
+    # a set without drawing 0..15 again); the openai backend sends it to a metricwise server.
+    first_sample: int | None = Field(None, ge=0, le=_MAX_SEED)
     stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
@@ -118,20 +123,21 @@ class CompletionRequest(_Sampling):
     """``POST /v1/completions``."""
 
     prompt: str | list[str]
+    #: Per-token log-probabilities with this many alternatives each (0: the chosen token's only).
     logprobs: int | None = Field(None, ge=0)
     echo: StrictBool = False
     best_of: int | None = Field(None, ge=1)
     suffix: str | None = None
+
+    def token_logprobs(self) -> int | None:
+        """Alternatives per token asked for; None: no log-probabilities."""
+        return self.logprobs
 
     def prompts(self) -> list[str]:
         return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
     def unsupported(self) -> list[tuple[str, str]]:
         out = super().unsupported()
-        if self.logprobs:
-            out.append(
-                ("logprobs", "token log-probabilities are not returned (use return_samples)")
-            )
         if self.echo:
             out.append(("echo", "the prompt is not echoed"))
         if self.best_of not in (None, 1):
@@ -184,11 +190,14 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: Any = None
     parallel_tool_calls: StrictBool | None = None
 
+    def token_logprobs(self) -> int | None:
+        """Alternatives per token asked for; None: no log-probabilities."""
+        return (self.top_logprobs or 0) if self.logprobs else None
+
     def unsupported(self) -> list[tuple[str, str]]:
         out = super().unsupported()
-        if self.logprobs or self.top_logprobs:
-            field = "logprobs" if self.logprobs else "top_logprobs"
-            out.append((field, "token log-probabilities are not returned (use return_samples)"))
+        if self.top_logprobs is not None and not self.logprobs:
+            out.append(("top_logprobs", "it needs 'logprobs': true"))
         if self.response_format not in (None, {"type": "text"}):
             out.append(("response_format", "only {'type': 'text'} is supported"))
         if self.tools:

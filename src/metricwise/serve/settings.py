@@ -49,6 +49,20 @@ class ServeSettings:
         Support entries (distinct answers with their weights) returned per decision.
     retry_after:
         Seconds a 429 or 503 answer asks the client to wait (``Retry-After``).
+    max_logprobs:
+        The most alternatives per token a request may ask for (``logprobs`` of completions,
+        ``top_logprobs`` of chat).
+    allowed_origins:
+        Origins a browser may call the server from (CORS); empty: CORS is off. ``"*"`` is any.
+    docs:
+        Serve the OpenAPI schema (``/openapi.json``) and its pages (``/docs``), without the key.
+    open_metrics:
+        ``GET /metrics`` answers without the API key (for a scraper that has none).
+    access_log:
+        Log one line per request, with its request id.
+    keepalive_seconds:
+        While a streamed request with a metric is being sampled, an SSE comment is sent this
+        often (the first at once), so that the client and any proxy see the request is alive.
     """
 
     model_names: tuple[str, ...] = ()
@@ -65,6 +79,12 @@ class ServeSettings:
     max_batch_prompts: int = 16
     max_support: int = 10
     retry_after: int = 1
+    max_logprobs: int = 20
+    allowed_origins: tuple[str, ...] = ()
+    docs: bool = False
+    open_metrics: bool = False
+    access_log: bool = True
+    keepalive_seconds: float = 5.0
 
     def __post_init__(self) -> None:
         for name in (
@@ -84,7 +104,7 @@ class ServeSettings:
                 raise InvalidParameterError(
                     f"The '{name}' setting of the server must be an int >= 1. Got {value!r} instead."
                 )
-        for name in ("max_queue", "max_support"):
+        for name in ("max_queue", "max_support", "max_logprobs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise InvalidParameterError(
@@ -110,3 +130,13 @@ class ServeSettings:
                 f"The 'model_names' setting of the server must be non-empty strings. Got {names!r} instead."
             )
         object.__setattr__(self, "model_names", names)
+        origins = tuple(self.allowed_origins)
+        if not all(isinstance(o, str) and o for o in origins):
+            raise InvalidParameterError(
+                f"The 'allowed_origins' setting of the server must be non-empty strings. Got {origins!r} instead."
+            )
+        object.__setattr__(self, "allowed_origins", origins)
+        if not self.keepalive_seconds > 0:
+            raise InvalidParameterError(
+                f"The 'keepalive_seconds' setting of the server must be > 0. Got {self.keepalive_seconds!r} instead."
+            )
