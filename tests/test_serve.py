@@ -1124,3 +1124,79 @@ def test_the_new_flags_reach_the_settings():
     assert settings.max_logprobs == 5
     defaults = _settings(build_parser().parse_args(["serve"]))
     assert defaults.allowed_origins == () and not defaults.docs and not defaults.open_metrics
+
+
+# -- issue 25: streaming -------------------------------------------------------------------------
+def test_without_a_metric_tokens_are_streamed_as_they_are_decoded(tiny, monkeypatch):
+    import metricwise.backends.hf as hf
+
+    monkeypatch.setattr(hf, "STREAM_INTERVAL", 0.0)  # every token reported: a fixed chunk count
+    model, tokenizer = tiny
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = TEMPLATE
+    factory = hf_factory(model, tokenizer)
+    with running(factory, SETTINGS) as srv:
+        client = srv.client()
+        ask = {"model": "tiny", "prompt": "the cat", "max_tokens": 8, "seed": 2, "n": 2}
+        whole = client.completions.create(**ask)
+        chunks = list(client.completions.create(**ask, stream=True, logprobs=1))
+        chat = list(
+            client.chat.completions.create(
+                model="tiny",
+                messages=[{"role": "user", "content": "the cat"}],
+                max_tokens=6,
+                seed=2,
+                stream=True,
+            )
+        )
+        chat_whole = client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "the cat"}], max_tokens=6, seed=2
+        )
+    texts: dict[int, str] = {}
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] = texts.get(choice.index, "") + choice.text
+    assert texts == {i: ch.text for i, ch in enumerate(whole.choices)}
+    # Pieces, interleaved by index, not one chunk per choice; the last of each has its finish
+    # reason and the logprobs.
+    assert len(chunks) > 2 * len(whole.choices)
+    assert len({c.choices[0].index for c in chunks[:4]}) == 2
+    finals = [c.choices[0] for c in chunks if c.choices[0].finish_reason is not None]
+    assert sorted(f.index for f in finals) == [0, 1]
+    assert all(f.logprobs is not None and f.logprobs.tokens for f in finals)
+    assert chat[0].choices[0].delta.role == "assistant"
+    content = "".join(c.choices[0].delta.content or "" for c in chat)
+    assert content == chat_whole.choices[0].message.content
+    assert sum(1 for c in chat if c.choices[0].delta.content) > 1
+    assert chat[-1].choices[0].finish_reason == chat_whole.choices[0].finish_reason
+
+
+def test_with_a_metric_the_stream_begins_at_once_with_keepalive_comments(tiny):
+    hold = threading.Event()
+    backend = Recording(hf_factory(*tiny)(), hold=hold)
+    settings = replace(SETTINGS, keepalive_seconds=0.05)
+    with running(lambda: backend, settings) as srv:
+        body = {
+            "model": "tiny",
+            "prompt": "the cat",
+            "max_tokens": 3,
+            "stream": True,
+            "metric": "exact_match",
+            "samples": 2,
+            "include_incomplete": True,
+        }
+        request = urllib.request.Request(
+            f"{srv.url}/v1/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            # Comments arrive while the model is held (sampling has not ended).
+            first = [response.readline() for _ in range(4)]
+            assert not hold.is_set()
+            hold.set()
+            rest = response.read().decode()
+    assert first[0] == b": metricwise: sampling\n" and first[2] == b": metricwise: sampling\n"
+    events = [json.loads(line[6:]) for line in rest.splitlines() if line.startswith("data: {")]
+    assert len(events) == 1 and events[0]["metricwise"]["n_total"] == 2
+    assert rest.rstrip().endswith("data: [DONE]")

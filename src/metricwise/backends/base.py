@@ -279,6 +279,20 @@ class DecodeState:
             return "guard"
         return None
 
+    def text_so_far(self, seq: int) -> str:
+        """Sequence ``seq``'s text as far as it is settled, for streaming: its final text once
+        it has finished; before, its text without an unfinished UTF-8 character and without an
+        end that could begin a stop string (which would be cut)."""
+        if self.finish[seq] is not None:
+            return self.candidate(seq).text
+        text = self.detokenize(self.tokens[seq]).rstrip("\ufffd")
+        for stop in self.config.stop:
+            for length in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:length]):
+                    text = text[:-length]
+                    break
+        return text
+
     def candidate(self, seq: int) -> Candidate:
         """Sequence ``seq`` as a candidate; its text leaves out EOS and everything from a stop string on."""
         tokens, finish = self.tokens[seq], self.finish[seq]

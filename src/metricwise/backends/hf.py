@@ -412,20 +412,30 @@ class HFBackend:
         *,
         start: int = 0,
         token_logprobs: int | None = None,
+        on_text: Any = None,
     ) -> list[SampleSet]:
         """The protocol's ``sample``. ``token_logprobs=k`` (an int >= 0) also gives every
         candidate its per-token log-probabilities with the ``k`` most probable alternatives
         at each position (:attr:`~metricwise.types.Candidate.tokens`); None (default) gives
-        the sequence totals only, and the samples are the same either way."""
+        the sequence totals only, and the samples are the same either way.
+
+        ``on_text(prompt_index, sample_index, text)``, when given, is called from the decode
+        loop as samples grow (at most every :data:`STREAM_INTERVAL` seconds per batch, and as
+        each one ends) with the settled text so far (see
+        :meth:`~metricwise.backends.base.DecodeState.text_so_far`); ``sample_index`` counts
+        from ``start``, and greedy decoding (temperature 0) reports sample 0 only."""
         # One wall-clock budget for the whole call (--max_seconds is per batch of prompts),
         # read by every chunk _decode_fitting makes; the greedy path starts its own.
         deadline = self.guards.deadline()
 
         def draw(batch: list[str], m: int) -> list[list[Candidate]]:
-            return self._decode_fitting(batch, m, config, start, deadline, token_logprobs)
+            return self._decode_fitting(batch, m, config, start, deadline, token_logprobs, on_text)
 
         def greedy(batch: Sequence[str], c: SamplingConfig) -> list[Candidate]:
-            return self.greedy(batch, c, token_logprobs=token_logprobs)
+            rows = self._decode_fitting(
+                list(batch), 1, c, None, self.guards.deadline(), token_logprobs, on_text
+            )
+            return [row[0] for row in rows]
 
         return sample_sets(prompts, config, start, greedy, draw)
 
@@ -445,6 +455,7 @@ class HFBackend:
         start: int | None,
         deadline: float,
         token_logprobs: int | None = None,
+        on_text: Any = None,
     ) -> list[list[Candidate]]:
         """``m`` candidates per prompt (samples ``start .. start + m - 1``; ``start=None`` is
         greedy), decoded in as few batches as fit in memory (:meth:`rows_that_fit`): whole
@@ -484,7 +495,15 @@ class HFBackend:
                         "memory); nothing from this call was kept. Raise --max_seconds or ask for "
                         "fewer prompts or samples at once (--batch_size, -n)."
                     )
-                cands = self._decode(group, count, config, seeds, deadline, token_logprobs)
+                report = None
+                if on_text is not None:
+
+                    def report(
+                        seq: int, text: str, p0: int = first, j0: int = j0, c: int = count
+                    ) -> None:
+                        on_text(p0 + seq // c, j0 + seq % c, text)
+
+                cands = self._decode(group, count, config, seeds, deadline, token_logprobs, report)
                 for i in range(len(group)):
                     got[i] += cands[i * count : (i + 1) * count]
             rows += got
@@ -691,6 +710,7 @@ class HFBackend:
         seeds: Sequence[tuple[int, ...]] | None,
         deadline: float,
         token_logprobs: int | None = None,
+        on_text: Any = None,
     ) -> list[Candidate]:
         """Decode ``m`` continuations of every prompt; ``seeds=None`` is greedy; past the
         monotonic ``deadline`` the decode raises :class:`SamplingTimeout`.
@@ -703,7 +723,7 @@ class HFBackend:
             return []
         try:
             return self._decode_batch(
-                prompts, m, config, seeds, deadline, token_logprobs, compiled=self.compile
+                prompts, m, config, seeds, deadline, token_logprobs, on_text, compiled=self.compile
             )
         except _CompileFailed as failure:
             warnings.warn(
@@ -715,7 +735,7 @@ class HFBackend:
             # What compiling held (the decode cache, the compiled graphs' memory) is not needed.
             self._compiled_forward = self._held_decode_cache = None
             return self._decode_batch(
-                prompts, m, config, seeds, deadline, token_logprobs, compiled=False
+                prompts, m, config, seeds, deadline, token_logprobs, on_text, compiled=False
             )
 
     def _decode_batch(
@@ -726,6 +746,7 @@ class HFBackend:
         seeds: Sequence[tuple[int, ...]] | None,
         deadline: float,
         token_logprobs: int | None = None,
+        on_text: Any = None,
         *,
         compiled: bool,
     ) -> list[Candidate]:
@@ -778,6 +799,7 @@ class HFBackend:
         window_start = 0
 
         select = TokenSelector(total, logits.shape[-1], config, logits.device)
+        streamed = (0.0, [""] * total)  # when texts were last reported, and what they were
         forward = self._step_forward(compiled)  # raises _CompileFailed
         with torch.inference_mode(), self._attention_kernels():
             for step in range(config.max_tokens):
@@ -791,9 +813,12 @@ class HFBackend:
                     values, ids = torch.topk(logits, top_n, dim=-1)
                     tops.append((ids, values.double() - select.lse_raw[:, None]))
                 if len(window) == self.sync_every or step == config.max_tokens - 1:
+                    before = active[going].tolist()
                     going = _replay(
                         state, window, active, going, window_start, deadline, tops or None
                     )
+                    if on_text is not None:
+                        streamed = _stream_texts(state, before, streamed, on_text)
                     window, window_start, tops = [], step + 1, []
                     if not going:
                         break
@@ -1156,6 +1181,29 @@ def _replay(
         if not still:
             break
     return still
+
+
+#: Seconds between two reports of the growing texts to ``on_text`` (a sample that ends is
+#: reported at once).
+STREAM_INTERVAL = 0.05
+
+
+def _stream_texts(
+    state: DecodeState, seqs: list[int], streamed: tuple[float, list[str]], on_text: Any
+) -> tuple[float, list[str]]:
+    """Report to ``on_text(seq, text)`` the ``seqs`` whose settled text grew, when
+    :data:`STREAM_INTERVAL` has passed or they ended; returns the new (time, texts)."""
+    last, texts = streamed
+    now = time.monotonic()
+    due = now - last >= STREAM_INTERVAL
+    for seq in seqs:
+        if not due and state.finish[seq] is None:
+            continue
+        text = state.text_so_far(seq)
+        if text != texts[seq]:
+            texts[seq] = text
+            on_text(seq, text)
+    return (now if due else last), texts
 
 
 def _rows_within(kept: tuple[str, ...], prompts: tuple[str, ...]) -> list[int] | None:

@@ -101,10 +101,19 @@ class Plan:
     token_logprobs: int | None = None
     #: The index of the first sample (``first_sample``); ``config.n`` counts up to the last.
     first_sample: int = 0
+    #: Prompts of the request (set for streaming, which numbers the choices).
+    prompts: int = 1
+    #: ``on_text(prompt, sample, text)`` for token streaming (see HFBackend.sample), or None.
+    on_text: Any = None
 
     def options(self) -> dict[str, Any]:
         """Extra keyword arguments of the backend's ``sample`` this request needs."""
-        return {} if self.token_logprobs is None else {"token_logprobs": self.token_logprobs}
+        options: dict[str, Any] = {}
+        if self.token_logprobs is not None:
+            options["token_logprobs"] = self.token_logprobs
+        if self.on_text is not None:
+            options["on_text"] = self.on_text
+        return options
 
 
 @dataclass
@@ -541,8 +550,9 @@ class ServerState:
         if req.stream:
             return self._stream(
                 req,
-                plan,
-                lambda: self._run(request, scheduler, self.backend, prompts, plan),
+                replace(plan, prompts=len(prompts)),
+                lambda p: self._run(request, scheduler, self.backend, prompts, p),
+                self.backend,
                 chat=False,
             )
         outcome = await self._run(request, scheduler, self.backend, prompts, plan)
@@ -564,8 +574,9 @@ class ServerState:
         if req.stream:
             return self._stream(
                 req,
-                plan,
-                lambda: self._run(request, scheduler, backend, [prompt], plan),
+                replace(plan, prompts=1),
+                lambda p: self._run(request, scheduler, backend, [prompt], p),
+                backend,
                 chat=True,
             )
         outcome = await self._run(request, scheduler, backend, [prompt], plan)
@@ -964,25 +975,92 @@ class ServerState:
         self,
         req: CompletionRequest | ChatCompletionRequest,
         plan: Plan,
-        run: Callable[[], Awaitable[Outcome]],
+        run: Callable[[Plan], Awaitable[Outcome]],
+        backend: Any,
         *,
         chat: bool,
     ) -> Response:
-        """A streamed answer: an SSE comment at once and every ``keepalive_seconds`` while the
-        samples are drawn (a decision needs all of them), then the chunks. A failure after the
-        stream has begun is an ``error`` event, which the official client raises."""
+        """A streamed answer. An SSE comment goes out at once and every ``keepalive_seconds``
+        while nothing else does. Without a metric, from a backend that reports its texts as
+        they grow (``on_text``: hf), each choice's text is streamed in pieces as it is decoded,
+        interleaved by index; otherwise (a decision needs every sample; llamacpp and openai
+        report nothing before the end) each choice comes whole at the end. A choice's
+        ``logprobs`` ride on its last chunk. A failure after the stream has begun is an
+        ``error`` event, which the official client raises."""
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        head = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
+            "created": int(time.time()),
+            "model": req.model,
+        }
+        updates: asyncio.Queue[tuple[int, int, str]] = asyncio.Queue()
+        per_prompt = plan.states
+        token_stream = plan.decision is None and _takes(backend, "on_text")
+        if token_stream:
+            loop = asyncio.get_running_loop()
+
+            def on_text(prompt: int, sample: int, text: str) -> None:
+                loop.call_soon_threadsafe(updates.put_nowait, (prompt, sample, text))
+
+            plan = replace(plan, on_text=on_text)
+        greedy = plan.config.temperature == 0
+
+        def chunk(index: int, text: str | None, finish: str | None, logprobs: Any) -> str:
+            if chat:
+                delta: dict[str, Any] = {} if text is None else {"content": text}
+                body = {"index": index, "delta": delta, "finish_reason": finish}
+            else:
+                body = {"index": index, "text": text or "", "finish_reason": finish}
+            body["logprobs"] = logprobs
+            event = {**head, "object": kind, "choices": [body]}
+            return f"data: {json.dumps(_json_safe(event), ensure_ascii=False)}\n\n"
 
         async def events() -> AsyncIterator[str]:
-            task = asyncio.ensure_future(run())
+            task = asyncio.ensure_future(run(plan))
+            sent: dict[int, str] = {}
             try:
                 yield ": metricwise: sampling\n\n"
+                if token_stream and chat:
+                    for i in range(per_prompt * plan.prompts):
+                        event = {
+                            **head,
+                            "object": kind,
+                            "choices": [
+                                {
+                                    "index": i,
+                                    "delta": {"role": "assistant", "content": ""},
+                                    "finish_reason": None,
+                                    "logprobs": None,
+                                }
+                            ],
+                        }
+                        yield f"data: {json.dumps(event)}\n\n"
+                getter: asyncio.Future[Any] | None = None
                 while not task.done():
-                    await asyncio.wait({task}, timeout=self.settings.keepalive_seconds)
-                    if not task.done():
+                    if getter is None:
+                        getter = asyncio.ensure_future(updates.get())
+                    done, _ = await asyncio.wait(
+                        {task, getter},
+                        timeout=self.settings.keepalive_seconds,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if not done:
                         yield ": metricwise: sampling\n\n"
+                    if getter.done():
+                        prompt, sample, text = getter.result()
+                        getter = None
+                        samples = range(per_prompt) if greedy else (sample,)
+                        for k in samples:
+                            index = prompt * per_prompt + k
+                            old = sent.get(index, "")
+                            if text.startswith(old) and len(text) > len(old):
+                                sent[index] = text
+                                yield chunk(index, text[len(old) :], None, None)
+                if getter is not None:
+                    getter.cancel()
                 try:
-                    head, choices, usage, top = self._answer(req, plan, task.result(), chat=chat)
+                    _, choices, usage, top = self._answer(req, plan, task.result(), chat=chat)
                 except ClientGone:
                     return
                 except Exception as exc:
@@ -990,10 +1068,27 @@ class ServerState:
                     self.metrics.observe_error(error.type)
                     yield f"data: {json.dumps(error.body(), ensure_ascii=False)}\n\n"
                     return
-                for event in _stream_events(
-                    head, choices, usage, top, chat=chat, include_usage=include_usage
-                ):
-                    yield f"data: {json.dumps(_json_safe(event), ensure_ascii=False)}\n\n"
+                if not token_stream:
+                    for event in _stream_events(
+                        head, choices, usage, top, chat=chat, include_usage=include_usage
+                    ):
+                        yield f"data: {json.dumps(_json_safe(event), ensure_ascii=False)}\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
+                for index, c in enumerate(choices):
+                    old = sent.get(index, "")
+                    # The rest of the text (a tokenizer may rewrite what it decoded earlier:
+                    # then what was sent stands, and nothing more is).
+                    rest = c.text[len(old) :] if c.text.startswith(old) else ""
+                    if chat:
+                        if rest:
+                            yield chunk(index, rest, None, None)
+                        yield chunk(index, None, c.finish, c.logprobs)
+                    else:
+                        yield chunk(index, rest, c.finish, c.logprobs)
+                if include_usage:
+                    event = {**head, "object": kind, "choices": [], "usage": usage}
+                    yield f"data: {json.dumps(_json_safe(event))}\n\n"
                 yield "data: [DONE]\n\n"
             finally:
                 if not task.done():
