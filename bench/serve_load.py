@@ -251,9 +251,11 @@ def fault_run(clients: int, timeout: float, log: Callable[[str], None]) -> bool:
                     for status, body in answers
                 )
                 fake.mode = "healthy"
+                # The fake's samples may run to max_tokens: without include_incomplete such a
+                # prompt has no decision, which is a 422 (not the server failing to recover).
                 after = [
                     {"model": "fake-model", "prompt": f"after {mode} {i}", "max_tokens": 8,
-                     "metric": "exact_match", "samples": 4}
+                     "metric": "exact_match", "samples": 4, "include_incomplete": True}
                     for i in range(clients)
                 ]  # fmt: skip
                 _, answers_after, _ = run_load(base, "/v1/completions", after, clients, 60.0)
