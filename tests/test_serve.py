@@ -1200,3 +1200,37 @@ def test_with_a_metric_the_stream_begins_at_once_with_keepalive_comments(tiny):
     events = [json.loads(line[6:]) for line in rest.splitlines() if line.startswith("data: {")]
     assert len(events) == 1 and events[0]["metricwise"]["n_total"] == 2
     assert rest.rstrip().endswith("data: [DONE]")
+
+
+def test_a_risk_threshold_makes_the_server_abstain_with_the_risk(fake):
+    """Issue 29: an answer whose expected loss is above max_expected_loss is withheld: a 422
+    'abstained' naming the risk and the withheld answer, not a guess; below it, the answer."""
+    server = fake(behaviour=numbers(["1", "3", "5"]))
+    with running(upstream(server.url)) as srv:
+        client = srv.client()
+        body = {"metric": "squared_error", "samples": 3}
+        with pytest.raises(openai.UnprocessableEntityError) as info:
+            client.completions.create(
+                model="fake-model", prompt="x", max_tokens=3,
+                extra_body={**body, "max_expected_loss": 1.0},
+            )  # fmt: skip
+        answer = client.completions.create(
+            model="fake-model",
+            prompt="x",
+            max_tokens=3,
+            extra_body={**body, "max_expected_loss": 3.0},
+        )
+        with pytest.raises(openai.BadRequestError) as wrong_side:
+            client.completions.create(
+                model="fake-model", prompt="x", max_tokens=3,
+                extra_body={**body, "min_expected_utility": 0.5},
+            )  # fmt: skip
+    error = info.value
+    assert error.code == "abstained" and error.param == "max_expected_loss"
+    assert "expected squared_error is 2.66667, above max_expected_loss=1" in error.message
+    assert "withheld answer was '3'" in error.message
+    assert error.response.headers["x-should-retry"] == "false"
+    assert answer.choices[0].text == "3" and answer.metricwise["expected_loss"] == pytest.approx(
+        8 / 3
+    )
+    assert "max_expected_loss" in wrong_side.value.message

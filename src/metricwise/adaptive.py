@@ -133,9 +133,10 @@ def settled_probability(
     """The estimated probability that more samples would not change ``decision`` (see the module).
 
     ``metric``, ``valid_range``, ``grid`` and ``metric_args`` are those the decision was made
-    with. 0 for a failed decision.
+    with. 0 for a failed decision; an abstention is judged by the answer it withheld (whether
+    more samples would change that answer, and so its risk).
     """
-    if not decision.ok or not decision.support:
+    if not decision.decided or not decision.support:
         return 0.0
     metric_obj = resolve(metric, **metric_args)
     values = [item.value for item in decision.support]
@@ -143,7 +144,7 @@ def settled_probability(
     effective = max(1, round(decision.effective_sample_size or decision.n_valid))
     rng = np.random.default_rng(adaptive.seed)
     if decision.rule == "mode":
-        return _mode_settled(decision.output, values, weights, effective, metric_obj, adaptive, rng)
+        return _mode_settled(decision.best, values, weights, effective, metric_obj, adaptive, rng)
     # The samples still to come up to max_n, of which the same share is usable as so far, are
     # drawn from the current distribution and pooled with the samples seen: each row is one
     # possible final distribution at max_n (a predictive bootstrap).
@@ -156,7 +157,7 @@ def settled_probability(
     drawn = rng.multinomial(future, weights, size=adaptive.resamples)
     resampled = (effective * weights[None, :] + drawn) / (effective + future)
     if decision.rule == "mbr":
-        return _mbr_settled(decision.output, values, resampled, metric_obj, adaptive)
+        return _mbr_settled(decision.best, values, resampled, metric_obj, adaptive)
     return _numeric_settled(
         decision, values, resampled, metric_obj, adaptive, valid_range=valid_range, grid=grid
     )
@@ -211,7 +212,7 @@ def _numeric_settled(
     """Share of the resampled supports (rows of ``resampled``, shape (B, K)) whose answer lies
     within the tolerance of the current one. Mean, median and quantile are computed for all B
     rows at once (eval decides thousands of items this way); the grid rule row by row."""
-    current = float(decision.output)
+    current = float(decision.best)
     if decision.rule in ("mean", "median", "quantile"):
         answers = _rowwise_answers(
             decision.rule, np.asarray(values, dtype=np.float64), resampled, metric
@@ -300,8 +301,8 @@ def sample_and_decide(
                     **metric_args,
                 )
                 if n >= adaptive.max_n:
-                    stopped = "max_n" if decision.ok else "no_valid_samples"
-                elif decision.ok and probability >= adaptive.confidence:
+                    stopped = "max_n" if decision.decided else "no_valid_samples"
+                elif decision.decided and probability >= adaptive.confidence:
                     stopped = "settled"
                 else:
                     still.append(prompt)

@@ -284,6 +284,16 @@ class Decision:
         return self.failure is None
 
     @property
+    def decided(self) -> bool:
+        """Whether there is a best answer: given (``ok``) or withheld by an abstention."""
+        return self.ok or self.abstained
+
+    @property
+    def best(self) -> Any:
+        """The best answer under the samples, given or withheld."""
+        return self.withheld if self.abstained else self.output
+
+    @property
     def parse_rate(self) -> float:
         return self.n_valid / self.n_total if self.n_total else 0.0
 

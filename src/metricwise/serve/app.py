@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
+import inspect
 import json
 import logging
 import math
@@ -69,14 +71,16 @@ logger = logging.getLogger("uvicorn.error")
 #: One line per request with its id (uvicorn's own access log, which has no id, is off).
 access_logger = logging.getLogger("uvicorn.error.access")
 
-#: decide()'s own keyword arguments: a ``metric_args`` key may not override one of them.
-_DECIDE_KEYWORDS = frozenset(
-    {
-        "samples", "metric", "rule", "weights", "logprobs", "proposal_logprobs",
-        "higher_is_better", "weight_temperature", "valid_range", "grid", "extractor",
-        "include_incomplete", "candidates",
-    }
-)  # fmt: skip
+
+@functools.cache
+def _decide_keywords() -> frozenset[str]:
+    """decide()'s own keyword arguments, read from its signature (a hand-kept copy drifted):
+    a ``metric_args`` key may not override one of them."""
+    from metricwise.decide import decide
+
+    return frozenset(inspect.signature(decide).parameters) - {"metric_args"}
+
+
 #: A body this much larger than the limit is not read to its end before the 413: the connection
 #: is closed instead (reading it first lets the client see the 413 rather than a reset).
 _DRAIN_FACTOR = 8
@@ -857,7 +861,7 @@ class ServerState:
         probability_options = {
             k: options[k] for k in ("valid_range", "grid") if options.get(k) is not None
         }
-        metric_args = {k: v for k, v in options.items() if k not in _DECIDE_KEYWORDS}
+        metric_args = {k: v for k, v in options.items() if k not in _decide_keywords()}
         drawn = 0
         for n in adaptive.schedule():
             if not active:
@@ -886,10 +890,10 @@ class ServerState:
                         **probability_options,
                         **metric_args,
                     )
-                    if decision.ok and p >= adaptive.confidence:
+                    if decision.decided and p >= adaptive.confidence:
                         stopped = "settled"
                     elif at >= adaptive.max_n:
-                        stopped = "max_n" if decision.ok else "no_valid_samples"
+                        stopped = "max_n" if decision.decided else "no_valid_samples"
                     else:
                         still.append(i)
                         continue
@@ -1379,7 +1383,7 @@ def _decision_options(req: CompletionRequest | ChatCompletionRequest) -> dict[st
         )
     metric_args = dict(req.metric_args or {})
     for key, value in metric_args.items():
-        if key in _DECIDE_KEYWORDS:
+        if key in _decide_keywords():
             raise APIError(
                 400,
                 f"The 'metric_args' field may not set {key!r}: it is a field of its own.",
@@ -1438,6 +1442,9 @@ def _decision_options(req: CompletionRequest | ChatCompletionRequest) -> dict[st
         "include_incomplete": req.include_incomplete,
         **metric_args,
     }
+    for name in ("max_expected_loss", "min_expected_utility"):
+        if getattr(req, name) is not None:
+            options[name] = getattr(req, name)
     # A decision on no samples checks the combination (a grid rule without a grid, say);
     # weights need log-probabilities, so they were checked on their own above.
     try:
@@ -1575,7 +1582,25 @@ def _logprobs(c: Candidate, k: int | None, *, chat: bool) -> dict[str, Any] | No
 
 
 def _no_decision(index: int, prompts: int, decision: Decision, plan: Plan) -> APIError:
-    """The 422 answer for a prompt whose samples gave no decision, naming why."""
+    """The 422 answer for a prompt whose samples gave no decision, naming why: an abstention
+    (``abstained``, the answer withheld and its risk in the message) or no usable sample."""
+    where = f"prompt {index}" if prompts > 1 else "the prompt"
+    if decision.abstained:
+        risk = (
+            decision.expected_loss
+            if decision.expected_loss is not None
+            else decision.expected_utility
+        )
+        return APIError(
+            422,
+            f"No answer for {where}: metricwise {decision.failure} (the withheld answer was "
+            f"{answer_text(decision.withheld)!r}, risk {risk:.6g}). Raise the threshold to answer "
+            "more, or treat this as 'not sure'.",
+            param="max_expected_loss"
+            if decision.expected_loss is not None
+            else "min_expected_utility",
+            code="abstained",
+        )
     excluded = dict(decision.excluded)
     n = decision.n_total
     why = {
@@ -1594,7 +1619,6 @@ def _no_decision(index: int, prompts: int, decision: Decision, plan: Plan) -> AP
         )
     if excluded.get("unparsable"):
         hints.append("choose another extractor, or prompt for the answer's format")
-    where = f"prompt {index}" if prompts > 1 else "the prompt"
     return APIError(
         422,
         f"No decision for {where}: none of its {n} samples could be used as an answer"

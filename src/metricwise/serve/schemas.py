@@ -60,6 +60,9 @@ class DecisionFields(_Strict):
     grid: list[float] | None = Field(None, min_length=1, max_length=_MAX_GRID)
     metric_args: dict[str, StrictBool | int | float | str] | None = Field(None, max_length=20)
     include_incomplete: StrictBool = False
+    # Abstain (a 422 "abstained" carrying the risk) when the best answer's risk misses this.
+    max_expected_loss: float | None = None
+    min_expected_utility: float | None = None
     adaptive: StrictBool | AdaptiveSettings | None = None
     return_samples: StrictBool = False
 
