@@ -225,3 +225,24 @@ def test_each_batch_goes_through_its_rounds_on_one_prefill(tmp_path):
         )
     assert any(d.n_used == 6 for d in decisions)  # some prompt took all three rounds
     assert backend.prefill_calls == 2  # 4 prompts in 2 batches, not one prefill per round
+
+
+@pytest.mark.parametrize(
+    ("samples", "metric", "threshold"),
+    [
+        (["3", "3.2", "2.9", "3.1", "3", "3"], "squared_error", {"max_expected_loss": 1e-6}),
+        (["Paris"] * 5 + ["Lyon"], "exact_match", {"min_expected_utility": 0.99}),
+    ],
+)
+def test_an_abstention_settles_on_the_answer_it_withheld(samples, metric, threshold):
+    """An abstention has no output, but more samples can still change the answer it held
+    back: it is judged by that answer, as the same decision without a threshold is."""
+    adaptive = Adaptive(min_n=4, max_n=32, round=4, tolerance=0.5)
+    plain = decide(samples, metric)
+    withheld = decide(samples, metric, **threshold)
+    assert withheld.abstained and withheld.best == plain.output and withheld.decided
+    assert (
+        settled_probability(withheld, metric, adaptive)
+        == settled_probability(plain, metric, adaptive)
+        > 0
+    )
