@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Iterable
-from pathlib import Path
 
 from metricwise.tasks.base import Item, Task
 from metricwise.tasks.registry import builtin_task
+from metricwise.tasks.splits import generated_items, generated_loader
 
 __all__ = ["generate_arith"]
 
@@ -67,30 +67,12 @@ def generate_arith(
     >>> generate_arith(4, seed=1) == items
     True
     """
-    rng = random.Random(seed)
-    seen = set(exclude)
-    items: list[Item] = []
-    while len(items) < n:
-        question, answer = _arith_question(rng, len(items) % 4)
-        if question in seen:
-            continue
-        seen.add(question)
-        items.append(
-            Item(f"{prefix}{len(items):03d}", {"question": question}, (float(answer),), str(answer))
-        )
-    return items
+    return generated_items(n, seed, _draw, "question", prefix=prefix, exclude=exclude)
 
 
-def _load_arith(data_dir: Path | None, split: str) -> list[Item]:
-    evaluated = generate_arith(ARITH_EVAL_SIZE, ARITH_EVAL_SEED, prefix="q")
-    if split == "eval":
-        return evaluated
-    return generate_arith(
-        ARITH_SHOT_SIZE,
-        ARITH_SHOT_SEED,
-        prefix="shot",
-        exclude=[it.fields["question"] for it in evaluated],
-    )
+def _draw(rng: random.Random, i: int) -> tuple[str, int]:
+    """Question ``i`` is of kind ``i % 4``: any prefix of the items is balanced."""
+    return _arith_question(rng, i % 4)
 
 
 builtin_task(
@@ -103,6 +85,12 @@ builtin_task(
         extractor="number",
         template="Question: {question}",
         max_tokens=12,
-        loader=_load_arith,
+        loader=generated_loader(
+            _draw,
+            "question",
+            prefix="q",
+            evaluated=(ARITH_EVAL_SIZE, ARITH_EVAL_SEED),
+            shots=(ARITH_SHOT_SIZE, ARITH_SHOT_SEED),
+        ),
     )
 )

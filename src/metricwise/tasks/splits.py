@@ -10,11 +10,15 @@ see :func:`~metricwise.tasks.fewshot.fields_key`) is dropped, so the pool never 
 evaluated items. Row ids are the 0-based row numbers in the file (``"dev-12"``, ``"train-3"``
 where a task reads two files), unless the task's item maker uses an id of the data (SQuAD's
 question id, ASDiv's problem id), so ids never collide between the two splits.
+
+Tasks that need no data (``arith``, ``stars``) generate both splits from two seeds:
+:func:`generated_items` and :func:`generated_loader`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import random
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,15 @@ from metricwise.tasks.base import Item
 from metricwise.tasks.fewshot import fields_key
 from metricwise.tasks.readers import HubSource, Record, read_records
 
-__all__ = ["HOLDOUT_EVERY", "Loader", "MakeItem", "holdout_loader", "split_loader"]
+__all__ = [
+    "HOLDOUT_EVERY",
+    "Loader",
+    "MakeItem",
+    "generated_items",
+    "generated_loader",
+    "holdout_loader",
+    "split_loader",
+]
 
 #: One row in every ``HOLDOUT_EVERY`` rows of a single-file benchmark is held apart for shots.
 HOLDOUT_EVERY = 10
@@ -103,5 +115,50 @@ def holdout_loader(
             if h and (shot_filter is None or shot_filter(r))
         ]
         return _without(pool, evaluated)
+
+    return load
+
+
+#: Draws item ``i``'s text and integer answer from the generator's random stream.
+Draw = Callable[[random.Random, int], tuple[str, int]]
+
+
+def generated_items(
+    n: int, seed: int, draw: Draw, field: str, *, prefix: str, exclude: Iterable[str] = ()
+) -> list[Item]:
+    """``n`` distinct generated items, deterministic in ``seed``: ``draw(rng, i)`` gives item
+    ``i``'s text (the template field ``field``) and its integer answer; a text already drawn or
+    in ``exclude`` is drawn again. Ids are ``prefix`` and the item's number (``q000``)."""
+    rng = random.Random(seed)
+    seen = set(exclude)
+    items: list[Item] = []
+    while len(items) < n:
+        text, answer = draw(rng, len(items))
+        if text in seen:
+            continue
+        seen.add(text)
+        items.append(
+            Item(f"{prefix}{len(items):03d}", {field: text}, (float(answer),), str(answer))
+        )
+    return items
+
+
+def generated_loader(
+    draw: Draw,
+    field: str,
+    *,
+    prefix: str,
+    evaluated: tuple[int, int],
+    shots: tuple[int, int],
+) -> Loader:
+    """The loader of a generated task: ``evaluated`` and ``shots`` are (size, seed) of the two
+    splits; the few-shot pool (ids ``shot000``...) never repeats an evaluated item."""
+
+    def load(data_dir: Path | None, split: str) -> list[Item]:
+        items = generated_items(evaluated[0], evaluated[1], draw, field, prefix=prefix)
+        if split == "eval":
+            return items
+        taken = [item.fields[field] for item in items]
+        return generated_items(shots[0], shots[1], draw, field, prefix="shot", exclude=taken)
 
     return load

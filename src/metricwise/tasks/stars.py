@@ -36,10 +36,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable
-from pathlib import Path
 
 from metricwise.tasks.base import Item, Task
 from metricwise.tasks.registry import builtin_task
+from metricwise.tasks.splits import generated_items, generated_loader
 
 __all__ = ["ASPECTS", "generate_reviews"]
 
@@ -91,32 +91,13 @@ def generate_reviews(
     >>> generate_reviews(5, seed=1) == items
     True
     """
-    rng = random.Random(seed)
-    seen = set(exclude)
-    items: list[Item] = []
-    while len(items) < n:
-        praised = len(items) % (STARS_PER_REVIEW + 1)
-        review = _review(rng, praised)
-        if review in seen:
-            continue
-        seen.add(review)
-        rating = 1 + praised
-        items.append(
-            Item(f"{prefix}{len(items):03d}", {"review": review}, (float(rating),), str(rating))
-        )
-    return items
+    return generated_items(n, seed, _draw, "review", prefix=prefix, exclude=exclude)
 
 
-def _load_stars(data_dir: Path | None, split: str) -> list[Item]:
-    evaluated = generate_reviews(STARS_EVAL_SIZE, STARS_EVAL_SEED, prefix="r")
-    if split == "eval":
-        return evaluated
-    return generate_reviews(
-        STARS_SHOT_SIZE,
-        STARS_SHOT_SEED,
-        prefix="shot",
-        exclude=[it.fields["review"] for it in evaluated],
-    )
+def _draw(rng: random.Random, i: int) -> tuple[str, int]:
+    """Review ``i`` praises ``i % 5`` of its subjects and is rated one star more."""
+    praised = i % (STARS_PER_REVIEW + 1)
+    return _review(rng, praised), 1 + praised
 
 
 builtin_task(
@@ -134,6 +115,12 @@ builtin_task(
         template="Review: {review}",
         answer_prefix="\nStars (1-5):",
         max_tokens=6,
-        loader=_load_stars,
+        loader=generated_loader(
+            _draw,
+            "review",
+            prefix="r",
+            evaluated=(STARS_EVAL_SIZE, STARS_EVAL_SEED),
+            shots=(STARS_SHOT_SIZE, STARS_SHOT_SEED),
+        ),
     )
 )
