@@ -89,6 +89,30 @@ def read_jsonl(path: str | Path) -> list[JsonLine]:
     return lines
 
 
+def answer_text(value: Any) -> str:
+    """A decision's output as the text of a choice.
+
+    Numbers get at most 15 significant digits, which every float holds exactly, so that a mean
+    reads 4.175 rather than 4.175000000000001; the exact value is the decision's ``output``
+    (the ``metricwise`` object of a served answer). Whole numbers are written without ".0".
+    """
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return str(value).lower()
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    if not math.isfinite(number):
+        return str(number)
+    if number.is_integer() and abs(number) < 1e15:
+        return str(int(number))
+    return format(number, ".15g")
+
+
 def json_safe(value: Any) -> Any:
     """Replace NaN/inf (not valid JSON) by null and numpy scalars by Python ones, recursively."""
     if hasattr(value, "item") and not isinstance(value, (list, tuple, dict)):

@@ -53,6 +53,7 @@ from starlette.requests import ClientDisconnect
 
 from metricwise.backends.base import Backend
 from metricwise.errors import InvalidParameterError, MetricwiseError, did_you_mean
+from metricwise.io import answer_text
 from metricwise.serve.errors import APIError, from_exception
 from metricwise.serve.metrics_registry import ServeMetrics
 from metricwise.serve.scheduler import Job, QueueFull, Scheduler
@@ -1478,30 +1479,6 @@ def _decide(sample_set: SampleSet, options: dict[str, Any]) -> Decision:
     from metricwise.decide import decide
 
     return decide(sample_set, **options)
-
-
-def answer_text(value: Any) -> str:
-    """A decision's output as the text of a choice.
-
-    Numbers get at most 15 significant digits, which every float holds exactly, so that a mean
-    reads 4.175 rather than 4.175000000000001; the exact value is the ``metricwise`` object's
-    ``output``. Whole numbers are written without ".0".
-    """
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return str(value).lower()
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return str(value)
-    if not math.isfinite(number):
-        return str(number)
-    if number.is_integer() and abs(number) < 1e15:
-        return str(int(number))
-    return format(number, ".15g")
 
 
 def _json_safe(value: Any) -> Any:
