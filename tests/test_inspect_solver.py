@@ -240,10 +240,9 @@ def test_through_inspects_openai_provider_against_metricwise_serve(tmp_path):
     pytest.importorskip("torch")
     import copy
 
+    from metricwise.serve import ServeSettings
     from test_serve import TEMPLATE, hf_factory, running
     from tiny_lm import tiny_model_and_tokenizer
-
-    from metricwise.serve import ServeSettings
 
     model, tokenizer = tiny_model_and_tokenizer()
     tokenizer = copy.deepcopy(tokenizer)
@@ -273,9 +272,8 @@ def test_through_inspects_openai_provider_against_metricwise_serve(tmp_path):
 
 @pytest.mark.slow
 def test_through_inspects_openai_provider_against_a_real_llama_server(tmp_path):
-    from test_backend_openai import llama_server_binary, start_llama_server
-
     from metricwise.models import is_available, named_model_path
+    from test_backend_openai import llama_server_binary, start_llama_server
 
     binary = llama_server_binary()
     if binary is None:
