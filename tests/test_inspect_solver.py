@@ -253,8 +253,8 @@ def test_through_inspects_openai_provider_against_metricwise_serve(tmp_path):
         )
         task = Task(
             dataset=[Sample(input="the cat sat on", target="the mat")],
-            # metricwise serve refuses logprobs=true (400: "use return_samples"), so not asked.
-            solver=mw.decide(metric="chrf", n=4, logprobs=False, include_incomplete=True),
+            # metricwise serve gives each choice's token log-probabilities (issue 25).
+            solver=mw.decide(metric="chrf", n=4, logprobs=True, include_incomplete=True),
             scorer=mw.metric_scorer("chrf"),
             config=GenerateConfig(max_tokens=4, temperature=1.0),
         )
@@ -264,7 +264,7 @@ def test_through_inspects_openai_provider_against_metricwise_serve(tmp_path):
     info = sample.metadata["metricwise"]
     # The server honours n: one call gave the four choices.
     assert info["calls"] == 1 and info["n_total"] == 4 and len(info["samples"]) == 4
-    assert info["rule"] == "mbr" and info["n_valid"] >= 1 and info["logprobs"] is False
+    assert info["rule"] == "mbr" and info["n_valid"] >= 1 and info["logprobs"] is True
     texts = [s["text"] for s in info["samples"]]
     assert sample.output.completion in texts
     assert sample.scores["chrf"].metadata["higher_is_better"] is True

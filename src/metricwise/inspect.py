@@ -95,8 +95,8 @@ def decide(
         Ask for token log-probabilities (``logprobs=True``); where the provider returns them
         for every choice, each sample's log p (their sum) goes to :func:`metricwise.decide`,
         so ``weights="model"`` can use them. Providers that ignore the option give none, and
-        the decision uses the samples alone. A server that refuses it (``metricwise serve``
-        answers 400, "use return_samples") needs ``logprobs=False``.
+        the decision uses the samples alone (``metricwise serve`` gives them). A server that
+        refuses the option needs ``logprobs=False``.
     **decide_options:
         Passed to :func:`metricwise.decide` (``rule``, ``weights``, ``extractor``,
         ``valid_range``, ``include_incomplete``, ``mbr``, metric arguments, ...).
