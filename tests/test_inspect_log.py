@@ -100,3 +100,17 @@ def test_the_explanation_names_what_was_left_out_and_why():
         "6 of 8 samples valid, left out: unparsable 1, length 1"
     )
     assert explanation("greedy", None, 7.0) == "greedy: answer 7.0"
+    failed = {
+        "rule": "mean",
+        "metric": "squared_error",
+        "expected_loss": float("nan"),
+        "n_valid": 0,
+        "n_total": 4,
+        "support": [],
+        "excluded": {"length": 4},
+        "failure": "none of the 4 samples could be used as a number (4 length)",
+    }
+    assert explanation("mean", failed, None) == (
+        "rule mean for squared_error; 0 of 4 samples valid, left out: length 4; "
+        "no decision: none of the 4 samples could be used as a number (4 length)"
+    )  # no "expected loss nan"

@@ -14,6 +14,7 @@ Needs ``pip install 'metricwise[inspect]'`` (inspect-ai, pinned).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -44,10 +45,12 @@ def explanation(label: str, decision: dict[str, Any] | None, prediction: Any) ->
     if not decision:
         return f"{label}: answer {prediction!r}"
     parts = [f"rule {decision['rule']} for {decision['metric']}"]
-    if decision.get("expected_loss") is not None:
-        parts.append(f"expected loss {decision['expected_loss']:.4g}")
-    elif decision.get("expected_utility") is not None:
-        parts.append(f"expected utility {decision['expected_utility']:.4g}")
+    # A failed decision has no answer, so no expected loss (NaN in the record): not shown.
+    for key in ("expected_loss", "expected_utility"):
+        value = decision.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            parts.append(f"{key.replace('_', ' ')} {value:.4g}")
+            break
     support = decision.get("support") or []
     if support:
         parts.append(
