@@ -80,7 +80,11 @@ def test_the_log_reads_back_with_the_values_of_results_json(evaluated):
         median = sample.scores["median"]
         decision = median.metadata["decision"]
         assert decision == record["decisions"]["median"]
-        assert median.explanation.startswith("rule median for absolute_error; expected loss ")
+        assert median.explanation == explanation(
+            "median", decision, record["predictions"]["median"]
+        )
+        assert median.explanation.startswith("rule median for absolute_error; ")
+        assert ("expected loss" in median.explanation) == (decision.get("failure") is None)
         assert f"{decision['n_valid']} of {decision['n_total']} samples valid" in median.explanation
         assert "task:arith@" in median.metadata["signature"]["absolute_error"]
 
