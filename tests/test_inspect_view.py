@@ -130,7 +130,9 @@ def browse(url: str, wants: list[str], scroll_to: str | None = None) -> tuple[st
 
     assert CHROMIUM is not None
     debug_port = free_port()
-    with tempfile.TemporaryDirectory() as profile:
+    # Chromium's helper processes may still write to the profile for a moment after the main
+    # one exits: its removal must not fail the test.
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
         proc = subprocess.Popen(
             [
                 CHROMIUM,
