@@ -123,7 +123,25 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_DECIDE_EXAMPLE,
         formatter_class=HelpFormatter,
     )
-    d.add_argument("input", metavar="FILE|-", help="JSONL file of samples, or - for standard input")
+    d.add_argument(
+        "input", metavar="FILE|-", nargs="?", help="JSONL file of samples, or - for standard input"
+    )
+    d.add_argument(
+        "--input", dest="input_option", metavar="FILE|-", help="the same as the FILE argument"
+    )
+    d.add_argument(
+        "--format",
+        choices=("auto", "metricwise", "lm_eval"),
+        default="auto",
+        help="input format: metricwise's samples, or lm-eval's --log_samples output "
+        "(samples_<task>_<time>.jsonl); auto recognises it from the first line",
+    )
+    d.add_argument(
+        "--bootstrap_iters",
+        type=int,
+        default=1000,
+        help="bootstrap resamples of the intervals printed for an lm-eval samples log",
+    )
     _add_decision_arguments(d)
     d.add_argument(
         "--max_support",
@@ -839,11 +857,33 @@ def _decide_record(record: Any, options: dict[str, Any], max_support: int | None
     return result
 
 
+def _decide_input(args: argparse.Namespace) -> str:
+    if args.input is not None and args.input_option is not None:
+        raise InvalidParameterError(
+            "The input of decide is given once: as the FILE argument or as --input. Got both "
+            f"{args.input!r} and {args.input_option!r} instead."
+        )
+    path = args.input if args.input is not None else args.input_option
+    if path is None:
+        raise InvalidParameterError(
+            "decide needs an input: a JSONL file of samples (FILE, --input FILE, or - for "
+            "standard input)."
+        )
+    return str(path)
+
+
 def _run_decide(args: argparse.Namespace) -> int:
+    args.input = _decide_input(args)
     options = _decision_options(args)
     max_support = None if args.max_support < 0 else args.max_support
     lines = iter_jsonl(args.input)
     first = next(lines, None)  # a missing input file is reported before the output is created
+    if args.format == "lm_eval" or (
+        args.format == "auto" and first is not None and _is_lm_eval_line(first.value)
+    ):
+        return _run_decide_lm_eval(
+            args, options, max_support, itertools.chain([] if first is None else [first], lines)
+        )
     sink = _open_output(args.output)
     n_ok = n_bad = n_abstained = 0
     try:
@@ -878,6 +918,80 @@ def _run_decide(args: argparse.Namespace) -> int:
     summary = _abstention_summary(options, n_abstained, n_ok)
     if summary:
         print(f"metricwise decide: {summary}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _is_lm_eval_line(value: Any) -> bool:
+    from metricwise.integrations.lm_eval.samples import is_samples_record
+
+    return is_samples_record(value)
+
+
+def _run_decide_lm_eval(
+    args: argparse.Namespace, options: dict[str, Any], max_support: int | None, lines: Any
+) -> int:
+    """Re-decide every doc of an lm-eval samples log from its ``resps``; score with lm-eval's
+    metrics against ``target``; print intervals paired with lm-eval's own filtered answers."""
+    from metricwise.decide import decide
+    from metricwise.integrations.lm_eval.samples import compare, lm_eval_scorer, read_samples_log
+
+    if args.bootstrap_iters < 1:
+        raise InvalidParameterError(
+            f"The '--bootstrap_iters' option must be >= 1. Got {args.bootstrap_iters} instead."
+        )
+    log = read_samples_log(args.input, lines)
+    try:
+        scorers = {m: lm_eval_scorer(m, log.config) for m in log.metrics}
+    except ImportError:
+        raise InvalidParameterError(
+            "Scoring an lm-eval samples log needs lm-eval: pip install 'metricwise[lm_eval]'."
+        ) from None
+    decisions = [decide(doc.responses, **options) for doc in log.docs]
+    comparison = compare(log, [d.output for d in decisions], scorers)
+    sink = _open_output(args.output)
+    try:
+        for i, (doc, decision) in enumerate(zip(log.docs, decisions, strict=True)):
+            record: dict[str, Any] = {"id": doc.doc_id, "doc_id": doc.doc_id}
+            record.update(decision.to_dict(max_support=max_support))
+            record["target"] = doc.target
+            record["lm_eval"] = {
+                "metricwise": {m: comparison.scores[m]["metricwise"][i] for m in log.metrics},
+                **{flt: {"answer": doc.answers[flt], **doc.scores[flt]} for flt in log.filters},
+            }
+            write_json_line(sink, record)
+    finally:
+        if sink is not sys.stdout:
+            sink.close()
+    summary = comparison.summary(bootstrap_iters=args.bootstrap_iters)
+    n_resp = sorted({len(doc.responses) for doc in log.docs})
+    print(
+        f"lm-eval samples log {_name(args.input)}: task {log.task or '?'}, {len(log.docs)} docs, "
+        f"{'/'.join(map(str, n_resp))} responses each; metricwise decided for {args.metric} "
+        f"({decisions[0].rule}, {args.weights} weights)"
+        + ("" if log.config else "; no results_<time>.json beside it: metrics without arguments"),
+        file=sys.stderr,
+    )
+    print(
+        f"{'metric':<16} {'answer':<22} {'value':>7}  {'95% CI':<17} metricwise - this [95% CI], p",
+        file=sys.stderr,
+    )
+    for metric, rows in summary.items():
+        for name, row in rows.items():
+            label = f"metricwise({args.metric})" if name == "metricwise" else f"lm-eval {name}"
+            ci = f"[{row['ci'][0]:.3f}, {row['ci'][1]:.3f}]"
+            line = f"{metric:<16} {label:<22} {row['value']:>7.3f}  {ci:<17}"
+            if "metricwise_minus_this" in row:
+                diff = row["metricwise_minus_this"]
+                line += (
+                    f" {diff['difference']:+.3f} [{diff['ci'][0]:+.3f}, {diff['ci'][1]:+.3f}],"
+                    f" p={diff['p_value']:.3f}"
+                )
+                if row["rescored_mismatches"]:
+                    line += (
+                        f"  (rescoring lm-eval's answer differs from its log on "
+                        f"{row['rescored_mismatches']} docs; its logged values are used)"
+                    )
+            print(line, file=sys.stderr)
     return EXIT_OK
 
 

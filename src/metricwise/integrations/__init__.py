@@ -1,0 +1,1 @@
+"""Bridges to other evaluation tools. Each is optional and imported only when used."""

@@ -1,0 +1,281 @@
+"""lm-evaluation-harness both ways: its sample logs as decide's input, a metricwise filter in its
+task YAMLs. The slow tests run the real ``lm_eval`` (its CLI and ``simple_evaluate``) on local
+files and the tiny model, with no hub."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from metricwise.cli import main
+
+pytest.importorskip("lm_eval")
+
+REPO = Path(__file__).resolve().parent.parent
+OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+}
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def log_line(doc_id, target, resps, flt, answer, value, metric="exact_match"):
+    """One line as lm_eval/evaluator.py writes it with --log_samples (generate_until)."""
+    return {
+        "doc_id": doc_id,
+        "doc": {"q": f"doc {doc_id}"},
+        "target": target,
+        "arguments": {"gen_args_0": {"arg_0": "prompt", "arg_1": {"until": ["\n"]}}},
+        "resps": [resps],
+        "filtered_resps": [answer],
+        "filter": flt,
+        "metrics": [metric],
+        "doc_hash": "x",
+        "prompt_hash": "y",
+        "target_hash": "z",
+        metric: value,
+    }
+
+
+def write_log(directory: Path, lines, config=None, task="arith", time="2026-01-01T00-00-00.0"):
+    path = directory / f"samples_{task}_{time}.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    if config is not None:
+        results = {"results": {task: {}}, "configs": {task: config}}
+        (directory / f"results_{time}.json").write_text(json.dumps(results))
+    return path
+
+
+def arith_log(tmp_path):
+    # doc 0: the mode " 5" is right, the first answer " 6" wrong; doc 1: both right;
+    # doc 2: the first answer is right and the mode wrong.
+    docs = [
+        (0, " 5", [" 6", " 5", " 5", " 7"]),
+        (1, " 2", [" 2", " 2", " 3", " 2"]),
+        (2, " 9", [" 9", " 8", " 8", " 1"]),
+    ]
+    lines = []
+    for flt in ("take_first", "maj"):
+        for doc_id, target, resps in docs:
+            answer = resps[0] if flt == "take_first" else max(set(resps), key=resps.count)
+            lines.append(log_line(doc_id, target, resps, flt, answer, float(answer == target)))
+    return write_log(tmp_path, lines)
+
+
+def test_decide_recognises_an_lm_eval_samples_log_and_scores_with_its_metric(tmp_path, capsys):
+    path = arith_log(tmp_path)
+    code, out, err = run(["decide", "--metric", "exact_match", str(path)], capsys)
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["doc_id"] for r in rows] == [0, 1, 2]
+    assert [r["output"] for r in rows] == [" 5", " 2", " 8"]
+    assert [r["lm_eval"]["metricwise"]["exact_match"] for r in rows] == [1.0, 1.0, 0.0]
+    assert rows[0]["lm_eval"]["take_first"] == {"answer": " 6", "exact_match": 0.0}
+    # The summary: metricwise 2/3, take_first 2/3, maj 2/3 (the same answers as the mode).
+    assert "exact_match      metricwise(exact_match)   0.667" in err
+    assert "lm-eval take_first       0.667" in err
+    assert "differs from its log" not in err
+
+
+def test_decide_lm_eval_numeric_metric_beats_take_first(tmp_path, capsys):
+    """A squared-error decision (the mean) scored by exact_match after lm-eval's own string
+    casting: the mean 5 of 4 and 6 is an answer that no sample gave."""
+    lines = [
+        log_line(0, "5", ["4", "6", "4", "6"], "take_first", "4", 0.0),
+        log_line(1, "3", ["3", "3", "3"], "take_first", "3", 1.0),
+    ]
+    path = write_log(tmp_path, lines)
+    out_path = tmp_path / "decisions.jsonl"
+    argv = ["decide", "--input", str(path), "--format", "lm_eval", "--metric", "squared_error"]
+    argv += ["--output", str(out_path)]
+    code, _, err = run(argv, capsys)
+    assert code == 0
+    rows = [json.loads(line) for line in out_path.read_text().splitlines()]
+    assert [r["output"] for r in rows] == [5.0, 3.0]
+    assert [r["lm_eval"]["metricwise"]["exact_match"] for r in rows] == [1.0, 1.0]
+    assert "+0.500" in err
+
+
+def test_decide_lm_eval_uses_the_metric_arguments_of_the_results_file(tmp_path, capsys):
+    """ignore_case from the task's metric_list (in results_<time>.json) reaches lm-eval's metric;
+    without the results file the same answers score 0, and rescoring lm-eval's answer then
+    disagrees with the value it logged, which the summary says."""
+    lines = [log_line(0, "Paris", ["paris", "paris", "Lyon"], "take_first", "paris", 1.0)]
+    config = {
+        "metric_list": [{"metric": "exact_match", "aggregation": "mean", "ignore_case": True}]
+    }
+    path = write_log(tmp_path, lines, config=config)
+    code, out, err = run(["decide", str(path), "--metric", "exact_match"], capsys)
+    assert code == 0
+    assert json.loads(out)["lm_eval"]["metricwise"]["exact_match"] == 1.0
+    assert "differs from its log" not in err
+
+    other = tmp_path / "alone"
+    other.mkdir()
+    path = write_log(other, lines)
+    code, out, err = run(["decide", str(path), "--metric", "exact_match"], capsys)
+    assert code == 0
+    assert json.loads(out)["lm_eval"]["metricwise"]["exact_match"] == 0.0
+    assert "differs from its log on 1 docs" in err
+    assert "no results_<time>.json beside it" in err
+
+
+def test_decide_lm_eval_multiple_targets_count_any(tmp_path, capsys):
+    lines = [log_line(0, ["NYC", "New York"], ["New York", "New York", "LA"], "none", "LA", 0.0)]
+    code, out, _ = run(
+        ["decide", str(write_log(tmp_path, lines)), "--metric", "exact_match"], capsys
+    )
+    assert code == 0
+    assert json.loads(out)["lm_eval"]["metricwise"]["exact_match"] == 1.0
+
+
+def test_decide_lm_eval_refuses_loglikelihood_logs_saying_why(tmp_path, capsys):
+    line = log_line(0, 1, [], "none", [-1.0, False], 1.0, metric="acc")
+    line["resps"] = [[[-1.5, False]], [[-0.5, True]]]
+    code, _, err = run(
+        ["decide", str(write_log(tmp_path, [line])), "--metric", "exact_match"], capsys
+    )
+    assert code == 2
+    assert "loglikelihood and multiple-choice tasks" in err
+    assert "line 1" in err
+
+
+def test_decide_lm_eval_refuses_corpus_level_metrics_saying_why(tmp_path, capsys):
+    lines = [log_line(0, "a b c", ["a b c", "a b"], "take_first", "a b c", 0.5, metric="chrf")]
+    code, _, err = run(["decide", str(write_log(tmp_path, lines)), "--metric", "chrf"], capsys)
+    assert code == 2
+    assert "'chrf' is a corpus-level metric" in err
+
+
+def test_decide_format_lm_eval_refuses_metricwise_lines(tmp_path, capsys):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"id": 1, "samples": ["a"]}) + "\n")
+    argv = ["decide", str(path), "--format", "lm_eval", "--metric", "exact_match"]
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert "expected a line of an lm-eval samples log" in err
+
+
+def test_decide_input_is_given_once(tmp_path, capsys):
+    path = arith_log(tmp_path)
+    code, _, err = run(
+        ["decide", str(path), "--input", str(path), "--metric", "exact_match"], capsys
+    )
+    assert code == 2
+    assert "Got both" in err
+    code, _, err = run(["decide", "--metric", "exact_match"], capsys)
+    assert code == 2
+    assert "decide needs an input" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# The real lm_eval, the tiny model and a local data file
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from tiny_lm import tiny_model_and_tokenizer
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    path = tmp_path_factory.mktemp("tiny")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+ARITH = [(2, 3), (1, 1), (4, 5), (3, 3), (0, 7), (6, 2)]
+
+
+def write_task(directory: Path, body: str) -> Path:
+    data = directory / "arith.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"question": f"{a} plus {b}", "answer": str(a + b)}) + "\n" for a, b in ARITH
+        )
+    )
+    (directory / "tinyarith.yaml").write_text(body.replace("DATA", str(data)))
+    return directory / "tinyarith.yaml"
+
+
+REPEATS_TASK = """\
+task: tinyarith
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: DATA
+test_split: test
+fewshot_split: test
+output_type: generate_until
+doc_to_text: "what is {{question}} ? the answer is"
+doc_to_target: " {{answer}}"
+generation_kwargs:
+  until: ["\\n", "."]
+  do_sample: true
+  temperature: 1.0
+  max_gen_toks: 4
+repeats: 4
+filter_list:
+  - name: take_first
+    filter:
+      - function: take_first
+  - name: maj
+    filter:
+      - function: majority_vote
+      - function: take_first
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+    ignore_case: true
+metadata:
+  version: 1.0
+"""
+
+
+def lm_eval_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, **OFFLINE}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-m", "lm_eval", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_decide_reads_the_samples_log_the_real_lm_eval_writes(tmp_path, tiny_dir, capsys):
+    write_task(tmp_path, REPEATS_TASK)
+    out_dir = tmp_path / "out"
+    done = lm_eval_cli(
+        "--model", "hf", "--model_args", f"pretrained={tiny_dir}", "--tasks", "tinyarith",
+        "--include_path", str(tmp_path), "--num_fewshot", "2", "--device", "cpu",
+        "--output_path", str(out_dir), "--log_samples", "--seed", "0",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (samples,) = out_dir.glob("*/samples_tinyarith_*.jsonl")
+    code, out, err = run(["decide", str(samples), "--metric", "exact_match"], capsys)
+    assert code == 0, err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [r["doc_id"] for r in rows] == list(range(len(ARITH)))
+    assert all(r["n_total"] == 4 for r in rows)
+    assert "task tinyarith, 6 docs, 4 responses each" in err
+    # lm-eval's answers rescored with its own metric (and ignore_case from the results file)
+    # reproduce the values it logged.
+    assert "differs from its log" not in err
+    assert "no results_<time>.json" not in err
