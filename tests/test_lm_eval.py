@@ -279,3 +279,81 @@ def test_decide_reads_the_samples_log_the_real_lm_eval_writes(tmp_path, tiny_dir
     # reproduce the values it logged.
     assert "differs from its log" not in err
     assert "no results_<time>.json" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# The metricwise filter in lm-eval's filter_list
+
+
+def test_filter_picks_the_bayes_optimal_answer_for_its_metric():
+    from metricwise.integrations.lm_eval.filters import MetricAwareFilter
+
+    resps = [["4", "6", "4", "6"], ["1", "2", "9"], ["x", "y"]]
+    assert MetricAwareFilter(metric="squared_error").apply(resps, [{}] * 3) == [["5"], ["4"], [""]]
+    assert MetricAwareFilter(metric="absolute_error").apply(resps[1:2], [{}]) == [["2"]]
+    # YAML lists become the tuples decide() takes; metric_args reach the metric.
+    clipped = MetricAwareFilter(metric="squared_error", valid_range=[0, 3])
+    assert clipped.apply([["1", "9"]], [{}]) == [["2"]]
+    high = MetricAwareFilter(metric="pinball", metric_args={"tau": 0.9})
+    assert high.apply([["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]], [{}]) == [["9.5"]]
+    modes = MetricAwareFilter(metric="exact_match", extractor="number")
+    assert modes.apply([["It is 12.", "12", "13"]], [{}]) == [["12"]]
+
+
+def test_filter_checks_its_arguments_when_the_task_is_built():
+    from metricwise.errors import MetricwiseError
+    from metricwise.integrations.lm_eval.filters import MetricAwareFilter
+
+    with pytest.raises(MetricwiseError, match="exact_mtch"):
+        MetricAwareFilter(metric="exact_mtch")
+
+
+def test_filter_is_in_lm_evals_filter_registry():
+    from lm_eval.api.registry import get_filter
+
+    from metricwise.integrations.lm_eval.filters import MetricAwareFilter
+
+    assert get_filter("metricwise") is MetricAwareFilter
+
+
+@pytest.mark.slow
+def test_example_yaml_runs_under_lm_eval_with_the_metricwise_filter(tmp_path, tiny_dir):
+    """examples/lm_eval/arith_metricwise.yaml under the real lm_eval CLI: each metricwise filter
+    is a row of its results, and what it logged is what the filter decides from the responses."""
+    from metricwise.integrations.lm_eval.filters import MetricAwareFilter
+
+    done = lm_eval_cli(
+        "--model", "hf", "--model_args", f"pretrained={tiny_dir}",
+        "--tasks", "arith_metricwise", "--include_path", "examples/lm_eval",
+        "--num_fewshot", "3", "--limit", "4", "--device", "cpu",
+        "--output_path", str(tmp_path), "--log_samples",
+        cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (results,) = tmp_path.glob("*/results_*.json")
+    scores = json.loads(results.read_text())["results"]["arith_metricwise"]
+    for name in ("take_first", "majority_vote", "metricwise-mode", "metricwise-median"):
+        assert f"exact_match,{name}" in scores
+    (samples,) = tmp_path.glob("*/samples_arith_metricwise_*.jsonl")
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    filters = {
+        "metricwise-mode": MetricAwareFilter(metric="exact_match", extractor="number"),
+        "metricwise-median": MetricAwareFilter(metric="absolute_error", extractor="number"),
+    }
+    checked = 0
+    for row in rows:
+        if row["filter"] in filters:
+            (responses,) = row["resps"]
+            assert len(responses) == 8
+            assert row["filtered_resps"] == [filters[row["filter"]].decide(responses)]
+            checked += 1
+    assert checked == 8
+
+
+def test_decide_lm_eval_writes_extracted_numbers_as_lm_eval_compares_them(tmp_path, capsys):
+    """The number extractor's canonical "12.0" is scored as "12", the text lm-eval compares."""
+    lines = [log_line(0, "12", ["It is 12.", "12", "13"], "take_first", "It is 12.", 0.0)]
+    argv = ["decide", str(write_log(tmp_path, lines)), "--metric", "exact_match"]
+    code, out, _ = run([*argv, "--extractor", "number"], capsys)
+    assert code == 0
+    assert json.loads(out)["lm_eval"]["metricwise"]["exact_match"] == 1.0

@@ -933,7 +933,12 @@ def _run_decide_lm_eval(
     """Re-decide every doc of an lm-eval samples log from its ``resps``; score with lm-eval's
     metrics against ``target``; print intervals paired with lm-eval's own filtered answers."""
     from metricwise.decide import decide
-    from metricwise.integrations.lm_eval.samples import compare, lm_eval_scorer, read_samples_log
+    from metricwise.integrations.lm_eval.samples import (
+        compare,
+        is_numeric_extractor,
+        lm_eval_scorer,
+        read_samples_log,
+    )
 
     if args.bootstrap_iters < 1:
         raise InvalidParameterError(
@@ -947,7 +952,8 @@ def _run_decide_lm_eval(
             "Scoring an lm-eval samples log needs lm-eval: pip install 'metricwise[lm_eval]'."
         ) from None
     decisions = [decide(doc.responses, **options) for doc in log.docs]
-    comparison = compare(log, [d.output for d in decisions], scorers)
+    numeric = is_numeric_extractor(args.extractor)
+    comparison = compare(log, [d.output for d in decisions], scorers, numeric=numeric)
     sink = _open_output(args.output)
     try:
         for i, (doc, decision) in enumerate(zip(log.docs, decisions, strict=True)):

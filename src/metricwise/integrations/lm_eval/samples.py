@@ -213,13 +213,33 @@ def lm_eval_scorer(
     return score
 
 
-def answer_text(output: Any) -> Any:
-    """A decision's output as lm-eval would have produced it: text (a number as its shortest form)."""
-    if isinstance(output, bool) or output is None or isinstance(output, str):
+def _number(value: float) -> str:
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)
+
+
+def answer_text(output: Any, *, numeric: bool = False) -> Any:
+    """A decision's output as lm-eval would have produced it: text, a number written as a person
+    writes it ("5", not "5.0"). ``numeric``: the answers were extracted as numbers, whose
+    canonical text ("12.0") is written the same way."""
+    if isinstance(output, bool) or output is None:
         return output
     if isinstance(output, (int, float)):
-        return format(output, "g")
+        return _number(float(output))
+    if isinstance(output, str):
+        if numeric:
+            try:
+                return _number(float(output))
+            except ValueError:
+                return output
+        return output
     return str(output)
+
+
+def is_numeric_extractor(extractor: Any) -> bool:
+    """Whether an extractor spec gives numbers ("number", "number:last", ...)."""
+    return isinstance(extractor, str) and extractor.split(":", 1)[0].strip() == "number"
 
 
 @dataclass
@@ -267,6 +287,8 @@ def compare(
     log: SamplesLog,
     decisions: list[Any],
     scorers: dict[str, Callable[[Any, Any], float]] | None = None,
+    *,
+    numeric: bool = False,
 ) -> Comparison:
     """Score each doc's decided answer (``decisions[i]`` for ``log.docs[i]``) and lm-eval's
     filtered answers with lm-eval's metrics, and count where rescoring disagrees with the log."""
@@ -279,7 +301,7 @@ def compare(
         rows: dict[str, list[float]] = {"metricwise": []}
         bad = dict.fromkeys(log.filters, 0)
         for doc, decided in zip(log.docs, decisions, strict=True):
-            rows["metricwise"].append(score(doc.target, answer_text(decided)))
+            rows["metricwise"].append(score(doc.target, answer_text(decided, numeric=numeric)))
             for flt in log.filters:
                 if flt not in doc.answers:
                     raise InvalidParameterError(
