@@ -85,7 +85,7 @@ def test_decide_recognises_an_lm_eval_samples_log_and_scores_with_its_metric(tmp
     assert rows[0]["lm_eval"]["take_first"] == {"answer": " 6", "exact_match": 0.0}
     # The summary: metricwise 2/3, take_first 2/3, maj 2/3 (the same answers as the mode).
     assert "exact_match      metricwise(exact_match)   0.667" in err
-    assert "lm-eval take_first       0.667" in err
+    assert "exact_match      lm-eval take_first        0.667" in err
     assert "differs from its log" not in err
 
 

@@ -977,15 +977,18 @@ def _run_decide_lm_eval(
         + ("" if log.config else "; no results_<time>.json beside it: metrics without arguments"),
         file=sys.stderr,
     )
+    labels = {"metricwise": f"metricwise({args.metric})"}
+    labels.update({flt: f"lm-eval {flt}" for flt in log.filters})
+    width = max(len(label) for label in labels.values())
     print(
-        f"{'metric':<16} {'answer':<22} {'value':>7}  {'95% CI':<17} metricwise - this [95% CI], p",
+        f"{'metric':<16} {'answer':<{width}} {'value':>7}  {'95% CI':<17} "
+        "metricwise - this [95% CI], p",
         file=sys.stderr,
     )
     for metric, rows in summary.items():
         for name, row in rows.items():
-            label = f"metricwise({args.metric})" if name == "metricwise" else f"lm-eval {name}"
             ci = f"[{row['ci'][0]:.3f}, {row['ci'][1]:.3f}]"
-            line = f"{metric:<16} {label:<22} {row['value']:>7.3f}  {ci:<17}"
+            line = f"{metric:<16} {labels[name]:<{width}} {row['value']:>7.3f}  {ci:<17}"
             if "metricwise_minus_this" in row:
                 diff = row["metricwise_minus_this"]
                 line += (
