@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import metricwise.mbr.ranking as mbr_ranking
 from metricwise import Candidate, SampleSet, decide, metrics, weighted_quantile
 from metricwise.errors import InvalidParameterError, UnknownNameError
 from metricwise.metrics.squad import normalize_answer
@@ -353,7 +354,7 @@ class RecordingMetric(metrics.Metric):
 
 def pairwise_cell_limit() -> int:
     """Matrix cells one pairwise call may fill under the (patched) memory budget."""
-    return decide_module._PAIRWISE_BUDGET_BYTES // (8 * decide_module._PAIRWISE_WORKING_COPIES)
+    return mbr_ranking.PAIRWISE_BUDGET_BYTES // (8 * mbr_ranking.PAIRWISE_WORKING_COPIES)
 
 
 @pytest.mark.parametrize("name", ["chrf", "bleu", "token_f1"])
@@ -362,8 +363,8 @@ def test_blocked_mbr_gives_the_same_decision_as_one_matrix(name, monkeypatch):
     samples += samples[:40]  # repeated answers: weights differ from uniform over the support
     whole = decide(samples, name)
     # A budget of a few rows forces the blocked path (200 distinct candidates, 200 columns).
-    budget = 8 * decide_module._PAIRWISE_WORKING_COPIES * 200 * 7
-    monkeypatch.setattr(decide_module, "_PAIRWISE_BUDGET_BYTES", budget)
+    budget = 8 * mbr_ranking.PAIRWISE_WORKING_COPIES * 200 * 7
+    monkeypatch.setattr(mbr_ranking, "PAIRWISE_BUDGET_BYTES", budget)
     recorder = RecordingMetric(metrics.get(name))
     blocked = decide(samples, recorder)
     # Row blocks of the matrix are exactly the rows of the whole matrix.
@@ -380,8 +381,8 @@ def test_blocked_mbr_gives_the_same_decision_as_one_matrix(name, monkeypatch):
 
 
 def test_no_pairwise_call_exceeds_the_memory_budget(monkeypatch):
-    budget = 8 * decide_module._PAIRWISE_WORKING_COPIES * 1000
-    monkeypatch.setattr(decide_module, "_PAIRWISE_BUDGET_BYTES", budget)
+    budget = 8 * mbr_ranking.PAIRWISE_WORKING_COPIES * 1000
+    monkeypatch.setattr(mbr_ranking, "PAIRWISE_BUDGET_BYTES", budget)
     limit = pairwise_cell_limit()
     samples = distinct_phrases(150)
     # MBR: the (C, C) utility matrix.

@@ -10,6 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+import metricwise.mbr.ranking as mbr_ranking
 from metricwise import decide, metrics
 from metricwise.errors import InvalidParameterError, UnknownNameError
 from metricwise.types import MBRStats
@@ -171,7 +172,7 @@ def test_pruning_is_reproducible_and_independent_of_sample_order():
 def test_pruning_finishes_exactly_when_its_matrix_would_pass_the_memory_budget(monkeypatch):
     samples = easy_samples(120, seed=8)
     exact = decide(samples, "chrf")
-    monkeypatch.setattr(decide_module, "_PAIRWISE_BUDGET_BYTES", 8 * 16 * 50)
+    monkeypatch.setattr(mbr_ranking, "PAIRWISE_BUDGET_BYTES", 8 * 16 * 50)
     pruned = decide(samples, "chrf", mbr="prune")
     assert pruned.output == exact.output
 
@@ -324,7 +325,7 @@ def test_blocked_exact_mbr_computes_statistics_once_and_decides_the_same(name, m
         return original(texts)
 
     monkeypatch.setattr(metric, "statistics", counted)
-    monkeypatch.setattr(decide_module, "_PAIRWISE_BUDGET_BYTES", 8 * 16 * 150 * 9)
+    monkeypatch.setattr(mbr_ranking, "PAIRWISE_BUDGET_BYTES", 8 * 16 * 150 * 9)
     blocked = decide(samples, metric)
     assert calls == [len(set(samples))]  # once, for every distinct sample
     assert blocked.output == whole.output
@@ -339,3 +340,22 @@ def test_pruning_ignores_samples_of_weight_zero():
     pruned = decide(samples, "chrf", weights=weights, mbr="prune")
     assert pruned.output == exact.output
     assert np.isfinite(pruned.expected_utility)
+
+
+def test_a_method_object_carries_its_settings():
+    """Each MBR method is a settings dataclass in a module of its own (metricwise.mbr)."""
+    from metricwise.mbr import METHODS, AggregateToFine, Prune
+
+    assert list(METHODS) == ["exact", "prune", "aggregate", "aggregate_to_fine"]
+    rng = np.random.default_rng(3)
+    words = ["the cat sat", "a cat sat down", "dogs run", "the dog sat", "cats sit", "a mat"]
+    samples = [" ".join(rng.choice(words, 3)) for _ in range(120)]
+    named = decide(samples, "chrf", mbr="aggregate_to_fine")
+    assert decide(samples, "chrf", mbr=AggregateToFine()) == named
+    few = decide(samples, "chrf", mbr=AggregateToFine(top=2))
+    assert few.mbr.method == "aggregate_to_fine" and few.mbr.remaining == 2
+    assert named.mbr.remaining == 32
+    one_round = decide(samples, "chrf", mbr=Prune(first_round=1000))  # every sample at once
+    assert one_round.mbr.rounds == 1 and one_round.output == decide(samples, "chrf").output
+    with pytest.raises(UnknownNameError, match="or an MBR method object"):
+        decide(samples, "chrf", mbr="prunne")

@@ -431,7 +431,7 @@ def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--mbr",
-        choices=("exact", "prune", "aggregate", "aggregate_to_fine"),
+        choices=_mbr_names(),
         default="exact",
         help="how MBR is computed at large N: exact, prune (confidence-based pruning; any metric), "
         "aggregate (one aggregated reference; chrF only) or aggregate_to_fine (the 32 best "
@@ -450,6 +450,12 @@ def _add_decision_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="abstain when the best answer's expected utility is below this; for a utility",
     )
+
+
+def _mbr_names() -> tuple[str, ...]:
+    from metricwise.mbr import METHODS
+
+    return tuple(METHODS)
 
 
 def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:

@@ -34,7 +34,7 @@ gigabytes (chrF over one 50 MB sample peaked at 5 GB). With none left the decisi
 reason.
 
 Memory is bounded whatever N: a candidates x samples matrix (MBR's utilities, the mode's
-closeness) that would not fit in ``_PAIRWISE_BUDGET_BYTES`` (256 MiB) is filled and reduced in
+closeness) that would not fit in ``PAIRWISE_BUDGET_BYTES`` (256 MiB) is filled and reduced in
 blocks of candidate rows.
 
 Exact MBR costs H x R utility evaluations (H distinct hypotheses, R distinct samples). For large
@@ -52,15 +52,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any
 
 import numpy as np
 
-from metricwise.errors import InvalidParameterError, MetricwiseError, UnknownNameError, did_you_mean
+from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
 from metricwise.extract import Extractor, check_range, clip, extract_number
-from metricwise.metrics.base import AggregatableMetric, Metric, StatisticsMetric, resolve
-from metricwise.types import COMPLETE_FINISH_REASONS, Decision, MBRStats, SampleSet, SupportItem
+from metricwise.mbr import METHODS, Exact, MBRMethod, Scored, resolve_method
+from metricwise.mbr import search as mbr_search
+from metricwise.mbr.ranking import (
+    best_index,
+    can_aggregate,
+    expected_scores,
+    support_order,
+    tied_with_max,
+    value_key,
+)
+from metricwise.metrics.base import Metric, resolve
+from metricwise.types import COMPLETE_FINISH_REASONS, Decision, SampleSet, SupportItem
 
 RULES: tuple[str, ...] = ("mode", "mean", "median", "quantile", "grid", "mbr")
 #: A sample or hypothesis text longer than this (about 25,000 tokens of English) is left out of
@@ -69,37 +78,8 @@ RULES: tuple[str, ...] = ("mode", "mean", "median", "quantile", "grid", "mbr")
 MAX_ANSWER_CHARS = 100_000
 NUMBER_RULES: frozenset[str] = frozenset({"mean", "median", "quantile", "grid"})
 WEIGHTINGS: tuple[str, ...] = ("uniform", "model", "importance")
-_TIE_RTOL = 1e-9
-#: Memory that one ``metric.pairwise`` call of a rule may use, in bytes. A (C, R) matrix that
-#: does not fit is filled in blocks of candidate rows, so a decision over tens of thousands of
-#: distinct samples stays in bounded memory instead of asking for C x C x 8 bytes at once.
-_PAIRWISE_BUDGET_BYTES = 256 * 1024 * 1024
-#: How many (rows, R) float64 arrays a metric holds at once while filling one block: chrF keeps
-#: one match matrix per order (6 by default) and about as many temporaries for its F-score.
-_PAIRWISE_WORKING_COPIES = 16
-#: How an MBR decision searches: every pair, confidence-based pruning, one aggregated reference,
-#: or the aggregated reference's best few then every pair for those.
-MBR_METHODS: tuple[str, ...] = ("exact", "prune", "aggregate", "aggregate_to_fine")
-#: Aggregate-to-fine (Vamvas and Sennrich 2024): the hypotheses ranked best against the
-#: aggregated reference that go on to exact expected utility. On chrF at N = 1024
-#: (bench/mbr_speed.py sets, seed 0) 16 missed exact MBR's answer in 1 of 10 paraphrase sets
-#: and 32 in none (nor in any STS-B or SQuAD window), for about 13 ms more per decision.
-_AGGREGATE_TOP = 32
-#: Pruning (Cheng and Vlachos 2023): the first round compares every hypothesis with this many
-#: sampled pseudo-references, and each round multiplies them by _PRUNE_GROWTH until all are used.
-_PRUNE_FIRST_ROUND = 32
-_PRUNE_GROWTH = 2
-#: Bootstrap resamples per round (as in the paper).
-_PRUNE_BOOTSTRAP = 500
-#: A hypothesis is dropped when it ties or beats the leader in fewer than this many of the
-#: resamples: an estimated probability of being at least as good below 1/500. The paper's
-#: alpha = 0.99 (fewer than 5 of 500) with 16 first references dropped the exact answer in 1-2
-#: of 10 windows of 1024 unrelated sentences (BLEU, chrF; bench/mbr_speed.py); this rule and 32
-#: first references kept it in all 108 sets tried, at about the same speed.
-_PRUNE_MIN_WINS = 1
-#: Seed of the order in which samples enter the rounds and of the bootstrap, so that a decision
-#: is reproducible (and, like the others, independent of the samples' order).
-_PRUNE_SEED = 0
+#: The MBR search methods by name (see :mod:`metricwise.mbr`).
+MBR_METHODS: tuple[str, ...] = tuple(METHODS)
 
 
 def decide(
@@ -117,7 +97,7 @@ def decide(
     extractor: Callable[[str], Any] | str | None = None,
     include_incomplete: bool = False,
     candidates: Sequence[Any] | None = None,
-    mbr: str = "exact",
+    mbr: str | MBRMethod = "exact",
     context: str | None = None,
     max_expected_loss: float | None = None,
     min_expected_utility: float | None = None,
@@ -201,7 +181,9 @@ def decide(
           ``"aggregate"``.
 
         The approximations report the exact expected metric of their answer (one more row of
-        R evaluations) and what they computed in ``Decision.mbr``. Any value other than
+        R evaluations) and what they computed in ``Decision.mbr``. A name takes the method's
+        default settings; a method object of :mod:`metricwise.mbr` sets them
+        (``mbr=metricwise.mbr.Prune(bootstrap=1000)``, ``AggregateToFine(top=64)``). Any value other than
         ``"exact"`` needs the ``"mbr"`` rule (or ``candidates``).
 
         With a *pointwise* metric (``metric.pointwise``: ``u(c, y)`` does not depend on the
@@ -247,7 +229,7 @@ def decide(
     check_weighting(weights)
     metric_obj = resolve(metric, higher_is_better=higher_is_better, **metric_args)
     rule_name = _choose_rule(rule, metric_obj)
-    _check_mbr(mbr, metric_obj, "mbr" if candidates is not None else rule_name)
+    mbr_method = _check_mbr(mbr, metric_obj, "mbr" if candidates is not None else rule_name)
     threshold = _abstention_threshold(metric_obj, max_expected_loss, min_expected_utility)
     numeric = metric_obj.kind == "number" or rule_name in NUMBER_RULES
 
@@ -310,12 +292,17 @@ def decide(
             numeric,
             extract_fn,
             valid_range,
-            mbr,
+            mbr_method,
             context,
         )
     elif rule_name == "mbr":
         output = _rule_mbr(
-            support_values, support_weights, support_counts, metric_obj, method=mbr, context=context
+            support_values,
+            support_weights,
+            support_counts,
+            metric_obj,
+            method=mbr_method,
+            context=context,
         )
     else:
         output = _RULE_FUNCTIONS[rule_name](
@@ -327,12 +314,12 @@ def decide(
             f"none of the {len(candidates or ())} candidates is a usable answer",
         )  # fmt: skip
     mbr_stats = None
-    if isinstance(output, _Scored):
+    if isinstance(output, Scored):
         output, expected, mbr_stats = output.value, output.expected, output.mbr
     else:
         expected = float(metric_obj.pairwise([output], support_values)[0] @ support_weights)
 
-    order = _support_order(support_values, support_weights)
+    order = support_order(support_values, support_weights)
     support = tuple(
         SupportItem(
             value=support_values[k], weight=float(support_weights[k]), count=int(support_counts[k])
@@ -434,9 +421,9 @@ def _best_hypothesis(
     numeric: bool,
     extract_fn: Callable[[str], Any] | None,
     valid_range: tuple[float, float] | None,
-    method: str = "exact",
+    method: MBRMethod = Exact(),  # noqa: B008 (frozen: one shared default is safe)
     context: str | None = None,
-) -> _Scored | None:
+) -> Scored | None:
     """The hypothesis with the best expected metric against the weighted samples ``values``.
 
     Ties go to the hypothesis with more weight among the samples, then the smaller value.
@@ -455,10 +442,10 @@ def _best_hypothesis(
             hypotheses.append(value)
     if not hypotheses:
         return None
-    hypotheses = sorted(set(hypotheses), key=_value_key)
+    hypotheses = sorted(set(hypotheses), key=value_key)
     mass = dict(zip(values, weights, strict=True))
     evidence = np.array([mass.get(h, 0.0) for h in hypotheses])
-    return _mbr_search(metric, hypotheses, evidence, values, weights, counts, method, context)
+    return mbr_search(metric, hypotheses, evidence, values, weights, counts, method, context)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -733,51 +720,12 @@ def _aggregate(values: list[Any], weights: np.ndarray) -> tuple[list[Any], np.nd
     for v, w in zip(values, weights, strict=True):
         totals[v] = totals.get(v, 0.0) + float(w)
         counts[v] = counts.get(v, 0) + 1
-    distinct = sorted(totals, key=_value_key)
+    distinct = sorted(totals, key=value_key)
     return (
         distinct,
         np.array([totals[v] for v in distinct]),
         np.array([counts[v] for v in distinct], dtype=np.int64),
     )
-
-
-def _value_key(value: Any) -> tuple[int, Any]:
-    if isinstance(value, (int, float)):
-        return (0, float(value))
-    return (1, str(value))
-
-
-def _support_order(values: list[Any], weights: np.ndarray) -> list[int]:
-    return sorted(range(len(values)), key=lambda k: (-weights[k], _value_key(values[k])))
-
-
-def _best_index(
-    scores: np.ndarray, weights: np.ndarray, values: list[Any], higher_is_better: bool
-) -> int:
-    """Index of the optimal score; ties go to the heavier candidate, then the smaller value."""
-    tied = _tied_with_max(scores if higher_is_better else -scores)
-    return min(tied, key=lambda k: (-weights[k], _value_key(values[k])))
-
-
-def _check_ranked(scores: np.ndarray, metric: Metric, hypotheses: Sequence[Any]) -> None:
-    """Raise a clear error when a metric gave NaN, which no rule can rank (a model-based
-    utility overflowing in half precision, say); -inf and +inf rank as the worst and best."""
-    bad = np.flatnonzero(np.isnan(scores))
-    if bad.size:
-        raise MetricwiseError(
-            f"The metric {metric.name!r} gave NaN for {bad.size} of {len(scores)} hypotheses "
-            f"(the first: {str(hypotheses[int(bad[0])])[:60]!r}), which cannot be ranked. "
-            "Check the metric (a model in float16 can overflow; try float32)."
-        )
-
-
-def _tied_with_max(scores: np.ndarray) -> list[int]:
-    """Indices of the scores within the tie tolerance (``_TIE_RTOL``, relative) of the maximum."""
-    best = float(np.max(scores))
-    if math.isinf(best):  # all -inf (nothing usable) or some +inf: equal to the maximum
-        return [k for k in range(len(scores)) if scores[k] == best]
-    tol = _TIE_RTOL * max(1.0, abs(best))
-    return [k for k in range(len(scores)) if scores[k] >= best - tol]
 
 
 def weighted_quantile(
@@ -854,12 +802,12 @@ def _rule_mode(
     def surface_form(key: Any) -> Any:
         """A class is reported by its heaviest surface form."""
         group = members[key]
-        k = _best_index(
+        k = best_index(
             weights[group], weights[group], [values[g] for g in group], higher_is_better=True
         )
         return values[group[k]]
 
-    tied = [keys[k] for k in _tied_with_max(key_weights)]
+    tied = [keys[k] for k in tied_with_max(key_weights)]
     if len(tied) == 1:
         return surface_form(tied[0])
     # Equally frequent answers are all Bayes-optimal; the one closest to the rest of the sample
@@ -867,7 +815,7 @@ def _rule_mode(
     forms = [surface_form(key) for key in tied]
     closeness = _closeness(forms, values, weights)
     tied_weights = np.array([class_weight[key] for key in tied])
-    return forms[_best_index(closeness, tied_weights, forms, higher_is_better=True)]
+    return forms[best_index(closeness, tied_weights, forms, higher_is_better=True)]
 
 
 def _closeness(forms: list[Any], values: list[Any], weights: np.ndarray) -> np.ndarray:
@@ -886,47 +834,7 @@ def _closeness(forms: list[Any], values: list[Any], weights: np.ndarray) -> np.n
             [str(v) for v in values],
         )
     sign = 1.0 if similarity.higher_is_better else -1.0
-    return sign * _expected_scores(similarity, cands, refs, weights)
-
-
-def _expected_scores(
-    metric: Metric, cands: list[Any], refs: list[Any], weights: np.ndarray
-) -> np.ndarray:
-    """Shape (C,): ``sum_j weights[j] * metric(cands[i], refs[j])`` for every candidate.
-
-    Parameters
-    ----------
-    metric:
-        The metric whose ``pairwise`` fills the (C, R) matrix.
-    cands, refs:
-        C candidates and R references (for MBR the same list object on both sides).
-    weights:
-        Shape (R,), the references' weights.
-
-    Notes
-    -----
-    The (C, R) float64 matrix is filled in one call when it fits in ``_PAIRWISE_BUDGET_BYTES``
-    (allowing ``_PAIRWISE_WORKING_COPIES`` arrays of its size for the metric's intermediates):
-    with identical lists a metric then computes every string's features once. Otherwise it is
-    filled in blocks of candidate rows, each reduced to its expected scores before the next, so
-    peak memory does not grow with C x R. Time is O(C x R) metric evaluations either way; the
-    blocked path repeats the references' per-string features once per block, except for a
-    metric with ``statistics`` (chrF, BLEU, token F1), whose statistics are computed once and
-    compared block by block (the same values).
-    """
-    rows = _block_rows(len(refs))
-    if len(cands) <= rows:
-        return metric.pairwise(cands, refs) @ weights
-    if _has_statistics(metric):
-        return _PairScorer(metric, cands, refs).expected(np.arange(len(cands)), weights)
-    starts = range(0, len(cands), rows)
-    return np.concatenate([metric.pairwise(cands[i : i + rows], refs) @ weights for i in starts])
-
-
-def _block_rows(n_refs: int) -> int:
-    """Candidate rows per ``pairwise`` call that keep a call within the memory budget (>= 1)."""
-    cells = _PAIRWISE_BUDGET_BYTES // (8 * _PAIRWISE_WORKING_COPIES)
-    return max(1, cells // max(1, n_refs))
+    return sign * expected_scores(similarity, cands, refs, weights)
 
 
 def _rule_mean(values: list[Any], weights: np.ndarray, *_: Any) -> float:
@@ -943,342 +851,47 @@ def _rule_quantile(
     return weighted_quantile(values, weights, float(getattr(metric, "tau", 0.5)))
 
 
-@dataclass(frozen=True)
-class _Scored:
-    """A rule's output together with its expected score, when the rule computed it anyway."""
-
-    value: Any
-    expected: float
-    mbr: MBRStats | None = None
-
-
 def _rule_mbr(
     values: list[Any],
     weights: np.ndarray,
     counts: np.ndarray,
     metric: Metric,
     *_: Any,
-    method: str = "exact",
+    method: MBRMethod = Exact(),  # noqa: B008 (frozen: one shared default is safe)
     context: str | None = None,
-) -> _Scored:
+) -> Scored:
     """argmax over distinct candidates c of sum_j w_j u(c, y_j), from the (C, C) pairwise matrix.
 
     The matrix is filled in blocks of rows when it does not fit in the memory budget (see
-    :func:`_expected_scores`). ``method`` ``"prune"`` or ``"aggregate"`` approximates the argmax
-    instead, and a pointwise metric needs no matrix at all (see :func:`_mbr_search`).
+    :func:`~metricwise.mbr.ranking.expected_scores`). Another ``method`` (pruning, aggregation)
+    approximates the argmax instead, and a pointwise metric needs no matrix at all (see
+    :func:`metricwise.mbr.search`).
     """
-    return _mbr_search(metric, values, weights, values, weights, counts, method, context)
+    return mbr_search(metric, values, weights, values, weights, counts, method, context)
 
 
 # ---------------------------------------------------------------------------------------------
-# MBR: exact, pruned, aggregated
+# MBR: the search itself is metricwise.mbr's
 
 
-def _check_mbr(method: object, metric: Metric, rule: str) -> None:
-    """Raise for an unknown MBR method, or one that the metric or the rule cannot use."""
-    if not isinstance(method, str) or method not in MBR_METHODS:
-        raise UnknownNameError(
-            f"The 'mbr' parameter of decide must be one of {', '.join(MBR_METHODS)}. Got {method!r} instead."
-            f"{did_you_mean(str(method), list(MBR_METHODS))}"
-        )
-    if method == "exact":
-        return
+def _check_mbr(method: object, metric: Metric, rule: str) -> MBRMethod:
+    """The MBR method ``method`` names; raise for an unknown one, or one that the metric or the
+    rule cannot use."""
+    chosen = resolve_method(method)
+    if isinstance(chosen, Exact):
+        return chosen
     if rule != "mbr":
         raise InvalidParameterError(
             f"The 'mbr' parameter of decide applies to the 'mbr' rule, but metric {metric.name!r} is "
-            f"decided by the {rule!r} rule. Got mbr={method!r} instead; pass rule='mbr' or leave mbr='exact'."
+            f"decided by the {rule!r} rule. Got mbr={chosen.name!r} instead; pass rule='mbr' or leave mbr='exact'."
         )
-    if method.startswith("aggregate") and not metric.pointwise and not _can_aggregate(metric):
+    if chosen.needs_aggregation and not metric.pointwise and not can_aggregate(metric):
         raise InvalidParameterError(
-            f"The 'mbr' parameter of decide is {method!r}, which needs a metric whose n-gram "
+            f"The 'mbr' parameter of decide is {chosen.name!r}, which needs a metric whose n-gram "
             "statistics can be averaged over the samples (chrf, also with word_order). Got metric "
             f"{metric.signature()!r} instead; use mbr='prune' or mbr='exact'."
         )
-
-
-def _has_statistics(metric: Metric) -> TypeGuard[StatisticsMetric]:
-    """Whether ``metric`` computes per-string statistics once and compares row subsets of them
-    (a :class:`~metricwise.metrics.base.StatisticsMetric`: chrF, BLEU, token F1)."""
-    return isinstance(metric, StatisticsMetric)
-
-
-def _can_aggregate(metric: Metric) -> TypeGuard[AggregatableMetric]:
-    """Whether ``metric`` scores hypotheses against averaged statistics (chrF)."""
-    return isinstance(metric, AggregatableMetric)
-
-
-def _mbr_search(
-    metric: Metric,
-    hypotheses: list[Any],
-    evidence: np.ndarray,
-    refs: list[Any],
-    weights: np.ndarray,
-    counts: np.ndarray,
-    method: str,
-    context: str | None = None,
-) -> _Scored:
-    """The MBR choice among ``hypotheses`` against the weighted distinct samples ``refs``.
-
-    Parameters
-    ----------
-    metric:
-        The utility (or loss).
-    hypotheses:
-        H distinct candidates (for MBR over the samples, the same list object as ``refs``).
-    evidence:
-        Shape (H,): each hypothesis's weight among the samples, for tie-breaking.
-    refs, weights, counts:
-        R distinct samples, shape (R,) weights summing to 1, and shape (R,) how many samples
-        each stands for.
-    method:
-        ``"exact"`` (H x R evaluations, blocked under the memory budget), ``"prune"``
-        (:func:`_pruned_choice`) or ``"aggregate"`` (:func:`_aggregate_choice`). Ignored for a
-        pointwise metric (``metric.pointwise``), whose expected utility is its score: H
-        evaluations of ``metric.pointwise_scores`` decide, reported as method ``"pointwise"``.
-    context:
-        The question, passed to a pointwise metric's ``pointwise_scores``.
-
-    Returns
-    -------
-    _Scored
-        The chosen hypothesis, its exact expected metric against all of ``refs`` (for the
-        approximations one more row of R evaluations), and :class:`MBRStats`.
-    """
-    n_h, n_r = len(hypotheses), len(refs)
-    if metric.pointwise:
-        # sum_j w_j u(h, y_j) = u(h) when u ignores y (the weights sum to 1): best-of-N.
-        scores = np.asarray(metric.pointwise_scores(hypotheses, context=context), dtype=np.float64)
-        if scores.shape != (n_h,):
-            raise InvalidParameterError(
-                f"The pointwise_scores of metric {metric.name!r} must return shape ({n_h},), one "
-                f"score per hypothesis. Got shape {scores.shape} instead."
-            )
-        _check_ranked(scores, metric, hypotheses)
-        best = _best_index(scores, evidence, hypotheses, metric.higher_is_better)
-        stats = MBRStats("pointwise", n_h, n_r, evaluations=n_h, rounds=1, remaining=n_h)
-        return _Scored(hypotheses[best], float(scores[best]), stats)
-    if method == "exact":
-        expected = _expected_scores(metric, hypotheses, refs, weights)
-        _check_ranked(expected, metric, hypotheses)
-        best = _best_index(expected, evidence, hypotheses, metric.higher_is_better)
-        stats = MBRStats("exact", n_h, n_r, evaluations=n_h * n_r, rounds=1, remaining=n_h)
-        return _Scored(hypotheses[best], float(expected[best]), stats)
-    scorer = _PairScorer(metric, hypotheses, refs)
-    if method == "aggregate_to_fine":
-        best, remaining, expected_best = _aggregate_to_fine_choice(scorer, evidence, weights)
-        stats = MBRStats(method, n_h, n_r, scorer.evaluations, rounds=2, remaining=remaining)
-        return _Scored(hypotheses[best], expected_best, stats)
-    if method == "aggregate":
-        best, rounds, remaining = _aggregate_choice(scorer, evidence, weights), 1, n_h
-    else:
-        best, rounds, remaining = _pruned_choice(scorer, evidence, weights, counts)
-    expected_best = float(scorer.pairwise(np.array([best]), np.arange(n_r))[0] @ weights)
-    stats = MBRStats(method, n_h, n_r, scorer.evaluations, rounds=rounds, remaining=remaining)
-    return _Scored(hypotheses[best], expected_best, stats)
-
-
-class _PairScorer:
-    """Utilities of (hypothesis, reference) index pairs, with the per-string work done once.
-
-    A metric with statistics (see :func:`_has_statistics`) has them computed once for all
-    strings, and each call compares row subsets of them; any other metric gets
-    ``pairwise`` on the strings. ``evaluations`` counts the pairs scored.
-    """
-
-    def __init__(self, metric: Metric, hypotheses: list[Any], refs: list[Any]) -> None:
-        self.metric = metric
-        self.hypotheses, self.refs = hypotheses, refs
-        self.evaluations = 0
-        self.stats: Any = None
-        self.stats_metric: StatisticsMetric | None = None
-        if _has_statistics(metric):
-            same = hypotheses is refs
-            self.stats_metric = metric
-            self.stats = metric.statistics(hypotheses if same else [*hypotheses, *refs])
-            self.hyp_rows = np.arange(len(hypotheses))
-            self.ref_rows = self.hyp_rows if same else len(hypotheses) + np.arange(len(refs))
-
-    def pairwise(self, hyp_index: np.ndarray, ref_index: np.ndarray) -> np.ndarray:
-        """Shape (len(hyp_index), len(ref_index)): ``u(hypotheses[i], refs[j])``."""
-        self.evaluations += len(hyp_index) * len(ref_index)
-        if self.stats_metric is None:
-            return self.metric.pairwise(
-                [self.hypotheses[i] for i in hyp_index], [self.refs[j] for j in ref_index]
-            )
-        take = self.stats.take
-        return self.stats_metric.pairwise_statistics(
-            take(self.hyp_rows[hyp_index]), take(self.ref_rows[ref_index])
-        )
-
-    def expected(self, hyp_index: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Shape (len(hyp_index),): exact expected metric against all references, in blocks
-        of rows under the memory budget (as :func:`_expected_scores`)."""
-        rows = _block_rows(len(self.refs))
-        everything = np.arange(len(self.refs))
-        parts = [
-            self.pairwise(hyp_index[i : i + rows], everything) @ weights
-            for i in range(0, len(hyp_index), rows)
-        ]
-        return np.concatenate(parts) if parts else np.zeros(0)
-
-    def aggregate(self, weights: np.ndarray) -> np.ndarray:
-        """Shape (H,): each hypothesis against the ``weights``-averaged references."""
-        metric = self.metric
-        if not _can_aggregate(metric):  # refused before any work (see _check_mbr)
-            raise InvalidParameterError(f"The metric {metric.signature()!r} cannot aggregate.")
-        take = self.stats.take
-        return metric.aggregate_statistics(take(self.hyp_rows), take(self.ref_rows), weights)
-
-
-def _aggregate_choice(scorer: _PairScorer, evidence: np.ndarray, weights: np.ndarray) -> int:
-    """Index of the hypothesis with the best metric against the aggregated reference.
-
-    DeNero et al. (2009); Vamvas and Sennrich (2024): O(total n-grams) for all H scores instead
-    of H x R pairwise evaluations. Ties are broken as exact MBR breaks them.
-    """
-    scores = scorer.aggregate(weights)
-    return _best_index(scores, evidence, scorer.hypotheses, scorer.metric.higher_is_better)
-
-
-def _aggregate_to_fine_choice(
-    scorer: _PairScorer, evidence: np.ndarray, weights: np.ndarray
-) -> tuple[int, int, float]:
-    """(index of the chosen hypothesis, how many went on to the exact stage, its exact
-    expected metric).
-
-    Aggregate-to-fine MBR (Vamvas and Sennrich 2024): the ``_AGGREGATE_TOP`` hypotheses best
-    against the aggregated reference (ties at the cut kept in the order exact MBR would break
-    them) are scored exactly against every reference, and the best of those wins, ties broken
-    as exact MBR breaks them. Cost O(entries) + ``_AGGREGATE_TOP`` x R evaluations.
-    """
-    hypotheses = scorer.hypotheses
-    if len(hypotheses) <= _AGGREGATE_TOP:  # all of them go on: the aggregate ranks nothing
-        top = np.arange(len(hypotheses))
-    else:
-        sign = 1.0 if scorer.metric.higher_is_better else -1.0
-        coarse = sign * scorer.aggregate(weights)
-        # Stable sort from the order exact MBR's tie-break prefers (more weight, then value).
-        ranked = sorted(_support_order(hypotheses, evidence), key=lambda i: -coarse[i])
-        top = np.array(sorted(ranked[:_AGGREGATE_TOP]))
-    fine = scorer.expected(top, weights)
-    local = _best_index(
-        fine, evidence[top], [hypotheses[i] for i in top], scorer.metric.higher_is_better
-    )
-    return int(top[local]), len(top), float(fine[local])
-
-
-def _pruned_choice(
-    scorer: _PairScorer, evidence: np.ndarray, weights: np.ndarray, counts: np.ndarray
-) -> tuple[int, int, int]:
-    """Confidence-based pruning (Cheng and Vlachos, EMNLP 2023). Returns (best, rounds, left).
-
-    The N samples (distinct reference j stands for ``counts[j]`` samples of weight
-    ``weights[j] / counts[j]``) enter in a seeded pseudo-random order: ``_PRUNE_FIRST_ROUND``,
-    then ``_PRUNE_GROWTH`` times as many each round. A round scores the hypotheses still in
-    contention against the distinct references it newly needs and estimates their expected
-    utilities on the samples so far (self-normalised weighted means). It then resamples those
-    samples ``_PRUNE_BOOTSTRAP`` times with replacement: a hypothesis whose resampled estimate
-    ties or beats the leader's in fewer than ``_PRUNE_MIN_WINS`` resamples is dropped (a paired
-    bootstrap on the same resamples; the leader always stays; a hypothesis below the leader on
-    every sample so far is dropped without resampling, since it cannot win any resample). The
-    search stops when one hypothesis is left or every sample has been used; then the best
-    estimate among the survivors (their exact expected utility) wins, ties broken as exact MBR
-    breaks them.
-
-    Cost: the sum over rounds of (hypotheses left) x (new distinct references) evaluations (the
-    first round alone is H x 32), plus O(left x distinct references x resamples) flops for the
-    bootstrap. Memory: the survivors' utilities against the references so far; when that
-    would pass the memory budget, the survivors are finished exactly in blocks instead.
-    """
-    n_h = len(scorer.hypotheses)
-    if n_h == 1:
-        return 0, 0, 1
-    rng = np.random.default_rng(_PRUNE_SEED)
-    # Every sample as a unit (a distinct reference's copies share its weight), in random order.
-    unit_ref = np.repeat(np.arange(len(counts)), counts)
-    unit_weight = np.repeat(weights / counts, counts)
-    # Samples of weight 0 (importance weights of a sample the model rules out) are no evidence.
-    unit_ref, unit_weight = unit_ref[unit_weight > 0], unit_weight[unit_weight > 0]
-    order = rng.permutation(len(unit_ref))
-    unit_ref, unit_weight = unit_ref[order], unit_weight[order]
-    n_units = len(unit_ref)
-    sign = 1.0 if scorer.metric.higher_is_better else -1.0  # work with "larger is better"
-    cell_budget = _PAIRWISE_BUDGET_BYTES // (8 * _PAIRWISE_WORKING_COPIES)
-
-    alive = np.arange(n_h)
-    column = np.full(len(counts), -1, dtype=np.int64)  # reference -> its column in `utility`
-    utility = np.zeros((n_h, 0))
-    size, rounds = min(_PRUNE_FIRST_ROUND, n_units), 0
-    while True:
-        rounds += 1
-        unit_column_ref = unit_ref[:size]
-        new = np.unique(unit_column_ref[column[unit_column_ref] < 0])
-        if len(alive) * (utility.shape[1] + len(new)) > cell_budget:
-            # Pruning has not narrowed the field enough to keep its matrix in memory.
-            expected = sign * scorer.expected(alive, weights)
-            break
-        if len(new):
-            column[new] = utility.shape[1] + np.arange(len(new))
-            utility = np.hstack([utility, sign * scorer.pairwise(alive, new)])
-        unit_column = column[unit_column_ref]
-        w = unit_weight[:size]
-        # Weight of each reference column among the samples so far (a reference may repeat).
-        column_weight = np.bincount(unit_column, weights=w, minlength=utility.shape[1])
-        expected = utility @ column_weight / w.sum()
-        if size == n_units:
-            break
-        leader = int(np.argmax(expected))
-        # A hypothesis below the leader on every sample so far is below it in every resample
-        # (a resample's mean is a weighted mean of those samples): its win rate is exactly 0,
-        # without resampling. Only the others are bootstrapped.
-        used = np.unique(unit_column)
-        open_ = np.flatnonzero((utility[:, used] >= utility[leader, used]).any(axis=1))
-        keep = np.zeros(len(alive), dtype=bool)
-        if len(open_) > 1:
-            local_leader = int(np.searchsorted(open_, leader))
-            wins = _bootstrap_wins(utility[open_], unit_column, w, local_leader, rng)
-            keep[open_] = wins >= _PRUNE_MIN_WINS
-        keep[leader] = True
-        alive, utility, expected = alive[keep], utility[keep], expected[keep]
-        if len(alive) == 1:
-            break
-        size = min(_PRUNE_GROWTH * size, n_units)
-    if len(alive) == 1:
-        return int(alive[0]), rounds, 1
-    hypotheses = [scorer.hypotheses[i] for i in alive]
-    local = _best_index(expected, evidence[alive], hypotheses, higher_is_better=True)
-    return int(alive[local]), rounds, len(alive)
-
-
-def _bootstrap_wins(
-    utility: np.ndarray,
-    unit_column: np.ndarray,
-    unit_weight: np.ndarray,
-    leader: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Shape (H,): in how many of the ``_PRUNE_BOOTSTRAP`` bootstrap resamples each row's
-    weighted mean utility is at least the leader's.
-
-    ``utility`` is (H, D) over distinct references; the n samples map to columns
-    ``unit_column`` with weights ``unit_weight``. Each resample draws n samples with
-    replacement; the resamples go in chunks so that their (chunk, n) counts stay small.
-    """
-    n = len(unit_column)
-    n_columns = utility.shape[1]
-    chunk = max(1, min(_PRUNE_BOOTSTRAP, (1 << 21) // max(n, n_columns)))
-    wins = np.zeros(len(utility), dtype=np.int64)
-    for start in range(0, _PRUNE_BOOTSTRAP, chunk):
-        b = min(chunk, _PRUNE_BOOTSTRAP - start)
-        draws = rng.integers(0, n, size=(b, n), dtype=np.int32)
-        # Resampled weight of each reference column, per resample: (b, D).
-        flat = (np.arange(b)[:, None] * n_columns + unit_column[draws]).ravel()
-        column_weight = np.bincount(
-            flat, weights=unit_weight[draws].ravel(), minlength=b * n_columns
-        ).reshape(b, n_columns)
-        means = (utility @ column_weight.T) / column_weight.sum(axis=1)  # (H, b)
-        wins += (means >= means[leader]).sum(axis=1)
-    return wins
+    return chosen
 
 
 def _rule_grid(
@@ -1310,8 +923,8 @@ def _rule_grid(
     if inner == "mbr":
         # Any grid value may be the answer, also one no sample is nearest to.
         all_values = [float(g) for g in grid_values]
-        expected = _expected_scores(metric, all_values, g_values, g_weights)
-        return all_values[_best_index(expected, grid_weights, all_values, metric.higher_is_better)]
+        expected = expected_scores(metric, all_values, g_values, g_weights)
+        return all_values[best_index(expected, grid_weights, all_values, metric.higher_is_better)]
     return _RULE_FUNCTIONS[inner](
         g_values, g_weights, grid_counts[present], metric, valid_range, None
     )
