@@ -11,6 +11,7 @@ from metricwise import Candidate, SampleSet
 from metricwise.evaluate.decoders import (
     Decoder,
     default_decoders,
+    make_decoder,
     prior_prediction,
     rule_decoder,
 )
@@ -149,7 +150,7 @@ def test_the_prior_is_the_primary_metrics_bayes_rule_over_fewshot_references():
             prompts,
             greedy,
             pools,
-            decoders=[Decoder("greedy"), Decoder("prior", "squared_error")],
+            decoders=[make_decoder("greedy"), make_decoder("prior", "squared_error")],
         )
 
 
@@ -204,8 +205,8 @@ def test_powers_of_two():
 
 
 def test_decoder_labels():
-    assert Decoder("mbr", "token_f1", "model").label == "mbr[token_f1]+model"
-    assert Decoder("mean", "squared_error").label == "mean"
+    assert make_decoder("mbr", "token_f1", "model").label == "mbr[token_f1]+model"
+    assert make_decoder("mean", "squared_error").label == "mean"
 
 
 def test_accuracy_rounds_on_ordinal_scales_only():

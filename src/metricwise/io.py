@@ -114,13 +114,17 @@ def answer_text(value: Any) -> str:
 
 
 def json_safe(value: Any) -> Any:
-    """Replace NaN/inf (not valid JSON) by null and numpy scalars by Python ones, recursively."""
-    if hasattr(value, "item") and not isinstance(value, (list, tuple, dict)):
-        value = value.item()
+    """Replace NaN/inf (not valid JSON) by null and numpy scalars by Python ones, recursively;
+    keys become strings (as JSON writes them). The one conversion for files and the server."""
+    if hasattr(value, "item") and not isinstance(value, (list, tuple, dict, str)):
+        try:
+            value = value.item()
+        except (TypeError, ValueError):  # an array of several items: not a scalar
+            return str(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [json_safe(v) for v in value]
     return value

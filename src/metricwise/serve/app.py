@@ -36,7 +36,6 @@ import hmac
 import inspect
 import json
 import logging
-import math
 import threading
 import time
 import uuid
@@ -53,7 +52,7 @@ from starlette.requests import ClientDisconnect
 
 from metricwise.backends.base import Backend
 from metricwise.errors import InvalidParameterError, MetricwiseError, did_you_mean
-from metricwise.io import answer_text
+from metricwise.io import answer_text, json_safe
 from metricwise.serve.errors import APIError, from_exception
 from metricwise.serve.metrics_registry import ServeMetrics
 from metricwise.serve.scheduler import Job, QueueFull, Scheduler
@@ -974,7 +973,7 @@ class ServerState:
         }
         if top is not None:
             body["metricwise"] = top
-        return JSONResponse(_json_safe(body))
+        return JSONResponse(json_safe(body))
 
     def _stream(
         self,
@@ -1019,7 +1018,7 @@ class ServerState:
                 body = {"index": index, "text": text or "", "finish_reason": finish}
             body["logprobs"] = logprobs
             event = {**head, "object": kind, "choices": [body]}
-            return f"data: {json.dumps(_json_safe(event), ensure_ascii=False)}\n\n"
+            return f"data: {json.dumps(json_safe(event), ensure_ascii=False)}\n\n"
 
         async def events() -> AsyncIterator[str]:
             task = asyncio.ensure_future(run(plan))
@@ -1077,7 +1076,7 @@ class ServerState:
                     for event in _stream_events(
                         head, choices, usage, top, chat=chat, include_usage=include_usage
                     ):
-                        yield f"data: {json.dumps(_json_safe(event), ensure_ascii=False)}\n\n"
+                        yield f"data: {json.dumps(json_safe(event), ensure_ascii=False)}\n\n"
                     yield "data: [DONE]\n\n"
                     return
                 for index, c in enumerate(choices):
@@ -1093,7 +1092,7 @@ class ServerState:
                         yield chunk(index, rest, c.finish, c.logprobs)
                 if include_usage:
                     event = {**head, "object": kind, "choices": [], "usage": usage}
-                    yield f"data: {json.dumps(_json_safe(event))}\n\n"
+                    yield f"data: {json.dumps(json_safe(event))}\n\n"
                 yield "data: [DONE]\n\n"
             finally:
                 if not task.done():
@@ -1479,27 +1478,6 @@ def _decide(sample_set: SampleSet, options: dict[str, Any]) -> Decision:
     from metricwise.decide import decide
 
     return decide(sample_set, **options)
-
-
-def _json_safe(value: Any) -> Any:
-    """JSON with no NaN or infinity (a failed decision's expected loss is NaN) and no numpy types."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float) or hasattr(value, "item"):
-        try:
-            number = value.item() if hasattr(value, "item") else value
-        except (TypeError, ValueError):
-            return str(value)
-        if isinstance(number, float) and not math.isfinite(number):
-            return None
-        return number
-    return value
 
 
 @dataclass

@@ -119,20 +119,7 @@ class DecoderInput:
         return extract_answer(candidate.text, self.task)
 
 
-class _DecoderType(type):
-    """Lets ``Decoder("mbr", "token_f1", "model")`` build the registered class for a name.
-
-    That was the spelling of decoders before they were classes (and is how labels read); the
-    base class itself is never instantiated.
-    """
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        if cls is Decoder:
-            return make_decoder(*args, **kwargs)
-        return super().__call__(*args, **kwargs)
-
-
-class Decoder(metaclass=_DecoderType):
+class Decoder:
     """One way of turning what the model produced for an item into a prediction.
 
     Subclasses are registered with :func:`register_decoder` and set the class attributes below
@@ -170,11 +157,6 @@ class Decoder(metaclass=_DecoderType):
     @property
     def label(self) -> str:
         """The decoder's name in results and tables (``mbr[token_f1]+model``)."""
-        return self.name
-
-    @property
-    def kind(self) -> str:
-        """The registered name (the ``kind`` of the earlier string decoders)."""
         return self.name
 
     @property
@@ -384,7 +366,7 @@ class Prior(Decoder):
 
     @classmethod
     def from_parts(cls, metric: str | None = None, weights: str = "uniform") -> Decoder:
-        # The metric is the task's primary one, named by older callers as Decoder("prior", m).
+        # The constant is the task's primary metric's rule: a label may still name the metric.
         return super().from_parts(None, weights)
 
     def predict(self, x: DecoderInput) -> Any:
