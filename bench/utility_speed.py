@@ -84,8 +84,8 @@ def main() -> None:
     import bert_score
 
     from metricwise import decide, metrics
-    from metricwise.embeddings import packaged_model_dir
     from metricwise.metrics import model_based
+    from metricwise.models import packaged_model_dir
 
     samples = stsb_sentences(n)
     layer = 6

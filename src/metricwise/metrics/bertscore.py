@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 
-from metricwise.embeddings import DEFAULT_EMBEDDER
 from metricwise.errors import InvalidParameterError
 from metricwise.metrics.base import register
 from metricwise.metrics.model_based import (
@@ -40,6 +39,7 @@ from metricwise.metrics.model_based import (
     model_source,
     shared_model,
 )
+from metricwise.models import DEFAULT_EMBEDDER
 
 SCORES = ("f1", "precision", "recall")
 #: Memory for one block of the (candidate tokens, reference tokens) similarity matrix, bytes.

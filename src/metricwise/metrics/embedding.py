@@ -11,8 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from metricwise.embeddings import DEFAULT_EMBEDDER, cosine_matrix, get_encoder
+from metricwise.embeddings import cosine_matrix, get_encoder
 from metricwise.metrics.base import Metric, register
+from metricwise.models import DEFAULT_EMBEDDER
 
 
 @register("embedding_cosine")

@@ -151,7 +151,7 @@ def model_source(model: object, utility: str, *, how_to_get: str) -> str:
     Raises InvalidParameterError for a value that is not a non-empty string, or that looks like
     a path (absolute, relative, or with a separator) but is not a directory.
     """
-    from metricwise.embeddings import packaged_model_dir
+    from metricwise.models import packaged_model_dir
 
     if not isinstance(model, str) or not model.strip():
         raise InvalidParameterError(
