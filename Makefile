@@ -40,7 +40,8 @@ lint: $(VENV)/.dev-installed
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pre-commit run --all-files --show-diff-on-failure
 
 test: lint
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	@start=$$(date +%s); $(BIN)/pytest -m "not slow" $(PYTEST_ARGS); status=$$?; \
+	echo "make test: the fast suite took $$(( $$(date +%s) - start )) s"; exit $$status
 
 test-slow: $(VENV)/.dev-installed
 	$(BIN)/pytest -m slow $(PYTEST_ARGS)
