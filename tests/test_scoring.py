@@ -548,3 +548,25 @@ def test_every_bayes_rule_is_ranked_by_its_own_risk_and_the_baselines():
         np.mean([values[i] for i in confident])
     )
     assert ("greedy", "squared_error") not in rows  # no risk, no ranking of its own
+
+
+def test_a_utility_the_run_decides_with_but_does_not_score_is_a_ranking_too():
+    """eval --mbr_metrics (a reward model, a judge, chrF): its answer's expected score ranks the
+    items for every rule, beside greedy's log-prob and the spread."""
+    items = [
+        Item(id=str(i), fields={"q": q}, references=(a,), target=a)
+        for i, (q, a) in enumerate([("capital of France", "Paris"), ("author", "George Eliot")])
+    ]
+    pools = [pool(["Paris", "paris", "Lyon", "Paris"]), pool(["Eliot", "Evans", "Mary", "Ann"])]
+    greedy = [Candidate("Lyon", logp=-1.0, logq=0.0, finish_reason="eos")] * 2
+    decoders = default_decoders(QA, extra_mbr_metrics=["chrf"])
+    results, records = score_task(
+        QA, items, ["p1", "p2"], greedy, pools, decoders=decoders, bootstrap_iters=50
+    )
+    mode = next(r for r in results["selective"] if r["decoder"] == "mode")
+    assert set(mode["rankings"]) == {"risk", "logprob", "spread", "mbr[chrf]"}
+    assert "mbr[chrf]" not in {r["decoder"] for r in results["selective"]}  # not scored by the task
+    # Item 0's samples agree (chrF of the chosen answer near 100), item 1's do not: item 0 first.
+    chrf_utility = [r.decisions["mbr[chrf]"]["expected_utility"] for r in records]
+    assert chrf_utility[0] > chrf_utility[1]
+    assert mode["rankings"]["mbr[chrf]"]["curve"][0][1] == pytest.approx(1.0)  # item 0 is right

@@ -332,18 +332,29 @@ def _selective_rows(
         ]
         for pool in pools
     ]
+
+    def risk_of(decoder: Decoder) -> np.ndarray:
+        return np.array(
+            [_risk(record.decisions.get(decoder.label)) for record in records], dtype=np.float64
+        )
+
     baselines = {
         "logprob": greedy_logprob_uncertainty(greedy),
         "spread": spread_uncertainty(parsed, numeric),
+        # A utility the task does not score but the run decides with (eval --mbr_metrics: a
+        # reward model, a judge, chrF): its answer's expected score is a judgement of the item.
+        **{
+            decoder.label: risk_of(decoder)
+            for decoder in decoders
+            if isinstance(decoder, BayesRule) and decoder.metric not in metric_objs
+        },
     }
     rows = []
     for decoder in decoders:
         if not isinstance(decoder, BayesRule) or decoder.metric not in metric_objs:
             continue
         metric = metric_objs[decoder.metric]
-        risk = np.array(
-            [_risk(record.decisions.get(decoder.label)) for record in records], dtype=np.float64
-        )
+        risk = risk_of(decoder)
         analysis = selective_prediction(
             scores[decoder.label][decoder.metric],
             metric.higher_is_better,

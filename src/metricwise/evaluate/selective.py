@@ -11,8 +11,10 @@ the median" (for a 0/1 loss, "this item is wrong").
 
 Every decoder with a risk is ranked by it, beside baselines on the same items and the same
 answers: ``logprob`` (the greedy answer's mean negative log-probability per token, the usual
-language-space confidence) and ``spread`` (the samples' variance for numbers, one minus the
-mode's share for texts). An item whose decision failed (no usable sample) is the least
+language-space confidence), ``spread`` (the samples' variance for numbers, one minus the
+mode's share for texts) and, where the run decides with a utility the task does not score
+(``eval --mbr_metrics``: a reward model, a judge), that decoder's expected score of its answer,
+named by its label (``mbr[reward]``). An item whose decision failed (no usable sample) is the least
 confident under every ranking. Ties in a ranking are broken by one fixed random order, the
 same for every ranking, so that a ranking with many ties (a 0/1 utility) is not favoured by
 the items' order.
