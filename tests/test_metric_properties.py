@@ -259,6 +259,16 @@ def test_a_metric_spec_carries_its_arguments():
         metrics.get("chrf(colour=1)")
 
 
+def test_a_metric_spec_argument_may_be_a_json_list_or_a_quoted_string_with_commas():
+    from metricwise.metrics.base import parse_spec
+
+    assert parse_spec('m(a=[" ", ","], b="x,y", c=2)') == (
+        "m",
+        {"a": [" ", ","], "b": "x,y", "c": 2},
+    )
+    assert parse_spec(r'm(a="\\",b=1)') == ("m", {"a": "\\", "b": 1})
+
+
 def test_a_malformed_metric_spec_is_named_as_such():
     from metricwise.errors import InvalidParameterError
 

@@ -311,8 +311,9 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
 
     ``"reward(model=/models/rm, batch_size=8)"`` is ``("reward", {"model": "/models/rm",
     "batch_size": 8})``; a plain name has no arguments. Values are read as JSON where they
-    are (numbers, ``true``, ``"quoted"``), else as strings; arguments are separated by commas,
-    so a value cannot hold one. This is how a metric that needs an argument (a model) is named
+    are (numbers, ``true``, ``"quoted"``, ``[" ", "x"]``), else as strings; arguments are
+    separated by the commas outside brackets and double quotes, so a JSON list or a quoted
+    string may hold commas (``lm_eval(regexes_to_ignore=[",", "\\$"])``). This is how a metric that needs an argument (a model) is named
     where only a name fits: a YAML task's ``metrics`` and ``eval --mbr_metrics``.
     """
     match = _SPEC.fullmatch(spec.strip())
@@ -324,7 +325,7 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
             )
         return spec, {}
     args: dict[str, Any] = {}
-    for item in (part.strip() for part in match["args"].split(",") if part.strip()):
+    for item in (part.strip() for part in _top_level_split(match["args"]) if part.strip()):
         key, sep, raw = item.partition("=")
         if not sep or not key.strip().isidentifier():
             raise InvalidParameterError(
@@ -332,6 +333,30 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
             )
         args[key.strip()] = json_or_text(raw.strip())
     return match["name"], args
+
+
+def _top_level_split(text: str) -> list[str]:
+    """``text`` split at the commas outside ``[]``, ``{}``, ``()`` and double-quoted strings."""
+    parts: list[str] = []
+    current: list[str] = []
+    depth, quoted, escaped = 0, False, False
+    for char in text:
+        if quoted:
+            quoted = escaped or char != '"'
+            escaped = not escaped and char == "\\"
+        elif char == '"':
+            quoted = True
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    parts.append("".join(current))
+    return parts
 
 
 def split_specs(text: str) -> list[str]:
