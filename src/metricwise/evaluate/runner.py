@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -66,9 +67,12 @@ class EvalConfig:
     tasks: list[str]
     backend: str = "hf"
     model_args: dict[str, Any] = field(default_factory=dict)
-    limit: int | None = None
+    #: Items per task: the first ``limit``; below 1, that fraction of them, rounded up (as
+    #: lm-eval's ``--limit`` reads it).
+    limit: int | float | None = None
     n: int = 16
-    num_fewshot: int = 5
+    #: Shots per prompt; None: 5 for metricwise's tasks, an lm-eval task's own setting.
+    num_fewshot: int | None = None
     fewshot_strategy: str = "random"
     temperatures: list[float] = field(default_factory=lambda: [1.0])
     top_p: float = 1.0
@@ -92,6 +96,18 @@ class EvalConfig:
     chain: ChainSettings = field(default_factory=ChainSettings)
     #: Write an Inspect AI log per run under ``output_path/inspect`` (``--inspect_log``).
     inspect_log: bool = False
+    #: lm-eval tasks (``--include_path``, lm-eval task YAMLs): where lm-eval finds them, the
+    #: few-shot sampler's seed (``--seed``'s fourth value; lm-eval's default 1234), the
+    #: generation settings that update their ``generation_kwargs`` and the chat template.
+    include_path: str | None = None
+    fewshot_seed: int | None = 1234
+    lm_eval_gen_kwargs: dict[str, Any] = field(default_factory=dict)
+    apply_chat_template: bool = False
+    #: Also write lm-eval's layout (``<output_path>/<model>/results_<time>.json``, and
+    #: ``samples_<task>_<time>.jsonl`` with log_samples), named as lm-eval names the model.
+    lm_eval_model_name: str | None = None
+    #: Stop strings for every task instead of its own (``--gen_kwargs until=...``).
+    stop: list[str] | None = None
 
     @property
     def pool_size(self) -> int:
@@ -139,11 +155,19 @@ class EvalConfig:
             raise InvalidParameterError(
                 f"The 'bootstrap_iters' parameter of eval must be an int >= 1. Got {self.bootstrap_iters!r} instead."
             )
-        if self.limit is not None and self.limit < 1:
+        if self.limit is not None and (
+            isinstance(self.limit, bool)
+            or not isinstance(self.limit, (int, float))
+            or self.limit <= 0
+            or (self.limit >= 1 and not float(self.limit).is_integer())
+        ):
             raise InvalidParameterError(
-                f"The 'limit' parameter of eval must be an int >= 1. Got {self.limit} instead."
+                "The 'limit' parameter of eval must be an int >= 1 or a fraction in (0, 1) "
+                f"of the items. Got {self.limit} instead."
             )
-        if self.num_fewshot < 0:
+        if self.limit is not None and self.limit >= 1:
+            self.limit = int(self.limit)
+        if self.num_fewshot is not None and self.num_fewshot < 0:
             raise InvalidParameterError(
                 f"The 'num_fewshot' parameter of eval must be an int >= 0. Got {self.num_fewshot} instead."
             )
@@ -183,7 +207,7 @@ def signature_string(
             f"backend:{config.backend}",
             f"task:{task.name}@{task.version}",
             f"extract:{_escape_field(extractor_for(task).signature())}",
-            f"shots:{config.num_fewshot}/{config.fewshot_strategy}",
+            f"shots:{_shots(config, task)}",
             f"n:{config.n}",
             f"t:{temperature:g}",
             f"p:{config.top_p:g}",
@@ -201,6 +225,23 @@ def signature_string(
             f"version:{__version__}",
         ]
     )
+
+
+def _shots(config: EvalConfig, task: Any) -> str:
+    """``5/random`` for a metricwise task; ``3/lm_eval(seed=1234)`` for an lm-eval task, whose
+    shots lm-eval chose."""
+    adapted = getattr(task, "lm_eval", None)
+    if adapted is not None:
+        return f"{adapted.num_fewshot}/lm_eval(seed={adapted.fewshot_seed})"
+    return f"{_num_fewshot(config)}/{config.fewshot_strategy}"
+
+
+def _num_fewshot(config: EvalConfig) -> int:
+    return DEFAULT_NUM_FEWSHOT if config.num_fewshot is None else config.num_fewshot
+
+
+#: Shots per prompt of metricwise's own tasks when --num_fewshot is not given.
+DEFAULT_NUM_FEWSHOT = 5
 
 
 def _settings_field(decoder: Decoder, task: Any) -> list[str]:
@@ -230,22 +271,29 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
     from metricwise.tasks import get_task
     from metricwise.tasks.base import resolve_data_dir
 
-    tasks = [get_task(name) for name in config.tasks]  # unknown names fail before the model loads
     data_dir = resolve_data_dir(config.data_dir)
-    prepared = [
-        (
-            task,
-            *prepare_task(
+    # Unknown names, and lm-eval tasks metricwise cannot decide, fail before the model loads.
+    lm_eval_tasks = _lm_eval_tasks(config)
+    prepared: list[tuple[Any, list[Item], list[str], list[Any] | None]] = []
+    for name in config.tasks:
+        if name in lm_eval_tasks:
+            for adapted in lm_eval_tasks[name]:
+                prepared.append((adapted.task, adapted.items, adapted.prompts, None))
+            continue
+        task = get_task(name)
+        prepared.append(
+            (
                 task,
-                data_dir,
-                limit=config.limit,
-                num_fewshot=config.num_fewshot,
-                fewshot_strategy=config.fewshot_strategy,
-                seed=config.seed,
-            ),
+                *prepare_task(
+                    task,
+                    data_dir,
+                    limit=config.limit,
+                    num_fewshot=_num_fewshot(config),
+                    fewshot_strategy=config.fewshot_strategy,
+                    seed=config.seed,
+                ),
+            )
         )
-        for task in tasks
-    ]
 
     for task, items, prompts, _ in prepared if backend is None else ():
         # A prompt too long for the model is named by its item before the weights load.
@@ -275,6 +323,9 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
         "runs": [],
     }
     all_records: dict[str, Sequence[ItemRecord]] = {}
+    from metricwise.integrations.lm_eval.results import TaskRun
+
+    layout: list[TaskRun] = []
     try:
         with store:
             for task, items, prompts, prior_references in prepared:
@@ -284,7 +335,7 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                     top_k=config.top_k,
                     min_p=config.min_p,
                     max_tokens=task.max_tokens if config.max_tokens is None else config.max_tokens,
-                    stop=task.stop,
+                    stop=task.stop if config.stop is None else tuple(config.stop),
                     seed=config.seed,
                 )
                 first = SamplingConfig(
@@ -370,7 +421,11 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                             {
                                 "temperature": temperature,
                                 "n": config.n,
-                                "num_fewshot": config.num_fewshot,
+                                "num_fewshot": (
+                                    task.lm_eval.num_fewshot
+                                    if hasattr(task, "lm_eval")
+                                    else _num_fewshot(config)
+                                ),
                                 "decoding": decoding,
                             }
                         )
@@ -384,6 +439,8 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
                             else task.name
                         )
                         all_records[name + ("_global" if decoding == "global" else "")] = records
+                        if decoding == "local":
+                            layout.append(TaskRun(name, task, items, run, records))
                     if len(scored) == 2:
                         scored["global"][0]["vs_local"] = compare_decodings(
                             scored["global"][1],
@@ -407,6 +464,15 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
             Path(config.output_path),
             plots=config.plots,
         )
+        from metricwise.integrations.lm_eval.results import write_lm_eval_layout
+
+        write_lm_eval_layout(
+            layout,
+            Path(config.output_path),
+            model_name=config.lm_eval_model_name or str(config.model or backend.signature),
+            config=_lm_eval_config(config, backend.signature),
+            log_samples=config.log_samples,
+        )
         if config.inspect_log:
             from metricwise.evaluate.inspect_log import write_inspect_logs
 
@@ -414,11 +480,91 @@ def run_eval(config: EvalConfig, *, backend: Any = None) -> dict[str, Any]:
     return results
 
 
+def _lm_eval_config(config: EvalConfig, model_signature: str) -> dict[str, Any]:
+    """The ``config`` block of lm-eval's results file, from this run's settings."""
+    return {
+        "model": config.backend,
+        "model_args": {k: v for k, v in config.model_args.items() if k != "guards"}
+        | ({"pretrained": config.model} if config.model else {}),
+        "model_signature": model_signature,
+        "batch_size": config.batch_size,
+        "limit": config.limit,
+        "bootstrap_iters": config.bootstrap_iters,
+        "gen_kwargs": config.lm_eval_gen_kwargs or None,
+        "random_seed": config.seed,
+        "fewshot_seed": config.fewshot_seed,
+        "n": config.n,
+        "temperatures": config.temperatures,
+    }
+
+
+def _lm_eval_tasks(config: EvalConfig) -> dict[str, list[Any]]:
+    """The lm-eval tasks among ``config.tasks`` (name -> its adapted tasks; a group has
+    several), built by lm-eval's TaskManager; {} when there are none (lm-eval is not imported)."""
+    from metricwise.integrations.lm_eval.tasks import is_lm_eval_task
+
+    names = [n for n in config.tasks if is_lm_eval_task(n, config.include_path)]
+    if config.include_path is not None and not names:
+        raise InvalidParameterError(
+            f"The 'include_path' parameter of eval names lm-eval tasks, but none of "
+            f"{config.tasks} is an lm-eval task found there or in lm-eval's own tasks."
+        )
+    if not names:
+        return {}
+    from metricwise.integrations.lm_eval.tasks import LmEvalOptions, load_lm_eval_tasks
+
+    chat_template = None
+    if config.apply_chat_template:
+        chat_template = _chat_template(config)
+    options = LmEvalOptions(
+        include_path=config.include_path,
+        num_fewshot=config.num_fewshot,
+        fewshot_seed=config.fewshot_seed,
+        gen_kwargs=dict(config.lm_eval_gen_kwargs) or None,
+        limit=config.limit,
+        apply_chat_template=config.apply_chat_template,
+        chat_template=chat_template,
+        tokenizer_name=str(config.model or ""),
+        metadata={"pretrained": config.model} if config.model else {},
+    )
+    out = {name: load_lm_eval_tasks([name], options) for name in names}
+    if not config.quiet:
+        for adapted in (a for group in out.values() for a in group):
+            for note in adapted.notes:
+                print(f"metricwise eval: {note}", file=sys.stderr)
+    return out
+
+
+def _chat_template(config: EvalConfig) -> Any:
+    """lm-eval's ``chat_template`` callable for an hf model: the tokenizer's template. Its text
+    starts with the BOS token where the template writes it; lm-eval's HFLM then encodes without
+    adding another, so the BOS text is left out here, where the backend's tokenizer adds it."""
+    if config.backend != "hf":
+        raise InvalidParameterError(
+            "The 'apply_chat_template' parameter of eval applies the model's chat template with "
+            f"the hf backend; with {config.backend!r} use --model local-chat-completions (the "
+            "server applies its template). Got --backend " + config.backend + " instead."
+        )
+    from metricwise.models import DEFAULT_MODEL, load_hf_tokenizer
+
+    tokenizer, _ = load_hf_tokenizer(config.model if config.model is not None else DEFAULT_MODEL)
+    bos = tokenizer.bos_token
+    adds_bos = bos is not None and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
+
+    def apply(chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        text = tokenizer.apply_chat_template(
+            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        return text[len(bos) :] if adds_bos and text.startswith(bos) else text
+
+    return apply
+
+
 def prepare_task(
     task: Any,
     data_dir: Path | None,
     *,
-    limit: int | None = None,
+    limit: int | float | None = None,
     num_fewshot: int = 5,
     fewshot_strategy: str = "random",
     seed: int = 0,
@@ -429,7 +575,7 @@ def prepare_task(
 
     items = task.load(data_dir, split="eval")
     if limit is not None:
-        items = items[:limit]
+        items = items[: _sample_size(len(items), limit)]
     shots: list[list[Any]] = [[] for _ in items]
     pool = _fewshot_split(task, data_dir, required=num_fewshot > 0)
     if pool is not None and num_fewshot > 0:
@@ -446,6 +592,11 @@ def prepare_task(
         None if pool is None else [item.references[0] for item in pool if item.references]
     )
     return items, prompts, prior_references
+
+
+def _sample_size(total: int, limit: int | float) -> int:
+    """The items ``limit`` keeps of ``total``: a fraction below 1 rounds up (lm-eval's rule)."""
+    return math.ceil(total * limit) if limit < 1 else int(limit)
 
 
 def _decoded_pools(
