@@ -357,3 +357,179 @@ def test_decide_lm_eval_writes_extracted_numbers_as_lm_eval_compares_them(tmp_pa
     code, out, _ = run([*argv, "--extractor", "number"], capsys)
     assert code == 0
     assert json.loads(out)["lm_eval"]["metricwise"]["exact_match"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# lm-eval tasks in metricwise eval, with lm-eval's flags
+
+GREEDY_TASK = """\
+task: tinyarith
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: DATA
+test_split: test
+fewshot_split: test
+output_type: generate_until
+doc_to_text: "what is {{question}} ? the answer is"
+doc_to_target: " {{answer}}"
+generation_kwargs:
+  until: ["\\n", "."]
+  do_sample: false
+  max_gen_toks: 6
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 2.0
+"""
+
+CHOICE_TASK = GREEDY_TASK.replace("output_type: generate_until", "output_type: multiple_choice")
+CHOICE_TASK = CHOICE_TASK.replace(
+    'doc_to_target: " {{answer}}"', 'doc_to_target: 0\ndoc_to_choice: ["a", "b"]'
+)
+
+
+def test_an_lm_eval_task_file_is_told_from_a_metricwise_task_file(tmp_path):
+    from metricwise.integrations.lm_eval.tasks import is_lm_eval_task_file
+
+    assert is_lm_eval_task_file(write_task(tmp_path, GREEDY_TASK))
+    assert is_lm_eval_task_file(REPO / "examples" / "lm_eval" / "arith_metricwise.yaml")
+    assert not is_lm_eval_task_file(REPO / "examples" / "my_task.yaml")
+
+
+def test_an_lm_eval_task_is_built_by_lm_eval_with_its_prompts_targets_and_metric(tmp_path):
+    """Prompts with lm-eval's few-shot context, until, max_gen_toks, the gold as its
+    process_results computes it, and lm-eval's exact_match (raw strings: " 5" is not "5")."""
+    from metricwise import metrics
+    from metricwise.integrations.lm_eval.tasks import LmEvalOptions, load_lm_eval_tasks
+
+    path = write_task(tmp_path, GREEDY_TASK)
+    (adapted,) = load_lm_eval_tasks([str(path)], LmEvalOptions(num_fewshot=2, limit=0.5))
+    task = adapted.task
+    assert len(adapted.items) == 3 and adapted.n_original == len(ARITH)  # ceil(6 * 0.5)
+    assert task.stop == ("\n", ".") and task.max_tokens == 6 and task.answer_type == "text"
+    prompt = adapted.prompts[0]
+    assert (
+        prompt.endswith("what is 2 plus 3 ? the answer is") and prompt.count("the answer is") == 3
+    )
+    assert adapted.items[0].references == (" 5",)
+    (spec,) = task.metrics
+    metric = metrics.get(spec)
+    assert metric.score(" 5", [" 5"]) == 1.0 and metric.score("5", [" 5"]) == 0.0
+    assert metrics.get("exact_match").score("5", [" 5"]) == 1.0  # metricwise's is not lm-eval's
+    # The same prompts lm-eval builds for the same seed; another seed draws other shots.
+    (again,) = load_lm_eval_tasks([str(path)], LmEvalOptions(num_fewshot=2, limit=0.5))
+    (other,) = load_lm_eval_tasks(
+        [str(path)], LmEvalOptions(num_fewshot=2, limit=0.5, fewshot_seed=7)
+    )
+    assert again.prompts == adapted.prompts and other.prompts != adapted.prompts
+
+
+def test_loglikelihood_tasks_are_refused_saying_why(tmp_path):
+    from metricwise.errors import InvalidParameterError
+    from metricwise.integrations.lm_eval.tasks import LmEvalOptions, load_lm_eval_tasks
+
+    path = write_task(tmp_path, CHOICE_TASK)
+    with pytest.raises(
+        InvalidParameterError, match="multiple_choice task: lm-eval scores it by the log-likelihood"
+    ):
+        load_lm_eval_tasks([str(path)], LmEvalOptions())
+
+
+def test_eval_takes_lm_evals_flags_and_refuses_a_mix_of_spellings(tmp_path, capsys):
+    base = ["eval", "--tasks", "arith", "--store", str(tmp_path / "s.sqlite")]
+    code, _, err = run([*base, "--log_samples"], capsys)
+    assert code == 2 and "needs --output_path" in err
+    code, _, err = run([*base, "--model", "hf", "--backend", "hf"], capsys)
+    assert code == 2 and "--model hf --model_args pretrained=MODEL" in err
+    assert "--backend hf --model MODEL" in err
+    code, _, err = run([*base, "--model", "x", "--model_args", "pretrained=y"], capsys)
+    assert code == 2 and "named twice" in err
+    code, _, err = run([*base, "--seed", "1,2"], capsys)
+    assert code == 2 and "random,numpy,torch,fewshot" in err
+    code, _, err = run([*base, "--limit", "2.5"], capsys)
+    assert code == 2 and "fraction" in err
+    code, _, err = run([*base, "--batch_size", "big"], capsys)
+    assert code == 2 and "or auto" in err
+
+
+def test_lm_eval_spelling_maps_to_metricwise_backends():
+    import argparse
+
+    from metricwise.cli import _lm_eval_spelling, _seeds
+
+    args = argparse.Namespace(
+        model="local-chat-completions",
+        backend=None,
+        model_args=["base_url=http://127.0.0.1:8000/v1/chat/completions,model=m,num_concurrent=4"],
+        device=None,
+    )
+    options = _lm_eval_spelling(args)
+    assert (args.backend, args.model) == ("openai", "m")
+    assert options == {
+        "base_url": "http://127.0.0.1:8000/v1/chat/completions",
+        "endpoint": "chat",
+        "concurrency": 4,
+    }
+    args = argparse.Namespace(model="hf", backend=None, model_args=["pretrained=D"], device="cpu")
+    assert _lm_eval_spelling(args) == {"device": "cpu"} and (args.backend, args.model) == (
+        "hf",
+        "D",
+    )
+    assert _seeds(None) == (0, 1234, [])
+    assert _seeds("42")[:2] == (42, 42)
+    seed, fewshot, notes = _seeds("0,1,2,3")
+    assert (seed, fewshot) == (0, 3) and "numpy (1) and torch (2) seeds are not used" in notes[0]
+
+
+@pytest.mark.slow
+def test_greedy_in_metricwise_eval_is_what_lm_eval_reports(tmp_path, tiny_dir, capsys):
+    """The same task, model, few-shot seed and limit through lm_eval and through metricwise
+    eval with lm-eval's flags: greedy's answer to every doc is lm-eval's, its exact_match is
+    lm-eval's exact_match,none, and metricwise's lm-eval-layout results read as lm-eval's do
+    (make_table, the samples log through decide)."""
+    from lm_eval.utils import make_table
+
+    write_task(tmp_path, GREEDY_TASK)
+    flags = [
+        "--model", "hf", "--model_args", f"pretrained={tiny_dir}", "--tasks", "tinyarith",
+        "--include_path", str(tmp_path), "--num_fewshot", "2", "--limit", "5", "--device", "cpu",
+        "--seed", "0,1234,1234,1234", "--log_samples",
+    ]  # fmt: skip
+    done = lm_eval_cli(*flags, "--output_path", str(tmp_path / "lm"), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (theirs,) = (tmp_path / "lm").glob("*/results_*.json")
+    (their_samples,) = (tmp_path / "lm").glob("*/samples_tinyarith_*.jsonl")
+    code, _, err = run(
+        ["eval", *flags, "--output_path", str(tmp_path / "mw"), "-n", "4", "-q",
+         "--store", str(tmp_path / "s.sqlite"), "--bootstrap_iters", "50", "--no_plots"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    (ours,) = (tmp_path / "mw").glob("*/results_*.json")
+    assert ours.parent.name == theirs.parent.name  # the model's directory, named alike
+    their_results = json.loads(theirs.read_text())
+    our_results = json.loads(ours.read_text())
+    assert (
+        our_results["results"]["tinyarith"]["exact_match,greedy"]
+        == their_results["results"]["tinyarith"]["exact_match,none"]
+    )
+    their_answers = {
+        r["doc_id"]: r["resps"][0][0]
+        for r in map(json.loads, their_samples.read_text().splitlines())
+    }
+    (our_samples,) = (tmp_path / "mw").glob("*/samples_tinyarith_*.jsonl")
+    rows = [json.loads(line) for line in our_samples.read_text().splitlines()]
+    our_answers = {r["doc_id"]: r["filtered_resps"][0] for r in rows if r["filter"] == "greedy"}
+    assert our_answers == their_answers and len(our_answers) == 5
+    prompts = {r["doc_id"]: r["arguments"]["gen_args_0"]["arg_0"] for r in rows}
+    assert prompts == {
+        r["doc_id"]: r["arguments"]["gen_args_0"]["arg_0"]
+        for r in map(json.loads, their_samples.read_text().splitlines())
+    }
+    table = make_table(our_results)
+    assert "|tinyarith|" in table.replace(" ", "") and "greedy" in table
+    code, _, err = run(["decide", str(our_samples), "--metric", "exact_match"], capsys)
+    assert code == 0, err

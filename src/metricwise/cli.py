@@ -215,9 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--model",
         default=None,
-        help="a named model (see `metricwise models`), a local directory or .gguf file, or a hub id (default: gemma-3-270m; with --backend openai: the model the server serves)",
+        help="a named model (see `metricwise models`), a local directory or .gguf file, or a hub id (default: gemma-3-270m; with --backend openai: the model the server serves); "
+        "or, as lm-eval spells it, the backend kind (hf, local-completions, local-chat-completions) with --model_args pretrained=... or base_url=...",
     )
-    e.add_argument("--backend", default="hf", help=_backend_help())
+    e.add_argument("--backend", default=None, help=_backend_help() + " (default: hf)")
     e.add_argument(
         "--model_args",
         action="append",
@@ -230,17 +231,36 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--tasks",
         required=True,
-        help="comma-separated task names (see `metricwise tasks`) or YAML task files",
+        help="comma-separated task names (see `metricwise tasks`), YAML task files (metricwise's "
+        "or lm-eval's), or lm-eval tasks (built by lm-eval's TaskManager; see --include_path)",
     )
     e.add_argument(
-        "--limit", type=int, default=None, help="evaluate the first N items of each task"
+        "--include_path",
+        default=None,
+        help="a directory of lm-eval task YAMLs, as lm_eval reads it: --tasks names its tasks",
+    )
+    e.add_argument(
+        "--limit",
+        type=float,
+        default=None,
+        help="evaluate the first N items of each task; below 1, that fraction of them (as lm-eval)",
+    )
+    e.add_argument(
+        "--device", default=None, help="the hf backend's device (as --model_args device=...)"
+    )
+    e.add_argument(
+        "--apply_chat_template",
+        nargs="?",
+        const=True,
+        default=False,
+        help="lm-eval tasks: build the prompts with the model's chat template (hf backend)",
     )
     e.add_argument("-n", "--n", dest="n", type=int, default=16, help="samples per item")
     e.add_argument(
         "--num_fewshot",
         type=int,
-        default=5,
-        help="examples in each prompt",
+        default=None,
+        help="examples in each prompt (default: 5; an lm-eval task's own setting for lm-eval tasks)",
     )
     e.add_argument(
         "--fewshot_strategy",
@@ -252,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="K=V[,K=V]",
-        help="sampling settings: temperature, top_p, top_k, min_p, max_tokens",
+        help="sampling settings: temperature, top_p, top_k, min_p, max_tokens; and lm-eval's "
+        "max_gen_toks (= max_tokens), until (stop strings), do_sample (greedy is always scored)",
     )
     e.add_argument(
         "--temperatures",
@@ -261,7 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a temperature sweep (overrides temperature in --gen_kwargs)",
     )
     e.add_argument(
-        "--seed", type=int, default=0, help="seed of sampling, few-shot selection and the bootstrap"
+        "--seed",
+        default=None,
+        help="seed of sampling, few-shot selection and the bootstrap (default 0); or lm-eval's "
+        "list 'random,numpy,torch,fewshot' (default 0,1234,1234,1234): the first is this seed, "
+        "the fourth lm-eval tasks' few-shot seed, numpy's and torch's are not used",
     )
     e.add_argument(
         "--data_dir",
@@ -276,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--log_samples",
         action="store_true",
-        help="write samples_<task>.jsonl with every candidate, prediction and score",
+        help="write samples_<task>.jsonl with every candidate, prediction and score (and lm-eval's "
+        "samples_<task>_<time>.jsonl); needs --output_path, as in lm-eval",
     )
     e.add_argument(
         "--inspect_log",
@@ -291,9 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument(
         "--batch_size",
-        type=int,
-        default=8,
-        help="prompts per batch",
+        default="8",
+        help="prompts per batch, or auto (hf: as many as fit, the backend splits batches by memory)",
     )
     e.add_argument(
         "--bootstrap_iters",
@@ -466,12 +491,16 @@ def _add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--model",
         default=None,
-        help="a named model (see `metricwise models`), a local directory or .gguf file, or a hub id (default: gemma-3-270m; with --backend openai: the model the server serves)",
+        help="a named model (see `metricwise models`), a local directory or .gguf file, or a hub id (default: gemma-3-270m; with --backend openai: the model the server serves); "
+        "or, as lm-eval spells it, the backend kind (hf, local-completions, local-chat-completions) with --model_args pretrained=... or base_url=...",
+    )
+    g.add_argument(
+        "--device", default=None, help="the hf backend's device (as --model_args device=...)"
     )
     g.add_argument(
         "--backend",
-        default="hf",
-        help=_backend_help(),
+        default=None,
+        help=_backend_help() + " (default: hf)",
     )
     g.add_argument(
         "--model_args",
@@ -660,13 +689,71 @@ def _backend_help() -> str:
     return f"one of {', '.join(names)}"
 
 
+#: lm-eval's --model kinds: the metricwise backend each is, and the openai endpoint.
+_LM_EVAL_MODELS: dict[str, tuple[str, str | None]] = {
+    "hf": ("hf", None),
+    "hf-auto": ("hf", None),
+    "huggingface": ("hf", None),
+    "local-completions": ("openai", "completions"),
+    "local-chat-completions": ("openai", "chat"),
+}
+
+
+def _lm_eval_spelling(args: argparse.Namespace) -> dict[str, Any]:
+    """--model_args as a dict, with lm-eval's spelling read: ``--model hf --model_args
+    pretrained=X`` is ``--backend hf --model X``; ``--model local-completions --model_args
+    base_url=U,model=M`` is ``--backend openai --model M --model_args base_url=U`` (chat:
+    endpoint=chat); ``num_concurrent`` is ``concurrency``; ``--device D`` is ``device=D``.
+    Sets ``args.model`` and ``args.backend``; a mix of both spellings is refused, naming them."""
+    options = _parse_key_values(args.model_args, "--model_args")
+    kind = _LM_EVAL_MODELS.get(args.model) if isinstance(args.model, str) else None
+    if kind is not None:
+        backend, endpoint = kind
+        if args.backend is not None:
+            raise InvalidParameterError(
+                f"The '--model' option {args.model!r} is lm-eval's name of a backend kind, and "
+                f"'--backend {args.backend}' is metricwise's: give one spelling. lm-eval's: "
+                f"--model {args.model} --model_args pretrained=MODEL (or base_url=URL,model=NAME); "
+                f"metricwise's: --backend {backend} --model MODEL."
+            )
+        key = "pretrained" if backend == "hf" else "model"
+        other = "model" if backend == "hf" else "pretrained"
+        if other in options and key not in options:
+            key = other
+        name = options.pop(key, None)
+        args.backend, args.model = backend, None if name is None else str(name)
+        if endpoint == "chat":
+            options.setdefault("endpoint", "chat")
+        if "num_concurrent" in options:
+            options["concurrency"] = options.pop("num_concurrent")
+    elif "pretrained" in options:
+        if args.model is not None:
+            raise InvalidParameterError(
+                f"The model is named twice: '--model {args.model}' (metricwise's spelling) and "
+                f"'--model_args pretrained={options['pretrained']}' (lm-eval's, with --model hf). "
+                "Give one: --model MODEL, or --model hf --model_args pretrained=MODEL."
+            )
+        args.model = str(options.pop("pretrained"))
+    if args.backend is None:
+        args.backend = "hf"
+    device = getattr(args, "device", None)
+    if device is not None:
+        if "device" in options and options["device"] != device:
+            raise InvalidParameterError(
+                f"The '--device' option ({device}) and '--model_args device={options['device']}' "
+                "disagree; give one of them."
+            )
+        options["device"] = device
+    return options
+
+
 def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments of load_backend: --model_args plus the limits, checked before anything loads."""
     from metricwise.backends.base import backend_names, backend_options
     from metricwise.backends.http import RetryPolicy
     from metricwise.guards import Guards
 
-    options = _parse_key_values(args.model_args, "--model_args")
+    options = _lm_eval_spelling(args)
     options["guards"] = Guards(max_seconds=args.max_seconds)
     policy = RetryPolicy(timeout=args.timeout, max_retries=args.max_retries)
     if args.backend not in backend_names():
@@ -1299,19 +1386,115 @@ def _adaptive_settings(args: argparse.Namespace) -> Any:
 # eval and report
 
 
+#: --gen_kwargs keys: metricwise's sampling settings, and lm-eval's generation settings.
+_GEN_KWARGS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "max_tokens",
+    "max_gen_toks",
+    "until",
+    "do_sample",
+)
+
+
+def _seeds(text: str | None) -> tuple[int, int | None, list[str]]:
+    """(metricwise's seed, lm-eval tasks' few-shot seed, notes) from --seed: one int (lm-eval:
+    all four seeds), or lm-eval's list random,numpy,torch,fewshot ('None' leaves one unset)."""
+    if text is None:
+        return 0, 1234, []
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        values = [None if p.lower() == "none" else int(p) for p in parts]
+    except ValueError:
+        raise InvalidParameterError(
+            f"The '--seed' option takes an int or lm-eval's list of 4 (random,numpy,torch,fewshot; "
+            f"'None' for unset). Got {text!r} instead."
+        ) from None
+    if len(values) == 1:
+        return (values[0] or 0), values[0], []
+    if not 3 <= len(values) <= 4:
+        raise InvalidParameterError(
+            f"The '--seed' option takes an int or lm-eval's list of 4 (random,numpy,torch,fewshot). Got {text!r} instead."
+        )
+    values += [1234] * (4 - len(values))
+    notes = [
+        f"--seed: {values[0] if values[0] is not None else 0} seeds sampling, few-shot selection "
+        f"and the bootstrap; {values[3]} seeds lm-eval tasks' few-shot sampler; the numpy "
+        f"({values[1]}) and torch ({values[2]}) seeds are not used (every metricwise sample has "
+        "its own seeded stream)"
+    ]
+    return (values[0] if values[0] is not None else 0), values[3], notes
+
+
+def _batch_size(value: Any) -> int:
+    """--batch_size: a number, or lm-eval's auto (auto:N too), which the hf backend meets by
+    splitting every batch to fit memory: 64 prompts per batch."""
+    text = str(value).strip().lower()
+    if text.startswith("auto"):
+        return 64
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise InvalidParameterError(
+            f"The '--batch_size' option must be an int >= 1 or auto. Got {value!r} instead."
+        )
+    return size
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     from metricwise.evaluate.report import render_summary
     from metricwise.evaluate.runner import EvalConfig, run_eval
 
+    if args.log_samples and not args.output_path:
+        raise InvalidParameterError(
+            "The '--log_samples' option needs --output_path to write the samples under "
+            "(lm-eval refuses it alike: 'Specify --output_path if providing --log_samples')."
+        )
+    say = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     gen = _parse_key_values(args.gen_kwargs, "--gen_kwargs")
-    unknown = sorted(set(gen) - {"temperature", "top_p", "top_k", "min_p", "max_tokens"})
+    unknown = sorted(set(gen) - set(_GEN_KWARGS))
     if unknown:
         raise InvalidParameterError(
-            f"The '--gen_kwargs' option takes temperature, top_p, top_k, min_p and max_tokens. Got {', '.join(unknown)} instead."
+            f"The '--gen_kwargs' option takes {', '.join(_GEN_KWARGS)}. Got {', '.join(unknown)} instead."
         )
+    if "max_gen_toks" in gen:
+        if "max_tokens" in gen and gen["max_tokens"] != gen["max_gen_toks"]:
+            raise InvalidParameterError(
+                "The '--gen_kwargs' option got max_tokens and max_gen_toks (lm-eval's name of the "
+                "same budget) with different values; give one."
+            )
+        gen["max_tokens"] = gen["max_gen_toks"]
+    lm_eval_gen: dict[str, Any] = {
+        k: gen[k] for k in ("until", "max_gen_toks", "do_sample", "temperature") if k in gen
+    }
+    if "max_tokens" in gen:
+        lm_eval_gen["max_gen_toks"] = gen["max_tokens"]
+    stop = None
+    if "until" in gen:
+        until = gen["until"]
+        stop = [until] if isinstance(until, str) else [str(u) for u in until]
+        stop = [u.encode("utf-8").decode("unicode_escape") for u in stop]
+        lm_eval_gen["until"] = stop
+    greedy_asked = gen.get("do_sample") is False or gen.get("temperature") in (0, 0.0)
+    if greedy_asked:
+        say(
+            "metricwise eval: do_sample=false / temperature=0 asks for greedy answers: greedy is "
+            "always scored (its rows are lm-eval's number); the pool is still sampled, at "
+            "temperature 1 unless --temperatures says otherwise"
+        )
+        gen.pop("temperature", None)
     temperatures = _parse_floats(args.temperatures, "--temperatures") or [
         float(gen.get("temperature", 1.0))
     ]
+    seed, fewshot_seed, notes = _seeds(args.seed)
+    for note in notes:
+        say(f"metricwise eval: {note}")
+    model_args = _backend_options(args)  # reads lm-eval's --model/--model_args spelling first
+    lm_eval_model_name = args.model or args.backend
     adaptive = _adaptive_settings(args)  # min_n > max_n and the like fail before any model
     from metricwise.global_decoding import ChainSettings, check_chain_use
     from metricwise.metrics.base import split_specs
@@ -1328,7 +1511,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     config = EvalConfig(
         model=args.model,
         backend=args.backend,
-        model_args=_backend_options(args),
+        model_args=model_args,
         tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
         limit=args.limit,
         n=args.n,
@@ -1341,12 +1524,12 @@ def _run_eval(args: argparse.Namespace) -> int:
         max_tokens=_int_option(gen["max_tokens"], "--gen_kwargs max_tokens")
         if "max_tokens" in gen
         else None,
-        seed=args.seed,
+        seed=seed,
         data_dir=args.data_dir,
         output_path=args.output_path,
         log_samples=args.log_samples,
         store=args.store,
-        batch_size=args.batch_size,
+        batch_size=_batch_size(args.batch_size),
         bootstrap_iters=args.bootstrap_iters,
         curve_subsets=args.curve_subsets,
         plots=not args.no_plots,
@@ -1357,6 +1540,12 @@ def _run_eval(args: argparse.Namespace) -> int:
         mbr_metrics=split_specs(args.mbr_metrics or ""),
         chain=ChainSettings(burn_in=args.burn_in, thin=args.thin),
         inspect_log=args.inspect_log,
+        include_path=args.include_path,
+        fewshot_seed=fewshot_seed,
+        lm_eval_gen_kwargs=lm_eval_gen,
+        apply_chat_template=bool(args.apply_chat_template),
+        lm_eval_model_name=lm_eval_model_name,
+        stop=stop,
     )
     # Settings are checked (SamplingConfig raises) before any model is loaded.
     from metricwise.types import SamplingConfig
