@@ -990,3 +990,40 @@ def teacher_forced_logprobs(backend, prompt, token_ids):
         logits = backend.model(input_ids=ids).logits[0].float()
     start = enc.shape[1] - 1
     return torch.log_softmax(logits[start : start + len(token_ids)], -1)
+
+
+# -- a prompt's own log-probabilities (echo) --------------------------------------------------------
+def test_prompt_logprobs_are_teacher_forced_and_end_with_the_greedy_token(backend):
+    """prompt_logprobs (what the server answers to lm-eval's echo requests) gives every prompt
+    token its teacher-forced log-probability, the first none; the sum over a continuation's
+    tokens is continuation_logprobs; with extra=1 the greedy next token follows."""
+    prompt, continuation = "the cat sat on the", " mat and the dog"
+    tokenizer = backend.tokenizer
+    ids = tokenizer(prompt + continuation)["input_ids"]
+    context = len(tokenizer(prompt)["input_ids"])
+    (text_row,) = backend.prompt_logprobs([prompt + continuation], top=2, extra=1)
+    (ids_row,) = backend.prompt_logprobs([ids], top=2, extra=1)
+    assert [t.id for t in text_row] == [t.id for t in ids_row]
+    assert [t.id for t in text_row[:-1]] == ids
+    assert np.isnan(text_row[0].logprob) and text_row[0].top == ()
+    assert "".join(t.token for t in text_row[:-1]) == prompt + continuation
+    expected = backend.continuation_logprobs([prompt], [continuation])[0, 0]
+    got = sum(t.logprob for t in text_row[context:-1])
+    assert got == pytest.approx(expected, abs=1e-4)
+    for t in text_row[1:]:
+        assert len(t.top) == 2 and t.top[0][1] >= t.top[1][1]
+        assert t.logprob <= t.top[0][1]  # exactly equal where the token is the most probable
+    greedy = backend.greedy(
+        [prompt + continuation], SamplingConfig(n=1, temperature=0, max_tokens=1)
+    )
+    assert text_row[-1].id == greedy[0].token_ids[0]
+    assert text_row[-1].logprob == text_row[-1].top[0][1]
+    (short,) = backend.prompt_logprobs([ids], top=0, extra=0)
+    assert len(short) == len(ids) and all(t.top == () for t in short)
+
+
+def test_prompt_logprobs_refuse_ids_outside_the_vocabulary_and_empty_prompts(backend):
+    with pytest.raises(InvalidParameterError, match="outside the model's vocabulary"):
+        backend.prompt_logprobs([[1, 10**6]])
+    with pytest.raises(InvalidParameterError, match="empty"):
+        backend.prompt_logprobs([[]])

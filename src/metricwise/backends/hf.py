@@ -81,7 +81,7 @@ from metricwise.backends.sampling import CDF_BLOCK, is_ancestral
 from metricwise.backends.truncation import top_p_filter
 from metricwise.errors import BackendError, InvalidParameterError, SamplingTimeout, import_torch
 from metricwise.guards import Guards
-from metricwise.types import Candidate, SampleSet, SamplingConfig
+from metricwise.types import Candidate, SampleSet, SamplingConfig, TokenLogprob
 
 _torch = functools.partial(import_torch, "The hf backend")
 
@@ -614,6 +614,96 @@ class HFBackend:
                     out_values[p, k] = float(logp[torch.arange(len(c)), target].sum())
             return out_values
 
+    def prompt_logprobs(
+        self, prompts: Sequence[str | Sequence[int]], top: int = 0, extra: int = 0
+    ) -> list[tuple[TokenLogprob, ...]]:
+        """Every token of each prompt with its teacher-forced log-probability (what OpenAI's
+        completions return with ``echo`` and ``logprobs``), then ``extra`` (0 or 1) greedy
+        tokens after it; used to serve lm-eval's loglikelihood requests.
+
+        A prompt is a text, tokenised as for sampling (with the tokenizer's special tokens), or
+        token ids used as given. Entry ``t`` of a prompt's tuple is its token ``t``: its text,
+        ``log p(token_t | tokens_<t)`` in nats (NaN for the first token, which has no context)
+        and the ``top`` most probable tokens at its position (none for the first). With
+        ``extra=1`` one more entry follows: the most probable next token (temperature 0), with
+        its own alternatives. One forward pass per prompt; the log-softmax is taken in float64
+        over a bounded number of positions at a time (Gemma 3 has 262k tokens).
+        """
+        torch = _torch()
+        if extra not in (0, 1):
+            raise InvalidParameterError(
+                f"The 'extra' parameter of prompt_logprobs must be 0 or 1. Got {extra!r} instead."
+            )
+        vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        rows: list[list[int]] = []
+        for p, prompt in enumerate(prompts):
+            if isinstance(prompt, str):
+                rows.append(list(self.tokenizer(prompt)["input_ids"]))
+                continue
+            ids = [int(i) for i in prompt]
+            bad = [i for i in ids if not 0 <= i < vocab]
+            if bad:
+                raise InvalidParameterError(
+                    f"Prompt {p} of the batch has token ids outside the model's vocabulary "
+                    f"(0 .. {vocab - 1}): {bad[:5]}."
+                )
+            rows.append(ids)
+        labels = [p if isinstance(p, str) else f"<{len(p)} token ids>" for p in prompts]
+        self._check_lengths([len(r) for r in rows], extra, labels)
+        k = min(top, vocab)
+        out: list[tuple[TokenLogprob, ...]] = []
+        with torch.inference_mode():
+            for ids in rows:
+                logits = self.model(
+                    input_ids=torch.tensor([ids], device=self.device), use_cache=False
+                ).logits[0]
+                # Position t predicts token t + 1; the last position predicts the extra token.
+                targets = ids[1:]
+                chosen: list[float] = []
+                alternatives: list[tuple[list[int], list[float]]] = []
+                for lo in range(0, len(ids), _SCORE_CHUNK):
+                    logp = torch.log_softmax(logits[lo : lo + _SCORE_CHUNK].double(), dim=-1)
+                    hi = lo + logp.shape[0]
+                    want = targets[lo:hi]
+                    if want:
+                        picked = logp[torch.arange(len(want)), torch.tensor(want)]
+                        chosen += picked.cpu().tolist()
+                    if k or (extra and hi == len(ids)):
+                        values, index = torch.topk(logp, max(k, 1), dim=-1)
+                        alternatives += zip(
+                            index.cpu().tolist(), values.cpu().tolist(), strict=True
+                        )
+                tokens = [TokenLogprob(self._token_text(ids[0]), math.nan, ids[0])]
+                for t, token in enumerate(targets):
+                    top_ids, top_values = alternatives[t] if k else ((), ())
+                    tokens.append(
+                        TokenLogprob(
+                            self._token_text(token),
+                            chosen[t],
+                            token,
+                            tuple(
+                                (self._token_text(i), v, i)
+                                for i, v in zip(top_ids[:k], top_values[:k], strict=True)
+                            ),
+                        )
+                    )
+                if extra:
+                    top_ids, top_values = alternatives[-1]
+                    token = top_ids[0]
+                    tokens.append(
+                        TokenLogprob(
+                            "" if token in self.end_ids else self._token_text(token),
+                            top_values[0],
+                            token,
+                            tuple(
+                                (self._token_text(i), v, i)
+                                for i, v in zip(top_ids[:k], top_values[:k], strict=True)
+                            ),
+                        )
+                    )
+                out.append(tuple(tokens))
+        return out
+
     # -- prefill -------------------------------------------------------------------------------
     def _prefill(self, prompts: list[str], max_tokens: int) -> tuple[Any, Any, Any, Any]:
         """Run the prompt batch once: last-position logits (P, V) float32, the KV cache (of the
@@ -950,6 +1040,10 @@ class HFBackend:
             text = cache[token] = self._detokenize([token])
         return str(text)
 
+
+#: Positions whose log-softmax :meth:`HFBackend.prompt_logprobs` takes at once (in float64: with
+#: Gemma 3's 262k-token vocabulary, 64 positions are 134 MB).
+_SCORE_CHUNK = 64
 
 #: A static cache's capacity (prompt width + max_tokens) is rounded up to a multiple of this, so
 #: that batches of similar prompts have one shape (and share one compiled step).
