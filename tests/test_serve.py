@@ -495,6 +495,15 @@ BAD_FIELDS = [
     ({"stop": ["x"] * 20}, "stop", "at most 16"),
     ({"prompt": ""}, "prompt", "is empty"),
     ({"prompt": ["a", 3]}, "prompt.1", "string"),
+    # echo scores a prompt (lm-eval's loglikelihood requests); the rest of echo is refused.
+    ({"echo": True, "max_tokens": 1, "temperature": 0, "logprobs": 1}, "echo", "does not score"),
+    ({"echo": True, "max_tokens": 0, "metric": "exact_match"}, "metric", "without 'metric'"),
+    ({"echo": True, "max_tokens": 5}, "max_tokens", "must be 0"),
+    ({"echo": True, "max_tokens": 1, "temperature": 1}, "temperature", "must be 0"),
+    ({"echo": True, "max_tokens": 0, "stream": True}, "stream", "not streamed"),
+    ({"prompt": [1, 2]}, "prompt", "token ids only with 'echo'"),
+    ({"prompt": [[1, 2], []], "echo": True, "max_tokens": 0}, "prompt.1", "is empty"),
+    ({"max_tokens": 0}, "max_tokens", "0 only with 'echo'"),
 ]
 
 
@@ -1234,3 +1243,62 @@ def test_a_risk_threshold_makes_the_server_abstain_with_the_risk(fake):
         8 / 3
     )
     assert "max_expected_loss" in wrong_side.value.message
+
+
+# -- echo: scoring a prompt as lm-eval's loglikelihood requests do ----------------------------------
+def test_echo_scores_the_prompt_as_lm_evals_local_completions_reads_it(tiny):
+    """lm-eval's local-completions sends loglikelihood requests as echo + logprobs 1 +
+    max_tokens 1 at temperature 0 and sums token_logprobs[ctxlen:-1]; parsed by lm-eval's own
+    parse_logprobs, the answer is the backend's teacher-forced log-probability of the
+    continuation, from a text prompt or from token ids, and is_greedy is whether every
+    continuation token is the most probable one."""
+    lm_eval = pytest.importorskip("lm_eval.models.openai_completions")
+    model, tokenizer = tiny
+    factory = hf_factory(model, tokenizer)
+    backend = factory()
+    pairs = [("the cat sat on the", " mat"), ("what is two plus three ? the answer is", " 5 .")]
+    texts = [c + x for c, x in pairs]
+    ids = [tokenizer(t)["input_ids"] for t in texts]
+    ctxlens = [len(tokenizer(c)["input_ids"]) for c, _ in pairs]
+    expected = [backend.continuation_logprobs([c], [x])[0, 0] for c, x in pairs]
+    # is_greedy as lm-eval's hf model computes it: each continuation token is the argmax.
+    greedy = []
+    for row, ctxlen in zip(backend.prompt_logprobs(ids, top=1), ctxlens, strict=True):
+        greedy.append(all(t.id == t.top[0][2] for t in row[ctxlen:]))
+    payload = {"model": "tiny", "temperature": 0, "max_tokens": 1, "logprobs": 1, "seed": 1234}
+    with running(factory, SETTINGS) as srv:
+        answers = {}
+        for name, prompt in (("text", texts), ("ids", ids)):
+            body = {**payload, "prompt": prompt, "echo": True}
+            status, _, answers[name] = http("POST", f"{srv.url}/v1/completions", body)
+            assert status == 200, answers[name]
+        status, _, bare = http(
+            "POST",
+            f"{srv.url}/v1/completions",
+            {"model": "tiny", "prompt": ids[0], "echo": True, "max_tokens": 0, "logprobs": 0},
+        )
+        assert status == 200, bare
+        metrics = http("GET", f"{srv.url}/metrics")[2]
+    for name in ("text", "ids"):
+        parsed = lm_eval.LocalCompletionsAPI.parse_logprobs(answers[name], ctxlens=ctxlens)
+        assert [p[0] for p in parsed] == pytest.approx(expected, abs=1e-4), name
+        assert [p[1] for p in parsed] == greedy, name
+    text_answer = answers["text"]
+    for choice, text, row in zip(text_answer["choices"], texts, ids, strict=True):
+        lp = choice["logprobs"]
+        assert choice["text"].startswith(text) and choice["finish_reason"] in ("length", "stop")
+        assert len(lp["tokens"]) == len(row) + 1  # the prompt's tokens and the greedy one
+        assert "".join(lp["tokens"][:-1]) == text and lp["text_offset"][0] == 0
+        assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+        assert [c["id"] for c in lp["content"][:-1]] == row
+    assert answers["ids"]["choices"][0]["text"] == text_answer["choices"][0]["text"]
+    assert text_answer["usage"]["prompt_tokens"] == sum(len(r) for r in ids)
+    assert text_answer["usage"]["completion_tokens"] == 2
+    (choice,) = bare["choices"]
+    assert choice["text"] == texts[0] and choice["finish_reason"] == "length"
+    assert len(choice["logprobs"]["tokens"]) == len(ids[0])
+    assert choice["logprobs"]["top_logprobs"] is None  # logprobs 0: the tokens' own only
+    assert sum(choice["logprobs"]["token_logprobs"][ctxlens[0] :]) == pytest.approx(
+        expected[0], abs=1e-4
+    )
+    assert 'metricwise_requests_total{endpoint="completions",status="200"} 3' in metrics

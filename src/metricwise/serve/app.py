@@ -17,7 +17,10 @@ A request that names a ``metric`` is sampled ``samples`` times (or adaptively), 
 A prompt whose samples give no decision is answered 422 ``no_valid_samples``. Without
 ``metric`` the request is sampled as asked (``temperature: 0`` is greedy) and its ``n``
 samples are the choices. ``logprobs`` give each choice's per-token log-probabilities (those of
-the sample a decision chose; none for a decision no sample wrote, such as a mean).
+the sample a decision chose; none for a decision no sample wrote, such as a mean). With
+``echo`` (``max_tokens`` 0, or 1 at temperature 0) a prompt, as text or token ids, is scored
+rather than sampled: its tokens come back with their log-probabilities, which is what
+lm-eval's ``local-completions`` asks for on loglikelihood and multiple-choice tasks.
 
 Every answer carries ``X-Request-Id`` (the client's, or a new one), also in the access log.
 
@@ -41,7 +44,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -548,19 +551,152 @@ class ServerState:
                 f"Got {len(prompts)} instead.",
                 param="prompt",
             )
+        single = isinstance(req.prompt, str) or isinstance(req.prompt[0], int)
         for i, prompt in enumerate(prompts):
-            self._check_prompt(prompt, "prompt" if isinstance(req.prompt, str) else f"prompt.{i}")
+            self._check_prompt(prompt, "prompt" if single else f"prompt.{i}")
+        if req.echo:
+            return await self._echo(request, scheduler, req, prompts)
+        if not all(isinstance(p, str) for p in prompts):
+            raise APIError(
+                400,
+                "The 'prompt' field may be token ids only with 'echo' (scoring the prompt, with "
+                "max_tokens 0 or 1); to sample, send the prompt as text. Got token ids instead.",
+                param="prompt",
+            )
+        if req.max_tokens == 0:
+            raise APIError(
+                400,
+                "The 'max_tokens' field may be 0 only with 'echo' (the prompt's own "
+                "log-probabilities). Got 0 without 'echo' instead.",
+                param="max_tokens",
+            )
+        texts = [p for p in prompts if isinstance(p, str)]
         plan = await self._plan(req, req.max_tokens)
         if req.stream:
             return self._stream(
                 req,
                 replace(plan, prompts=len(prompts)),
-                lambda p: self._run(request, scheduler, self.backend, prompts, p),
+                lambda p: self._run(request, scheduler, self.backend, texts, p),
                 self.backend,
                 chat=False,
             )
-        outcome = await self._run(request, scheduler, self.backend, prompts, plan)
+        outcome = await self._run(request, scheduler, self.backend, texts, plan)
         return self._respond(req, plan, outcome, chat=False)
+
+    async def _echo(
+        self,
+        request: Request,
+        scheduler: Scheduler,
+        req: CompletionRequest,
+        prompts: list[str | list[int]],
+    ) -> Response:
+        """``echo``: each prompt's own tokens with their log-probabilities, as OpenAI's
+        completions return them, and with ``max_tokens: 1`` the greedy next token after them.
+
+        This is what lm-eval's ``local-completions`` sends for loglikelihood and
+        multiple-choice tasks (``echo``, ``logprobs: 1``, ``max_tokens: 1``, ``temperature:
+        0``): it sums ``token_logprobs[ctxlen:-1]`` (the continuation's tokens, leaving out the
+        generated one) and reads ``is_greedy`` from ``top_logprobs``. It is served where the
+        backend scores a prompt's tokens (``prompt_logprobs``: hf); elsewhere it is a 400
+        naming why. Echo with a decision, with sampling or with a longer generation is not
+        served (each is a 400 naming the field).
+        """
+
+        def refuse(param: str, why: str) -> APIError:
+            return APIError(
+                400,
+                f"The 'echo' field is served for scoring a prompt (max_tokens 0, or 1 at "
+                f"temperature 0): {why}",
+                param=param,
+            )
+
+        if req.metric is not None:
+            raise refuse(
+                "metric",
+                "a decision has no prompt tokens to score. Send 'echo' without 'metric'.",
+            )
+        if req.stream:
+            raise refuse("stream", "its answer is not streamed. Send 'stream': false.")
+        if req.n not in (None, 1):
+            raise refuse("n", f"there is one answer per prompt. Got n={req.n} instead.")
+        max_tokens = req.max_tokens
+        if max_tokens not in (0, 1):
+            raise refuse(
+                "max_tokens",
+                "'max_tokens' must be 0 (the prompt's log-probabilities only) or 1 (and the "
+                f"greedy next token). Got {max_tokens} instead.",
+            )
+        if max_tokens == 1 and req.temperature != 0:
+            raise refuse(
+                "temperature",
+                "with max_tokens 1 the next token is the most probable one, so 'temperature' "
+                f"must be 0. Got {req.temperature} instead.",
+            )
+        if not callable(getattr(self.backend, "prompt_logprobs", None)):
+            raise APIError(
+                400,
+                f"The 'echo' field cannot be served: the backend {self.backend.signature} does "
+                "not score a prompt's tokens (the hf backend does).",
+                param="echo",
+                code="logprobs_unavailable",
+            )
+        # The checks every completions request gets (unsupported fields, the logprobs limit,
+        # metricwise fields without a metric).
+        await self._plan(req, 1)
+        top = req.logprobs or 0
+        config = SamplingConfig(n=1, temperature=0.0, max_tokens=1)
+        # The scheduler carries token-id prompts and echo rows as it carries texts and samples.
+        rows: list[Any] = await self._sample(
+            request,
+            scheduler,
+            self.backend,
+            cast(list[str], prompts),
+            config,
+            0,
+            {"echo": (top, max_tokens)},
+        )
+        choices = []
+        prompt_tokens = 0
+        for i, (prompt, tokens) in enumerate(zip(prompts, rows, strict=True)):
+            scored = len(tokens) - max_tokens
+            prompt_tokens += scored
+            if isinstance(prompt, str):
+                text = prompt
+            else:
+                text = await asyncio.to_thread(self._decode_ids, prompt, tokens[:scored])
+            new = tokens[scored:]
+            text += "".join(t.token for t in new)
+            ended = bool(new) and new[0].id in getattr(self.backend, "end_ids", ())
+            choices.append(
+                {
+                    "index": i,
+                    "text": text,
+                    "finish_reason": "stop" if ended else "length",
+                    "logprobs": None if req.logprobs is None else _echo_logprobs(tokens, top),
+                }
+            )
+        completion_tokens = max_tokens * len(prompts)
+        self.metrics.observe_sampling(0, prompt_tokens, completion_tokens)
+        body = {
+            "id": f"cmpl-{uuid.uuid4().hex}",
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": req.model,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": prompt_tokens + completion_tokens,
+            },
+        }
+        return JSONResponse(_json_safe(body))
+
+    def _decode_ids(self, ids: list[int], tokens: Any) -> str:
+        """The text of a token-id prompt (its tokens' texts joined without a tokenizer)."""
+        tokenizer = self.tokenizer
+        if tokenizer is not None and callable(getattr(tokenizer, "decode", None)):
+            return str(tokenizer.decode(ids, skip_special_tokens=True))
+        return "".join(t.token for t in tokens)
 
     async def chat_completions(self, request: Request) -> Response:
         req = _validate(ChatCompletionRequest, await self._read_json(request))
@@ -614,13 +750,14 @@ class ServerState:
         except (ValueError, UnicodeDecodeError) as exc:
             raise APIError(400, f"The request body is not valid JSON: {exc}.") from None
 
-    def _check_prompt(self, prompt: str, param: str) -> None:
+    def _check_prompt(self, prompt: str | list[int], param: str) -> None:
         if not prompt:
             raise APIError(400, f"The '{param}' field is empty.", param=param)
         if len(prompt) > self.settings.max_prompt_chars:
             raise APIError(
                 400,
-                f"The '{param}' field must be at most {self.settings.max_prompt_chars} characters long "
+                f"The '{param}' field must be at most {self.settings.max_prompt_chars} "
+                f"{'characters' if isinstance(prompt, str) else 'tokens'} long "
                 f"(--max_prompt_chars). Got {len(prompt)} instead.",
                 param=param,
                 code="prompt_too_long",
@@ -1194,6 +1331,11 @@ def _sample_call(
     cancel: Any,
     options: dict[str, Any],
 ) -> list[SampleSet]:
+    if "echo" in options:
+        # Scoring the prompts (echo) rather than sampling: one row of TokenLogprob per prompt.
+        top, extra = options["echo"]
+        rows: list[Any] = backend.prompt_logprobs(prompts, top=top, extra=extra)
+        return rows
     if cancel is not None:
         options = {**options, "cancel": cancel}
     sets: list[SampleSet] = backend.sample(prompts, config, start=start, **options)
@@ -1530,6 +1672,46 @@ def _logprobs(c: Candidate, k: int | None, *, chat: bool) -> dict[str, Any] | No
     return {
         "tokens": [t.token for t in c.tokens],
         "token_logprobs": [t.logprob for t in c.tokens],
+        "top_logprobs": tops if k > 0 else None,
+        "text_offset": offsets,
+        "content": content,
+    }
+
+
+def _echo_logprobs(tokens: Any, k: int) -> dict[str, Any]:
+    """A scored prompt's tokens (:meth:`HFBackend.prompt_logprobs`) as OpenAI's completions
+    write ``logprobs`` with ``echo``: the first token has no log-probability and no
+    alternatives (null), then ``k`` alternatives per token keyed by text (``top_logprobs``
+    is null when ``k`` is 0), and ``content`` names each token by id as :func:`_logprobs` does."""
+    offsets, at = [], 0
+    for t in tokens:
+        offsets.append(at)
+        at += len(t.token)
+    first = True
+    tops: list[dict[str, float] | None] = []
+    content = []
+    for t in tokens:
+        logprob = None if first or math.isnan(t.logprob) else t.logprob
+        alternatives: dict[str, float] = {}
+        for a, v, _ in t.top[:k]:
+            alternatives.setdefault(a, v)
+        tops.append(None if first else alternatives)
+        entry: dict[str, Any] = {
+            "token": t.token,
+            "logprob": logprob,
+            "bytes": list(t.token.encode("utf-8")),
+            "top_logprobs": [
+                {"token": a, "logprob": v, "bytes": list(a.encode("utf-8")), "id": i}
+                for a, v, i in t.top[:k]
+            ],
+        }
+        if t.id is not None:
+            entry["id"] = t.id
+        content.append(entry)
+        first = False
+    return {
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [c["logprob"] for c in content],
         "top_logprobs": tops if k > 0 else None,
         "text_offset": offsets,
         "content": content,

@@ -3,7 +3,7 @@
 Unknown fields are refused (400 naming the field, with a "did you mean"): a misspelt
 ``sample`` for ``samples`` must not silently give a greedy answer. Types are strict: ``"8"``
 is not a number and ``true`` is not an integer. OpenAI fields that ask for something the
-server does not do (penalties, ``logit_bias``, tools, ``echo``, ``best_of``, ``suffix``) are
+server does not do (penalties, ``logit_bias``, tools, ``best_of``, ``suffix``) are
 accepted only with values that ask for nothing, so a client that sends its defaults keeps
 working and one that relies on them hears that they are not done.
 
@@ -123,9 +123,17 @@ class _Sampling(DecisionFields):
 
 
 class CompletionRequest(_Sampling):
-    """``POST /v1/completions``."""
+    """``POST /v1/completions``.
 
-    prompt: str | list[str]
+    ``prompt`` is a text, a list of texts, or (as OpenAI's API allows) token ids: one list of
+    ids or a list of them. Token ids and ``max_tokens: 0`` are served with ``echo`` only, which
+    scores the prompt (its tokens' log-probabilities, what lm-eval's loglikelihood requests ask
+    for) rather than sampling from it.
+    """
+
+    prompt: str | list[str] | list[int] | list[list[int]]
+    # 0 is allowed here for echo (the prompt's log-probabilities and no new token).
+    max_tokens: int | None = Field(None, ge=0)
     #: Per-token log-probabilities with this many alternatives each (0: the chosen token's only).
     logprobs: int | None = Field(None, ge=0)
     echo: StrictBool = False
@@ -136,13 +144,15 @@ class CompletionRequest(_Sampling):
         """Alternatives per token asked for; None: no log-probabilities."""
         return self.logprobs
 
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: a text, or a list of token ids."""
+        prompt = self.prompt
+        if isinstance(prompt, str) or (prompt and isinstance(prompt[0], int)):
+            return [prompt]
+        return list(prompt)  # type: ignore[arg-type]
 
     def unsupported(self) -> list[tuple[str, str]]:
         out = super().unsupported()
-        if self.echo:
-            out.append(("echo", "the prompt is not echoed"))
         if self.best_of not in (None, 1):
             out.append(("best_of", "use metric and samples for a decision over several samples"))
         if self.suffix:
