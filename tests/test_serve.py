@@ -1302,3 +1302,35 @@ def test_echo_scores_the_prompt_as_lm_evals_local_completions_reads_it(tiny):
         expected[0], abs=1e-4
     )
     assert 'metricwise_requests_total{endpoint="completions",status="200"} 3' in metrics
+
+
+def test_the_tokenizer_endpoints_serve_lm_evals_remote_tokenizer(tiny, fake):
+    """GET /tokenizer_info, POST /tokenize and /detokenize as vLLM serves them: lm-eval's
+    local-completions detects them (its default tokenizer_backend 'auto') and counts the
+    context of a loglikelihood request with the served model's own tokenizer. An upstream
+    backend has no tokenizer to offer: a 400, and lm-eval falls back to its own."""
+    utils = pytest.importorskip("lm_eval.utils")
+    model, tokenizer = tiny
+    text = "the cat sat on the mat </s>"
+    with running(hf_factory(model, tokenizer), SETTINGS) as srv:
+        base = f"{srv.url}/v1/completions"
+        assert utils.check_remote_tokenizer_support(base)
+        remote = utils.RemoteTokenizer(base)
+        assert remote.encode(text) == tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert remote.decode(remote.encode(text)) == tokenizer.decode(remote.encode(text))
+        assert (remote.eos_token_id, remote.bos_token_id) == (2, 1)
+        status, _, info = http("GET", f"{srv.url}/tokenizer_info")
+        assert status == 200 and info["model_max_length"] == model.config.max_position_embeddings
+        status, _, body = http("POST", f"{srv.url}/tokenize", {"model": "tiny", "prompt": "x"})
+        assert status == 200 and body["count"] == len(body["tokens"])
+        for path, bad, param in (
+            ("detokenize", {"tokens": [10**6]}, "tokens"),
+            ("tokenize", {"prompt": "x", "model": "gpt-4"}, "model"),
+            ("tokenize", {"prompt": "x", "add_special_token": True}, "add_special_token"),
+        ):
+            status, _, body = http("POST", f"{srv.url}/{path}", bad)
+            assert status in (400, 404) and assert_error_body(body)["param"] == param, body
+    with running(upstream(fake().url)) as srv:
+        status, _, body = http("GET", f"{srv.url}/tokenizer_info")
+        assert status == 400 and assert_error_body(body)["code"] == "tokenizer_unavailable"
+        assert not utils.check_remote_tokenizer_support(f"{srv.url}/v1/completions")

@@ -8,6 +8,9 @@ Endpoints
 ``GET /v1/models``             the served model
 ``GET /health``                200 once the model has loaded, 503 before (or if it failed)
 ``GET /version``               ``{"version", "server": "metricwise"}`` (no key needed)
+``GET /tokenizer_info``,       the local model's tokenizer, as vLLM serves it: lm-eval's
+``POST /tokenize``,            ``local-completions`` finds them and counts the context of its
+``POST /detokenize``           loglikelihood requests with the server's own tokenizer
 ``GET /metrics``               Prometheus text format (see :mod:`.metrics_registry`)
 ``GET /docs``, ``/openapi.json``  with ``docs`` only
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import functools
 import hmac
 import inspect
@@ -65,6 +69,8 @@ from metricwise.serve.schemas import (
     AdaptiveSettings,
     ChatCompletionRequest,
     CompletionRequest,
+    DetokenizeRequest,
+    TokenizeRequest,
 )
 from metricwise.serve.settings import ServeSettings
 from metricwise.types import Candidate, Decision, SampleSet, SamplingConfig
@@ -208,7 +214,8 @@ def create_app(
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message = (
             f"No endpoint {request.method} {request.url.path}; this server has POST /v1/completions, "
-            "POST /v1/chat/completions, GET /v1/models, GET /health, GET /version and GET /metrics."
+            "POST /v1/chat/completions, GET /v1/models, GET /health, GET /version, GET /metrics, "
+            "GET /tokenizer_info, POST /tokenize and POST /detokenize."
             if exc.status_code in (404, 405)
             else str(exc.detail)
         )
@@ -251,6 +258,18 @@ def create_app(
             request, "metrics", state.prometheus, authorize=not settings.open_metrics
         )
 
+    @app.get("/tokenizer_info")
+    async def tokenizer_info(request: Request) -> Response:
+        return await state.handle(request, "tokenizer", state.tokenizer_info)
+
+    @app.post("/tokenize", openapi_extra=_openapi_body(TokenizeRequest))
+    async def tokenize(request: Request) -> Response:
+        return await state.handle(request, "tokenizer", state.tokenize)
+
+    @app.post("/detokenize", openapi_extra=_openapi_body(DetokenizeRequest))
+    async def detokenize(request: Request) -> Response:
+        return await state.handle(request, "tokenizer", state.detokenize)
+
     @app.get("/version")
     async def version(request: Request) -> Response:
         # Says what this server is, so that metricwise's openai backend in front of it sends
@@ -288,6 +307,10 @@ class ServerState:
         self.created = int(time.time())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
+        # The tokenizer endpoints' own copy, used by one thread at a time: a fast tokenizer
+        # that the sampling thread reconfigures (padding) must not be called concurrently.
+        self._endpoint_tokenizer: Any = None
+        self._tokenizer_lock = threading.Lock()
 
     # -- loading -----------------------------------------------------------------------------------
     def start_loading(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -538,6 +561,84 @@ class ServerState:
         return PlainTextResponse(
             self.metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
+
+    # -- the tokenizer (vLLM's endpoints, which lm-eval's remote tokenizer reads) ---------------
+    def _tokenizer_call(self, fn: Callable[[Any], Any]) -> Any:
+        tokenizer = self.tokenizer
+        if tokenizer is None or not callable(tokenizer) or not hasattr(tokenizer, "decode"):
+            raise APIError(
+                400,
+                f"This server has no tokenizer to offer: its backend {self.backend.signature} "
+                "tokenizes elsewhere. Give lm-eval the model's tokenizer itself "
+                "(tokenizer_backend=huggingface,tokenizer=...).",
+                code="tokenizer_unavailable",
+            )
+        with self._tokenizer_lock:
+            if self._endpoint_tokenizer is None:
+                self._endpoint_tokenizer = copy.deepcopy(tokenizer)
+            return fn(self._endpoint_tokenizer)
+
+    def _context_length(self) -> int | None:
+        model = getattr(self.backend, "model", None)
+        config = getattr(model, "config", None)
+        config = getattr(config, "text_config", None) or config
+        length = getattr(config, "max_position_embeddings", None)
+        return int(length) if isinstance(length, int) else None
+
+    async def tokenizer_info(self, request: Request) -> Response:
+        self._check_ready()
+
+        def info(tokenizer: Any) -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "tokenizer_class": type(tokenizer).__name__,
+                "eos_token": tokenizer.eos_token,
+                "bos_token": tokenizer.bos_token,
+                "pad_token": tokenizer.pad_token,
+                "model_max_length": self._context_length(),
+            }
+            template = getattr(tokenizer, "chat_template", None)
+            if isinstance(template, str):
+                out["chat_template"] = template
+            return out
+
+        return JSONResponse(await asyncio.to_thread(self._tokenizer_call, info))
+
+    async def tokenize(self, request: Request) -> Response:
+        req = _validate(TokenizeRequest, await self._read_json(request))
+        self._check_ready()
+        if req.model is not None:
+            self._check_model(req.model.rpartition("@")[0] or req.model)
+        if len(req.prompt) > self.settings.max_prompt_chars:
+            self._check_prompt(req.prompt, "prompt")
+        ids = await asyncio.to_thread(
+            self._tokenizer_call,
+            lambda t: list(t(req.prompt, add_special_tokens=req.add_special_tokens)["input_ids"]),
+        )
+        return JSONResponse(
+            {"tokens": ids, "count": len(ids), "max_model_len": self._context_length()}
+        )
+
+    async def detokenize(self, request: Request) -> Response:
+        req = _validate(DetokenizeRequest, await self._read_json(request))
+        self._check_ready()
+        if req.model is not None:
+            self._check_model(req.model.rpartition("@")[0] or req.model)
+        if len(req.tokens) > self.settings.max_prompt_chars:
+            self._check_prompt(req.tokens, "tokens")
+
+        def decode(tokenizer: Any) -> str:
+            size = len(tokenizer)
+            bad = [i for i in req.tokens if not 0 <= i < size]
+            if bad:
+                raise APIError(
+                    400,
+                    f"The 'tokens' field must hold ids of the tokenizer's vocabulary (0 .. "
+                    f"{size - 1}). Got {bad[:5]} instead.",
+                    param="tokens",
+                )
+            return str(tokenizer.decode(req.tokens))
+
+        return JSONResponse({"prompt": await asyncio.to_thread(self._tokenizer_call, decode)})
 
     async def completions(self, request: Request) -> Response:
         req = _validate(CompletionRequest, await self._read_json(request))

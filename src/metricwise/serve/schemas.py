@@ -220,5 +220,20 @@ class ChatCompletionRequest(_Sampling):
         return out
 
 
+class TokenizeRequest(_Strict):
+    """``POST /tokenize`` (vLLM's; lm-eval's ``tokenizer_backend=remote`` calls it)."""
+
+    model: str | None = Field(None, min_length=1, max_length=1000)
+    prompt: str
+    add_special_tokens: StrictBool = True
+
+
+class DetokenizeRequest(_Strict):
+    """``POST /detokenize`` (vLLM's; lm-eval's ``tokenizer_backend=remote`` calls it)."""
+
+    model: str | None = Field(None, min_length=1, max_length=1000)
+    tokens: list[int]
+
+
 #: The metricwise fields, which need ``metric`` (all but ``return_samples`` change a decision).
 DECISION_FIELDS: tuple[str, ...] = tuple(DecisionFields.model_fields)
