@@ -1334,3 +1334,161 @@ def test_the_tokenizer_endpoints_serve_lm_evals_remote_tokenizer(tiny, fake):
         status, _, body = http("GET", f"{srv.url}/tokenizer_info")
         assert status == 400 and assert_error_body(body)["code"] == "tokenizer_unavailable"
         assert not utils.check_remote_tokenizer_support(f"{srv.url}/v1/completions")
+
+
+# -- the real lm_eval CLI against the server -------------------------------------------------------
+OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+MC_DOCS = [
+    ("the cat sat on the", ["mat", "park", "dog"], 0),
+    ("what is two plus three ? the answer is", ["5", "3", "100"], 0),
+    ("paris is the capital of", ["australia", "france", "the park"], 1),
+    ("the dog ran in the", ["mat", "park", "answer"], 1),
+    ("canberra is the capital of", ["france", "australia", "cat"], 1),
+]
+MC_TASK = """\
+task: tinymc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: DATA
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{question}}"
+doc_to_choice: "{{choices}}"
+doc_to_target: gold
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+GEN_TASK = """\
+task: tinygen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: DATA
+test_split: test
+output_type: generate_until
+doc_to_text: "what is {{question}} ? the answer is"
+doc_to_target: " {{answer}}"
+generation_kwargs:
+  until: ["\\n", "."]
+  max_gen_toks: 4
+metric_list:
+  - metric: exact_match
+    aggregation: mean
+    higher_is_better: true
+metadata:
+  version: 1.0
+"""
+
+
+def write_lm_eval_task(directory: Any, name: str, rows: list[dict[str, Any]], body: str) -> None:
+    data = directory / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (directory / f"{name}.yaml").write_text(body.replace("DATA", str(data)))
+
+
+def lm_eval_run(directory: Any, task: str, *args: str) -> list[dict[str, Any]]:
+    """Run the lm_eval CLI on ``task`` with ``--log_samples``; its samples, by doc_id."""
+    out = directory / f"out-{len(list(directory.glob('out-*')))}"
+    env = {**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-m", "lm_eval", "--tasks", task, "--include_path", str(directory),
+         "--output_path", str(out), "--log_samples", "--seed", "0", *args],
+        cwd=directory, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (samples,) = out.glob(f"*/samples_{task}_*.jsonl")
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    return sorted(rows, key=lambda r: r["doc_id"])
+
+
+@pytest.mark.slow
+def test_lm_eval_local_completions_loglikelihood_equals_its_hf_model(tiny, tmp_path):
+    """A multiple-choice task through lm-eval's local-completions against metricwise serve
+    (echo + logprobs; the context counted with the server's tokenizer through /tokenize, or
+    with the tokenizer given to lm-eval, the requests as text or as token ids) gives the
+    accuracy, per-choice log-likelihoods and is_greedy of lm-eval's own hf model on the same
+    weights. The log-likelihoods differ by float rounding only: the server takes the
+    log-softmax in float64, lm-eval's hf model in float32."""
+    pytest.importorskip("lm_eval")
+    model, tokenizer = tiny
+    model_dir = tmp_path / "tiny"
+    model.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    rows = [{"question": q, "choices": c, "gold": g} for q, c, g in MC_DOCS]
+    write_lm_eval_task(tmp_path, "tinymc", rows, MC_TASK)
+    reference = lm_eval_run(
+        tmp_path, "tinymc", "--model", "hf", "--model_args", f"pretrained={model_dir}",
+        "--device", "cpu",
+    )  # fmt: skip
+    with running(hf_factory(model, tokenizer), SETTINGS, lifetime=300) as srv:
+        base = f"model=tiny,base_url={srv.url}/v1/completions"
+        runs = {
+            "remote tokenizer, text": f"{base},tokenized_requests=False",
+            "hf tokenizer, token ids": f"{base},tokenizer_backend=huggingface,tokenizer={model_dir}",
+        }
+        served = {
+            name: lm_eval_run(
+                tmp_path, "tinymc", "--model", "local-completions", "--model_args", args
+            )  # fmt: skip
+            for name, args in runs.items()
+        }
+    for name, got in served.items():
+        assert [r["acc"] for r in got] == [r["acc"] for r in reference], name
+        for mine, theirs in zip(got, reference, strict=True):
+            values = [float(resp[0][0]) for resp in mine["resps"]]
+            expected = [float(resp[0][0]) for resp in theirs["resps"]]
+            assert values == pytest.approx(expected, abs=1e-4), name
+            assert [resp[0][1] for resp in mine["resps"]] == [
+                resp[0][1] for resp in theirs["resps"]
+            ], name
+
+
+@pytest.mark.slow
+def test_lm_eval_gen_kwargs_ask_the_server_for_a_decision(tiny, tmp_path):
+    """lm-eval's --gen_kwargs reach the server: metric=exact_match,samples=4 makes each of
+    local-completions' and local-chat-completions' answers metricwise's decision over four
+    samples (the answer a direct request with those fields gets)."""
+    utils = pytest.importorskip("lm_eval.models.utils")
+    model, tokenizer = tiny
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = TEMPLATE
+    questions = [("2 plus 3", "5"), ("1 plus 1", "2"), ("4 plus 5", "9")]
+    rows = [{"question": q, "answer": a} for q, a in questions]
+    write_lm_eval_task(tmp_path, "tinygen", rows, GEN_TASK)
+    gen_kwargs = "metric=exact_match,samples=4,temperature=1,include_incomplete=True"
+    fields = {"metric": "exact_match", "samples": 4, "include_incomplete": True}
+    with running(hf_factory(model, tokenizer), SETTINGS, lifetime=300) as srv:
+        completions = lm_eval_run(
+            tmp_path, "tinygen", "--model", "local-completions", "--model_args",
+            f"model=tiny,base_url={srv.url}/v1/completions,tokenized_requests=False,"
+            "tokenizer_backend=None", "--gen_kwargs", gen_kwargs,
+        )  # fmt: skip
+        chat = lm_eval_run(
+            tmp_path, "tinygen", "--model", "local-chat-completions", "--model_args",
+            f"model=tiny,base_url={srv.url}/v1/chat/completions", "--apply_chat_template",
+            "--gen_kwargs", gen_kwargs,
+        )  # fmt: skip
+        client = srv.client()
+        stop = utils.handle_stop_sequences(["\n", "."], None)
+        for row in completions:
+            direct = client.completions.create(
+                model="tiny", prompt=row["arguments"]["gen_args_0"]["arg_0"], max_tokens=4,
+                temperature=1, stop=stop, seed=1234, extra_body=fields,
+            )  # fmt: skip
+            assert direct.metricwise["n_used"] == 4
+            assert row["resps"][0][0] == direct.choices[0].text
+        for row in chat:
+            messages = json.loads(row["arguments"]["gen_args_0"]["arg_0"][0])
+            direct = client.chat.completions.create(
+                model="tiny", messages=messages, max_tokens=4, temperature=1, stop=stop,
+                seed=1234, extra_body=fields,
+            )  # fmt: skip
+            assert row["resps"][0][0] == direct.choices[0].message.content
+        metrics = http("GET", f"{srv.url}/metrics")[2]
+    # Each doc was sampled four times by each lm-eval run and again by the direct request.
+    assert f"metricwise_samples_total {4 * 4 * len(questions)}" in metrics
