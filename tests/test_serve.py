@@ -1434,7 +1434,7 @@ def test_lm_eval_local_completions_loglikelihood_equals_its_hf_model(tiny, tmp_p
         served = {
             name: lm_eval_run(
                 tmp_path, "tinymc", "--model", "local-completions", "--model_args", args
-            )  # fmt: skip
+            )
             for name, args in runs.items()
         }
     for name, got in served.items():
