@@ -123,6 +123,19 @@ def assert_error_body(body: Any, *, status_type: str | None = None) -> dict[str,
     return error
 
 
+def scraped(text: str) -> dict[str, float]:
+    """GET /metrics read with prometheus_client's own parser: ``name{k="v",...}`` (labels
+    sorted) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+    return out
+
+
 # -- backends ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny() -> tuple[Any, Any]:
@@ -639,8 +652,8 @@ def test_fault_run_upstream_failures_are_502_and_504_and_the_next_request_is_ser
             answer = client.completions.create(model="fake-model", prompt="x", max_tokens=3)
             assert answer.choices, mode
         text = http("GET", f"{srv.url}/metrics")[2]
-    assert 'metricwise_errors_total{type="upstream_error"} 4' in text
-    assert 'metricwise_errors_total{type="timeout_error"} 2' in text
+    assert scraped(text)['metricwise_errors_total{type="upstream_error"}'] == 4
+    assert scraped(text)['metricwise_errors_total{type="timeout_error"}'] == 2
 
 
 def test_a_client_that_leaves_cancels_its_work(fake):
@@ -673,7 +686,7 @@ def test_a_client_that_leaves_cancels_its_work(fake):
         wait_until(lambda: scheduler.running == 0, 2.0)
         assert len(server.posts()) == 1 and len(errors) == 2
         text = http("GET", f"{srv.url}/metrics")[2]
-        assert 'metricwise_errors_total{type="client_disconnected"} 2' in text
+        assert scraped(text)['metricwise_errors_total{type="client_disconnected"}'] == 2
         # And the server goes on serving.
         server.mode = "healthy"
         assert srv.client().completions.create(model="fake-model", prompt="x", max_tokens=3)
@@ -750,16 +763,30 @@ def test_metrics_endpoint_speaks_prometheus(tiny):
         with pytest.raises(openai.BadRequestError):
             client.completions.create(model="tiny", prompt="x", extra_body={"metric": "nope"})
         status, head, text = http("GET", f"{srv.url}/metrics")
+        accept = {"Accept": "application/openmetrics-text; version=1.0.0"}
+        _, open_head, open_text = http("GET", f"{srv.url}/metrics", headers=accept)
     assert status == 200 and head["content-type"].startswith("text/plain; version=0.0.4")
-    lines = text.splitlines()
-    assert 'metricwise_requests_total{endpoint="completions",status="200"} 1' in lines
-    assert 'metricwise_requests_total{endpoint="completions",status="400"} 1' in lines
-    assert "metricwise_samples_total 4" in lines
-    tokens = f'metricwise_tokens_total{{kind="completion"}} {answer.usage.completion_tokens}'
-    assert tokens in lines
-    assert 'metricwise_errors_total{type="invalid_request_error"} 1' in lines
-    assert 'metricwise_request_duration_seconds_bucket{endpoint="completions",le="+Inf"} 2' in lines
-    assert "metricwise_model_ready 1" in lines and "# TYPE metricwise_queue_depth gauge" in lines
+    # Read with the client library's own parsers (the values are written as floats: 1.0).
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as read_open
+
+    values = scraped(text)
+    # A scraper that asks for OpenMetrics gets it (the client negotiates the format).
+    assert open_head["content-type"].startswith("application/openmetrics-text")
+    assert open_text.endswith("# EOF\n")
+    families = {f.name: f for f in read_open(open_text)}
+    assert families["metricwise_requests"].type == "counter"
+    assert families["metricwise_request_duration_seconds"].type == "histogram"
+    assert values['metricwise_requests_total{endpoint="completions",status="200"}'] == 1
+    assert values['metricwise_requests_total{endpoint="completions",status="400"}'] == 1
+    assert values["metricwise_samples_total"] == 4
+    assert values['metricwise_tokens_total{kind="prompt"}'] > 0
+    completion = values['metricwise_tokens_total{kind="completion"}']
+    assert completion == answer.usage.completion_tokens
+    assert values['metricwise_errors_total{type="invalid_request_error"}'] == 1
+    assert (
+        values['metricwise_request_duration_seconds_bucket{endpoint="completions",le="+Inf"}'] == 2
+    )
+    assert values["metricwise_model_ready"] == 1 and "# TYPE metricwise_queue_depth gauge" in text
 
 
 # -- the command line ----------------------------------------------------------------------------
@@ -1301,7 +1328,7 @@ def test_echo_scores_the_prompt_as_lm_evals_local_completions_reads_it(tiny):
     assert sum(choice["logprobs"]["token_logprobs"][ctxlens[0] :]) == pytest.approx(
         expected[0], abs=1e-4
     )
-    assert 'metricwise_requests_total{endpoint="completions",status="200"} 3' in metrics
+    assert scraped(metrics)['metricwise_requests_total{endpoint="completions",status="200"}'] == 3
 
 
 def test_the_tokenizer_endpoints_serve_lm_evals_remote_tokenizer(tiny, fake):
@@ -1491,4 +1518,4 @@ def test_lm_eval_gen_kwargs_ask_the_server_for_a_decision(tiny, tmp_path):
             assert row["resps"][0][0] == direct.choices[0].message.content
         metrics = http("GET", f"{srv.url}/metrics")[2]
     # Each doc was sampled four times by each lm-eval run and again by the direct request.
-    assert f"metricwise_samples_total {4 * 4 * len(questions)}" in metrics
+    assert scraped(metrics)["metricwise_samples_total"] == 4 * 4 * len(questions)

@@ -52,7 +52,7 @@ from typing import Any, TypeVar, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -558,9 +558,8 @@ class ServerState:
                 float(scheduler is not None),
             ),
         }
-        return PlainTextResponse(
-            self.metrics.render(gauges), media_type="text/plain; version=0.0.4; charset=utf-8"
-        )
+        body, content_type = self.metrics.exposition(gauges, request.headers.get("accept"))
+        return Response(body, headers={"Content-Type": content_type})
 
     # -- the tokenizer (vLLM's endpoints, which lm-eval's remote tokenizer reads) ---------------
     def _tokenizer_call(self, fn: Callable[[Any], Any]) -> Any:

@@ -258,7 +258,7 @@ def run_serve(args: argparse.Namespace) -> int:
         from metricwise.serve.app import create_app
     except ModuleNotFoundError as exc:
         raise MissingDependencyError(
-            f"metricwise serve needs FastAPI and uvicorn ({exc.name} is missing): "
+            f"metricwise serve needs FastAPI, uvicorn and prometheus_client ({exc.name} is missing): "
             "pip install 'metricwise[serve]'"
         ) from None
     if not _is_loopback(args.host) and settings.api_key is None:

@@ -1,7 +1,9 @@
-"""The server's counters, written in the Prometheus text exposition format (version 0.0.4).
+"""The server's counters, kept and written by ``prometheus_client`` on ``GET /metrics``.
 
-A handful of counters and one histogram do not need a client library: this module keeps them
-under one lock and renders them on ``GET /metrics``.
+Each server has its own :class:`~prometheus_client.CollectorRegistry` (not the process-wide
+default, so that several servers in one process, as in the tests, keep apart). The exposition
+format follows the scraper's ``Accept`` header as the client library negotiates it: the text
+format (version 0.0.4) by default, OpenMetrics when asked for.
 
 ======================================================  ======================================
 ``metricwise_requests_total{endpoint, status}``         requests answered, by HTTP status
@@ -14,13 +16,18 @@ under one lock and renders them on ``GET /metrics``.
 ``metricwise_queue_depth``, ``metricwise_in_flight``    requests waiting / backend calls running
 ``metricwise_model_ready``                              1 once the model has loaded
 ======================================================  ======================================
+
+Counters also carry the ``_created`` series (the time each one started) that the client library
+writes for every counter.
 """
 
 from __future__ import annotations
 
-import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 
 #: Latency buckets in seconds: a local decision takes milliseconds, a 270M model seconds, a long
 #: upstream generation minutes.
@@ -43,90 +50,65 @@ BUCKETS: tuple[float, ...] = (
 )
 
 
-def _label_value(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(pairs: Iterable[tuple[str, str]]) -> str:
-    inner = ",".join(f'{k}="{_label_value(v)}"' for k, v in pairs)
-    return "{" + inner + "}" if inner else ""
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
 class ServeMetrics:
-    """Thread-safe counters of one server; :meth:`render` writes them for Prometheus."""
+    """One server's counters in their own registry; :meth:`exposition` writes them."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._requests: dict[tuple[str, str], int] = {}
-        self._errors: dict[str, int] = {}
-        self._samples = 0
-        self._tokens = {"prompt": 0, "completion": 0}
-        self._latency: dict[str, tuple[list[int], list[float]]] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._requests = Counter(
+            "metricwise_requests",
+            "Requests answered, by endpoint and status.",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self._latency = Histogram(
+            "metricwise_request_duration_seconds",
+            "Seconds from a request's arrival to its answer being ready.",
+            ["endpoint"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self._samples = Counter("metricwise_samples", "Samples drawn from the backend.", registry=r)
+        self._tokens = Counter(
+            "metricwise_tokens", "Tokens of prompts and of all samples.", ["kind"], registry=r
+        )
+        for kind in ("prompt", "completion"):
+            self._tokens.labels(kind=kind)  # both series exist from the start, at 0
+        self._errors = Counter(
+            "metricwise_errors", "Error answers by OpenAI error type.", ["type"], registry=r
+        )
+        self._gauges: dict[str, Gauge] = {}
+        # Gauges are set from the scrape's values and written in one step.
+        self._scrape = threading.Lock()
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         """Count one answered request and its latency."""
-        with self._lock:
-            key = (endpoint, str(status))
-            self._requests[key] = self._requests.get(key, 0) + 1
-            counts, total = self._latency.setdefault(endpoint, ([0] * (len(BUCKETS) + 1), [0.0]))
-            for i, bound in enumerate(BUCKETS):
-                if seconds <= bound:
-                    counts[i] += 1
-            counts[-1] += 1  # +Inf, which is also the count
-            total[0] += seconds
+        self._requests.labels(endpoint=endpoint, status=str(status)).inc()
+        self._latency.labels(endpoint=endpoint).observe(seconds)
 
     def observe_error(self, error_type: str) -> None:
-        with self._lock:
-            self._errors[error_type] = self._errors.get(error_type, 0) + 1
+        self._errors.labels(type=error_type).inc()
 
     def observe_sampling(self, samples: int, prompt_tokens: int, completion_tokens: int) -> None:
-        with self._lock:
-            self._samples += samples
-            self._tokens["prompt"] += prompt_tokens
-            self._tokens["completion"] += completion_tokens
+        self._samples.inc(samples)
+        self._tokens.labels(kind="prompt").inc(prompt_tokens)
+        self._tokens.labels(kind="completion").inc(completion_tokens)
+
+    def exposition(
+        self, gauges: Mapping[str, tuple[str, float]] | None = None, accept: str | None = None
+    ) -> tuple[bytes, str]:
+        """(body, content type) for a scrape whose ``Accept`` header is ``accept``;
+        ``gauges`` maps a name to (help, value) for values read at scrape time."""
+        encoder, content_type = choose_encoder(accept or "")
+        with self._scrape:
+            for name, (text, value) in (gauges or {}).items():
+                gauge = self._gauges.get(name)
+                if gauge is None:
+                    gauge = self._gauges[name] = Gauge(name, text, registry=self.registry)
+                gauge.set(value)
+            return encoder(self.registry), content_type
 
     def render(self, gauges: Mapping[str, tuple[str, float]] | None = None) -> str:
-        """The text format; ``gauges`` maps a name to (help, value) for values read at scrape time."""
-        lines: list[str] = []
-
-        def header(name: str, kind: str, text: str) -> None:
-            lines.append(f"# HELP {name} {text}")
-            lines.append(f"# TYPE {name} {kind}")
-
-        with self._lock:
-            header(
-                "metricwise_requests_total", "counter", "Requests answered, by endpoint and status."
-            )
-            for (endpoint, status), count in sorted(self._requests.items()):
-                labels = _labels([("endpoint", endpoint), ("status", status)])
-                lines.append(f"metricwise_requests_total{labels} {count}")
-            header(
-                "metricwise_request_duration_seconds",
-                "histogram",
-                "Seconds from a request's arrival to its answer being ready.",
-            )
-            for endpoint, (counts, total) in sorted(self._latency.items()):
-                for bound, count in zip([*BUCKETS, math.inf], counts, strict=True):
-                    labels = _labels([("endpoint", endpoint), ("le", _number(bound))])
-                    lines.append(f"metricwise_request_duration_seconds_bucket{labels} {count}")
-                labels = _labels([("endpoint", endpoint)])
-                lines.append(f"metricwise_request_duration_seconds_sum{labels} {total[0]!r}")
-                lines.append(f"metricwise_request_duration_seconds_count{labels} {counts[-1]}")
-            header("metricwise_samples_total", "counter", "Samples drawn from the backend.")
-            lines.append(f"metricwise_samples_total {self._samples}")
-            header("metricwise_tokens_total", "counter", "Tokens of prompts and of all samples.")
-            for kind, count in sorted(self._tokens.items()):
-                lines.append(f"metricwise_tokens_total{_labels([('kind', kind)])} {count}")
-            header("metricwise_errors_total", "counter", "Error answers by OpenAI error type.")
-            for error_type, count in sorted(self._errors.items()):
-                lines.append(f"metricwise_errors_total{_labels([('type', error_type)])} {count}")
-        for name, (text, value) in sorted((gauges or {}).items()):
-            header(name, "gauge", text)
-            lines.append(f"{name} {_number(value)}")
-        return "\n".join(lines) + "\n"
+        """The text format (version 0.0.4)."""
+        return self.exposition(gauges)[0].decode("utf-8")
