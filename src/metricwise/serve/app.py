@@ -43,6 +43,7 @@ import hmac
 import inspect
 import json
 import logging
+import math
 import threading
 import time
 import uuid
@@ -789,7 +790,7 @@ class ServerState:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
-        return JSONResponse(_json_safe(body))
+        return JSONResponse(json_safe(body))
 
     def _decode_ids(self, ids: list[int], tokens: Any) -> str:
         """The text of a token-id prompt (its tokens' texts joined without a tokenizer)."""
