@@ -1,0 +1,7 @@
+"""``python -m metricwise``: the ``metricwise`` command."""
+
+import sys
+
+from metricwise.cli import main
+
+sys.exit(main())
