@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from metricwise.evaluate.stats import pearson_of_rows
+
 #: The coverages of a risk-coverage curve: the most confident 10%, 20%, ..., 100% of items.
 COVERAGES = tuple(round(0.1 * k, 1) for k in range(1, 11))
 #: The baselines every risk is compared with, in the order reported.
@@ -53,14 +55,6 @@ def _average_ranks_rows(keys: np.ndarray) -> np.ndarray:
     less = np.searchsorted(flat, shifted, side="left") - base
     less_or_equal = np.searchsorted(flat, shifted, side="right") - base
     return (less + less_or_equal + 1) / 2.0
-
-
-def _pearson_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    x = x - x.mean(axis=1, keepdims=True)
-    y = y - y.mean(axis=1, keepdims=True)
-    denom = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, (x * y).sum(axis=1) / denom, np.nan)
 
 
 def _bad_items(loss: np.ndarray) -> np.ndarray:
@@ -91,7 +85,7 @@ def _statistics(
     curve = sums[:, ks - 1] / ks
     u_avg = _average_ranks_rows(u_rank)
     l_avg = _average_ranks_rows(dense_ranks(loss)[idx])
-    spearman = _pearson_rows(u_avg, l_avg)
+    spearman = pearson_of_rows(u_avg, l_avg)
     bad = _bad_items(loss)[idx]
     n_bad = bad.sum(axis=1)
     n_good = n - n_bad

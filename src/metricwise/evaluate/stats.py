@@ -172,8 +172,12 @@ def _percentiles(replicates: np.ndarray, confidence: float) -> tuple[float, floa
 
 def pearson_rows(values: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Pearson's r of columns 0 (predictions) and 1 (references) for each resample."""
-    x = values[idx, 0]
-    y = values[idx, 1]
+    return pearson_of_rows(values[idx, 0], values[idx, 1])
+
+
+def pearson_of_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Shape (B,): Pearson's r of each row of ``x`` (B, n) with the same row of ``y``; NaN
+    where a row has no variance."""
     x = x - x.mean(axis=1, keepdims=True)
     y = y - y.mean(axis=1, keepdims=True)
     denom = np.sqrt((x * x).sum(axis=1) * (y * y).sum(axis=1))
