@@ -905,7 +905,9 @@ def test_serve_in_front_of_a_real_llama_server():
         factory = lambda **options: OpenAIBackend(url, **options)  # noqa: E731
         with running(factory) as srv:
             client = srv.client()
-            [model] = [m.id for m in client.models.list()]
+            # The served model first, then its <model>@<metric> names (issue 25).
+            model, *aliases = [m.id for m in client.models.list()]
+            assert aliases and all(a.startswith(f"{model}@") for a in aliases)
             answer = client.completions.create(
                 model=model,
                 prompt="Q: What is the capital of France?\nA: Paris\nQ: What is the capital of Japan?\nA:",
