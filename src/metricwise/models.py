@@ -432,16 +432,14 @@ def _is_complete(directory: Path) -> bool:
 def _gguf_model(torch: Any, transformers: Any, gguf_path: Path) -> Any:
     """De-quantise a GGUF into a float32 transformers causal LM.
 
-    Uses ``from_pretrained(dir, gguf_file=...)`` when ``accelerate`` (which transformers requires
-    for that path) is installed; otherwise transformers' own ``load_gguf_checkpoint``, the same
-    name mapping and de-quantisation, loaded into a model built from the GGUF's config.
+    transformers' own ``load_gguf_checkpoint`` (the name mapping and de-quantisation that
+    ``from_pretrained(gguf_file=...)`` uses), loaded into a model built from the GGUF's config.
+    Not ``from_pretrained`` itself: where ``accelerate`` is installed (lm-eval's ``hf`` extra
+    brings it) that marks the model as GGUF-quantized, and transformers 5.25 then refuses to
+    ``save_pretrained`` it ("not serializable"), so the conversion would depend on what else
+    is installed.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
-
-    if importlib.util.find_spec("accelerate") is not None:
-        return AutoModelForCausalLM.from_pretrained(
-            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-        )
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     parsed = load_gguf_checkpoint(str(gguf_path), return_tensors=False)
