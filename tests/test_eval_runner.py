@@ -10,35 +10,18 @@ import pytest
 
 pytest.importorskip("torch")
 
-from metricwise.backends.hf import HFBackend
 from metricwise.cli import main
 from metricwise.evaluate.runner import EvalConfig, run_eval
-from tiny_lm import tiny_model_and_tokenizer
+from tiny_lm import tiny_backend, tiny_eval_config
 
 
 @pytest.fixture(scope="module")
 def backend():
-    model, tokenizer = tiny_model_and_tokenizer()
-    return HFBackend(model, tokenizer=tokenizer, signature="hf:tiny-test")
+    return tiny_backend()
 
 
 def config(tmp_path, **overrides):
-    settings = dict(
-        model="tiny",
-        tasks=["arith"],
-        limit=4,
-        n=4,
-        num_fewshot=1,
-        max_tokens=4,
-        output_path=str(tmp_path / "out"),
-        log_samples=True,
-        store=str(tmp_path / "samples.sqlite"),
-        bootstrap_iters=50,
-        curve_subsets=2,
-        quiet=True,
-    )
-    settings.update(overrides)
-    return EvalConfig(**settings)
+    return tiny_eval_config(tmp_path, **overrides)
 
 
 def test_runner_writes_results_table_plots_and_sample_logs(backend, tmp_path):

@@ -12,34 +12,16 @@ pytest.importorskip("inspect_ai")
 
 from inspect_ai.log import read_eval_log
 
-from metricwise.backends.hf import HFBackend
 from metricwise.evaluate.inspect_log import explanation
-from metricwise.evaluate.runner import EvalConfig, run_eval
-from tiny_lm import tiny_model_and_tokenizer
+from metricwise.evaluate.runner import run_eval
+from tiny_lm import tiny_backend, tiny_eval_config
 
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("inspect")
-    model, tokenizer = tiny_model_and_tokenizer()
-    backend = HFBackend(model, tokenizer=tokenizer, signature="hf:tiny-test")
-    config = EvalConfig(
-        model="tiny",
-        tasks=["arith"],
-        limit=4,
-        n=4,
-        num_fewshot=1,
-        max_tokens=4,
-        output_path=str(tmp_path / "out"),
-        log_samples=True,
-        store=str(tmp_path / "samples.sqlite"),
-        bootstrap_iters=50,
-        curve_subsets=0,
-        plots=False,
-        quiet=True,
-        inspect_log=True,
-    )
-    run_eval(config, backend=backend)
+    config = tiny_eval_config(tmp_path, curve_subsets=0, plots=False, inspect_log=True)
+    run_eval(config, backend=tiny_backend())
     return tmp_path / "out"
 
 

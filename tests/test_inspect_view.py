@@ -167,29 +167,12 @@ def site(tmp_path_factory):
     pytest.importorskip("inspect_ai")
     from inspect_ai.log import bundle_log_dir
 
-    from metricwise.backends.hf import HFBackend
-    from metricwise.evaluate.runner import EvalConfig, run_eval
-    from tiny_lm import tiny_model_and_tokenizer
+    from metricwise.evaluate.runner import run_eval
+    from tiny_lm import tiny_backend, tiny_eval_config
 
     tmp_path = tmp_path_factory.mktemp("view")
-    model, tokenizer = tiny_model_and_tokenizer()
-    config = EvalConfig(
-        model="tiny",
-        tasks=["arith"],
-        limit=3,
-        n=4,
-        num_fewshot=1,
-        max_tokens=4,
-        output_path=str(tmp_path / "out"),
-        log_samples=True,
-        store=str(tmp_path / "samples.sqlite"),
-        bootstrap_iters=50,
-        curve_subsets=0,
-        plots=False,
-        quiet=True,
-        inspect_log=True,
-    )
-    run_eval(config, backend=HFBackend(model, tokenizer=tokenizer, signature="hf:tiny-test"))
+    config = tiny_eval_config(tmp_path, limit=3, curve_subsets=0, plots=False, inspect_log=True)
+    run_eval(config, backend=tiny_backend())
     bundle_log_dir(log_dir=str(tmp_path / "out" / "inspect"), output_dir=str(tmp_path / "site"))
     ids = [
         json.loads(line)["id"]

@@ -90,3 +90,34 @@ def word_level_tokenizer(words, *, add_bos: bool = False):
         pad_token="<pad>",
         unk_token="<unk>",
     )
+
+
+def tiny_eval_config(tmp_path, **overrides):
+    """The EvalConfig of a small eval on the tiny model: arith, 4 items, n 4, one shot, 4
+    tokens, outputs and store under ``tmp_path``; ``overrides`` replace any field."""
+    from metricwise.evaluate.runner import EvalConfig
+
+    settings = dict(
+        model="tiny",
+        tasks=["arith"],
+        limit=4,
+        n=4,
+        num_fewshot=1,
+        max_tokens=4,
+        output_path=str(tmp_path / "out"),
+        log_samples=True,
+        store=str(tmp_path / "samples.sqlite"),
+        bootstrap_iters=50,
+        curve_subsets=2,
+        quiet=True,
+    )
+    settings.update(overrides)
+    return EvalConfig(**settings)
+
+
+def tiny_backend():
+    """The hf backend on the tiny model, signed as the tests' store expects."""
+    from metricwise.backends.hf import HFBackend
+
+    model, tokenizer = tiny_model_and_tokenizer()
+    return HFBackend(model, tokenizer=tokenizer, signature="hf:tiny-test")
