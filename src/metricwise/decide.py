@@ -58,7 +58,7 @@ import numpy as np
 
 from metricwise.errors import InvalidParameterError, UnknownNameError, did_you_mean
 from metricwise.extract import Extractor, check_range, clip, extract_number
-from metricwise.mbr import METHODS, Exact, MBRMethod, Scored, resolve_method
+from metricwise.mbr import Exact, MBRMethod, Scored, resolve_method
 from metricwise.mbr import search as mbr_search
 from metricwise.mbr.ranking import (
     best_index,
@@ -78,8 +78,6 @@ RULES: tuple[str, ...] = ("mode", "mean", "median", "quantile", "grid", "mbr")
 MAX_ANSWER_CHARS = 100_000
 NUMBER_RULES: frozenset[str] = frozenset({"mean", "median", "quantile", "grid"})
 WEIGHTINGS: tuple[str, ...] = ("uniform", "model", "importance")
-#: The MBR search methods by name (see :mod:`metricwise.mbr`).
-MBR_METHODS: tuple[str, ...] = tuple(METHODS)
 
 
 def decide(

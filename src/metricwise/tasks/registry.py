@@ -14,7 +14,7 @@ from metricwise.errors import InvalidParameterError
 from metricwise.registry import Registry
 from metricwise.tasks.base import Task
 
-__all__ = ["TASKS", "builtin_task", "registered"]
+__all__ = ["TASKS", "builtin_task"]
 
 
 def _named_task(name: str, task: Task) -> Task:
@@ -31,11 +31,6 @@ def _named_task(name: str, task: Task) -> Task:
 
 #: The tasks: every module of :mod:`metricwise.tasks`, then plugins' entry points.
 TASKS: Registry[Task] = Registry("task", "metricwise.tasks", prepare=_named_task)
-
-
-def registered() -> Registry[Task]:
-    """The registry itself (name -> task), shared by everything that reads or adds tasks."""
-    return TASKS
 
 
 def builtin_task(task: Task) -> Task:
